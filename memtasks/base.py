@@ -1,0 +1,135 @@
+"""The task interface: a seeded, vectorised generator of scored token sequences.
+
+A task is a dataclass whose fields are its parameters. `sample` draws a `Batch` directly on the
+requested device with torch ops; `solve` is an algorithmic reference that reads only the inputs and
+must reproduce every scored target, which is the proof that the labels are right.
+
+Seeds: the same (params, seq_len, seed, device type) always gives the same bytes. Training and
+evaluation draw from disjoint seed spaces, see `train_seed` and `eval_seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+IGNORE = -100  # target value at positions that are not scored (torch's cross-entropy default)
+NO_LAG = -1  # lag value at positions that are not scored
+_STREAM_BITS = 31
+
+
+def train_seed(run_seed: int, step: int) -> int:
+    """Seed of training batch `step` of run `run_seed`: the lower half of the run's seed block."""
+    return (run_seed << (_STREAM_BITS + 1)) + (step % (1 << _STREAM_BITS))
+
+
+def eval_seed(run_seed: int, index: int) -> int:
+    """Seed of evaluation batch `index`: the upper half of the run's block, never drawn in training."""
+    return (run_seed << (_STREAM_BITS + 1)) + (1 << _STREAM_BITS) + (index % (1 << _STREAM_BITS))
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A torch generator on `device` (CPU or CUDA), seeded with `seed`."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of examples. All tensors are int64 of shape (B, T) on the same device.
+
+    inputs:  token ids fed to the model.
+    targets: the token to predict at each position, IGNORE (-100) where not scored.
+    lags:    at scored positions, how many tokens back the evidence lies (>= 1); NO_LAG (-1) elsewhere.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    lags: torch.Tensor
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """Bool (B, T): the positions whose prediction is scored."""
+        return self.targets != IGNORE
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.inputs.to(device), self.targets.to(device), self.lags.to(device))
+
+
+@dataclass
+class Task:
+    """Base class of every task. Subclasses are dataclasses; each field is a user-settable param.
+
+    Subclasses set `description` (one line) and `version` (bump it whenever the generated
+    distribution changes: it is stored with every result), and implement `check_params`,
+    `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`.
+    """
+
+    name: ClassVar[str] = "task"  # set by @register_task
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.check_params()
+
+    # --- what a subclass provides -------------------------------------------------------
+    def check_params(self) -> None:
+        """Raise ValueError naming the param and what is allowed, for length-independent errors."""
+
+    def min_length(self) -> int:
+        """Shortest seq_len these params allow."""
+        raise NotImplementedError
+
+    def check_length(self, seq_len: int) -> None:
+        """Raise ValueError if `seq_len` is impossible with these params (the message says why)."""
+        if seq_len < self.min_length():
+            raise ValueError(
+                f"seq_len={seq_len} is too short for task {self.name} with {self.describe_params()}; "
+                f"the minimum is {self.min_length()}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
+        raise NotImplementedError
+
+    def solve(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Reference answer (B, T) int64 computed from `inputs` alone; must equal every scored target."""
+        raise NotImplementedError
+
+    def token_name(self, token: int) -> str:
+        """Readable name of one token id, used by `render`."""
+        return str(token)
+
+    # --- shared behaviour ------------------------------------------------------------------
+    def sample(self, batch_size: int, seq_len: int, seed: int, device: torch.device | str = "cpu") -> Batch:
+        """Draw `batch_size` sequences of length `seq_len` on `device`, deterministically from `seed`."""
+        for label, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        self.check_length(seq_len)
+        device = torch.device(device)
+        return self._generate(batch_size, seq_len, make_generator(seed, device), device)
+
+    def params(self) -> dict:
+        """The task's params as a plain dict (field name -> value)."""
+        return dataclasses.asdict(self)
+
+    def describe_params(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params().items()) or "default params"
+
+    def render(self, batch: Batch, i: int = 0) -> str:
+        """Readable text of example `i`: one token per cell, scored positions marked `[token -> answer]`."""
+        inputs, targets = batch.inputs[i].tolist(), batch.targets[i].tolist()
+        cells = []
+        for tok, tgt in zip(inputs, targets):
+            name = self.token_name(tok)
+            cells.append(f"[{name} -> {self.token_name(tgt)}]" if tgt != IGNORE else name)
+        return " ".join(cells)

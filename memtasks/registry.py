@@ -1,0 +1,73 @@
+"""A small name -> class registry with helpful errors, shared by tasks and models.
+
+    >>> reg = Registry("task")
+    >>> @reg.register("copy")
+    ... class Copy: ...
+    >>> reg.get("cpy")
+    Traceback (most recent call last):
+    UnknownNameError: unknown task 'cpy'; did you mean 'copy'? (valid: copy)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(ValueError):
+    """An unknown task, model, preset or executor name: the message lists the closest valid names."""
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    """One line: what was asked for, what it probably meant, what is valid."""
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(valid)})"
+
+
+class Registry(Generic[T]):
+    """Maps names to classes; `register` is a decorator, `get` suggests close names for typos."""
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
+        self.kind = kind
+        self._package = package  # modules in this package are imported on first use
+        self._items: dict[str, T] = {}
+        self._order: dict[str, int] = {}
+        self._loaded = package is None
+
+    def register(self, name: str, order: int = 100) -> Callable[[T], T]:
+        """Decorator; `order` sorts listings (lower first, then by name)."""
+
+        def decorator(cls: T) -> T:
+            if name in self._items and self._items[name] is not cls:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = cls
+            self._order[name] = order
+            cls.name = name  # type: ignore[attr-defined]
+            return cls
+
+        return decorator
+
+    def _load(self) -> None:
+        """Import every module of the package once, so that their decorators run."""
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self._package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self._package}.{info.name}")
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items, key=lambda n: (self._order[n], n))
+
+    def get(self, name: str) -> T:
+        self._load()
+        if name not in self._items:
+            raise UnknownNameError(unknown_name_message(self.kind, name, self.names()))
+        return self._items[name]

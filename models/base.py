@@ -1,0 +1,157 @@
+"""The model interface: int64 tokens (B, T) -> float logits (B, T, vocab_size), causal.
+
+Every family is a stack of pre-norm residual blocks around a token embedding and an output head:
+
+    x = embed(tokens)                       # (B, T, D)
+    for each block:  x = x + mixer(norm(x))  # sequence mixing: the family's memory, causal
+                     x = x + mlp(norm(x))    # per-position channel mixing (optional)
+    logits = head(norm(x))                  # (B, T, V)
+
+A family supplies the `Mixer` (a (B, T, D) -> (B, T, D) module that knows its own state size and
+analytic FLOPs). Families with a fast path keep a readable reference path beside it, chosen with
+`model.set_path("reference")`; tests check that both agree.
+
+FLOPs convention: 2 per multiply-accumulate of every matrix product (what torch's FlopCounterMode
+counts), forward pass only; element-wise work (norms, activations, gates) is not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+PATHS = ("fast", "reference")
+
+
+class Mixer(nn.Module):
+    """A causal sequence mixer (B, T, D) -> (B, T, D): output at t depends on inputs at <= t only."""
+
+    path: str = "fast"  # "fast" or "reference"; set through MemoryModel.set_path
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats of memory carried to predict the token at `seq_len` (per sequence)."""
+        raise NotImplementedError
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        """Analytic forward FLOPs of this mixer (2 per multiply-accumulate)."""
+        raise NotImplementedError
+
+    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+        """The part of `flops` spent on token-to-token attention scores and their weighted sum."""
+        return 0
+
+
+def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
+    """FLOPs of a dense layer applied to `tokens` vectors."""
+    return 2 * tokens * d_in * d_out
+
+
+class MLP(nn.Module):
+    """Per-position feed-forward network: Linear(D, rD) -> GELU -> Linear(rD, D)."""
+
+    def __init__(self, d_model: int, ratio: int = 4) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, ratio * d_model)
+        self.down = nn.Linear(ratio * d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        return self.down(nn.functional.gelu(self.up(x)))
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        tokens = batch_size * seq_len
+        return linear_flops(tokens, self.up.in_features, self.up.out_features) + linear_flops(
+            tokens, self.down.in_features, self.down.out_features
+        )
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, d_model: int, mixer: Mixer | None, mlp_ratio: int) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.norm1 = nn.LayerNorm(d_model) if mixer is not None else None
+        self.mlp = MLP(d_model, mlp_ratio) if mlp_ratio > 0 else None
+        self.norm2 = nn.LayerNorm(d_model) if self.mlp is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self.mixer is not None:
+            x = x + self.mixer(self.norm1(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class MemoryModel(nn.Module):
+    """Embedding -> blocks -> norm -> head. Subclasses pass `make_mixer(layer_index) -> Mixer | None`.
+
+    Subclasses are registered with @register_model("name"); their `__init__` keyword arguments
+    (beyond vocab_size, d_model, n_layers) are the family's params accepted by `build_model`.
+    """
+
+    family: ClassVar[str] = "model"  # set by @register_model
+    cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n^2)
+    memory_mechanism: ClassVar[str] = ""  # one line for the model table
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        make_mixer: Callable[[int], Mixer | None],
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        for label, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp_ratio) for i in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+
+    # --- forward ---------------------------------------------------------------------------
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64 -> (B, T, D): the final normed hidden states, before the output head."""
+        x = self.embed(tokens)  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64 -> (B, T, V) logits."""
+        return self.head(self.features(tokens))
+
+    # --- paths -----------------------------------------------------------------------------
+    def set_path(self, path: str) -> "MemoryModel":
+        """Choose the fast path or the readable reference path in every mixer; returns self."""
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        for module in self.modules():
+            if isinstance(module, Mixer):
+                module.path = path
+        return self
+
+    # --- what it costs ---------------------------------------------------------------------
+    def mixers(self) -> list[Mixer]:
+        return [m for m in self.modules() if isinstance(m, Mixer)]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats of memory the model carries to predict the token at `seq_len`, per sequence."""
+        return sum(m.state_size(seq_len) for m in self.mixers())
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        """Analytic forward FLOPs for a (batch_size, seq_len) batch, attention and head included."""
+        total = sum(m.flops(batch_size, seq_len) for m in self.mixers())
+        total += sum(b.mlp.flops(batch_size, seq_len) for b in self.blocks if b.mlp is not None)
+        return total + linear_flops(batch_size * seq_len, self.d_model, self.vocab_size)
+
+    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+        """The part of `flops` spent on token-to-token attention."""
+        return sum(m.attention_flops(batch_size, seq_len) for m in self.mixers())

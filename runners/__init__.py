@@ -1,0 +1,1 @@
+"""runners: training, sweeps, cost curves, leaderboard, charts and the `membench` command line."""

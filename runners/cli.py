@@ -1,0 +1,52 @@
+"""The `membench` command line. Each subcommand is a module in `runners/commands/` that defines
+`HELP`, `add_arguments(parser)` and `run(args) -> int`; modules are discovered by name.
+
+Bad input never produces a traceback: `UsageError` and `ValueError` raised while handling a command
+are printed as one line `membench: error: ...` and the exit code is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from runners import commands
+from runners.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="membench", description="Measure the short-term memory of sequence models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"runners.commands.{info.name}")
+        command = sub.add_parser(info.name.replace("_", "-"), help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (UsageError, ValueError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        sys.stderr.write(f"membench: error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("membench: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

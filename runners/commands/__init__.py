@@ -1,0 +1,1 @@
+"""One module per `membench` subcommand (HELP, add_arguments, run)."""

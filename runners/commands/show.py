@@ -1,0 +1,34 @@
+"""`membench show TASK`: render one generated example with its scored positions marked."""
+
+from __future__ import annotations
+
+import typing
+
+from memtasks import get_task, task_class
+from runners.parsing import key_values, positive_int
+
+HELP = "render one example of a task (scored positions marked [input -> answer])"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("task", help="task name (see `membench tasks`)")
+    parser.add_argument("--length", default="64", help="sequence length (default 64)")
+    parser.add_argument("--seed", default="0", help="generator seed (default 0)")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="a task param; repeatable")
+
+
+def run(args) -> int:
+    cls = task_class(args.task)
+    params = key_values(args.param, typing.get_type_hints(cls))
+    task = get_task(args.task, **params)
+    length = positive_int(args.length, "--length")
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise ValueError(f"--seed must be an integer, got {args.seed!r}") from None
+    batch = task.sample(1, length, seed=seed)
+    scored = int(batch.scored.sum())
+    print(f"{task.name} v{task.version} ({task.describe_params()}), length {length}, seed {seed}, "
+          f"{scored} scored positions marked [input -> answer]:")
+    print(task.render(batch, 0))
+    return 0

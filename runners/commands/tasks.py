@@ -1,0 +1,26 @@
+"""`membench tasks`: the registered tasks with version, params and a one-line description."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from memtasks import list_tasks, task_class
+
+HELP = "list the tasks: name, version, params with defaults, description"
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    rows = []
+    for name in list_tasks():
+        cls = task_class(name)
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        rows.append((name, str(cls.version), params or "-", cls.description))
+    header = ("task", "version", "params (defaults)", "description")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
