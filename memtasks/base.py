@@ -73,6 +73,10 @@ class Task:
     name: ClassVar[str] = "task"  # set by @register_task
     version: ClassVar[int] = 1
     description: ClassVar[str] = ""
+    # True when every scored answer is a copy of an earlier input token, so that
+    # inputs[b, t - lags[b, t]] == targets[b, t]; tasks whose answer is computed (MATCH/NONMATCH) set False
+    # and document what their lag points at.
+    recalls_token: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.check_params()

@@ -94,6 +94,8 @@ class MemoryModel(nn.Module):
     family: ClassVar[str] = "model"  # set by @register_model
     cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n^2)
     memory_mechanism: ClassVar[str] = ""  # one line for the model table
+    # True when the mixers have a separate readable reference path (set_path("reference")), tested equal
+    has_reference_path: ClassVar[bool] = False
 
     def __init__(
         self,
