@@ -72,33 +72,43 @@ def params_matched(
     tolerance: float = 0.10,
     **params,
 ) -> MemoryModel:
-    """Build family `name` with the width (a multiple of `multiple`) whose parameter count is closest
-    to `target_params`; raise ValueError if none lands within +-`tolerance` of it.
+    """Build family `name` at the width whose parameter count is closest to `target_params`.
 
-    The parameter count grows monotonically with width, so a bisection over widths finds it.
+    Widths that are multiples of `multiple` are preferred (they suit the hardware); when none of those lands
+    within +-`tolerance`, neighbouring widths are tried one by one (widths the family rejects, e.g. not
+    divisible by its head count, are skipped). Raises ValueError when no width lands within tolerance.
+    The parameter count grows monotonically with width, so a bisection finds the neighbourhood.
     """
 
-    def count(width: int) -> int:
-        return build_model(name, vocab_size, d_model=width, n_layers=n_layers, **params).num_params()
+    def count(width: int) -> int | None:
+        try:
+            return build_model(name, vocab_size, d_model=width, n_layers=n_layers, **params).num_params()
+        except ValueError:
+            return None  # a width this family does not allow
 
-    lo, hi = 1, 2
-    while count(hi * multiple) < target_params and hi < 4096:
+    def error(width: int) -> float:
+        n = count(width)
+        return float("inf") if n is None else abs(n - target_params)
+
+    lo, hi = 1, 2  # in units of `multiple`
+    while (count(hi * multiple) or 0) < target_params and hi < 4096:
         lo, hi = hi, hi * 2
     while hi - lo > 1:  # invariant: count(lo) < target <= count(hi), except at the bounds
         mid = (lo + hi) // 2
-        if count(mid * multiple) < target_params:
+        if (count(mid * multiple) or 0) < target_params:
             lo = mid
         else:
             hi = mid
-    best = min((lo, hi), key=lambda k: abs(count(k * multiple) - target_params))
-    model = build_model(name, vocab_size, d_model=best * multiple, n_layers=n_layers, **params)
-    if abs(model.num_params() - target_params) > tolerance * target_params:
+    best = min((lo * multiple, hi * multiple), key=error)
+    if error(best) > tolerance * target_params:
+        nearby = range(max(1, lo * multiple - multiple), hi * multiple + multiple + 1)
+        best = min(nearby, key=error)
+    if error(best) > tolerance * target_params:
         raise ValueError(
             f"model {name} cannot be matched to {target_params} params within {tolerance:.0%} "
-            f"(closest: d_model={best * multiple} with {model.num_params()} params); "
-            f"change n_layers or the target"
+            f"(closest: d_model={best} with {count(best)} params); change n_layers or the target"
         )
-    return model
+    return build_model(name, vocab_size, d_model=best, n_layers=n_layers, **params)
 
 
 __all__ = [
