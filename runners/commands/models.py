@@ -1,0 +1,32 @@
+"""`membench models`: every registered family with its params, size, state size and cost class."""
+
+from __future__ import annotations
+
+from models import build_model, family_params, list_models, model_class
+from runners.parsing import positive_int
+
+HELP = "list the model families: params, parameter count, state size, cost class, memory mechanism"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--vocab-size", default="64", help="vocabulary used to count parameters (default 64)")
+    parser.add_argument("--d-model", default="64", help="width (default 64)")
+    parser.add_argument("--n-layers", default="2", help="layers (default 2)")
+    parser.add_argument("--length", default="1024", help="length at which state size is shown (default 1024)")
+
+
+def run(args) -> int:
+    vocab, d_model = positive_int(args.vocab_size, "--vocab-size"), positive_int(args.d_model, "--d-model")
+    n_layers, length = positive_int(args.n_layers, "--n-layers"), positive_int(args.length, "--length")
+    header = ("model", "cost", "params", f"state@{length}", "family params (defaults)", "memory mechanism")
+    rows = []
+    for name in list_models():
+        model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
+        params = ", ".join(f"{k}={v!r}" for k, v in family_params(name).items()) or "-"
+        rows.append((name, model_class(name).cost_class, f"{model.num_params():,}",
+                     f"{model.state_size(length):,}", params, model.memory_mechanism))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    print(f"d_model={d_model}, n_layers={n_layers}, vocab_size={vocab}; state = floats carried per sequence")
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths)) + "  " + row[5])
+    return 0

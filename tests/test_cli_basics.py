@@ -1,0 +1,81 @@
+"""The `membench` entry point: listings, rendering, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from memtasks import list_tasks
+from memtasks.registry import Registry, UnknownNameError
+from models import list_models
+from runners.cli import main
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse exits on its own errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tasks_lists_every_task_with_version_and_params(capsys):
+    code, out, _ = run_cli(capsys, "tasks")
+    assert code == 0
+    for name in list_tasks():
+        assert name in out
+    assert "version" in out
+
+
+def test_models_lists_every_family(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    for name in list_models():
+        assert name in out
+
+
+def test_show_renders_a_readable_dialogue(capsys):
+    code, out, _ = run_cli(capsys, "show", "multi_turn_qa", "--length", "128")
+    assert code == 0
+    assert len(out.strip().splitlines()) > 3  # one turn per line
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["show", "cpy"], "did you mean 'copy'"),
+        (["show", "copy", "--length", "ten"], "--length must be a positive integer"),
+        (["show", "copy", "--length", "1"], "seq_len"),
+        (["show", "copy", "--param", "bogus=1"], "unknown param 'bogus'"),
+        (["show", "copy", "--param", "noequals"], "KEY=VALUE"),
+        (["models", "--d-model", "0"], "--d-model"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_entry_point_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "runners", "show", "nope"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("membench: error:")
+
+
+def test_registry_rejects_duplicates_and_suggests_names():
+    registry = Registry("widget")
+
+    @registry.register("alpha")
+    class Alpha:
+        pass
+
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("alpha")(type("Other", (), {}))
+    with pytest.raises(UnknownNameError, match="did you mean 'alpha'"):
+        registry.get("alpah")
+    assert registry.names() == ["alpha"] and Alpha.name == "alpha"
