@@ -1,0 +1,125 @@
+"""Pieces shared by several families: a causal short convolution, rotary position embeddings and
+multi-head attention helpers (a fast SDPA path and the explicit reference it is tested against).
+
+Shapes: B batch, T length, D model width, H heads, hd = D / H head width, k kernel size.
+
+ShortConv, a depthwise causal convolution of kernel size k (each channel d has its own k taps):
+
+    y[b, t, d] = bias[d] + sum_{j=0}^{k-1} w[d, j] * x[b, t - (k-1) + j, d]     (x = 0 before t = 0)
+
+Rotary embedding (RoPE, half-split form): channel pairs (i, i + hd/2) of a query or key at position p
+are rotated by the angle p * base^(-2i/hd), so that q_p . k_s depends on p - s only:
+
+    [x1, x2] -> [x1 cos(p theta) - x2 sin(p theta),  x2 cos(p theta) + x1 sin(p theta)]
+
+Attention, both paths: softmax(q k^T / sqrt(hd) + mask) v, with the mask -inf where a query may not
+look. The reference spells it out with two matmuls (2*T*T*hd multiply-adds per head, so
+4*B*T*T*D FLOPs over the H heads); the fast path is torch's scaled_dot_product_attention (flash or
+memory-efficient kernels on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import PATHS
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal convolution (B, T, D) -> (B, T, D) with `kernel_size` taps per channel.
+
+    The input is padded with k-1 zeros on the left only, so the output has exactly T positions and
+    y_t reads x_{t-k+1..t}.
+
+        >>> conv = ShortConv(8, kernel_size=4)
+        >>> conv(torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, d_model: int, kernel_size: int = 4) -> None:
+        super().__init__()
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"kernel_size must be a positive integer, got {kernel_size!r}")
+        self.d_model, self.kernel_size = d_model, kernel_size
+        self.conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))  # (B, D, T + k - 1)
+        return self.conv(x).transpose(1, 2)  # (B, T, D)
+
+    def state_size(self) -> int:
+        """Floats carried between steps: the last k-1 inputs of every channel."""
+        return (self.kernel_size - 1) * self.d_model
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        """k multiply-adds per output element, as torch's FlopCounterMode counts the convolution."""
+        return 2 * batch_size * seq_len * self.d_model * self.kernel_size
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates (..., T, hd) queries or keys by their positions offset, offset+1, ...; no parameters.
+
+    Relative positions survive any length, so a model trained at length T can be evaluated beyond it.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # (..., T, hd) -> same
+        seq_len = x.shape[-2]
+        pos = torch.arange(offset, offset + seq_len, device=x.device, dtype=torch.float32)  # (T,)
+        angle = pos[:, None] * self.inv_freq[None, :]  # (T, hd/2); element-wise, not a matmul
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)  # (..., T, hd/2) each
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, H, T, D/H)."""
+    batch, seq_len, width = x.shape
+    return x.view(batch, seq_len, n_heads, width // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, hd) -> (B, T, H*hd)."""
+    batch, heads, seq_len, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+
+
+def causal_mask(seq_len: int, device: torch.device | str) -> torch.Tensor:
+    """Bool (T, T), True where query t may read key s, i.e. s <= t."""
+    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Explicit masked attention: q (..., Tq, hd), k and v (..., Tk, hd), `allowed` bool broadcastable
+    to (..., Tq, Tk) -> (..., Tq, hd). Every query must be allowed at least one key."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Tq, Tk)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (..., Tq, hd)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, path: str) -> torch.Tensor:
+    """Causal attention of (B, H, T, hd) queries, keys and values -> (B, H, T, hd).
+
+    path "fast": scaled_dot_product_attention(is_causal=True); "reference": `attention_reference`
+    with the explicit lower-triangular mask.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "reference":
+        return attention_reference(q, k, v, causal_mask(q.shape[-2], q.device))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def attention_flops(batch_size: int, seq_len: int, d_model: int) -> int:
+    """FLOPs of full-square attention over all heads: q k^T and (weights) v, 2*T*T*D multiply-adds."""
+    return 4 * batch_size * seq_len * seq_len * d_model
