@@ -29,6 +29,13 @@ from torch import nn
 from models.base import PATHS
 
 
+def check_int(label: str, value: object, minimum: int = 1) -> int:
+    """`value` if it is an int >= `minimum`, else ValueError saying what is valid."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 class ShortConv(nn.Module):
     """Depthwise causal convolution (B, T, D) -> (B, T, D) with `kernel_size` taps per channel.
 
@@ -42,9 +49,7 @@ class ShortConv(nn.Module):
 
     def __init__(self, d_model: int, kernel_size: int = 4) -> None:
         super().__init__()
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"kernel_size must be a positive integer, got {kernel_size!r}")
-        self.d_model, self.kernel_size = d_model, kernel_size
+        self.d_model, self.kernel_size = d_model, check_int("kernel_size", kernel_size)
         self.conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)

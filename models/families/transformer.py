@@ -1,0 +1,144 @@
+"""transformer: a causal pre-norm decoder; its memory is the whole past, read by attention.
+
+Each attention layer, with H heads of width hd = D/H and rotary positions (RoPE) on q and k:
+
+    q, k, v = split(W_qkv x)                                     # (B, H, T, hd) each
+    a_t     = sum_{s <= t} softmax_s(q_t . k_s / sqrt(hd)) v_s   # causal: nothing after t is read
+    y       = W_o merge(a)                                       # (B, T, D)
+
+The fast path is scaled_dot_product_attention(is_causal=True) (flash attention on GPU); the reference
+path computes q k^T, the causal mask, the softmax and the product with v explicitly.
+
+`mixer_pattern` is a comma list cycled over the layers, each item "attention" or "conv". A "conv"
+layer is a gated short convolution (Zoology's BaseConv with a short filter):
+
+    y = ShortConv_4(x) * (W x + b)                               # depthwise causal, kernel 4
+
+so mixer_pattern="conv,attention", mlp_ratio=0, position="none" is the BaseConv + attention hybrid.
+
+Shapes: tokens (B, T) int64 -> logits (B, T, V).
+State size: the KV cache, 2*T*D floats per attention layer (plus 3*D per conv layer).
+FLOPs per attention layer: 2*B*T*D*3D (qkv) + 2*B*T*D*D (output) + 4*B*T*T*D (the full square
+q k^T and weights @ v, as the reference computes it; `attention_flops` reports this part).
+Cost: O(n^2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models import MemoryModel, Mixer, linear_flops, register_model
+from models.layers import (
+    RotaryEmbedding, ShortConv, attention_flops, causal_attention, check_int, merge_heads, split_heads,
+)
+
+POSITIONS = ("rope", "none")
+MIXER_KINDS = ("attention", "conv")
+
+
+class SelfAttention(Mixer):
+    """Causal multi-head self-attention (B, T, D) -> (B, T, D), rotary positions optional."""
+
+    def __init__(self, d_model: int, n_heads: int, rope: bool) -> None:
+        super().__init__()
+        self.d_model, self.n_heads = d_model, n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.rotary = RotaryEmbedding(d_model // n_heads) if rope else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, hd)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        return self.out(merge_heads(causal_attention(q, k, v, self.path)))  # (B, T, D)
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * seq_len * self.d_model  # keys and values of every past position
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        tokens = batch_size * seq_len
+        projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
+            tokens, self.d_model, self.d_model
+        )
+        return projections + self.attention_flops(batch_size, seq_len)
+
+    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+        return attention_flops(batch_size, seq_len, self.d_model)
+
+
+class GatedConv(Mixer):
+    """BaseConv: y = ShortConv(x) * (W x + b), (B, T, D) -> (B, T, D). One path (conv1d is the plain form)."""
+
+    def __init__(self, d_model: int, kernel_size: int = 4) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.conv = ShortConv(d_model, kernel_size)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        return self.conv(x) * self.proj(x)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.conv.state_size()
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        return self.conv.flops(batch_size, seq_len) + linear_flops(batch_size * seq_len, self.d_model, self.d_model)
+
+
+def parse_mixer_pattern(pattern: str, n_layers: int) -> list[str]:
+    """'conv,attention' -> the kind of each of the n_layers layers, cycling; at least one attention."""
+    kinds = [item.strip() for item in str(pattern).split(",") if item.strip()]
+    bad = [k for k in kinds if k not in MIXER_KINDS]
+    if not kinds or bad:
+        raise ValueError(
+            f"mixer_pattern must be a comma list of {', '.join(MIXER_KINDS)}, got {pattern!r}"
+        )
+    layers = [kinds[i % len(kinds)] for i in range(n_layers)]
+    if "attention" not in layers:
+        raise ValueError(f"mixer_pattern {pattern!r} gives no attention layer in {n_layers} layers")
+    return layers
+
+
+def check_heads(d_model: int, n_heads: object, rope: bool) -> int:
+    """Validate n_heads against d_model (and an even head width for rotary positions)."""
+    check_int("n_heads", n_heads)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    if rope and (d_model // n_heads) % 2:
+        raise ValueError(
+            f"rotary positions need an even head width, got d_model/n_heads = {d_model // n_heads}"
+        )
+    return n_heads
+
+
+@register_model("transformer", order=20)
+class TransformerModel(MemoryModel):
+    memory_mechanism = "KV cache of every past token, read by causal softmax attention (RoPE)"
+    cost_class = "O(n^2)"
+    has_reference_path = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        *,
+        n_heads: int = 4,
+        mlp_ratio: int = 4,
+        position: str = "rope",
+        mixer_pattern: str = "attention",
+    ) -> None:
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+        check_int("mlp_ratio", mlp_ratio, minimum=0)
+        check_int("d_model", d_model)
+        check_heads(d_model, n_heads, position == "rope")
+        kinds = parse_mixer_pattern(mixer_pattern, check_int("n_layers", n_layers))
+
+        def make_mixer(i: int) -> Mixer:
+            if kinds[i] == "conv":
+                return GatedConv(d_model)
+            return SelfAttention(d_model, n_heads, rope=position == "rope")
+
+        super().__init__(vocab_size, d_model, n_layers, make_mixer=make_mixer, mlp_ratio=mlp_ratio)
