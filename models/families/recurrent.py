@@ -1,4 +1,4 @@
-"""rnn, lstm, gru: torch's cuDNN-backed recurrent layers as sequence mixers.
+"""rnn, lstm, gru: torch's cuDNN-backed recurrent layers as sequence mixers, with a per-step reference.
 
 Each block's mixer is a one-layer recurrence over time (Elman tanh RNN, LSTM or GRU):
 
@@ -6,13 +6,22 @@ Each block's mixer is a one-layer recurrence over time (Elman tanh RNN, LSTM or 
     lstm: i, f, g, o = split(W x_t + U h_{t-1} + b);  c_t = f*c_{t-1} + i*g;  h_t = o*tanh(c_t)
     gru:  r, z = sigma(...);  n = tanh(W_n x_t + r*(U_n h_{t-1}));  h_t = (1-z)*n + z*h_{t-1}
 
+(sigma is the logistic sigmoid; W, U, b are the layer's weight_ih_l0, weight_hh_l0 and biases, gates
+in torch's order: i, f, g, o for the LSTM, r, z, n for the GRU.)
+
+The fast path is torch's fused layer (cuDNN on GPU); the reference path is `recurrent_reference`, a
+plain loop over time with the same weights: one matmul for the input projections of all steps, then
+h_{t-1} @ U^T + b_hh and the gate equations at each step.
+
 Shapes: (B, T, D) -> (B, T, D). State: D floats per layer (2D for the LSTM's h and c), constant in
 length. Cost: O(n) time, sequential in n.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models import MemoryModel, Mixer, linear_flops, register_model
 
@@ -21,30 +30,61 @@ _STATES = {"rnn": 1, "lstm": 2, "gru": 1}
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def recurrent_reference(kind: str, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, T, D): the outputs h_1..h_T of one-layer `rnn` ("rnn", "lstm" or "gru",
+    batch_first, zero initial state), computed step by step from its own weights."""
+    inputs = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # (B, T, G*D): W x_t + b_ih for every t
+    h = x.new_zeros(x.shape[0], rnn.hidden_size)  # (B, D)
+    c = h  # the LSTM's cell state
+    outs = []
+    for gx in inputs.unbind(1):  # (B, G*D)
+        gh = F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)  # (B, G*D): U h_{t-1} + b_hh
+        if kind == "rnn":
+            h = torch.tanh(gx + gh)
+        elif kind == "lstm":
+            i, f, g, o = (gx + gh).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:  # gru: the reset gate scales the recurrent part of the candidate only
+            r_x, z_x, n_x = gx.chunk(3, dim=-1)
+            r_h, z_h, n_h = gh.chunk(3, dim=-1)
+            r, z = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
+            n = torch.tanh(n_x + r * n_h)
+            h = (1 - z) * n + z * h
+        outs.append(h)
+    return torch.stack(outs, dim=1)  # (B, T, D)
+
+
+def recurrent_flops(kind: str, batch_size: int, seq_len: int, d_model: int) -> int:
+    """Input and recurrent projections of every gate, at every step."""
+    gates = _GATES[kind] * d_model
+    return 2 * linear_flops(batch_size * seq_len, d_model, gates)
+
+
 class RecurrentMixer(Mixer):
-    """One cuDNN recurrent layer over the sequence (batch_first)."""
+    """One recurrent layer over the sequence (batch_first): torch's fused layer, or the reference loop."""
 
     def __init__(self, kind: str, d_model: int) -> None:
         super().__init__()
         self.kind, self.d_model = kind, d_model
         self.rnn = _MODULES[kind](d_model, d_model, batch_first=True)
 
-    def forward(self, x):  # (B, T, D) -> (B, T, D)
-        out, _ = self.rnn(x)
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self.path == "reference":
+            return recurrent_reference(self.kind, self.rnn, x)
+        return self.rnn(x)[0]
 
     def state_size(self, seq_len: int) -> int:
         return _STATES[self.kind] * self.d_model
 
     def flops(self, batch_size: int, seq_len: int) -> int:
-        # input and recurrent projections of every gate, at every step
-        gates = _GATES[self.kind] * self.d_model
-        return 2 * linear_flops(batch_size * seq_len, self.d_model, gates)
+        return recurrent_flops(self.kind, batch_size, seq_len, self.d_model)
 
 
 class _RecurrentModel(MemoryModel):
     kind = "lstm"
     cost_class = "O(n)"
+    has_reference_path = True
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, mlp_ratio: int = 4) -> None:
         super().__init__(
