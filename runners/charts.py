@@ -1,0 +1,357 @@
+"""Every chart of a sweep, drawn from its tables alone (matplotlib's Agg renderer, PNG and SVG).
+
+    accuracy_vs_length     accuracy at the trained length against that length, a panel per task
+    heatmap                family x trained length grid per task, the accuracy written in each cell
+    accuracy_vs_lag        accuracy by lag bucket [b, 2b) at each task's longest trained length
+    length_generalisation  accuracy at 1x, 2x, 4x ... the trained length (the lengths evaluated at every
+                           multiple, averaged)
+    accuracy_vs_cost       accuracy against training FLOPs (flops_per_step * steps; train seconds when FLOPs
+                           are unknown), bubble area growing with the state size (or peak memory)
+    training_curves        evaluation accuracy against training tokens at each task's longest length
+    cost_*                 the cost curves of `runners.costplots`, when the directory holds cost.csv
+
+Accuracies are the leaderboard's (`runners.leaderboard`): the seed mean of the best config per cell, a
+failed trial counting 0. Every family keeps one colour and marker in every chart, fixed by its place in
+`list_models()`. SVGs are byte-stable (fixed hash salt, no date), so regenerating changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from runners.leaderboard import (
+    THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table, write_atomic,
+)
+
+# fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
+RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+      "axes.grid": True, "grid.alpha": 0.3}
+MARKERS = "os^vDP*h<>pX"  # the same cycle as runners.costplots
+CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
+PANEL = (4.0, 3.0)  # inches per task panel
+
+
+# --- shared: styles, layout, saving -----------------------------------------------------------------
+def family_styles(names) -> dict[str, dict]:
+    """Colour and marker per family, fixed by its index in `list_models()` (others follow alphabetically).
+
+    The palette is tab20's dark shades then its light ones, so the first ten families get ten distinct hues.
+    """
+    from models import list_models
+
+    registered = list_models()
+    everyone = registered + sorted(set(names) - set(registered))
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = list(tab20[0::2]) + list(tab20[1::2])
+    return {
+        name: {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, name in enumerate(everyone) if name in set(names)
+    }
+
+
+@dataclass
+class Sweep:
+    """What every chart reads: the tables and the leaderboard's per-trial and per-cell accuracies."""
+
+    results: Results
+    trials: pd.DataFrame  # one row per trial (runners.leaderboard.trial_table)
+    cells: pd.DataFrame  # one row per (task, model, train_len), missing cells included
+    chosen: pd.DataFrame  # the trials of each cell's chosen config
+    tasks: list[str]
+    models: list[str]
+    styles: dict[str, dict]
+
+    @classmethod
+    def from_results(cls, results: Results) -> "Sweep":
+        trials = trial_table(results.runs)
+        cells = cell_table(trials)
+        models = model_order(cells["model"])
+        return cls(results, trials, cells, chosen_trials(trials, cells), task_order(cells["task"]), models,
+                   family_styles(models))
+
+
+def _panels(n: int, title: str, extra_width: float = 1.6, panel=PANEL) -> tuple[Figure, list]:
+    """A figure with `n` panels in rows of at most 3 (unused panels hidden) and room on the right."""
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(panel[0] * cols + extra_width, panel[1] * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes[:n]
+
+
+def _family_legend(fig: Figure, sweep: Sweep, models, extra: list[tuple] = ()) -> None:
+    """One legend for the whole figure, outside the panels on the right, families in registry order."""
+    handles = [Line2D([], [], **_line(sweep, m)) for m in models]
+    labels = list(models)
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    fig.legend(handles, labels, loc="outside right upper", title="family", frameon=False)
+
+
+def _line(sweep: Sweep, model: str) -> dict:
+    style = sweep.styles[model]
+    return {"color": style["color"], "marker": style["marker"], "markersize": 5, "linewidth": 1.5}
+
+
+def _log2_axis(ax, values) -> None:
+    """Log-2 x axis with a tick at each value, written as plain integers."""
+    values = sorted({int(v) for v in values})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values)
+    ax.set_xticklabels([str(v) for v in values], rotation=45 if len(values) > 5 else 0)
+    ax.minorticks_off()
+
+
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write `stem`.png and `stem`.svg atomically; the SVG carries no date so it is byte-stable."""
+    paths = []
+    for fmt, kwargs in (("png", {"dpi": 130}), ("svg", {"metadata": {"Date": None}})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, **kwargs)
+        path = out_dir / f"{stem}.{fmt}"
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+        fig.set_layout_engine("none")  # keep the layout the first save computed: the slow part of saving
+    return paths
+
+
+def _short_exponent(value: float, _position=None) -> str:
+    """3e9 rather than 3x10^9: compact tick labels for a log axis."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey", wrap=True)
+
+
+# --- the charts ----------------------------------------------------------------------------------------
+def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Accuracy at the trained length against that length (log x), one line per family, a panel per task."""
+    fig, axes = _panels(len(sweep.tasks), "Accuracy at the trained length")
+    any_failed = False
+    for ax, task in zip(axes, sweep.tasks):
+        cells = sweep.cells[(sweep.cells["task"] == task) & (sweep.cells["status"] != "missing")]
+        for model in sweep.models:
+            mine = cells[cells["model"] == model].sort_values("train_len")
+            if mine.empty:
+                continue
+            ax.plot(mine["train_len"], mine["accuracy"], **_line(sweep, model))
+            failed = mine[mine["failed"] > 0]
+            ax.scatter(failed["train_len"], failed["accuracy"], marker="x", s=60, color="black", zorder=5)
+            any_failed |= not failed.empty
+        ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
+        _log2_axis(ax, sweep.cells.loc[sweep.cells["task"] == task, "train_len"])
+        ax.set(title=task, xlabel="trained length (tokens)", ylabel="accuracy", ylim=(-0.03, 1.03))
+    extra = [(Line2D([], [], color="grey", linestyle="--"), f"horizon threshold {THRESHOLD}")]
+    if any_failed:
+        extra.append((Line2D([], [], marker="x", color="black", linestyle=""), "a failed seed (counted 0)"))
+    _family_legend(fig, sweep, sweep.models, extra)
+    return _save(fig, out_dir, "accuracy_vs_length")
+
+
+def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Family x trained length grid per task; each cell shows its accuracy ("*": a seed failed, "n/a": not run)."""
+    n_models = len(sweep.models)
+    width = max(3.0, 0.6 * sweep.cells.groupby("task")["train_len"].nunique().max() + 1.5)
+    title = "Accuracy at the trained length, per family and length\n(*: a seed failed and counts 0;  n/a: not run)"
+    fig, axes = _panels(len(sweep.tasks), title, extra_width=1.0, panel=(width, 0.32 * n_models + 1.3))
+    image = None
+    for ax, task in zip(axes, sweep.tasks):
+        cells = sweep.cells[sweep.cells["task"] == task]
+        lengths = sorted(cells["train_len"].unique())
+        grid = cells.pivot(index="model", columns="train_len", values="accuracy").reindex(sweep.models)
+        status = cells.pivot(index="model", columns="train_len", values="status").reindex(sweep.models)
+        failed = cells.pivot(index="model", columns="train_len", values="failed").reindex(sweep.models)
+        values = np.ma.masked_where(status.to_numpy() == "missing", grid.to_numpy(dtype=float))
+        image = ax.imshow(values, cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto")
+        for i, model in enumerate(sweep.models):
+            for j, length in enumerate(lengths):
+                if status.loc[model, length] == "missing":
+                    text, colour = "n/a", "black"
+                else:
+                    value = grid.loc[model, length]
+                    text = f"{value:.2f}" + ("*" if failed.loc[model, length] else "")
+                    colour = "white" if value < 0.6 else "black"
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+        ax.set_xticks(range(len(lengths)), [str(int(v)) for v in lengths])
+        ax.set_yticks(range(n_models), sweep.models)
+        ax.grid(False)
+        ax.set(title=task, xlabel="trained length (tokens)")
+    fig.colorbar(image, ax=axes, label="accuracy", shrink=0.8)
+    return _save(fig, out_dir, "heatmap")
+
+
+def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Accuracy by lag bucket at each task's longest trained length (trained and evaluated there)."""
+    lags = sweep.results.lags
+    if lags is None or lags.empty:
+        return []
+    lags = lags[lags["trial_id"].isin(sweep.chosen["trial_id"]) & (lags["eval_len"] == lags["train_len"])]
+    fig, axes = _panels(len(sweep.tasks), "Accuracy against lag (how far back the answer lies)")
+    for ax, task in zip(axes, sweep.tasks):
+        mine = lags[lags["task"] == task]
+        if mine.empty:
+            _note(ax, "no lag data")
+            ax.set_title(task)
+            continue
+        longest = int(mine["train_len"].max())
+        mine = mine[mine["train_len"] == longest].assign(correct=lambda d: d["accuracy"] * d["count"])
+        pooled = mine.groupby(["model", "lag_bucket"])[["correct", "count"]].sum()
+        pooled["accuracy"] = pooled["correct"] / pooled["count"]
+        for model in sweep.models:
+            if model in pooled.index.get_level_values("model"):
+                curve = pooled.loc[model].sort_index()
+                ax.plot(curve.index, curve["accuracy"], **_line(sweep, model))
+        _log2_axis(ax, mine["lag_bucket"])
+        ax.set(title=f"{task} (length {longest})", xlabel="lag bucket [b, 2b) (tokens)", ylabel="accuracy",
+               ylim=(-0.03, 1.03))
+    _family_legend(fig, sweep, [m for m in sweep.models if m in set(lags["model"])])
+    return _save(fig, out_dir, "accuracy_vs_lag")
+
+
+def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Accuracy at k x the trained length (k = 1, 2, 4, ...), averaged over the trained lengths evaluated
+    at every k of the task, so each line compares the same models at the same lengths."""
+    runs = sweep.results.runs
+    runs = runs[runs["trial_id"].isin(sweep.chosen["trial_id"]) & (runs["status"] == "ok")]
+    runs = runs[runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)]
+    runs = runs.assign(ratio=runs["eval_len"] / runs["train_len"])
+    runs = runs[(runs["ratio"] >= 1) & (runs["ratio"] == runs["ratio"].round())]
+    fig, axes = _panels(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
+    for ax, task in zip(axes, sweep.tasks):
+        mine = runs[runs["task"] == task]
+        ratios = sorted(mine["ratio"].unique())
+        evaluated = mine.groupby("train_len")["ratio"].nunique()
+        complete = evaluated[evaluated == len(ratios)].index
+        mine = mine[mine["train_len"].isin(complete)]
+        if len(ratios) < 2 or mine.empty:
+            _note(ax, "no evaluation beyond the\ntrained length in this sweep")
+        means = mine.groupby(["model", "ratio"])["accuracy"].mean()
+        for model in sweep.models:
+            if model in means.index.get_level_values("model"):
+                ax.plot(means.loc[model].index, means.loc[model].to_numpy(), **_line(sweep, model))
+        if ratios:
+            _log2_axis(ax, ratios)
+            ax.set_xticklabels([f"{int(r)}x" for r in ratios])
+        lengths = ", ".join(str(int(v)) for v in sorted(complete)) or "none"
+        ax.set(title=f"{task} (trained at {lengths})", xlabel="evaluation length / trained length",
+               ylabel="accuracy", ylim=(-0.03, 1.03))
+    _family_legend(fig, sweep, sweep.models)
+    return _save(fig, out_dir, "length_generalisation")
+
+
+def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Accuracy against training compute, one point per (family, trained length), joined in length order;
+    bubble area grows with the state size (floats carried per sequence), or peak memory when unknown."""
+    chosen = sweep.chosen.copy()
+    chosen["flops"] = chosen["flops_per_step"] * chosen["steps"] if "flops_per_step" in chosen else np.nan
+    use_flops = chosen["flops"].notna().any() and (chosen["flops"] > 0).any()
+    x_column, x_label = ("flops", "training FLOPs (flops_per_step x steps)") if use_flops else \
+        ("train_seconds", "training time (s)")
+    size_column = "state_size" if "state_size" in chosen and chosen["state_size"].notna().any() else "peak_memory_mb"
+    size_unit = "state floats" if size_column == "state_size" else "MB peak memory"
+    points = chosen.groupby(["task", "model", "train_len"])[[x_column, size_column]].mean()
+    cells = sweep.cells.set_index(["task", "model", "train_len"])
+    points["accuracy"] = cells["accuracy"].reindex(points.index)
+    biggest = float(np.nanmax(points[size_column].to_numpy(dtype=float), initial=0.0)) or 1.0
+
+    def area(value: float) -> float:  # marker area in points^2: 12 for none up to 250 for the largest
+        return 12.0 + 238.0 * math.sqrt(max(0.0, value if not math.isnan(value) else 0.0) / biggest)
+
+    fig, axes = _panels(len(sweep.tasks), "Accuracy against training cost", extra_width=2.0)
+    for ax, task in zip(axes, sweep.tasks):
+        if task not in points.index.get_level_values("task"):
+            _note(ax, "no trials")
+            continue
+        mine = points.loc[task].dropna(subset=[x_column])
+        for model in sweep.models:
+            if model not in mine.index.get_level_values("model"):
+                continue
+            curve = mine.loc[model].sort_index()
+            style = sweep.styles[model]
+            ax.plot(curve[x_column], curve["accuracy"], color=style["color"], linewidth=0.8, alpha=0.6)
+            ax.scatter(curve[x_column], curve["accuracy"], s=[area(v) for v in curve[size_column]],
+                       color=style["color"], marker=style["marker"], alpha=0.7, edgecolors="black",
+                       linewidths=0.4, zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))  # 1e9, 3e9, 1e10 ...
+        ax.xaxis.set_major_formatter(FuncFormatter(_short_exponent))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(title=task, xlabel=x_label, ylabel="accuracy at trained length", ylim=(-0.05, 1.08))
+    sizes = sorted({biggest, biggest / 4, 0.0}, reverse=True)
+    extra = [(Line2D([], [], marker="o", linestyle="", color="grey", alpha=0.6, markersize=math.sqrt(area(v))),
+              f"{v:,.0f} {size_unit}") for v in sizes]
+    _family_legend(fig, sweep, sweep.models, extra)
+    return _save(fig, out_dir, "accuracy_vs_cost")
+
+
+def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Evaluation accuracy at the trained length against training tokens, at each task's longest length."""
+    curves = sweep.results.curves
+    if curves is None or curves.empty:
+        return []
+    curves = curves[curves["trial_id"].isin(sweep.chosen["trial_id"]) & curves["eval_accuracy"].notna()]
+    fig, axes = _panels(len(sweep.tasks), "Learning curves at the longest trained length")
+    for ax, task in zip(axes, sweep.tasks):
+        mine = curves[curves["task"] == task]
+        if mine.empty:
+            _note(ax, "no evaluations recorded")
+            ax.set_title(task)
+            continue
+        longest = int(mine["train_len"].max())
+        mine = mine[mine["train_len"] == longest]
+        means = mine.groupby(["model", "step"])[["tokens", "eval_accuracy"]].mean()
+        for model in sweep.models:
+            if model in means.index.get_level_values("model"):
+                curve = means.loc[model].sort_index()
+                ax.plot(curve["tokens"], curve["eval_accuracy"], **_line(sweep, model))
+        ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
+        ax.set(title=f"{task} (length {longest})", xlabel="training tokens", ylabel="accuracy",
+               ylim=(-0.03, 1.03))
+    _family_legend(fig, sweep, [m for m in sweep.models if m in set(curves["model"])])
+    return _save(fig, out_dir, "training_curves")
+
+
+def cost_charts(results: Results, out_dir: Path) -> list[Path]:
+    """The cost curves of `runners.costplots` when cost.csv is present and that module is installed."""
+    if results.cost is None or results.cost.empty:
+        return []
+    try:
+        from runners.costplots import draw_cost_charts
+    except ModuleNotFoundError as err:
+        if err.name != "runners.costplots":
+            raise
+        return []
+    fits = results.cost_fit if results.cost_fit is not None else pd.DataFrame()
+    return [Path(p) for p in draw_cost_charts(results.cost, fits, out_dir)]
+
+
+CHARTS = (accuracy_vs_length, heatmap, accuracy_vs_lag, length_generalisation, accuracy_vs_cost, training_curves)
+
+
+def draw_charts(results: Results, out_dir: str | Path) -> list[Path]:
+    """Draw every chart the tables allow into `out_dir` (created if needed); return the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep = Sweep.from_results(results)
+    paths: list[Path] = []
+    with matplotlib.rc_context(RC):
+        for chart in CHARTS:
+            paths += chart(sweep, out_dir)
+        paths += cost_charts(results, out_dir)
+    return paths

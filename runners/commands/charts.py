@@ -1,0 +1,37 @@
+"""`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables.
+
+No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv (and cost.csv with
+cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "rebuild the leaderboard and every chart of a sweep directory from its tables alone (no training)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="a sweep's output directory (holding runs.csv)")
+
+
+def publish(directory: str | Path) -> list[Path]:
+    """Write leaderboard.md, leaderboard.csv and charts/ into `directory`; print the table; return the files.
+
+    Raises UsageError, before writing anything, when the directory holds no usable runs.csv.
+    """
+    from runners.charts import draw_charts
+    from runners.leaderboard import read_results, write_leaderboard
+
+    results = read_results(directory)
+    written = write_leaderboard(results)
+    charts = draw_charts(results, results.directory / "charts")
+    text = written[0].read_text()
+    print(text[text.index("| rank"):], end="")
+    print(f"wrote {written[0]}, {written[1].name} and {len(charts)} chart files in {results.directory / 'charts'}")
+    return written + charts
+
+
+def run(args) -> int:
+    publish(args.dir)
+    return 0

@@ -1,0 +1,340 @@
+"""The leaderboard: one row per model family, computed from a sweep's `runs.csv` alone.
+
+Definitions, for task t, family m and trained length L (a "cell"):
+
+    trial accuracy  acc = token accuracy evaluated at the trained length (eval_len == train_len, plain
+                    slice "L{L}"); 0 when the trial failed (status != ok) or has no such row
+    cell accuracy   a(m, t, L) = max over configs of the mean over seeds of acc, where a config is
+                    (d_model, n_layers, lr, batch_size): the best learning rate or size of a sweep
+                    wins, seeds are averaged; 0 when the sweep has no trial of the cell ("missing")
+    horizon         H(m, t) = the longest L with a(m, t, L) >= 0.9 (RULER's "effective length"); 0 if none
+    mean accuracy   A(m, t) = mean of a(m, t, L) over every length L trained on task t in the sweep
+    score           S(m)    = mean over tasks of A(m, t)
+    rank            S descending; ties broken by the sum of horizons (descending), then fewer parameters,
+                    then the family name
+
+Worked example: one task trained at L = 64, 128, 256 with cell accuracies 1.0, 0.95, 0.5 gives
+H = 128 and A = (1.0 + 0.95 + 0.5) / 3 = 0.8167; with a second task at A = 0.5 the score is 0.6583.
+A failed trial counts as accuracy 0 in its seed mean, so failures never raise a family's score; the
+family's `failed_trials` and `missing_cells` say how many cells were affected.
+
+Every output is a pure function of the tables, formatted with fixed precision and written atomically, so
+rebuilding it from the same tables gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from runners.errors import UsageError
+
+THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
+CONFIG_COLUMNS = ["d_model", "n_layers", "lr", "batch_size"]  # not steps: the steps taken vary by seed
+RUNS_REQUIRED = [
+    "trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len", "slice",
+    "seed", *CONFIG_COLUMNS, "accuracy", "train_seconds", "status",
+]
+_STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model": str, "slice": str, "status": str,
+                   "error": str, "device": str, "git_commit": str, "torch_version": str}
+CELL_KEY = ["task", "model", "train_len"]
+
+
+# --- reading ---------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    """The tables of one sweep directory. `runs` always has rows; the others are None when absent."""
+
+    directory: Path
+    runs: pd.DataFrame
+    lags: pd.DataFrame | None = None
+    curves: pd.DataFrame | None = None
+    cost: pd.DataFrame | None = None
+    cost_fit: pd.DataFrame | None = None
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    """The table at `path`, or None when the file is absent or holds nothing."""
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype=_STRING_COLUMNS)
+    except pd.errors.EmptyDataError:
+        return None
+
+
+def read_results(directory: str | os.PathLike) -> Results:
+    """Read a sweep's tables; raise UsageError when the directory holds no usable runs.csv."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise UsageError(f"results directory {directory} does not exist; give the --out directory of a sweep")
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; give the --out directory of a sweep")
+    if not (directory / "runs.csv").is_file():
+        raise UsageError(f"{directory} has no runs.csv; give the --out directory of `membench run` or "
+                         f"`membench leaderboard`")
+    runs = _read_csv(directory / "runs.csv")
+    if runs is None or runs.empty:
+        raise UsageError(f"runs.csv in {directory} has no rows; run the sweep first")
+    missing = [c for c in RUNS_REQUIRED if c not in runs.columns]
+    if missing:
+        raise UsageError(f"runs.csv in {directory} lacks column(s) {', '.join(missing)}; "
+                         f"it must follow the membench runs schema")
+    runs = runs.copy()
+    runs["task"] = task_labels(runs)
+    tables = {name: _read_csv(directory / f"{name}.csv") for name in ("lags", "curves", "cost", "cost_fit")}
+    label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
+    for name in ("lags", "curves"):  # these carry the bare task name: take the label from runs
+        if tables[name] is not None:
+            tables[name]["task"] = tables[name]["trial_id"].map(label).fillna(tables[name]["task"])
+    return Results(directory, runs, **tables)
+
+
+def task_labels(runs: pd.DataFrame) -> pd.Series:
+    """The task column, made unique per (version, params): a sweep may train one task with several params.
+
+    A task with one (version, params) combination keeps its bare name; otherwise each variant becomes
+    "name[k=v,...]" with the params that differ between variants ("name[v2,k=v,...]" when versions differ
+    too), e.g. "associative_recall[num_kv_pairs=16]".
+    """
+
+    def parse(text: object) -> dict:
+        try:
+            params = json.loads(text) if isinstance(text, str) and text else {}
+        except json.JSONDecodeError:
+            return {"params": text}
+        return params if isinstance(params, dict) else {"params": params}
+
+    labels = runs["task"].astype(str).copy()
+    variants = runs[["task", "task_version", "task_params"]].astype(str).drop_duplicates()
+    for task, group in variants.groupby("task"):
+        if len(group) < 2:
+            continue
+        parsed = {text: parse(text) for text in group["task_params"]}
+        keys = sorted({k for p in parsed.values() for k in p})
+        differing = [k for k in keys if len({repr(p.get(k)) for p in parsed.values()}) > 1]
+        tags = {text: ",".join(f"{k}={p.get(k)}" for k in differing) for text, p in parsed.items()}
+        rows = runs["task"].astype(str) == task
+        tag = runs.loc[rows, "task_params"].astype(str).map(tags)
+        if group["task_version"].nunique() > 1:
+            tag = "v" + runs.loc[rows, "task_version"].astype(str) + tag.map(lambda t: f",{t}" if t else "")
+        labels[rows] = f"{task}[" + tag + "]"
+    return labels
+
+
+# --- trials, cells, leaderboard -------------------------------------------------------------------
+def ordered(names, registered: list[str]) -> list[str]:
+    """`names` in registry order first, then any unregistered names alphabetically."""
+    names = set(names)
+    return [n for n in registered if n in names] + sorted(names - set(registered))
+
+
+def model_order(names) -> list[str]:
+    from models import list_models
+
+    return ordered(names, list_models())
+
+
+def task_order(names) -> list[str]:
+    """Task labels in registry order of their base name, variants alphabetically within a task."""
+    from memtasks import list_tasks
+
+    registered = list_tasks()
+    rank = {name: i for i, name in enumerate(registered)}
+
+    def key(label: str) -> tuple:
+        base = label.split("[")[0].split(" ")[0]
+        return (rank.get(base, len(registered)), base, label)
+
+    return sorted(set(names), key=key)
+
+
+def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its cell, config, params, costs, status and accuracy at the trained length.
+
+    A trial's status is that of its plain row at the trained length (or its first non-ok status when it has
+    no such row); a trial whose status is not ok gets accuracy 0, and so does an ok trial without that row
+    (`evaluated` False).
+    """
+    plain = (runs["eval_len"] == runs["train_len"]) & (
+        runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)
+    )
+    at_train = runs[plain].drop_duplicates("trial_id").set_index("trial_id")
+    # the trial's status is its trained-length row's (a slice at 4x the length may fail on its own)
+    status = runs.groupby("trial_id")["status"].agg(lambda s: next((v for v in s if v != "ok"), "ok"))
+    status.update(at_train["status"])
+    at_train = at_train.loc[at_train["status"] == "ok", "accuracy"].dropna()
+    first = runs.drop_duplicates("trial_id").set_index("trial_id")
+    keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds"]
+    keep += [c for c in ("flops_per_step", "state_size", "peak_memory_mb") if c in first.columns]
+    trials = first[keep].copy()
+    trials["status"] = status
+    trials["evaluated"] = trials.index.isin(at_train.index) & (trials["status"] == "ok")
+    trials["accuracy"] = np.where(trials["evaluated"], at_train.reindex(trials.index), 0.0)
+    trials["config"] = trials[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1)
+    return trials.reset_index()
+
+
+def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, model, train_len) of the sweep's grid, including cells it is missing.
+
+    The grid is every family crossed with every (task, trained length) that any family was trained at.
+    Columns: task, model, train_len, accuracy (the best config's seed mean; 0 when missing), config (the
+    chosen config), seeds (its trials), failed (its failed trials), status ("ok", the first failure status
+    of the chosen config, or "missing").
+    """
+    by_config = trials.groupby([*CELL_KEY, "config"]).agg(
+        accuracy=("accuracy", "mean"), seeds=("trial_id", "size"),
+        failed=("status", lambda s: int((s != "ok").sum())),
+        status=("status", lambda s: min((v for v in s if v != "ok"), default="ok")),
+    ).reset_index()
+    # the best config per cell; equal accuracies resolve to the first config, so the choice is stable
+    by_config = by_config.sort_values([*CELL_KEY, "accuracy", "config"], ascending=[True, True, True, False, True])
+    best = by_config.groupby(CELL_KEY).head(1).set_index(CELL_KEY)
+    grid = [
+        (task, model, length)
+        for task, lengths in trials.groupby("task")["train_len"].unique().items()
+        for model in trials["model"].unique()
+        for length in lengths
+    ]
+    cells = best.reindex(pd.MultiIndex.from_tuples(grid, names=CELL_KEY))
+    absent = cells["accuracy"].isna()
+    cells.loc[absent, ["accuracy", "seeds", "failed"]] = 0
+    cells.loc[absent, ["status", "config"]] = ["missing", ""]
+    cells = cells.reset_index().astype({"seeds": int, "failed": int, "train_len": int})
+    return cells.sort_values(CELL_KEY).reset_index(drop=True)
+
+
+def chosen_trials(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The trials of each cell's chosen config: the ones whose accuracies the leaderboard averages."""
+    keys = cells.loc[cells["status"] != "missing", [*CELL_KEY, "config"]]
+    return trials.merge(keys, on=[*CELL_KEY, "config"])
+
+
+def horizon(lengths: list[int], accuracies: list[float], threshold: float = THRESHOLD) -> int:
+    """The longest length whose accuracy is >= threshold, 0 when none is.
+
+    A tolerance of 1e-9 keeps seed means such as (0.95 + 0.85) / 2 = 0.8999999999999999 at the threshold.
+
+    >>> horizon([64, 128, 256], [1.0, 0.95, 0.5])
+    128
+    """
+    passing = [length for length, acc in zip(lengths, accuracies) if acc >= threshold - 1e-9]
+    return int(max(passing)) if passing else 0
+
+
+def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The leaderboard table (one row per family, sorted by rank) and the task labels in column order.
+
+    Columns: rank, model, score, params, train_seconds, trials, failed_trials, missing_cells, then per task
+    "<task> horizon" and "<task> mean_accuracy".
+    """
+    trials = trial_table(runs)
+    cells = cell_table(trials)
+    tasks = task_order(cells["task"])
+    rows = []
+    for model in model_order(cells["model"]):
+        mine = cells[cells["model"] == model]
+        mine_trials = trials[trials["model"] == model]
+        row = {"model": model}
+        per_task = {}
+        for task in tasks:
+            part = mine[mine["task"] == task].sort_values("train_len")
+            per_task[f"{task} horizon"] = horizon(part["train_len"].tolist(), part["accuracy"].tolist())
+            per_task[f"{task} mean_accuracy"] = float(part["accuracy"].mean())
+        row["score"] = float(np.mean([per_task[f"{t} mean_accuracy"] for t in tasks]))
+        row["params"] = int(mine_trials["params"].max()) if mine_trials["params"].notna().any() else 0
+        row["train_seconds"] = float(np.nansum(mine_trials["train_seconds"].to_numpy(dtype=float)))
+        row["trials"] = int(len(mine_trials))
+        row["failed_trials"] = int((mine_trials["status"] != "ok").sum())
+        row["missing_cells"] = int((mine["status"] == "missing").sum())
+        row["_horizons"] = sum(per_task[f"{t} horizon"] for t in tasks)
+        rows.append({**row, **per_task})
+    board = pd.DataFrame(rows)
+    board = board.sort_values(["score", "_horizons", "params", "model"], ascending=[False, False, True, True])
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board.drop(columns="_horizons").reset_index(drop=True), tasks
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _number(value: float, digits: int) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def leaderboard_csv(board: pd.DataFrame) -> str:
+    """CSV text with fixed float precision (4 digits for accuracies, 2 for seconds)."""
+    out = board.copy()
+    for column in out.columns:
+        if column == "score" or column.endswith("mean_accuracy"):
+            out[column] = out[column].map(lambda v: _number(v, 4))
+        elif column == "train_seconds":
+            out[column] = out[column].map(lambda v: _number(v, 2))
+    return out.to_csv(index=False, lineterminator="\n")
+
+
+def _distinct(runs: pd.DataFrame, column: str) -> str:
+    values = runs[column].dropna().astype(str).unique() if column in runs.columns else []
+    return ", ".join(sorted(values)) or "unknown"
+
+
+def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFrame) -> str:
+    """The leaderboard as a Markdown page: the definitions, the sweep's lengths and provenance, the table."""
+    lengths = runs.groupby("task")["train_len"].unique()
+    lines = [
+        "# membench leaderboard",
+        "",
+        f"Per task, **horizon** is the longest trained length at which accuracy at that length is >= {THRESHOLD} "
+        "(\"-\" when there is none) and **acc** is the accuracy at the trained length, averaged over the trained "
+        "lengths. **score** is the mean of acc over tasks. Accuracy is the seed mean of the best config per cell; "
+        "failed or missing trials count as 0 and are flagged.",
+        "",
+        "Trained lengths: " + "; ".join(
+            f"{t}: " + ", ".join(str(int(x)) for x in sorted(lengths[t])) for t in tasks) + ".",
+        f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
+        f"torch: {_distinct(runs, 'torch_version')}.",
+        "",
+    ]
+    header = ["rank", "model", "score", *[f"{t} (horizon / acc)" for t in tasks], "params", "train time (s)",
+              "flags"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" if h in ("model", "flags") else "---:" for h in header) + "|")
+    for _, row in board.iterrows():
+        flags = [f"{row[key]} {label}" for key, label in
+                 (("failed_trials", "failed trial(s)"), ("missing_cells", "missing cell(s)")) if row[key]]
+        per_task = [f"{int(row[f'{t} horizon']) or '-'} / {row[f'{t} mean_accuracy']:.3f}" for t in tasks]
+        lines.append("| " + " | ".join([
+            str(row["rank"]), str(row["model"]), f"{row['score']:.3f}", *per_task, f"{int(row['params']):,}",
+            f"{row['train_seconds']:.1f}", "; ".join(flags),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(results: Results) -> list[Path]:
+    """Write leaderboard.md and leaderboard.csv into the results directory; return their paths."""
+    board, tasks = build_leaderboard(results.runs)
+    md = results.directory / "leaderboard.md"
+    csv = results.directory / "leaderboard.csv"
+    write_atomic(csv, leaderboard_csv(board).encode())
+    write_atomic(md, leaderboard_markdown(board, tasks, results.runs).encode())
+    return [md, csv]

@@ -1,0 +1,220 @@
+"""The leaderboard from synthetic tables with hand-computed values: horizon, mean accuracy, score, rank,
+failed and missing trials, deterministic files, and one-line errors for bad directories."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runners.errors import UsageError
+from runners.leaderboard import build_leaderboard, horizon, read_results, task_labels, write_leaderboard
+
+RUNS_COLUMNS = [
+    "trial_id", "task", "task_version", "task_params", "model", "d_model", "n_layers", "params", "train_len",
+    "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match", "loss",
+    "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
+    "attention_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
+    "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
+]
+LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
+CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
+                  "eval_accuracy"]
+PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}
+STATE = {"mlp": 0, "lstm": 256, "gru": 128}
+NAN = float("nan")
+
+
+def trial(task, model, train_len, accuracy, seed=0, status="ok", lr=1e-3, generalisation=(0.5, 0.25),
+          task_params="{}", train_seconds=2.0):
+    """Runs rows of one trial: its trained length, and 2x and 4x that length scaled by `generalisation`."""
+    trial_id = f"{task}-{model}-{train_len}-{seed}-{lr}-{task_params}"
+    failed = status != "ok"
+    rows = []
+    for factor, scale in ((1, 1.0), (2, generalisation[0]), (4, generalisation[1])):
+        if failed and factor > 1:
+            break
+        eval_len = train_len * factor
+        steps = 100 + seed  # the steps taken (early stopping) differ between seeds of one config
+        flops = 6.0 * PARAMS[model] * 8 * train_len
+        rows.append({
+            "trial_id": trial_id, "task": task, "task_version": 1, "task_params": task_params, "model": model,
+            "d_model": 32, "n_layers": 2, "params": PARAMS[model], "train_len": train_len, "eval_len": eval_len,
+            "slice": f"L{eval_len}", "is_train_len": factor == 1, "seed": seed, "lr": lr, "batch_size": 8,
+            "steps": NAN if failed else steps, "accuracy": NAN if failed else accuracy * scale,
+            "exact_match": NAN if failed else (accuracy * scale) ** 4, "loss": NAN if failed else 1 - accuracy,
+            "train_seconds": NAN if failed else train_seconds, "ms_per_step": 10.0 * train_len / 64,
+            "tokens_per_second": 1e4, "peak_memory_mb": 10.0 + train_len / 64, "flops_per_step": flops,
+            "tflops_per_s": 1e-3, "attention_flops_share": 0.0, "state_size": STATE[model],
+            "time_to_accuracy_seconds": NAN, "time_to_accuracy_steps": NAN, "time_to_accuracy_tokens": NAN,
+            "status": status, "error": "" if not failed else "out of memory", "device": "cpu",
+            "git_commit": "abc1234", "torch_version": "2.13.0",
+        })
+    if not failed:  # a sliced evaluation beside the plain one: it must not enter the leaderboard
+        rows.append({**rows[0], "slice": f"L{train_len}-kv4", "accuracy": 0.0})
+    return rows
+
+
+def known_runs() -> pd.DataFrame:
+    """Two tasks, three families; the expected leaderboard is worked out in `test_values_computed_by_hand`."""
+    rows = []
+    for model, accs in (("lstm", (1.0, 0.95, 0.5)), ("gru", (0.9, 0.89, 0.95)), ("mlp", (0.1, 0.1, 0.1))):
+        for length, acc in zip((64, 128, 256), accs):
+            rows += trial("copy", model, length, acc)
+    rows += trial("recall", "lstm", 64, 1.0, seed=0) + trial("recall", "lstm", 64, 0.8, seed=1)
+    rows += trial("recall", "lstm", 128, 0.6, seed=0) + trial("recall", "lstm", 128, NAN, seed=1, status="oom")
+    rows += trial("recall", "gru", 64, 0.7, seed=0) + trial("recall", "gru", 64, 0.7, seed=1)
+    rows += trial("recall", "gru", 64, 0.95, seed=0, lr=3e-3) + trial("recall", "gru", 64, 0.85, seed=1, lr=3e-3)
+    # gru at recall 128: missing from the sweep
+    rows += trial("recall", "mlp", 64, 0.2) + trial("recall", "mlp", 128, 0.2)
+    return pd.DataFrame(rows, columns=RUNS_COLUMNS)
+
+
+def lags_for(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per ok row: accuracy falling with lag from the row's accuracy, buckets 1 .. eval_len/2."""
+    rows = []
+    for _, r in runs[(runs["status"] == "ok") & ~runs["slice"].str.contains("-")].iterrows():
+        bucket = 1
+        while bucket < r["eval_len"]:
+            acc = r["accuracy"] * (1.0 if bucket <= 16 else 16 / bucket)
+            rows.append([r["trial_id"], r["task"], r["model"], r["train_len"], r["eval_len"], r["seed"], bucket,
+                         acc, 10 * bucket])
+            bucket *= 2
+    return pd.DataFrame(rows, columns=LAGS_COLUMNS)
+
+
+def curves_for(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    trials = runs[(runs["status"] == "ok") & (runs["eval_len"] == runs["train_len"])].drop_duplicates("trial_id")
+    for _, r in trials.iterrows():
+        for step in range(0, 101, 20):
+            evaluated = step % 40 == 0 or step == 100
+            rows.append([r["trial_id"], r["task"], r["model"], r["train_len"], r["seed"], step, step * 0.02,
+                         step * 8 * r["train_len"], 3.0 * (1 - step / 120),
+                         r["accuracy"] * step / 100 if evaluated else NAN])
+    return pd.DataFrame(rows, columns=CURVES_COLUMNS)
+
+
+def write_sweep(directory: Path, runs: pd.DataFrame | None = None) -> Path:
+    """A sweep directory with runs.csv, lags.csv and curves.csv made from `runs` (default: known_runs)."""
+    runs = known_runs() if runs is None else runs
+    directory.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(directory / "runs.csv", index=False)
+    lags_for(runs).to_csv(directory / "lags.csv", index=False)
+    curves_for(runs).to_csv(directory / "curves.csv", index=False)
+    return directory
+
+
+def test_horizon_is_the_longest_length_at_or_above_threshold():
+    assert horizon([64, 128, 256], [1.0, 0.95, 0.5]) == 128
+    assert horizon([64, 128, 256], [0.9, 0.89, 0.95]) == 256  # not required to be monotone
+    assert horizon([64, 128], [0.5, 0.899]) == 0
+    assert horizon([], []) == 0
+
+
+def test_values_computed_by_hand(tmp_path):
+    board, tasks = build_leaderboard(read_results(write_sweep(tmp_path)).runs)
+    assert tasks == ["copy", "recall"]
+    assert board["model"].tolist() == ["lstm", "gru", "mlp"] and board["rank"].tolist() == [1, 2, 3]
+    row = board.set_index("model")
+    # copy: lstm 1.0/0.95/0.5; gru 0.9/0.89/0.95; mlp 0.1 everywhere
+    assert row.loc["lstm", "copy horizon"] == 128 and row.loc["lstm", "copy mean_accuracy"] == pytest.approx(2.45 / 3)
+    assert row.loc["gru", "copy horizon"] == 256 and row.loc["gru", "copy mean_accuracy"] == pytest.approx(2.74 / 3)
+    assert row.loc["mlp", "copy horizon"] == 0 and row.loc["mlp", "copy mean_accuracy"] == pytest.approx(0.1)
+    # recall: lstm 64 -> seeds 1.0, 0.8 = 0.9 (>= 0.9); 128 -> 0.6 and an oom seed counted 0 = 0.3
+    assert row.loc["lstm", "recall horizon"] == 64 and row.loc["lstm", "recall mean_accuracy"] == pytest.approx(0.6)
+    # gru at 64: the lr=3e-3 config (0.95, 0.85 -> 0.9) beats lr=1e-3 (0.7); 128 missing counts 0
+    assert row.loc["gru", "recall horizon"] == 64 and row.loc["gru", "recall mean_accuracy"] == pytest.approx(0.45)
+    assert row.loc["mlp", "recall horizon"] == 0 and row.loc["mlp", "recall mean_accuracy"] == pytest.approx(0.2)
+    assert row.loc["lstm", "score"] == pytest.approx((2.45 / 3 + 0.6) / 2)
+    assert row.loc["gru", "score"] == pytest.approx((2.74 / 3 + 0.45) / 2)
+    assert row.loc["mlp", "score"] == pytest.approx(0.15)
+    # flags, params, and train time summed over trials (not over their several eval rows; failed = NaN seconds)
+    assert (row.loc["lstm", "failed_trials"], row.loc["lstm", "missing_cells"]) == (1, 0)
+    assert (row.loc["gru", "failed_trials"], row.loc["gru", "missing_cells"]) == (0, 1)
+    assert row.loc["lstm", "trials"] == 7 and row.loc["lstm", "train_seconds"] == pytest.approx(12.0)
+    assert row.loc["gru", "trials"] == 7 and row.loc["gru", "train_seconds"] == pytest.approx(14.0)
+    assert row.loc["gru", "params"] == PARAMS["gru"]
+
+
+def test_ties_break_on_horizon_then_params_then_name():
+    rows = []
+    rows += trial("copy", "lstm", 64, 1.0) + trial("copy", "lstm", 128, 0.5)  # mean 0.75, horizon 64
+    rows += trial("copy", "gru", 64, 0.5) + trial("copy", "gru", 128, 1.0)  # mean 0.75, horizon 128
+    rows += trial("copy", "mlp", 64, 0.5) + trial("copy", "mlp", 128, 1.0)  # same as gru, fewer params
+    board, _ = build_leaderboard(pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    assert board["model"].tolist() == ["mlp", "gru", "lstm"]
+    reversed_board, _ = build_leaderboard(pd.DataFrame(rows[::-1], columns=RUNS_COLUMNS))
+    assert reversed_board.equals(board)
+
+
+def test_a_family_that_failed_everywhere_scores_zero_and_is_flagged():
+    rows = trial("copy", "gru", 64, 0.95) + trial("copy", "lstm", 64, NAN, status="diverged")
+    board, _ = build_leaderboard(pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    lstm = board.set_index("model").loc["lstm"]
+    assert lstm["score"] == 0 and lstm["copy horizon"] == 0 and lstm["failed_trials"] == 1
+    assert lstm["train_seconds"] == 0 and board["model"].tolist() == ["gru", "lstm"]
+
+
+def test_a_slice_failing_alone_does_not_fail_its_trial():
+    rows = trial("copy", "gru", 64, 0.95)
+    rows[2].update(status="oom", accuracy=NAN, error="out of memory")  # the 4x slice ran out of memory
+    board, _ = build_leaderboard(pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    assert board.loc[0, "failed_trials"] == 0 and board.loc[0, "copy horizon"] == 64
+
+
+def test_task_variants_get_their_own_columns():
+    runs = pd.DataFrame(
+        trial("recall", "gru", 64, 1.0, task_params=json.dumps({"num_kv_pairs": 4, "vocab": 32}))
+        + trial("recall", "gru", 64, 0.5, task_params=json.dumps({"num_kv_pairs": 16, "vocab": 32})),
+        columns=RUNS_COLUMNS,
+    )
+    assert sorted(task_labels(runs).unique()) == ["recall[num_kv_pairs=16]", "recall[num_kv_pairs=4]"]
+    runs["task"] = task_labels(runs)
+    board, tasks = build_leaderboard(runs)
+    assert tasks == ["recall[num_kv_pairs=16]", "recall[num_kv_pairs=4]"]
+    assert board.loc[0, "recall[num_kv_pairs=4] horizon"] == 64 and board.loc[0, "score"] == pytest.approx(0.75)
+
+
+def test_files_are_written_and_stable(tmp_path):
+    results = read_results(write_sweep(tmp_path))
+    md, csv = write_leaderboard(results)
+    first = md.read_bytes(), csv.read_bytes()
+    write_leaderboard(read_results(tmp_path))
+    assert (md.read_bytes(), csv.read_bytes()) == first
+    text = md.read_text()
+    assert "| 1 | lstm | 0.708 | 128 / 0.817 | 64 / 0.600 | 5,000 | 12.0 | 1 failed trial(s) |" in text
+    assert "| 3 | mlp | 0.150 | - / 0.100 | - / 0.200 |" in text
+    table = pd.read_csv(csv)
+    assert table.columns[:3].tolist() == ["rank", "model", "score"]
+    assert table["score"].tolist() == [0.7083, 0.6817, 0.15]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "empty_runs", "header_only", "bad_columns"])
+def test_bad_directories_raise_a_usage_error(tmp_path, case):
+    target = tmp_path / "out"
+    if case == "file":
+        target.write_text("x")
+    elif case != "missing":
+        target.mkdir()
+    if case == "empty_runs":
+        (target / "runs.csv").write_text("")
+    elif case == "header_only":
+        (target / "runs.csv").write_text(",".join(RUNS_COLUMNS) + "\n")
+    elif case == "bad_columns":
+        (target / "runs.csv").write_text("trial_id,model\n1,lstm\n")
+    with pytest.raises(UsageError) as info:
+        read_results(target)
+    assert str(target) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_safe_number_formatting_in_csv(tmp_path):
+    rows = trial("copy", "gru", 64, 0.95) + trial("copy", "lstm", 64, NAN, status="timeout")
+    directory = write_sweep(tmp_path, pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    _, csv = write_leaderboard(read_results(directory))
+    assert "nan" not in csv.read_text().lower()
+    assert math.isclose(pd.read_csv(csv).set_index("model").loc["gru", "score"], 0.95)
