@@ -26,7 +26,7 @@ bench: install
 	$(PY) -m pytest -q -m benchmark --benchmark-enable --benchmark-columns=min,median,max,rounds
 
 leaderboard: install
-	$(VENV)/bin/membench tasks
+	$(VENV)/bin/membench leaderboard --out results/latest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis
