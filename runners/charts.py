@@ -64,9 +64,8 @@ class Sweep:
     """What every chart reads: the tables and the leaderboard's per-trial and per-cell accuracies."""
 
     results: Results
-    trials: pd.DataFrame  # one row per trial (runners.leaderboard.trial_table)
     cells: pd.DataFrame  # one row per (task, model, train_len), missing cells included
-    chosen: pd.DataFrame  # the trials of each cell's chosen config
+    chosen: pd.DataFrame  # one row per trial of each cell's chosen config (leaderboard.trial_table rows)
     tasks: list[str]
     models: list[str]
     styles: dict[str, dict]
@@ -76,7 +75,7 @@ class Sweep:
         trials = trial_table(results.runs)
         cells = cell_table(trials)
         models = model_order(cells["model"])
-        return cls(results, trials, cells, chosen_trials(trials, cells), task_order(cells["task"]), models,
+        return cls(results, cells, chosen_trials(trials, cells), task_order(cells["task"]), models,
                    family_styles(models))
 
 
@@ -129,10 +128,26 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _log_subs(values) -> tuple[float, ...]:
+    """Where to label a log-10 axis: decades only over a wide span, 1-2-5 steps over a narrow one."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    span = math.log10(values.max() / values.min()) if len(values) else 0.0
+    return (1.0,) if span > 4 else (1.0, 3.0) if span > 1.5 else (1.0, 2.0, 5.0)
+
+
 def _short_exponent(value: float, _position=None) -> str:
     """3e9 rather than 3x10^9: compact tick labels for a log axis."""
     mantissa, exponent = f"{value:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def _span(lengths) -> str:
+    """'64, 128' for up to three lengths, '64-2048' for more; 'none' for none."""
+    values = sorted({int(v) for v in lengths})
+    if len(values) > 3:
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(str(v) for v in values) or "none"
 
 
 def _note(ax, text: str) -> None:
@@ -225,8 +240,8 @@ def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
 
 
 def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
-    """Accuracy at k x the trained length (k = 1, 2, 4, ...), averaged over the trained lengths evaluated
-    at every k of the task, so each line compares the same models at the same lengths."""
+    """Accuracy at k x the trained length (k = 1, 2, 4, ...). Each family's line averages, at every k, the
+    same trained lengths: those at which it was evaluated (status ok) at every k of the task."""
     runs = sweep.results.runs
     runs = runs[runs["trial_id"].isin(sweep.chosen["trial_id"]) & (runs["status"] == "ok")]
     runs = runs[runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)]
@@ -236,9 +251,8 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
     for ax, task in zip(axes, sweep.tasks):
         mine = runs[runs["task"] == task]
         ratios = sorted(mine["ratio"].unique())
-        evaluated = mine.groupby("train_len")["ratio"].nunique()
-        complete = evaluated[evaluated == len(ratios)].index
-        mine = mine[mine["train_len"].isin(complete)]
+        evaluated = mine.groupby(["model", "train_len"])["ratio"].transform("nunique")
+        mine = mine[evaluated == len(ratios)]
         if len(ratios) < 2 or mine.empty:
             _note(ax, "no evaluation beyond the\ntrained length in this sweep")
         means = mine.groupby(["model", "ratio"])["accuracy"].mean()
@@ -248,9 +262,8 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
         if ratios:
             _log2_axis(ax, ratios)
             ax.set_xticklabels([f"{int(r)}x" for r in ratios])
-        lengths = ", ".join(str(int(v)) for v in sorted(complete)) or "none"
-        ax.set(title=f"{task} (trained at {lengths})", xlabel="evaluation length / trained length",
-               ylabel="accuracy", ylim=(-0.03, 1.03))
+        ax.set(title=f"{task}\n(mean over trained lengths {_span(mine['train_len'])})",
+               xlabel="evaluation length / trained length", ylabel="accuracy", ylim=(-0.03, 1.03))
     _family_legend(fig, sweep, sweep.models)
     return _save(fig, out_dir, "length_generalisation")
 
@@ -259,11 +272,11 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Accuracy against training compute, one point per (family, trained length), joined in length order;
     bubble area grows with the state size (floats carried per sequence), or peak memory when unknown."""
     chosen = sweep.chosen.copy()
-    chosen["flops"] = chosen["flops_per_step"] * chosen["steps"] if "flops_per_step" in chosen else np.nan
-    use_flops = chosen["flops"].notna().any() and (chosen["flops"] > 0).any()
+    chosen["flops"] = chosen["flops_per_step"] * chosen["steps"]
+    use_flops = (chosen["flops"] > 0).any()
     x_column, x_label = ("flops", "training FLOPs (flops_per_step x steps)") if use_flops else \
         ("train_seconds", "training time (s)")
-    size_column = "state_size" if "state_size" in chosen and chosen["state_size"].notna().any() else "peak_memory_mb"
+    size_column = "state_size" if chosen["state_size"].notna().any() else "peak_memory_mb"
     size_unit = "state floats" if size_column == "state_size" else "MB peak memory"
     points = chosen.groupby(["task", "model", "train_len"])[[x_column, size_column]].mean()
     cells = sweep.cells.set_index(["task", "model", "train_len"])
@@ -289,7 +302,7 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
                        color=style["color"], marker=style["marker"], alpha=0.7, edgecolors="black",
                        linewidths=0.4, zorder=3)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))  # 1e9, 3e9, 1e10 ...
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=_log_subs(mine[x_column])))
         ax.xaxis.set_major_formatter(FuncFormatter(_short_exponent))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(title=task, xlabel=x_label, ylabel="accuracy at trained length", ylim=(-0.05, 1.08))

@@ -38,10 +38,14 @@ from runners.errors import UsageError
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
 CONFIG_COLUMNS = ["d_model", "n_layers", "lr", "batch_size"]  # not steps: the steps taken vary by seed
-RUNS_REQUIRED = [
-    "trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len", "slice",
-    "seed", *CONFIG_COLUMNS, "accuracy", "train_seconds", "status",
-]
+# the columns of each table that the leaderboard and charts read (the full schema is in runners/tables.py)
+REQUIRED = {
+    "runs": ["trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len",
+             "slice", "seed", *CONFIG_COLUMNS, "steps", "accuracy", "train_seconds", "peak_memory_mb",
+             "flops_per_step", "state_size", "status"],
+    "lags": ["trial_id", "task", "model", "train_len", "eval_len", "lag_bucket", "accuracy", "count"],
+    "curves": ["trial_id", "task", "model", "train_len", "step", "tokens", "eval_accuracy"],
+}
 _STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model": str, "slice": str, "status": str,
                    "error": str, "device": str, "git_commit": str, "torch_version": str}
 CELL_KEY = ["task", "model", "train_len"]
@@ -83,13 +87,13 @@ def read_results(directory: str | os.PathLike) -> Results:
     runs = _read_csv(directory / "runs.csv")
     if runs is None or runs.empty:
         raise UsageError(f"runs.csv in {directory} has no rows; run the sweep first")
-    missing = [c for c in RUNS_REQUIRED if c not in runs.columns]
-    if missing:
-        raise UsageError(f"runs.csv in {directory} lacks column(s) {', '.join(missing)}; "
-                         f"it must follow the membench runs schema")
-    runs = runs.copy()
-    runs["task"] = task_labels(runs)
     tables = {name: _read_csv(directory / f"{name}.csv") for name in ("lags", "curves", "cost", "cost_fit")}
+    for name, table in (("runs", runs), ("lags", tables["lags"]), ("curves", tables["curves"])):
+        missing = [c for c in REQUIRED[name] if table is not None and c not in table.columns]
+        if missing:
+            raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
+                             f"it must follow the membench {name} schema")
+    runs = runs.assign(task=task_labels(runs))
     label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
     for name in ("lags", "curves"):  # these carry the bare task name: take the label from runs
         if tables[name] is not None:
@@ -172,8 +176,8 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     status.update(at_train["status"])
     at_train = at_train.loc[at_train["status"] == "ok", "accuracy"].dropna()
     first = runs.drop_duplicates("trial_id").set_index("trial_id")
-    keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds"]
-    keep += [c for c in ("flops_per_step", "state_size", "peak_memory_mb") if c in first.columns]
+    keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
+            "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
     trials["status"] = status
     trials["evaluated"] = trials.index.isin(at_train.index) & (trials["status"] == "ok")
@@ -298,6 +302,14 @@ def _distinct(runs: pd.DataFrame, column: str) -> str:
     return ", ".join(sorted(values)) or "unknown"
 
 
+def _lengths_line(lengths: pd.Series, tasks: list[str]) -> str:
+    """'64, 128 (every task)' when the tasks share their lengths, else 'copy: 64, 128; recall: 64'."""
+    text = {t: ", ".join(str(int(x)) for x in sorted(lengths[t])) for t in tasks}
+    if len(set(text.values())) == 1:
+        return f"{text[tasks[0]]} (every task)"
+    return "; ".join(f"{t}: {v}" for t, v in text.items())
+
+
 def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFrame) -> str:
     """The leaderboard as a Markdown page: the definitions, the sweep's lengths and provenance, the table."""
     lengths = runs.groupby("task")["train_len"].unique()
@@ -309,8 +321,9 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "lengths. **score** is the mean of acc over tasks. Accuracy is the seed mean of the best config per cell; "
         "failed or missing trials count as 0 and are flagged.",
         "",
-        "Trained lengths: " + "; ".join(
-            f"{t}: " + ", ".join(str(int(x)) for x in sorted(lengths[t])) for t in tasks) + ".",
+        "Trained lengths: " + _lengths_line(lengths, tasks) + ". **params** is the family's largest model "
+        "(vocabularies differ by task); **train time** sums train_seconds over its trials.",
+        "",
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",

@@ -194,7 +194,8 @@ def test_files_are_written_and_stable(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
-@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "empty_runs", "header_only", "bad_columns"])
+@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "empty_runs", "header_only", "bad_columns",
+                                  "bad_lags"])
 def test_bad_directories_raise_a_usage_error(tmp_path, case):
     target = tmp_path / "out"
     if case == "file":
@@ -207,6 +208,9 @@ def test_bad_directories_raise_a_usage_error(tmp_path, case):
         (target / "runs.csv").write_text(",".join(RUNS_COLUMNS) + "\n")
     elif case == "bad_columns":
         (target / "runs.csv").write_text("trial_id,model\n1,lstm\n")
+    elif case == "bad_lags":
+        write_sweep(target)
+        (target / "lags.csv").write_text("trial_id,bucket\n1,2\n")
     with pytest.raises(UsageError) as info:
         read_results(target)
     assert str(target) in str(info.value) and "\n" not in str(info.value)
