@@ -1,0 +1,196 @@
+"""What a trial measures: accuracy on held-out slices (token, exact-match, loss, by lag) and what it cost.
+
+Accuracy counts only scored positions. For one slice of N sequences with scored positions S_i:
+
+    accuracy    = sum_i #{t in S_i : argmax logits_it = target_it} / sum_i |S_i|
+    exact_match = #{i : every t in S_i is right} / N
+    loss        = mean over all scored positions of the cross-entropy (natural log)
+    by lag      = the same token accuracy, split by bucket b = 2^floor(log2(lag)), covering lags [b, 2b)
+
+Example: lags 1, 2, 3, 5, 8 fall in buckets 1, 2, 2, 4, 8.
+
+Peak memory (`PeakMemory`): on CUDA the largest memory held by tensors (max_memory_allocated after
+reset_peak_memory_stats). On CPU there is no allocator counter, so it is the growth of the process's peak
+resident set size: VmHWM (reset through /proc/self/clear_refs on Linux) minus VmRSS at the start; where that
+is unavailable, the growth of getrusage's ru_maxrss, which only sees growth past the process's earlier peak.
+The CPU figure includes allocator caching and anything else the process allocated meanwhile.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import platform
+import resource
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from memtasks import eval_seed
+
+
+@dataclass
+class SliceResult:
+    """Metrics of one eval slice. `lags` maps bucket lower bound -> (correct, count)."""
+
+    status: str = "ok"  # "ok", or "oom" when this slice alone did not fit in memory
+    accuracy: float = math.nan
+    exact_match: float = math.nan
+    loss: float = math.nan
+    lags: dict[int, tuple[int, int]] = field(default_factory=dict)
+    error: str = ""
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
+    """int64 lags >= 1 -> floor(log2(lag)), exactly (frexp: lag = m * 2^e with m in [0.5, 1))."""
+    _, exponent = torch.frexp(lags.double())
+    return exponent.long() - 1
+
+
+@torch.no_grad()
+def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
+             device: torch.device) -> SliceResult:
+    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    n_buckets = 64
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = torch.zeros((), dtype=torch.long, device=device)
+    exact = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    lag_correct = torch.zeros(n_buckets, dtype=torch.long, device=device)
+    lag_count = torch.zeros(n_buckets, dtype=torch.long, device=device)
+    try:
+        for i, start in enumerate(range(0, n_sequences, batch_size)):
+            batch = task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), device)
+            scored = batch.scored  # (B, T)
+            with autocast(device):
+                h = model.features(batch.inputs)  # (B, T, D)
+                logits = model.head(h[scored]).float()  # (N, V), N scored positions
+            targets = batch.targets[scored]  # (N,)
+            hit = logits.argmax(-1) == targets  # (N,)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += hit.sum()
+            total += hit.numel()
+            wrong = torch.zeros_like(scored)  # (B, T)
+            wrong[scored] = ~hit
+            exact += (~wrong.any(dim=1)).sum()
+            buckets = lag_buckets(batch.lags[scored])  # (N,)
+            lag_count += torch.bincount(buckets, minlength=n_buckets)
+            lag_correct += torch.bincount(buckets, weights=hit.double(), minlength=n_buckets).long()
+    except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
+        if not is_oom(err):
+            raise
+        message = short_error(err)
+        del err
+        release_memory(device)
+        return SliceResult(status="oom", error=message)
+    finally:
+        model.train(was_training)
+    n, hits = int(total), int(correct)
+    counts, corrects = lag_count.tolist(), lag_correct.tolist()
+    return SliceResult(
+        accuracy=hits / n if n else math.nan,
+        exact_match=int(exact) / n_sequences,
+        loss=float(loss_sum) / n if n else math.nan,
+        lags={1 << k: (corrects[k], counts[k]) for k in range(n_buckets) if counts[k]},
+    )
+
+
+# --- failures ----------------------------------------------------------------------------
+def is_oom(err: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and the RuntimeErrors torch raises when an allocation fails."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def short_error(err: BaseException, limit: int = 300) -> str:
+    """'Type: message' on one line, at most `limit` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock readings include it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- cost ----------------------------------------------------------------------------------
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory of its block in MB (see the module doc for CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = math.nan
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = 0
+        elif _reset_peak_rss() and _proc_status_kb("VmRSS") is not None:
+            self._start, self._source = _proc_status_kb("VmRSS"), "hwm"
+        else:
+            self._start, self._source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rusage"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._source == "hwm":
+            peak = _proc_status_kb("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        self.peak_mb = max(0, peak - self._start) / 1024 if peak is not None else math.nan
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3' or 'cpu: <processor model>'."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return str(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu: " + (platform.processor() or platform.machine())

@@ -1,0 +1,274 @@
+"""One trial: (task + params, model + size, train length, seed, learning rate, budget) -> result rows.
+
+A `TrialConfig` says WHAT is measured; `run_trial(config, device, compile)` says WHERE and HOW, and
+returns a JSON-ready payload with the trial's rows of the three results tables:
+
+    {"trial_id": ..., "config": {...}, "runs": [row per eval slice], "lags": [...], "curves": [...]}
+
+Training data may be a mixture of `Segment`s (seq_len, task params, weight; one segment per step,
+drawn in proportion to its weight) and evaluation is a list of named `EvalSlice`s (seq_len, task
+params, n_sequences). A plain trial has one segment, (train_len, {}, 1), and slices at train_len and
+its multiples. Params of segments and slices are merged over the trial's `task_params`.
+
+Failures are results: an out-of-memory error gives status "oom", a non-finite loss "diverged", the
+time cap "timeout" (the partly trained model is still evaluated), any other exception "error" with
+its message. Failed trials still get one runs row per slice, NaN where a metric is unknown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from memtasks import get_task, task_class
+from models import build_model
+from runners import metrics
+from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from runners.train import Diverged, TrainOutcome, train
+
+STATUSES = ("ok", "oom", "diverged", "timeout", "error")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One component of the training mixture: sequences of `seq_len` with these task params."""
+
+    seq_len: int
+    params: dict = field(default_factory=dict)
+    weight: float = 1.0
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+
+@dataclass(frozen=True)
+class EvalSlice:
+    """A named evaluation set: `n_sequences` held-out sequences of `seq_len` with these task params."""
+
+    name: str
+    seq_len: int
+    n_sequences: int
+    params: dict = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that defines a trial's result. `trial_id` hashes its canonical JSON (task version included).
+
+    Example: TrialConfig("copy", {}, "lstm", {}, d_model=32, n_layers=2, train_len=64, seed=0, lr=3e-3,
+    batch_size=32, steps=500, eval_slices=(EvalSlice("L64", 64, 256), EvalSlice("L128", 128, 256)))
+    """
+
+    task: str
+    task_params: dict
+    model: str
+    model_params: dict
+    d_model: int
+    n_layers: int
+    train_len: int
+    seed: int
+    lr: float
+    batch_size: int
+    steps: int  # the budget: at most this many optimizer steps ...
+    eval_slices: tuple[EvalSlice, ...]
+    time_cap: float = 600.0  # ... and at most this many wall seconds (timeout after)
+    threshold: float = 0.99  # early stop at this eval accuracy at the train length
+    eval_every: int = 100
+    log_every: int = 25
+    warmup: float = 0.1  # fraction of `steps` of linear learning-rate warm-up
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    segments: tuple[Segment, ...] = ()  # empty: one segment (train_len, {}, 1.0)
+    task_version: int = 0  # 0: looked up in the task registry
+
+    def __post_init__(self) -> None:
+        if not self.task_version:
+            object.__setattr__(self, "task_version", task_class(self.task).version)
+        if not self.segments:
+            object.__setattr__(self, "segments", (Segment(self.train_len),))
+
+    def __hash__(self) -> int:
+        return hash(self.trial_id)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrialConfig":
+        data = dict(data)
+        data["segments"] = tuple(Segment(**s) for s in data.get("segments", ()))
+        data["eval_slices"] = tuple(EvalSlice(**s) for s in data["eval_slices"])
+        return cls(**data)
+
+    @functools.cached_property
+    def trial_id(self) -> str:
+        """12 hex digits of the SHA-1 of the canonical JSON (sorted keys) of every field."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def label(self) -> str:
+        return f"{self.task} {self.model} L{self.train_len} seed{self.seed} lr{self.lr:g}"
+
+    # --- the tasks it draws from -------------------------------------------------------
+    def segment_task(self, segment: Segment):
+        return get_task(self.task, **{**self.task_params, **segment.params})
+
+    def slice_task(self, eval_slice: EvalSlice):
+        return get_task(self.task, **{**self.task_params, **eval_slice.params})
+
+    def vocab_size(self) -> int:
+        """The largest vocabulary of any segment or slice (one head serves them all)."""
+        tasks = [self.segment_task(s) for s in self.segments] + [self.slice_task(s) for s in self.eval_slices]
+        return max(t.vocab_size for t in tasks)
+
+    def build_model(self):
+        """The model, initialised from `seed` (the same seed gives the same weights)."""
+        torch.manual_seed(self.seed)
+        return build_model(self.model, self.vocab_size(), d_model=self.d_model, n_layers=self.n_layers,
+                           **self.model_params)
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Short commit of the checkout this code runs from, or '' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False) -> dict:
+    """Train and evaluate one trial on `device`; never raises for a failed trial (see the module doc)."""
+    device = torch.device(device)
+    model, outcome, memory = None, None, metrics.PeakMemory(device)
+    try:
+        model = config.build_model().to(device)
+        with memory:
+            outcome = train(model, config, device, compile=compile, progress=progress)
+    except Diverged as err:
+        return _payload(config, model, None, "diverged", str(err), math.nan, device)
+    except Exception as err:  # noqa: BLE001 - every failure is a recorded result
+        status, error = ("oom" if metrics.is_oom(err) else "error"), metrics.short_error(err)
+        del err
+        metrics.release_memory(device)
+        return _payload(config, model, None, status, error, math.nan, device)
+    return _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb, device)
+
+
+def failed_trial(config: TrialConfig, status: str, err: BaseException, device: str) -> dict:
+    """The payload of a trial whose process died before it could report (rows with NaN metrics)."""
+    return _payload(config, None, None, status, metrics.short_error(err), math.nan, torch.device(device))
+
+
+def _payload(config: TrialConfig, model, outcome: TrainOutcome | None, status: str, error: str, peak_mb: float,
+             device: torch.device) -> dict:
+    return {
+        "trial_id": config.trial_id,
+        "config": config.to_dict(),
+        "runs": _runs_rows(config, model, outcome, status, error, peak_mb, device),
+        "lags": _lag_rows(config, outcome),
+        "curves": _curve_rows(config, outcome),
+    }
+
+
+def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status: str, error: str,
+               peak_mb: float, device: torch.device) -> list[dict]:
+    nan = math.nan
+    if model is not None:  # analytic cost, known even when training failed
+        step_flops = [3 * model.flops(config.batch_size, s.seq_len) for s in config.segments]
+        attn_flops = [3 * model.attention_flops(config.batch_size, s.seq_len) for s in config.segments]
+        # per step: the mean over the steps taken, or over the mixture's weights before any step
+        counts = outcome.segment_steps if outcome is not None and outcome.steps else [s.weight for s in config.segments]
+        mean_flops = sum(c * f for c, f in zip(counts, step_flops)) / sum(counts)
+        attention_share = sum(c * f for c, f in zip(counts, attn_flops)) / sum(counts) / mean_flops
+        params = model.num_params()
+    else:
+        mean_flops = attention_share = params = nan
+    common = {
+        "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
+        "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
+        "model": config.model, "d_model": config.d_model, "n_layers": config.n_layers, "params": params,
+        "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
+    }
+    cost = dict.fromkeys(
+        ["steps", "train_seconds", "ms_per_step", "tokens_per_second", "tflops_per_s",
+         "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens"], nan)
+    if outcome is not None and outcome.steps > 0:
+        seconds = outcome.train_seconds
+        cost.update(
+            steps=outcome.steps, train_seconds=seconds, ms_per_step=1000 * seconds / outcome.steps,
+            tokens_per_second=outcome.tokens / seconds,
+            tflops_per_s=mean_flops * outcome.steps / seconds / 1e12,
+            time_to_accuracy_seconds=outcome.time_to_accuracy.get("seconds", nan),
+            time_to_accuracy_steps=outcome.time_to_accuracy.get("steps", nan),
+            time_to_accuracy_tokens=outcome.time_to_accuracy.get("tokens", nan),
+        )
+    elif outcome is not None:
+        cost["steps"] = 0
+    tail = {"device": metrics.device_name(device), "git_commit": git_commit(), "torch_version": torch.__version__}
+    rows = []
+    for s in config.eval_slices:
+        result = outcome.slices.get(s.name) if outcome is not None else None
+        row_status, row_error = status, error
+        if result is not None and result.status != "ok":  # this slice alone failed (e.g. oom at 4x length)
+            row_status, row_error = result.status, result.error
+        scored = result is not None and result.status == "ok"
+        row = {
+            **common, **cost, **tail, "eval_len": s.seq_len, "slice": s.name,
+            "is_train_len": s.seq_len == config.train_len,
+            "accuracy": result.accuracy if scored else nan,
+            "exact_match": result.exact_match if scored else nan,
+            "loss": result.loss if scored else nan,
+            "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
+            "state_size": model.state_size(s.seq_len) if model is not None else nan,
+            "status": row_status, "error": row_error,
+        }
+        rows.append({c: row[c] for c in RUNS_COLUMNS})
+    return rows
+
+
+def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
+    """Accuracy by lag bucket at each eval length (slices of the same length are pooled)."""
+    if outcome is None:
+        return []
+    pooled: dict[int, dict[int, list[int]]] = {}  # eval_len -> bucket -> [correct, count]
+    for s in config.eval_slices:
+        result = outcome.slices.get(s.name)
+        if result is None or result.status != "ok":
+            continue
+        for bucket, (correct, count) in result.lags.items():
+            cell = pooled.setdefault(s.seq_len, {}).setdefault(bucket, [0, 0])
+            cell[0] += correct
+            cell[1] += count
+    rows = [
+        {"trial_id": config.trial_id, "task": config.task, "model": config.model, "train_len": config.train_len,
+         "eval_len": eval_len, "seed": config.seed, "lag_bucket": bucket, "accuracy": correct / count,
+         "count": count}
+        for eval_len, buckets in sorted(pooled.items())
+        for bucket, (correct, count) in sorted(buckets.items())
+    ]
+    return [{c: row[c] for c in LAGS_COLUMNS} for row in rows]
+
+
+def _curve_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
+    if outcome is None:
+        return []
+    rows = [
+        {"trial_id": config.trial_id, "task": config.task, "model": config.model, "train_len": config.train_len,
+         "seed": config.seed, **point}
+        for point in outcome.curve
+    ]
+    return [{c: row[c] for c in CURVES_COLUMNS} for row in rows]
