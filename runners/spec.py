@@ -1,0 +1,435 @@
+"""Sweep specs: a TOML file (or a preset shipped in runners/presets/) expanded into validated trials.
+
+Schema. Every key is optional; an unknown key anywhere is an error naming the closest valid keys.
+
+    name = "my-sweep"              # label (default: the preset or file name)
+    description = "..."
+    device = "auto"                # auto (cuda when available) | cpu | cuda | cuda:N
+    compile = "none"               # none | torch_compile | cuda_graphs (CUDA only)
+    executor = "local"             # local | ray
+    tasks = "all"                  # "all" | ["copy", ...] | tables [tasks.NAME] (below); default "all"
+    models = "all"                 # "all" | ["lstm", ...] | tables [models.NAME] (below); default "all"
+
+    # settings: at the top level, and as overrides in a task, model or cost-class table
+    lengths = [64, 128, 256]       # training lengths (one trial each)
+    seeds = [0]                    # seeds (model init, data, eval sets)
+    learning_rates = [1e-3]        # peak learning rates (one trial each)
+    steps = 1000                   # budget: at most this many steps ...
+    time_cap = 600.0               # ... and this many seconds per trial (status timeout after)
+    batch_size = 32
+    threshold = 0.99               # early stop at this eval accuracy at the train length
+    eval_multipliers = [2, 4]      # also evaluate at these multiples of the train length
+    eval_sequences = 256           # held-out sequences per eval slice
+    eval_every = 100               # steps between evaluations (early stop, time-to-accuracy)
+    log_every = 25                 # steps between loss readings (the only host syncs in training)
+    warmup = 0.1                   # fraction of steps of linear warm-up; then cosine decay to lr/10
+    weight_decay = 0.1
+    grad_clip = 1.0
+    target_params = 100000         # models are width-matched to this many parameters ...
+    match_tolerance = 0.10         # the matched count must be within this fraction of target_params
+    d_model = 64                   # ... unless a fixed width is given (the most specific of the two wins)
+    n_layers = 2
+    max_length = 4096              # skip training lengths above this (e.g. for quadratic models)
+
+    [tasks.associative_recall]     # one table per task; the key is the task's name ...
+    task = "associative_recall"    # ... unless given here (to sweep one task with two param sets)
+    params = { num_kv_pairs = 8 }  # task params (see `membench tasks`)
+    steps = 2000                   # any setting above, for this task only
+    [[tasks.associative_recall.train_mixture]]   # optional: train on a mixture instead of `lengths`;
+    seq_len = 64                   # each step draws one segment in proportion to `weight`
+    params = { num_kv_pairs = 4 }  # merged over the task's params
+    weight = 1.0
+    [[tasks.associative_recall.eval_slices]]     # optional: named eval slices instead of multipliers
+    name = "L256-kv64"             # default: "L<seq_len>" plus "-<param><value>" for each param
+    seq_len = 256
+    params = { num_kv_pairs = 64 }
+    n_sequences = 1000             # default: eval_sequences
+
+    [models.lstm]                  # one table per model family; the key is its name unless
+    model = "lstm"                 # given here
+    params = { mlp_ratio = 2 }     # family params (see `membench models`)
+    learning_rates = [3e-3]        # any setting, for this family only
+
+    [cost_classes."O(n^2)"]        # settings for every family of a cost class (O(n), O(n*w), O(n^2))
+    max_length = 4096
+
+Precedence (later wins): defaults < top level < task table < cost-class table < model table < command-line
+flags (tasks, models, lengths, seeds, device, executor). With a train_mixture, the trial's train length is
+the longest segment and `lengths` does not apply. Eval lengths the task cannot do (too short or too long)
+are skipped; training lengths it cannot do are skipped with a note, and a task left with none is an error.
+
+Validation builds every task, model and size (parameter matching) before anything runs, so a bad spec
+fails with one line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from memtasks import get_task, list_tasks, task_class
+from memtasks.registry import unknown_name_message
+from models import family_params, list_models, model_class, params_matched
+from runners.executors import EXECUTORS, check_device_name
+from runners.train import COMPILE_MODES
+from runners.trial import EvalSlice, Segment, TrialConfig
+
+PRESETS: tuple[str, ...] = tuple(sorted(
+    p.name.removesuffix(".toml") for p in (resources.files("runners") / "presets").iterdir() if p.name.endswith(".toml")
+))
+
+
+# --- value checks: each returns the value or raises ValueError(where: what is wrong) ------------------
+def _int(low: int):
+    def check(value, where):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{where} must be an integer >= {low}, got {value!r}")
+        return value
+    return check
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    def check(value, where):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise ValueError(f"{where} must be a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+        return float(value)
+    return check
+
+
+def _list_of(item, allow_empty: bool = False):
+    def check(value, where):
+        if not isinstance(value, list) or (not value and not allow_empty):
+            raise ValueError(f"{where} must be a {'' if allow_empty else 'non-empty '}list, got {value!r}")
+        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return check
+
+
+def _choice(valid: tuple[str, ...]):
+    def check(value, where):
+        if value not in valid:
+            raise ValueError(f"{where} must be one of {', '.join(valid)}, got {value!r}")
+        return value
+    return check
+
+
+def _text(value, where):
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _table(value, where):
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _device(value, where):
+    return check_device_name(_text(value, where), where)
+
+
+# settings: key -> (check, default)
+SETTINGS = {
+    "lengths": (_list_of(_int(1)), [64, 128, 256]),
+    "seeds": (_list_of(_int(0)), [0]),
+    "learning_rates": (_list_of(_number(0, low_open=True)), [1e-3]),
+    "steps": (_int(1), 1000),
+    "time_cap": (_number(0, low_open=True), 600.0),
+    "batch_size": (_int(1), 32),
+    "threshold": (_number(0, 1, low_open=True), 0.99),
+    "eval_multipliers": (_list_of(_int(1), allow_empty=True), [2, 4]),
+    "eval_sequences": (_int(1), 256),
+    "eval_every": (_int(1), 100),
+    "log_every": (_int(1), 25),
+    "warmup": (_number(0, 1, high_open=True), 0.1),
+    "weight_decay": (_number(0), 0.1),
+    "grad_clip": (_number(0, low_open=True), 1.0),
+    "target_params": (_int(1), 100_000),
+    "match_tolerance": (_number(0, low_open=True), 0.10),
+    "d_model": (_int(1), None),
+    "n_layers": (_int(1), 2),
+    "max_length": (_int(1), None),
+}
+_SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
+TOP_KEYS = {"name": _text, "description": _text, "device": _device, "compile": _choice(COMPILE_MODES),
+            "executor": _choice(EXECUTORS), "tasks": None, "models": None, "cost_classes": _table}
+TASK_KEYS = {"task": _text, "params": _table, "train_mixture": None, "eval_slices": None}
+MODEL_KEYS = {"model": _text, "params": _table}
+SEGMENT_KEYS = {"seq_len": _int(1), "params": _table, "weight": _number(0, low_open=True)}
+SLICE_KEYS = {"name": _text, "seq_len": _int(1), "params": _table, "n_sequences": _int(1)}
+OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: its trials in run order, where to run them, and what was skipped (notes)."""
+
+    name: str
+    trials: tuple[TrialConfig, ...]
+    description: str = ""
+    device: str = "auto"
+    compile: str = "none"
+    executor: str = "local"
+    notes: tuple[str, ...] = ()
+
+
+def _check_keys(table: dict, valid: list[str], where: str) -> None:
+    for key in table:
+        if key not in valid:
+            raise ValueError(f"{where}: {unknown_name_message('key', key, sorted(valid))}")
+
+
+def _settings(table: dict, where: str) -> dict:
+    """The settings of one table, checked; d_model and target_params may not both be set in one table."""
+    found = {k: SETTINGS[k][0](v, f"{where} {k}") for k, v in table.items() if k in SETTINGS}
+    if all(k in found for k in _SIZE_KEYS):
+        raise ValueError(f"{where}: set d_model (fixed width) or target_params (matched width), not both")
+    return found
+
+
+def _merge(levels: list[dict]) -> dict:
+    merged = {k: default for k, (_, default) in SETTINGS.items()}
+    for level in levels:
+        for key in _SIZE_KEYS:
+            if key in level:  # a size at a more specific level replaces the other size key
+                merged.update(dict.fromkeys(_SIZE_KEYS), **{key: level[key]})
+        merged.update({k: v for k, v in level.items() if k not in _SIZE_KEYS})
+    return merged
+
+
+def _read_source(preset: str | None, spec_file: str | None) -> tuple[dict, str, str]:
+    """(parsed TOML, default name, label for messages)."""
+    if (preset is None) == (spec_file is None):
+        raise ValueError("give exactly one of a preset (--preset NAME) or a spec file (--spec FILE)")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(unknown_name_message("preset", preset, list(PRESETS)))
+        text, label = (resources.files("runners") / "presets" / f"{preset}.toml").read_text(), f"preset {preset}"
+        name = preset
+    else:
+        path = Path(spec_file)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read spec file {spec_file}: {err.strerror or err}") from None
+        label, name = f"spec {path.name}", path.stem
+    try:
+        return tomllib.loads(text), name, label
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{label} is not valid TOML: {err}") from None
+
+
+def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, dict]:
+    """tasks/models value ("all", a list of names or a table of tables) -> {table name: table}."""
+    if value is None or value == "all":
+        return {name: {} for name in registered}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {name: {} for name in value}
+    if isinstance(value, dict):
+        return {name: _table(table, f"{where} [{kind}.{name}]") for name, table in value.items()}
+    raise ValueError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")
+
+
+def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, registered: list[str],
+            key: str) -> dict[str, dict]:
+    """Keep the entries named on the command line (by table name or registry name); add registered ones."""
+    if wanted is None:
+        return entries
+    chosen = {}
+    for name in wanted:
+        matches = {k: v for k, v in entries.items() if name in (k, v.get(key, k))}
+        if not matches:
+            if name not in registered:
+                raise ValueError(unknown_name_message(kind, name, sorted({*registered, *entries})))
+            matches = {name: {}}
+        chosen.update(matches)
+    return chosen
+
+
+def _check_params(params: dict, valid: list[str], where: str) -> dict:
+    for key in params:
+        if key not in valid:
+            raise ValueError(f"{where}: {unknown_name_message('param', key, valid)}")
+    return dict(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _matched_width(model: str, target: int, vocab: int, n_layers: int, tolerance: float, params_json: str) -> int:
+    return params_matched(model, target, vocab, n_layers=n_layers, tolerance=tolerance,
+                          **json.loads(params_json)).d_model
+
+
+def _slice_name(seq_len: int, params: dict) -> str:
+    return f"L{seq_len}" + "".join(f"-{k}{v}" for k, v in sorted(params.items()))
+
+
+class _Task:
+    """One task table, resolved: base params, mixture segments or None, explicit slices or None."""
+
+    def __init__(self, table_name: str, table: dict, label: str) -> None:
+        where = f"{label} [tasks.{table_name}]"
+        _check_keys(table, [*TASK_KEYS, *SETTINGS], where)
+        self.name = _text(table.get("task", table_name), f"{where} task")
+        cls = task_class(self.name)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        self.params = _check_params(_table(table.get("params", {}), f"{where} params"), fields, where)
+        self.where, self.settings = where, _settings(table, where)
+        self.task = self._build(self.params)
+        self.segments = self._parts(table.get("train_mixture"), "train_mixture", SEGMENT_KEYS, fields)
+        self.slices = self._parts(table.get("eval_slices"), "eval_slices", SLICE_KEYS, fields)
+        if self.segments is not None and "lengths" in table:
+            raise ValueError(f"{where}: give lengths or train_mixture, not both")
+
+    def _build(self, params: dict, where: str | None = None):
+        try:
+            return get_task(self.name, **params)
+        except ValueError as err:
+            raise ValueError(f"{where or self.where}: {err}") from None
+
+    def _parts(self, value, key: str, keys: dict, fields: list[str]) -> list[dict] | None:
+        if value is None:
+            return None
+        where = f"{self.where} {key}"
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            raise ValueError(f"{where} must be a non-empty array of tables [[tasks.NAME.{key}]]")
+        parts = []
+        for i, part in enumerate(value):
+            at = f"{where}[{i}]"
+            _check_keys(part, list(keys), at)
+            if "seq_len" not in part:
+                raise ValueError(f"{at}: seq_len is required")
+            checked = {k: keys[k](v, f"{at} {k}") for k, v in part.items()}
+            checked["params"] = _check_params(checked.get("params", {}), fields, at)
+            task = self._build({**self.params, **checked["params"]}, at)
+            try:
+                task.check_length(checked["seq_len"])
+            except ValueError as err:
+                raise ValueError(f"{at}: {err}") from None
+            checked["task"] = task
+            parts.append(checked)
+        return parts
+
+
+def load_spec(preset: str | None = None, spec_file: str | None = None, overrides: dict | None = None) -> SweepSpec:
+    """Read a preset or a TOML spec file, apply command-line overrides and validate everything.
+
+    `overrides` keys (None or absent = not given): tasks, models (lists of names), lengths (list of
+    positive ints), seeds (list of ints >= 0), device, executor. Raises ValueError (one line) on any error.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(overrides, list(OVERRIDES), "overrides")
+    raw, default_name, label = _read_source(preset, spec_file)
+    _check_keys(raw, [*TOP_KEYS, *SETTINGS], label)
+    top = {k: check(raw[k], f"{label} {k}") for k, check in TOP_KEYS.items() if check and k in raw}
+    for key in ("device", "executor"):
+        if key in overrides:
+            top[key] = TOP_KEYS[key](overrides[key], f"--{key}")
+    top_settings = _settings(raw, label)
+    flag_settings = {k: SETTINGS[k][0](overrides[k], f"--{k}") for k in ("lengths", "seeds") if k in overrides}
+    cost_tables = top.get("cost_classes", {})
+    for cost_class, table in cost_tables.items():
+        _check_keys(_table(table, f"{label} [cost_classes.{cost_class}]"), list(SETTINGS),
+                    f"{label} [cost_classes.{cost_class}]")
+
+    task_entries = _select(_entries(raw.get("tasks"), "tasks", list_tasks(), label), overrides.get("tasks"),
+                           "task", list_tasks(), "task")
+    model_entries = _select(_entries(raw.get("models"), "models", list_models(), label), overrides.get("models"),
+                            "model", list_models(), "model")
+    tasks = [_Task(name, table, label) for name, table in task_entries.items()]
+    models = []
+    for table_name, table in model_entries.items():
+        where = f"{label} [models.{table_name}]"
+        _check_keys(table, [*MODEL_KEYS, *SETTINGS], where)
+        name = _text(table.get("model", table_name), f"{where} model")
+        cls = model_class(name)
+        params = _check_params(_table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
+        cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
+        models.append((name, params, cost, _settings(table, where)))
+    if not tasks or not models:
+        raise ValueError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
+
+    trials, notes = [], []
+    for task in tasks:
+        task_trials = []
+        for model, model_params, cost, model_settings in models:
+            s = _merge([top_settings, task.settings, cost, model_settings, flag_settings])
+            task_trials += _expand(task, model, model_params, s, notes)
+        if not task_trials:
+            why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
+            raise ValueError(f"{task.where}: every training length was skipped ({why})")
+        trials += task_trials
+    return SweepSpec(name=_text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
+                     description=top.get("description", ""), device=top.get("device", "auto"),
+                     compile=top.get("compile", "none"), executor=top.get("executor", "local"), notes=tuple(notes))
+
+
+def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str]) -> list[TrialConfig]:
+    """The trials of one (task, model) pair: lengths x seeds x learning rates."""
+    if task.segments is not None:
+        segments = tuple(Segment(p["seq_len"], p["params"], p.get("weight", 1.0)) for p in task.segments)
+        lengths = [max(seg.seq_len for seg in segments)]
+    else:
+        segments, lengths = (), []
+        for length in dict.fromkeys(s["lengths"]):
+            try:
+                task.task.check_length(length)
+                lengths.append(length)
+            except ValueError as err:
+                _note(notes, f"{task.name}: training length {length} skipped: {err}")
+    if s["max_length"] is not None:
+        for length in [n for n in lengths if n > s["max_length"]]:
+            _note(notes, f"{task.name}: {model} at length {length} skipped (above max_length {s['max_length']})")
+        lengths = [n for n in lengths if n <= s["max_length"]]
+    trials = []
+    for length in lengths:
+        slices = _slices(task, length, s)
+        vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in (task.segments or []) + (task.slices or [])])
+        try:
+            d_model = s["d_model"] or _matched_width(model, s["target_params"], vocab, s["n_layers"],
+                                                     s["match_tolerance"], json.dumps(model_params, sort_keys=True))
+        except ValueError as err:
+            raise ValueError(f"{task.where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
+                             f"or give this model a fixed d_model") from None
+        for lr in s["learning_rates"]:
+            for seed in s["seeds"]:
+                trials.append(TrialConfig(
+                    task=task.name, task_params=task.params, model=model, model_params=model_params,
+                    d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
+                    batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
+                    threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
+                    warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
+                    segments=segments, task_version=task_class(task.name).version,
+                ))
+    return trials
+
+
+def _slices(task: _Task, train_len: int, s: dict) -> tuple[EvalSlice, ...]:
+    """Explicit slices, or the train length and its multiples that the task can do."""
+    if task.slices is not None:
+        return tuple(
+            EvalSlice(p.get("name", _slice_name(p["seq_len"], p["params"])), p["seq_len"],
+                      p.get("n_sequences", s["eval_sequences"]), p["params"])
+            for p in task.slices
+        )
+    slices = []
+    for length in dict.fromkeys([train_len] + [train_len * m for m in s["eval_multipliers"]]):
+        try:
+            task.task.check_length(length)
+        except ValueError:
+            continue
+        slices.append(EvalSlice(_slice_name(length, {}), length, s["eval_sequences"]))
+    return tuple(slices)
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
