@@ -1,0 +1,64 @@
+"""`membench compare A B [...] --task TASK --out DIR`: a small parameter-matched sweep of a few families on one
+task, printed side by side (accuracy at every eval length, mean over seeds)."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+from runners.commands.run import add_sweep_flags, overrides
+from runners.errors import UsageError
+from runners.spec import load_spec
+from runners.sweep import run_sweep
+
+HELP = "train a few families on one task (parameter-matched) and print their accuracy by length side by side"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("compare_models", nargs="+", metavar="MODEL", help="two or more model families")
+    parser.add_argument("--task", required=True, help="the task (see `membench tasks`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="results directory (created; resumed if it exists)")
+    parser.add_argument("--spec", metavar="FILE", help="a TOML spec for the settings (default: preset compare)")
+    add_sweep_flags(parser, tasks=False)
+
+
+def run(args) -> int:
+    if len(set(args.compare_models)) < 2:
+        raise UsageError("compare needs at least two different models, e.g. membench compare lstm transformer --task copy")
+    flags = {**overrides(args), "tasks": [args.task], "models": list(dict.fromkeys(args.compare_models))}
+    spec = load_spec(None if args.spec else "compare", args.spec, flags)
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
+    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
+    print(side_by_side(runs, list(dict.fromkeys(args.compare_models))))
+    return 0
+
+
+def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
+    """Rows: (train length, eval slice); columns: each model's accuracy (mean over seeds, best lr), or its
+    failure status. A header line gives each model's width and parameter count."""
+    acc = runs.groupby(["train_len", "eval_len", "slice", "model", "lr"])["accuracy"].mean()
+    best = acc.groupby(level=[0, 1, 2, 3]).max()
+    status = runs.groupby(["train_len", "slice", "model"])["status"].agg(lambda s: next((x for x in s if x != "ok"), "ok"))
+    sizes = runs.drop_duplicates("model").set_index("model")
+    lines = ["  ".join(f"{m}: d_model={sizes.loc[m, 'd_model']}, {int(sizes.loc[m, 'params']):,} params"
+                       if m in sizes.index and sizes.loc[m, "params"] == sizes.loc[m, "params"] else f"{m}: -"
+                       for m in models)]
+    header = ["train_len", "eval_len", "slice", *models]
+    table = [header]
+    for (train_len, eval_len, name), group in best.groupby(level=[0, 1, 2]):
+        cells = [str(train_len), str(eval_len), name]
+        for m in models:
+            value = group.get((train_len, eval_len, name, m))
+            if value is None:
+                cells.append("")
+            elif value != value:  # NaN: the trial failed
+                cells.append(status.get((train_len, name, m), "nan"))
+            else:
+                cells.append(f"{value:.3f}")
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines += ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+              for row in table]
+    return "\n".join(lines)

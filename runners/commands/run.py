@@ -1,0 +1,66 @@
+"""`membench run (--preset NAME | --spec FILE) --out DIR`: run a sweep, resumably, and print a summary."""
+
+from __future__ import annotations
+
+import sys
+
+from runners.parsing import int_list, name_list
+from runners.errors import UsageError
+from runners.spec import PRESETS, load_spec
+from runners.sweep import format_summary, run_sweep
+
+HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
+    parser.add_argument("--spec", metavar="FILE", help="a TOML sweep spec (schema: runners/spec.py)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="results directory (created; resumed if it exists)")
+    add_sweep_flags(parser)
+
+
+def add_sweep_flags(parser, tasks: bool = True) -> None:
+    """Flags shared by `run` and `compare` that override the spec."""
+    parser.add_argument("--executor", help="local (default) or ray")
+    parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    if tasks:
+        parser.add_argument("--tasks", metavar="A,B", help="only these tasks")
+        parser.add_argument("--models", metavar="A,B", help="only these model families")
+    parser.add_argument("--lengths", metavar="64,128", help="training lengths")
+    parser.add_argument("--seeds", metavar="0,1", help="seeds")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def overrides(args) -> dict:
+    """The spec overrides given on the command line (None where a flag is absent)."""
+    return {
+        "tasks": name_list(args.tasks) if getattr(args, "tasks", None) else None,
+        "models": name_list(args.models) if getattr(args, "models", None) else None,
+        "lengths": int_list(args.lengths, "--lengths") if args.lengths else None,
+        "seeds": seed_list(args.seeds) if args.seeds else None,
+        "device": args.device,
+        "executor": args.executor,
+    }
+
+
+def seed_list(text: str) -> list[int]:
+    """'0,1' -> [0, 1]; every item an integer >= 0."""
+    seeds = []
+    for item in name_list(text):
+        if not item.isdigit():
+            raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {text!r}")
+        seeds.append(int(item))
+    if not seeds:
+        raise UsageError("--seeds needs at least one value, e.g. --seeds 0,1")
+    return seeds
+
+
+def run(args) -> int:
+    spec = load_spec(args.preset, args.spec, overrides(args))
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
+    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
+    print(format_summary(runs))
+    print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv")
+    return 0
