@@ -47,6 +47,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP + path.name + ".")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -55,6 +56,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_trial(out_dir: Path, payload: dict) -> None:
@@ -113,10 +120,3 @@ def write_tables(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
             buffer = io.BytesIO()
             df.to_parquet(buffer, index=False)
             atomic_write_bytes(Path(out_dir) / f"{name}.parquet", buffer.getvalue())
-
-
-def read_runs(out_dir: Path) -> pd.DataFrame:
-    """runs.csv of a sweep directory, with `error` as '' (not NaN) when empty."""
-    df = pd.read_csv(Path(out_dir) / "runs.csv", keep_default_na=True)
-    df["error"] = df["error"].fillna("")
-    return df

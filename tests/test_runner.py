@@ -371,3 +371,13 @@ def test_local_worker_pool_gives_the_same_rows(tmp_path):
         alone = run_trial(config)
         assert pooled[config.trial_id]["runs"][0]["accuracy"] == alone["runs"][0]["accuracy"]
         assert pooled[config.trial_id]["runs"][0]["loss"] == pytest.approx(alone["runs"][0]["loss"], rel=1e-5)
+
+
+def test_parquet_beside_csv_when_pyarrow_is_importable(tmp_path):
+    pytest.importorskip("pyarrow")
+    (tmp_path / "spec.toml").write_text(SPEC)
+    run_sweep(load_spec(None, str(tmp_path / "spec.toml"), {"models": ["mlp"], "lengths": [8]}), tmp_path,
+              progress=False)
+    for name in ("runs", "lags", "curves"):
+        csv, parquet = pd.read_csv(tmp_path / f"{name}.csv"), pd.read_parquet(tmp_path / f"{name}.parquet")
+        assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
