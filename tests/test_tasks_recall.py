@@ -73,7 +73,7 @@ def test_copy_min_length_and_messages():
     assert get_task("copy").min_length() == 2
     assert get_task("copy", num_tokens=10, delay=5).min_length() == 25
     assert get_task("copy", delay=5).min_length() == 7
-    with pytest.raises(ValueError, match=r"seq_len=24 .* minimum is 25"):
+    with pytest.raises(ValueError, match=r"seq_len=24 .* seq_len >= 2n \+ d = 25"):
         get_task("copy", num_tokens=10, delay=5).sample(1, 24, seed=0)
     for params, name in (
         ({"num_tokens": 0}, "num_tokens"), ({"content_vocab": 1}, "content_vocab"),

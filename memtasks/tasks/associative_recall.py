@@ -12,8 +12,10 @@ come soon after the pairs; a = 1 spreads them uniformly. Every other position ho
 
 The vocabulary is split in two: keys are tokens [0, K) with K = vocab_size // 2, values and fillers are
 tokens [K, vocab_size). Fillers are never keys, so a query cannot be confused with filler.
-Keys are distinct within a sequence (drawn in O(B * k) work, see `distinct_randint`); values are drawn
-independently (they may repeat, unlike Zoology's, so no answer can be had by elimination).
+Keys are distinct within a sequence (one (B, k) sort and a few redraws, never a (B, vocab) tensor: see
+`distinct_randint`); values are drawn independently (they may repeat, unlike Zoology's, so no answer can
+be had by elimination). For even seq_len the query slots and their law are Zoology's; an odd seq_len
+adds one slot at the last position.
 """
 
 from __future__ import annotations

@@ -111,6 +111,13 @@ class Copy(Task):
         n, d = self.num_tokens, self.delay
         return 2 * (n or 1) + (d or 0)
 
+    def check_length(self, seq_len: int) -> None:
+        if seq_len < self.min_length():
+            raise ValueError(
+                f"seq_len={seq_len} is too short for copy with num_tokens={self.num_tokens}, delay={self.delay}: "
+                f"n content tokens, d delay tokens and n outputs need seq_len >= 2n + d = {self.min_length()}"
+            )
+
     @property
     def _first_noise(self) -> int:
         return _FIRST_CONTENT + self.content_vocab
