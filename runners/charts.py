@@ -30,8 +30,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from runners.leaderboard import (
-    THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table, write_atomic,
+    THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
 )
+from runners.tables import atomic_write_bytes
 
 # fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
 RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
@@ -122,7 +123,7 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt, **kwargs)
         path = out_dir / f"{stem}.{fmt}"
-        write_atomic(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
         fig.set_layout_engine("none")  # keep the layout the first save computed: the slow part of saving
     return paths

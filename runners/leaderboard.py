@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,11 @@ import numpy as np
 import pandas as pd
 
 from runners.errors import UsageError
+from runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
 CONFIG_COLUMNS = ["d_model", "n_layers", "lr", "batch_size"]  # not steps: the steps taken vary by seed
-# the columns of each table that the leaderboard and charts read (the full schema is in runners/tables.py)
+# the columns of each table that the leaderboard and charts read (the full schema: runners.tables)
 REQUIRED = {
     "runs": ["trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len",
              "slice", "seed", *CONFIG_COLUMNS, "steps", "accuracy", "train_seconds", "peak_memory_mb",
@@ -268,20 +268,6 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _number(value: float, digits: int) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -348,6 +334,6 @@ def write_leaderboard(results: Results) -> list[Path]:
     board, tasks = build_leaderboard(results.runs)
     md = results.directory / "leaderboard.md"
     csv = results.directory / "leaderboard.csv"
-    write_atomic(csv, leaderboard_csv(board).encode())
-    write_atomic(md, leaderboard_markdown(board, tasks, results.runs).encode())
+    atomic_write_bytes(csv, leaderboard_csv(board).encode())
+    atomic_write_bytes(md, leaderboard_markdown(board, tasks, results.runs).encode())
     return [md, csv]

@@ -12,17 +12,8 @@ import pytest
 
 from runners.errors import UsageError
 from runners.leaderboard import build_leaderboard, horizon, read_results, task_labels, write_leaderboard
+from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 
-RUNS_COLUMNS = [
-    "trial_id", "task", "task_version", "task_params", "model", "d_model", "n_layers", "params", "train_len",
-    "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match", "loss",
-    "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
-    "attention_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
-    "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
-]
-LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
-CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
-                  "eval_accuracy"]
 PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}
 STATE = {"mlp": 0, "lstm": 256, "gru": 128}
 NAN = float("nan")
@@ -191,7 +182,7 @@ def test_files_are_written_and_stable(tmp_path):
     table = pd.read_csv(csv)
     assert table.columns[:3].tolist() == ["rank", "model", "score"]
     assert table["score"].tolist() == [0.7083, 0.6817, 0.15]
-    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "empty_runs", "header_only", "bad_columns",
