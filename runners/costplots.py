@@ -1,0 +1,195 @@
+"""Charts of the cost tables (cost.csv, cost_fit.csv), drawn from the tables alone, PNG and SVG.
+
+    cost_time.*              ms per sequence (ms_per_step / batch_size) against length, log-log
+    cost_memory.*            peak MB per sequence (peak_memory_mb / batch_size) against length, log-log
+    cost_flops.*             FLOPs per sequence (flops / batch_size) against length, log-log
+    cost_attention_share.*   attention_flops / flops against length, for families with attention
+
+One line per family through its "ok" points; the legend carries the fitted exponent of the same
+per-sequence cost ("transformer (n^1.9)") and where the family stopped ("oom at 8192"). The length
+where a family stopped is marked with an X: at the measured value when there is one (a timeout keeps
+its one step), otherwise continued from the last ok point along the fitted slope. Per-sequence costs
+make the slopes read as exponents: 1 for O(n), 2 for O(n^2) (see runners/fit.py).
+
+    draw_cost_charts(cost, fits, out_dir) -> [out_dir/cost_time.png, out_dir/cost_time.svg, ...]
+
+Uses matplotlib's object API (Figure, no pyplot), so it changes no global backend and needs no display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+FORMATS = ("png", "svg")
+MARKERS = "os^vDP*h<>pX"
+# (file stem, cost column divided by batch_size, cost_fit column, y label, title)
+LOG_LOG_CHARTS = (
+    ("cost_time", "ms_per_step", "time_exponent", "ms per sequence (step time / batch size)",
+     "Training-step time per sequence"),
+    ("cost_memory", "peak_memory_mb", "memory_exponent", "peak MB per sequence (above the model)",
+     "Peak activation memory per sequence"),
+    ("cost_flops", "flops", "flops_exponent", "FLOPs per sequence (forward + backward, analytic)",
+     "FLOPs per sequence"),
+)
+
+
+def family_style(index: int) -> dict:
+    """Colour and marker of the index-th family: 10 distinct colours, then lighter shades; markers cycle."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"]
+    colour = tab20((2 * index) % 20 + (index // 10) % 2)
+    return {"color": colour, "marker": MARKERS[index % len(MARKERS)]}
+
+
+def compact_number(value: float) -> str:
+    """Tick label: 0.5 -> '0.5', 200 -> '200', 1e9 -> '1e9', 2.5e-05 -> '2.5e-5'."""
+    text = f"{value:g}"
+    return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _title_suffix(cost: pd.DataFrame) -> str:
+    devices = sorted({str(d) for d in cost["device"].dropna()}) if "device" in cost else []
+    return f" on {', '.join(devices)}" if devices else ""
+
+
+def _length_axis(ax, lengths) -> None:
+    """Log-2 x axis with a tick at every measured length."""
+    ticks = sorted({int(n) for n in lengths})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(t) for t in ticks], rotation=45 if len(ticks) > 8 else 0)
+    ax.set_xlabel("sequence length n")
+
+
+def _stop_point(ok: pd.DataFrame, stop: pd.Series, column: str, exponent: float) -> float:
+    """y of the X where a family stopped: measured if known, else extrapolated along `exponent`."""
+    measured = stop[column] / stop["batch_size"]
+    if np.isfinite(measured) and measured > 0:
+        return float(measured)
+    if ok.empty:
+        return math.nan
+    last = ok.iloc[-1]
+    slope = exponent if np.isfinite(exponent) else 1.0
+    return float(last[column] / last["batch_size"] * (stop["seq_len"] / last["seq_len"]) ** slope)
+
+
+def _slope_guides(ax, lengths) -> None:
+    """Faint reference lines of slope 1 and 2 through the middle of the plotted range; limits kept."""
+    x_lo, x_hi = float(min(lengths)), float(max(lengths))
+    if x_hi <= x_lo:
+        return
+    y_lo, y_hi = ax.get_ylim()
+    y_mid = math.sqrt(y_lo * y_hi)
+    x_mid = math.sqrt(x_lo * x_hi)
+    xs = np.array([x_lo, x_hi])
+    for slope, text in ((1, "O(n)"), (2, "O(n^2)")):
+        ys = y_mid * (xs / x_mid) ** slope
+        ax.plot(xs, ys, color="grey", linestyle="--", linewidth=0.8, alpha=0.5, zorder=0)
+        x_end = min(x_hi, x_mid * (y_hi / y_mid) ** (1 / slope))  # where the guide leaves the axes
+        ax.annotate(text, (x_end, y_mid * (x_end / x_mid) ** slope), xytext=(-4, -12), textcoords="offset points",
+                    color="grey", fontsize=7.5, ha="right")
+    ax.set_ylim(y_lo, y_hi)
+
+
+def _label(model: str, exponent: float, stop: pd.Series | None) -> str:
+    parts = [f"n^{exponent:.2f}"] if np.isfinite(exponent) else []
+    if stop is not None:
+        parts.append(f"{stop['status']} at {int(stop['seq_len'])}")
+    return f"{model} ({'; '.join(parts)})" if parts else str(model)
+
+
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def log_log_chart(cost: pd.DataFrame, fits: pd.DataFrame, column: str, fit_column: str, ylabel: str,
+                  title: str) -> Figure:
+    """Per-sequence `column` against length, one line per family, stops marked with X."""
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.add_subplot()
+    exponents = dict(zip(fits["model"], fits[fit_column])) if fit_column in fits else {}
+    for index, (model, group) in enumerate(cost.groupby("model", sort=False)):
+        group = group.sort_values("seq_len")
+        ok = group[(group["status"] == "ok") & (group[column] > 0)]
+        stopped = group[group["status"] != "ok"]
+        stop = stopped.iloc[0] if not stopped.empty else None
+        exponent = float(exponents.get(model, math.nan))
+        style = family_style(index)
+        ax.plot(ok["seq_len"], ok[column] / ok["batch_size"], color=style["color"], marker=style["marker"],
+                markersize=5, linewidth=1.6, label=_label(model, exponent, stop))
+        if stop is not None:
+            y = _stop_point(ok, stop, column, exponent)
+            if np.isfinite(y):
+                if not ok.empty:
+                    last = ok.iloc[-1]
+                    ax.plot([last["seq_len"], stop["seq_len"]], [last[column] / last["batch_size"], y],
+                            color=style["color"], linestyle=":", linewidth=1.2)
+                ax.plot([stop["seq_len"]], [y], color=style["color"], marker="X", markersize=11,
+                        markeredgecolor="black", linestyle="none")
+    _length_axis(ax, cost["seq_len"])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: compact_number(v)))
+    _slope_guides(ax, cost["seq_len"])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + _title_suffix(cost))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", axis="y", alpha=0.1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="family (fitted exponent)",
+              title_fontsize=8, frameon=False)
+    fig.text(0.01, -0.02, "grey guides: slope 1 = O(n) per sequence, slope 2 = O(n^2).  X = where the family "
+             "stopped (oom / timeout / error): measured, or where unmeasured extrapolated along the fit (dotted)",
+             fontsize=7.5, color="dimgray")
+    return fig
+
+
+def attention_share_chart(cost: pd.DataFrame) -> Figure | None:
+    """attention_flops / flops against length for each family with any attention FLOPs; None if none has."""
+    with_attention = cost[cost["attention_flops"] > 0]["model"].unique()
+    if len(with_attention) == 0:
+        return None
+    fig = Figure(figsize=(9, 5))
+    ax = fig.add_subplot()
+    for index, (model, group) in enumerate(cost.groupby("model", sort=False)):
+        if model not in with_attention:
+            continue
+        group = group.sort_values("seq_len")
+        style = family_style(index)
+        ax.plot(group["seq_len"], 100 * group["attention_flops"] / group["flops"], color=style["color"],
+                marker=style["marker"], markersize=5, linewidth=1.6, label=str(model))
+    _length_axis(ax, cost["seq_len"])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("attention share of FLOPs (%)")
+    ax.set_title("Share of FLOPs spent on token-to-token attention")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def draw_cost_charts(cost: pd.DataFrame, fits: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw every cost chart of `cost` (cost.csv) and `fits` (cost_fit.csv) into `out_dir`; returns the
+    files written (PNG and SVG of each; no attention-share chart when no family has attention)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    if cost.empty:
+        return paths
+    for stem, column, fit_column, ylabel, title in LOG_LOG_CHARTS:
+        paths += _save(log_log_chart(cost, fits, column, fit_column, ylabel, title), out_dir, stem)
+    share = attention_share_chart(cost)
+    if share is not None:
+        paths += _save(share, out_dir, "cost_attention_share")
+    return paths
