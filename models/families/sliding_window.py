@@ -86,7 +86,8 @@ class WindowAttention(Mixer):
         q_pos = torch.arange(blocks * w, device=q.device).view(blocks, w)  # (nb, w)
         k_pos = torch.cat((q_pos - w, q_pos), dim=1)  # (nb, 2w); negative = before the sequence
         allowed = band_mask(q_pos, k_pos, w) & (k_pos >= 0)[:, None, :]  # (nb, w, 2w)
-        out = F.scaled_dot_product_attention(blocked(q), kb, vb, attn_mask=allowed)  # (B*H, nb, w, hd)
+        # a 4-d mask (1, nb, w, 2w) lets SDPA pick a fused kernel (flash on CPU) over the math fallback
+        out = F.scaled_dot_product_attention(blocked(q), kb, vb, attn_mask=allowed[None])  # (B*H, nb, w, hd)
         return out.reshape(batch, heads, blocks * w, head_dim)[:, :, :seq_len]  # (B, H, T, hd)
 
     def state_size(self, seq_len: int) -> int:
