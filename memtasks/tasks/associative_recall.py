@@ -28,7 +28,7 @@ import torch
 
 from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
-_PAIRS_PER_TOKEN = 8  # num_kv_pairs=None: seq_len // 8 pairs
+_TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs
 
 
 def distinct_randint_reference(
@@ -48,7 +48,7 @@ def distinct_randint(batch_size: int, k: int, high: int, gen: torch.Generator, d
     row) until a row has none. Which entries are redrawn depends only on which entries are equal, never on
     their values, so the law of the result is unchanged by any relabelling of [0, high); the only such
     law on ordered k-tuples of distinct values is the uniform one, the same as
-    `distinct_randint_reference`. Work: one sort of (B, k), then O(k) per redraw (about k^2 / 2 high
+    `distinct_randint_reference`. Work: one sort of (B, k), then O(k) per redraw (about k^2 / (2 high)
     redraws per row). When 2k >= high repeats would be frequent and the reference is used instead.
 
     Example: batch_size=1, k=4, high=10; draws [3, 7, 3, 1] -> the second 3 is redrawn, say as 7 ->
@@ -166,7 +166,7 @@ class AssociativeRecall(Task):
         """k used at `seq_len`, with num_kv_pairs=None derived."""
         if self.num_kv_pairs is not None:
             return self.num_kv_pairs
-        return max(1, min(seq_len // _PAIRS_PER_TOKEN, self.num_keys))
+        return max(1, min(seq_len // _TOKENS_PER_PAIR, self.num_keys))
 
     @staticmethod
     def num_slots(seq_len: int, k: int) -> int:
