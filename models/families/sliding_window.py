@@ -8,7 +8,7 @@ Both paths cut the sequence into query blocks of w positions; every query in blo
 from at most the previous block and its own (t - s < w and t >= b*w imply s > (b-1)*w).
 
   fast      all blocks at once: keys [block b-1; block b] stacked to (B*H, nb, 2w, hd), a fixed
-            (nb, w, 2w) band mask, one scaled_dot_product_attention call. T is padded to nb*w.
+            (1, nb, w, 2w) band mask, one scaled_dot_product_attention call. T is padded to nb*w.
   reference a loop over query blocks; block b reads exactly keys max(0, bw-w+1) .. min(T, bw+w)-1
             with the explicit band mask 0 <= t - s < w, and computes q k^T, softmax, @ v by hand.
 
