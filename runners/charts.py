@@ -337,7 +337,8 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set(title=f"{task} (length {longest})", xlabel="training tokens", ylabel="accuracy",
                ylim=(-0.03, 1.03))
-    _family_legend(fig, sweep, [m for m in sweep.models if m in set(curves["model"])])
+    threshold = (Line2D([], [], color="grey", linestyle="--"), f"horizon threshold {THRESHOLD}")
+    _family_legend(fig, sweep, [m for m in sweep.models if m in set(curves["model"])], [threshold])
     return _save(fig, out_dir, "training_curves")
 
 
