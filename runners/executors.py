@@ -2,7 +2,7 @@
 the sweep writes them, so every executor produces the same files.
 
     local  one process on one device; with several GPUs, one worker process per GPU (spawned)
-    ray    each trial a Ray task holding one GPU, or one CPU when the cluster has none
+    ray    each trial a Ray task holding one GPU, or `threads` CPUs (default 1) when the cluster has none
            (`pip install membench[ray]`; `--address` joins a running cluster, else a local one starts)
 
 `make_executor` validates everything (executor name, device, Ray importable, GPUs present) before the
@@ -56,13 +56,14 @@ def local_devices(device: str) -> list[str]:
 class LocalExecutor:
     """Trials one after another in this process, or on a pool of one spawned worker per device."""
 
-    def __init__(self, devices: list[str], compile: str = "none", progress: bool = False) -> None:
-        self.devices, self.compile, self.progress = devices, compile, progress
+    def __init__(self, devices: list[str], compile: str = "none", progress: bool = False,
+                 threads: int | None = None) -> None:
+        self.devices, self.compile, self.progress, self.threads = devices, compile, progress, threads
 
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         if len(self.devices) == 1:
             for config in trials:
-                yield run_trial(config, self.devices[0], self.compile, self.progress)
+                yield run_trial(config, self.devices[0], self.compile, self.progress, self.threads)
             return
         ctx = multiprocessing.get_context("spawn")
         free = ctx.Queue()
@@ -70,7 +71,7 @@ class LocalExecutor:
             free.put(device)
         with ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_claim_device,
                                  initargs=(free, len(self.devices))) as pool:
-            futures = [pool.submit(_worker_trial, config, self.compile) for config in trials]
+            futures = [pool.submit(_worker_trial, config, self.compile, self.threads) for config in trials]
             for future in as_completed(futures):
                 yield future.result()
 
@@ -89,19 +90,20 @@ def _claim_device(free, workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _worker_trial(config: TrialConfig, compile: str) -> dict:
-    return run_trial(config, _worker_device, compile)
+def _worker_trial(config: TrialConfig, compile: str, threads: int | None) -> dict:
+    return run_trial(config, _worker_device, compile, threads=threads)
 
 
 class RayExecutor:
     """Each trial a Ray task with one GPU (or one CPU); results are gathered by the driver as they finish."""
 
-    def __init__(self, device: str, compile: str = "none", address: str | None = None) -> None:
+    def __init__(self, device: str, compile: str = "none", address: str | None = None,
+                 threads: int | None = None) -> None:
         try:
             import ray
         except ImportError:
             raise UsageError("executor ray needs Ray, which is not installed: pip install membench[ray]") from None
-        self.ray, self.compile = ray, compile
+        self.ray, self.compile, self.threads = ray, compile, threads
         self._started = not ray.is_initialized()
         if self._started:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -116,10 +118,10 @@ class RayExecutor:
 
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         ray = self.ray
-        resources = {"num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+        resources = {"num_gpus": 1} if self.use_gpu else {"num_cpus": self.threads or 1}
         task = ray.remote(**resources)(run_trial)
         device = "cuda" if self.use_gpu else "cpu"  # Ray makes the task's own GPU the only visible one
-        pending = {task.remote(config, device, self.compile): config for config in trials}
+        pending = {task.remote(config, device, self.compile, False, self.threads): config for config in trials}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -136,16 +138,16 @@ class RayExecutor:
 
 
 def make_executor(name: str, device: str = "auto", compile: str = "none", address: str | None = None,
-                  progress: bool = False):
+                  progress: bool = False, threads: int | None = None):
     """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray."""
     if name not in EXECUTORS:
         raise UsageError(unknown_name_message("executor", name, list(EXECUTORS)))
     check_device_name(device)
     if name == "ray":
-        return RayExecutor(device, compile, address)
+        return RayExecutor(device, compile, address, threads)
     if address is not None:
         raise UsageError("--address is only for --executor ray")
     devices = local_devices(device)
     if compile == "cuda_graphs" and devices == ["cpu"]:
         raise UsageError(_NO_GRAPHS)
-    return LocalExecutor(devices, compile, progress)
+    return LocalExecutor(devices, compile, progress, threads)

@@ -9,7 +9,7 @@ Accuracy counts only scored positions. For one slice of N sequences with scored 
 
 Example: lags 1, 2, 3, 5, 8 fall in buckets 1, 2, 2, 4, 8.
 
-Peak memory (`PeakMemory`): on CUDA the largest memory held by tensors (max_memory_allocated after
+Peak memory (`PeakMemory`, around a trial's training and evaluation): on CUDA the largest memory held by tensors (max_memory_allocated after
 reset_peak_memory_stats). On CPU there is no allocator counter, so it is the growth of the process's peak
 resident set size: VmHWM (reset through /proc/self/clear_refs on Linux) minus VmRSS at the start; where that
 is unavailable, the growth of getrusage's ru_maxrss, which only sees growth past the process's earlier peak.
@@ -60,7 +60,7 @@ def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
              device: torch.device) -> SliceResult:
-    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); one host sync at the end."""
+    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once."""
     was_training = model.training
     model.eval()
     n_buckets = 64
@@ -91,12 +91,14 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
         if not is_oom(err):
             raise
-        message = short_error(err)
-        del err
-        release_memory(device)
-        return SliceResult(status="oom", error=message)
+        oom = short_error(err)
+    else:
+        oom = ""
     finally:
         model.train(was_training)
+    if oom:  # outside the except block, so the traceback's tensors are already freed
+        release_memory(device)
+        return SliceResult(status="oom", error=oom)
     n, hits = int(total), int(correct)
     counts, corrects = lag_count.tolist(), lag_correct.tolist()
     return SliceResult(

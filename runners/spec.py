@@ -7,6 +7,8 @@ Schema. Every key is optional; an unknown key anywhere is an error naming the cl
     device = "auto"                # auto (cuda when available) | cpu | cuda | cuda:N
     compile = "none"               # none | torch_compile | cuda_graphs (CUDA only)
     executor = "local"             # local | ray
+    cpu_threads = 1                # torch threads of a trial on the CPU (default: torch's choice); tiny
+                                   # models run fastest on one, and several threads fight over busy cores
     tasks = "all"                  # "all" | ["copy", ...] | tables [tasks.NAME] (below); default "all"
     models = "all"                 # "all" | ["lstm", ...] | tables [models.NAME] (below); default "all"
 
@@ -161,7 +163,8 @@ SETTINGS = {
 }
 _SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
 TOP_KEYS = {"name": _text, "description": _text, "device": _device, "compile": _choice(COMPILE_MODES),
-            "executor": _choice(EXECUTORS), "tasks": None, "models": None, "cost_classes": _table}
+            "executor": _choice(EXECUTORS), "cpu_threads": _int(1), "tasks": None, "models": None,
+            "cost_classes": _table}
 TASK_KEYS = {"task": _text, "params": _table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": _text, "params": _table}
 SEGMENT_KEYS = {"seq_len": _int(1), "params": _table, "weight": _number(0, low_open=True)}
@@ -179,6 +182,7 @@ class SweepSpec:
     device: str = "auto"
     compile: str = "none"
     executor: str = "local"
+    cpu_threads: int | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -369,7 +373,8 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         trials += task_trials
     return SweepSpec(name=_text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
                      description=top.get("description", ""), device=top.get("device", "auto"),
-                     compile=top.get("compile", "none"), executor=top.get("executor", "local"), notes=tuple(notes))
+                     compile=top.get("compile", "none"), executor=top.get("executor", "local"), cpu_threads=top.get("cpu_threads"),
+                     notes=tuple(notes))
 
 
 def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str]) -> list[TrialConfig]:

@@ -32,7 +32,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory")
-    runner = make_executor(executor, spec.device, spec.compile, address, progress)
+    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads)
     try:
         (out / tables.TRIALS_DIR).mkdir(parents=True, exist_ok=True)
         tables.remove_temporaries(out)

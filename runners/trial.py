@@ -17,6 +17,7 @@ its message. Failed trials still get one runs row per slice, NaN where a metric 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -150,22 +151,38 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False) -> dict:
-    """Train and evaluate one trial on `device`; never raises for a failed trial (see the module doc)."""
+def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False,
+              threads: int | None = None) -> dict:
+    """Train and evaluate one trial on `device`; never raises for a failed trial (see the module doc).
+
+    `threads`: torch's intra-op threads for a trial on the CPU (None: leave torch's setting alone).
+    """
     device = torch.device(device)
-    model, outcome, memory = None, None, metrics.PeakMemory(device)
+    model, outcome, memory, failure = None, None, metrics.PeakMemory(device), None
     try:
-        model = config.build_model().to(device)
-        with memory:
-            outcome = train(model, config, device, compile=compile, progress=progress)
+        with _cpu_threads(threads if device.type == "cpu" else None):
+            model = config.build_model().to(device)
+            with memory:
+                outcome = train(model, config, device, compile=compile, progress=progress)
     except Diverged as err:
-        return _payload(config, model, None, "diverged", str(err), math.nan, device)
+        failure = ("diverged", str(err))
     except Exception as err:  # noqa: BLE001 - every failure is a recorded result
-        status, error = ("oom" if metrics.is_oom(err) else "error"), metrics.short_error(err)
-        del err
+        failure = ("oom" if metrics.is_oom(err) else "error", metrics.short_error(err))
+    if failure is not None:  # outside the except block, so the traceback's tensors are already freed
         metrics.release_memory(device)
-        return _payload(config, model, None, status, error, math.nan, device)
+        return _payload(config, model, None, *failure, math.nan, device)
     return _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb, device)
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def failed_trial(config: TrialConfig, status: str, err: BaseException, device: str) -> dict:

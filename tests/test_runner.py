@@ -287,6 +287,20 @@ def test_compile_option_uses_torch_compile(monkeypatch):
     pd.testing.assert_series_equal(compiled["loss"], eager["loss"], rtol=1e-5)
 
 
+def test_cpu_threads_apply_to_the_trial_only(monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("runners.trial.train", spy)
+    torch.set_num_threads(2)
+    runs = rows(run_trial(trial(), threads=1))
+    assert seen == [1] and torch.get_num_threads() == 2
+    assert (runs["error"] == "ValueError: stop here").all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor on the CPU takes ~20 s to compile")
 def test_torch_compile_on_cuda():
     runs = rows(run_trial(trial(model="mlp", steps=10), device="cuda", compile="torch_compile"))

@@ -36,6 +36,13 @@ def test_smoke_preset_covers_every_task_and_family_at_two_lengths():
     assert len(spec.trials) >= 88 or len(list_models()) * len(list_tasks()) * 2 == len(spec.trials)
 
 
+def test_execution_options(tmp_path):
+    spec = load_spec(None, write(tmp_path, 'cpu_threads = 1\ncompile = "torch_compile"\nd_model = 8\nmodels = ["mlp"]\n'),
+                     {"device": "cpu", "executor": "ray"})
+    assert (spec.cpu_threads, spec.compile, spec.device, spec.executor) == (1, "torch_compile", "cpu", "ray")
+    assert load_spec("standard", None, CHEAP).cpu_threads is None
+
+
 def test_full_preset_caps_quadratic_families():
     spec = load_spec("full", None, {"models": ["mlp", "transformer"], "tasks": ["copy"]})
     longest = {m: max(t.train_len for t in spec.trials if t.model == m) for m in ("mlp", "transformer")}
