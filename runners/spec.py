@@ -1,13 +1,14 @@
 """Sweep specs: a TOML file (or a preset shipped in runners/presets/) expanded into validated trials.
 
-Schema. Every key is optional; an unknown key anywhere is an error naming the closest valid keys.
+Schema. Every key is optional (the values shown are the defaults, except where a comment says
+"example"); an unknown key anywhere is an error naming the closest valid keys.
 
     name = "my-sweep"              # label (default: the preset or file name)
     description = "..."
     device = "auto"                # auto (cuda when available) | cpu | cuda | cuda:N
     compile = "none"               # none | torch_compile | cuda_graphs (CUDA only)
     executor = "local"             # local | ray
-    cpu_threads = 1                # torch threads of a trial on the CPU (default: torch's choice); tiny
+    cpu_threads = 1                # example; torch threads of a CPU trial (default: torch's choice); tiny
                                    # models run fastest on one, and several threads fight over busy cores
     tasks = "all"                  # "all" | ["copy", ...] | tables [tasks.NAME] (below); default "all"
     models = "all"                 # "all" | ["lstm", ...] | tables [models.NAME] (below); default "all"
@@ -23,17 +24,17 @@ Schema. Every key is optional; an unknown key anywhere is an error naming the cl
     eval_multipliers = [2, 4]      # also evaluate at these multiples of the train length
     eval_sequences = 256           # held-out sequences per eval slice
     eval_every = 100               # steps between evaluations (early stop, time-to-accuracy)
-    log_every = 25                 # steps between loss readings (the only host syncs in training)
+    log_every = 25                 # steps between reads of the loss from the device
     warmup = 0.1                   # fraction of steps of linear warm-up; then cosine decay to lr/10
     weight_decay = 0.1
     grad_clip = 1.0
-    target_params = 100000         # models are width-matched to this many parameters ...
+    target_params = 100000         # models are width-matched to this many parameters, or
+    d_model = 64                   # example; a fixed width instead (the more specific of the two wins)
     match_tolerance = 0.10         # the matched count must be within this fraction of target_params
-    d_model = 64                   # ... unless a fixed width is given (the most specific of the two wins)
     n_layers = 2
-    max_length = 4096              # skip training lengths above this (e.g. for quadratic models)
+    max_length = 4096              # example; skip training lengths above this (default: no limit)
 
-    [tasks.associative_recall]     # one table per task; the key is the task's name ...
+    [tasks.associative_recall]     # example; one table per task; the key is the task's name ...
     task = "associative_recall"    # ... unless given here (to sweep one task with two param sets)
     params = { num_kv_pairs = 8 }  # task params (see `membench tasks`)
     steps = 2000                   # any setting above, for this task only
@@ -47,12 +48,12 @@ Schema. Every key is optional; an unknown key anywhere is an error naming the cl
     params = { num_kv_pairs = 64 }
     n_sequences = 1000             # default: eval_sequences
 
-    [models.lstm]                  # one table per model family; the key is its name unless
+    [models.lstm]                  # example; one table per model family; the key is its name unless
     model = "lstm"                 # given here
     params = { mlp_ratio = 2 }     # family params (see `membench models`)
     learning_rates = [3e-3]        # any setting, for this family only
 
-    [cost_classes."O(n^2)"]        # settings for every family of a cost class (O(n), O(n*w), O(n^2))
+    [cost_classes."O(n^2)"]        # example; settings for every family of a cost class (O(n), O(n*w), O(n^2))
     max_length = 4096
 
 Precedence (later wins): defaults < top level < task table < cost-class table < model table < command-line
