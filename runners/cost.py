@@ -73,12 +73,15 @@ class CostConfig:
     time_cap: float = 20.0  # seconds a step may take (twice in a row) before the family stops
     device: str = "cpu"
     vocab_size: int = VOCAB_SIZE
+    threads: int | None = None  # torch's intra-op CPU threads during the sweep; None keeps torch's setting
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("no models to measure; name at least one (see `membench models`)")
         if not self.lengths or any(n < 1 for n in self.lengths) or list(self.lengths) != sorted(set(self.lengths)):
             raise ValueError(f"lengths must be distinct positive integers in ascending order, got {self.lengths}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
         for label in ("batch_tokens", "d_model", "n_layers", "repeats", "warmup", "vocab_size"):
             if getattr(self, label) < 1:
                 raise ValueError(f"{label} must be a positive integer, got {getattr(self, label)!r}")
@@ -267,10 +270,15 @@ def run_cost(config: CostConfig, out_dir: Path, log: Callable[[str], None] = pri
     draw the charts. Returns (cost, fits, files written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for name in config.models:
-        rows.extend(measure_family(name, config, log))
-        cost = pd.DataFrame(rows, columns=COST_COLUMNS)
-        fits = fit_costs(cost)
-        write_tables(out_dir, {"cost": cost, "cost_fit": fits})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        for name in config.models:
+            rows.extend(measure_family(name, config, log))
+            cost = pd.DataFrame(rows, columns=COST_COLUMNS)
+            fits = fit_costs(cost)
+            write_tables(out_dir, {"cost": cost, "cost_fit": fits})
+    finally:
+        torch.set_num_threads(threads)
     tables = [out_dir / f"{name}.{fmt}" for name in ("cost", "cost_fit") for fmt in ("csv", "parquet")]
     return cost, fits, [p for p in tables if p.exists()] + costplots.draw_cost_charts(cost, fits, out_dir)

@@ -14,7 +14,7 @@ from runners.cost import COST_COLUMNS
 from runners.fit import FIT_COLUMNS
 
 TINY = ["--lengths", "16,32", "--batch-tokens", "64", "--d-model", "16", "--n-layers", "1", "--repeats", "1",
-        "--device", "cpu"]
+        "--threads", "1", "--device", "cpu"]
 
 
 def run_cli(capsys, *argv):
@@ -58,6 +58,7 @@ def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):
         (["--repeats", "none"], "--repeats must be a positive integer"),
         (["--time-cap", "-1"], "--time-cap must be a positive number"),
         (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--threads", "0"], "--threads must be a positive integer"),
         (["--d-model", "10", "--models", "transformer"], "model transformer cannot be built with --d-model 10"),
     ],
 )

@@ -30,7 +30,7 @@ def test_length_ladder():
 @pytest.mark.parametrize(
     "change",
     [dict(models=()), dict(lengths=()), dict(lengths=(0, 16)), dict(lengths=(32, 16)), dict(lengths=(16, 16)),
-     dict(batch_tokens=0), dict(repeats=0), dict(warmup=0), dict(time_cap=0.0), dict(device="tpu")],
+     dict(batch_tokens=0), dict(repeats=0), dict(threads=0), dict(warmup=0), dict(time_cap=0.0), dict(device="tpu")],
 )
 def test_config_rejects_bad_values(change):
     with pytest.raises(ValueError):
@@ -139,3 +139,11 @@ def test_a_killed_run_keeps_the_finished_families(tmp_path, monkeypatch):
     assert list(table.columns) == COST_COLUMNS and set(table["model"]) == {"mlp"} and len(table) == 3
     assert list(pd.read_csv(tmp_path / "cost_fit.csv")["model"]) == ["mlp"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_threads_are_set_for_the_sweep_and_restored(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cost, "measure_family", lambda name, config, log: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    cost.run_cost(CostConfig(**{**TINY, "threads": 1}), tmp_path, log=lambda line: None)
+    assert seen == [1] and torch.get_num_threads() == before

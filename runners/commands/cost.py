@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--time-cap", default="20", help="seconds a step may take: two consecutive slower "
                         "steps stop the family with status timeout (default 20)")
     parser.add_argument("--device", help="cpu or cuda (default cuda when available, else cpu)")
+    parser.add_argument("--threads", help="torch's CPU threads (default: torch's, one per core); on a machine "
+                        "shared with other jobs, 1 avoids threads waiting on each other")
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -95,6 +97,7 @@ def build_config(args) -> CostConfig:
         repeats=positive_int(args.repeats, "--repeats"),
         time_cap=positive_seconds(args.time_cap, "--time-cap"),
         device=device,
+        threads=positive_int(args.threads, "--threads") if args.threads is not None else None,
     )
 
 
@@ -103,7 +106,7 @@ def run(args) -> int:
     out = Path(args.out)
     print(f"cost: {len(config.models)} families x lengths {', '.join(map(str, config.lengths))} on "
           f"{config.device}, {config.batch_tokens} tokens per step, d_model={config.d_model}, "
-          f"n_layers={config.n_layers}")
+          f"n_layers={config.n_layers}, {config.threads or torch.get_num_threads()} CPU threads")
     _, fits, written = run_cost(config, out)
     print("\nexponents of cost per sequence (1 = O(n), 2 = O(n^2)):")
     print(fits.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
