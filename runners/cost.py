@@ -20,13 +20,18 @@ For every family and every length n, on random tokens (no task: cost does not de
     tflops_per_s    = flops / step seconds / 1e12;  tokens_per_second = batch_size * n / step seconds
     state_size      = model.state_size(n)                # floats per sequence
 
-A family stops at its first failure: an out-of-memory ("oom"), two consecutive steps (warm-up or timed)
-each slower than `time_cap` seconds ("timeout", the faster of the two kept in ms_per_step; one slow step
-alone can be a stall of a shared machine), or any other exception ("error"); that
-row is kept and no longer length is run for the family. Analytic columns (flops, state_size) are
-filled for every row, measured ones are NaN where unknown.
+A family stops at its first failure: an out-of-memory ("oom"), two consecutive steps (warm-up or
+timed) each slower than `time_cap` seconds ("timeout", the faster of the two kept in ms_per_step; one
+slow step alone can be a stall of a shared machine), or any other exception ("error"). That row is
+kept and no longer length is run for the family. Analytic columns (flops, attention_flops,
+state_size) are filled in every row; measured ones are NaN where unknown.
 
-Example (CPU, d_model 64, 2 layers, batch_tokens 4096): at n=1024 the batch is 4 sequences.
+CPU timings are only as good as the machine is quiet: on a machine shared with other jobs, torch's
+worker threads wait on each other and a step can take 10x longer; `threads=1` avoids that.
+
+Example (CPU, d_model 64, 2 layers, batch_tokens 4096): at n=1024 the batch is 4 sequences, and
+an LSTM step costs 3 * 4 * 1024 * (2 layers * (2*2*64*256 + 2*2*64*256) + 2*64*64) FLOPs
+(per layer: the recurrence's input and hidden projections to 4 gates, the MLP; then the head).
 """
 
 from __future__ import annotations
@@ -225,16 +230,16 @@ def measure_point(model, name: str, seq_len: int, config: CostConfig, device: to
     except Exception as err:  # noqa: BLE001 - a failure is this family's last row, not the sweep's end
         row["status"] = "oom" if is_oom(err) else "error"
         message = short_error(err)
-        del err
-        release_memory(device)
-        return row, message
-    row.update(
-        ms_per_step=1e3 * seconds,
-        peak_memory_mb=peak / 2**20,
-        tflops_per_s=row["flops"] / seconds / 1e12,
-        tokens_per_second=batch_size * seq_len / seconds,
-    )
-    return row, ""
+    else:
+        row.update(
+            ms_per_step=1e3 * seconds,
+            peak_memory_mb=peak / 2**20,
+            tflops_per_s=row["flops"] / seconds / 1e12,
+            tokens_per_second=batch_size * seq_len / seconds,
+        )
+        return row, ""
+    release_memory(device)  # after the except block, whose traceback held the failed step's tensors
+    return row, message
 
 
 def measure_family(name: str, config: CostConfig, log: Callable[[str], None] = print) -> list[dict]:
