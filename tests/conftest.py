@@ -1,5 +1,6 @@
-"""Shared test settings: CPU threads kept small (CI has 2 cores)."""
+"""Shared test settings. One torch thread: the tests use tiny models, for which a second thread costs more
+in synchronisation than it gains, and CI has only 2 cores."""
 
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
