@@ -12,12 +12,13 @@ path computes q k^T, the causal mask, the softmax and the product with v explici
 `mixer_pattern` is a comma list cycled over the layers, each item "attention" or "conv". A "conv"
 layer is a gated short convolution (Zoology's BaseConv with a short filter):
 
-    y = ShortConv_4(x) * (W x + b)                               # depthwise causal, kernel 4
+    y = ShortConv_k(x) * (W x + b)                               # depthwise causal, k = conv_kernel (4)
 
-so mixer_pattern="conv,attention", mlp_ratio=0, position="none" is the BaseConv + attention hybrid.
+so mixer_pattern="conv,attention", mlp_ratio=0, position="none" is the BaseConv + attention hybrid
+(Zoology's uses conv_kernel=3, n_heads=1).
 
 Shapes: tokens (B, T) int64 -> logits (B, T, V).
-State size: the KV cache, 2*T*D floats per attention layer (plus 3*D per conv layer).
+State size: the KV cache, 2*T*D floats per attention layer (plus (conv_kernel-1)*D per conv layer).
 FLOPs per attention layer: 2*B*T*D*3D (qkv) + 2*B*T*D*D (output) + 4*B*T*T*D (the full square
 q k^T and weights @ v, as the reference computes it; `attention_flops` reports this part).
 Cost: O(n^2).
@@ -128,17 +129,19 @@ class TransformerModel(MemoryModel):
         mlp_ratio: int = 4,
         position: str = "rope",
         mixer_pattern: str = "attention",
+        conv_kernel: int = 4,
     ) -> None:
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
         check_int("mlp_ratio", mlp_ratio, minimum=0)
         check_int("d_model", d_model)
+        check_int("conv_kernel", conv_kernel)
         check_heads(d_model, n_heads, position == "rope")
         kinds = parse_mixer_pattern(mixer_pattern, check_int("n_layers", n_layers))
 
         def make_mixer(i: int) -> Mixer:
             if kinds[i] == "conv":
-                return GatedConv(d_model)
+                return GatedConv(d_model, conv_kernel)
             return SelfAttention(d_model, n_heads, rope=position == "rope")
 
         super().__init__(vocab_size, d_model, n_layers, make_mixer=make_mixer, mlp_ratio=mlp_ratio)
