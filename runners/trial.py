@@ -36,6 +36,7 @@ from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
+EARLY_STOPS = ("train_len", "all_slices")  # which slices must reach the threshold to stop training early
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TrialConfig:
     steps: int  # the budget: at most this many optimizer steps ...
     eval_slices: tuple[EvalSlice, ...]
     time_cap: float = 600.0  # ... and at most this many wall seconds (timeout after)
-    threshold: float = 0.99  # early stop at this eval accuracy at the train length
+    threshold: float = 0.99  # early stop when the `early_stop` slices reach this eval accuracy
     eval_every: int = 100
     log_every: int = 25
     warmup: float = 0.1  # fraction of `steps` of linear learning-rate warm-up
@@ -92,8 +93,11 @@ class TrialConfig:
     grad_clip: float = 1.0
     segments: tuple[Segment, ...] = ()  # empty: one segment (train_len, {}, 1.0)
     task_version: int = 0  # 0: looked up in the task registry
+    early_stop: str = "train_len"  # the slices at the train length, or "all_slices"
 
     def __post_init__(self) -> None:
+        if self.early_stop not in EARLY_STOPS:
+            raise ValueError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
         if not self.task_version:
             object.__setattr__(self, "task_version", task_class(self.task).version)
         if not self.segments:
@@ -114,8 +118,13 @@ class TrialConfig:
 
     @functools.cached_property
     def trial_id(self) -> str:
-        """12 hex digits of the SHA-1 of the canonical JSON (sorted keys) of every field."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of the SHA-1 of the canonical JSON (sorted keys) of every field.
+
+        Fields added later (`_LATER_FIELDS`) enter the JSON only when they differ from their default, so
+        the ids of earlier trials, and the results directories that hold them, stay valid.
+        """
+        fields = {k: v for k, v in self.to_dict().items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def label(self) -> str:
@@ -138,6 +147,9 @@ class TrialConfig:
         torch.manual_seed(self.seed)
         return build_model(self.model, self.vocab_size(), d_model=self.d_model, n_layers=self.n_layers,
                            **self.model_params)
+
+
+_LATER_FIELDS = {"early_stop": "train_len"}  # field -> default, hashed only when set otherwise
 
 
 @functools.lru_cache(maxsize=1)
