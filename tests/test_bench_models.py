@@ -67,5 +67,5 @@ def test_step_time(benchmark, name, seq_len, device):
     assert torch.isfinite(torch.tensor(loss))
     assert all(p.grad is not None for p in model.parameters())
     benchmark.extra_info.update(family=name, seq_len=seq_len, batch=TOKENS[device] // seq_len, device=device,
-                                params=model.num_params())
+                                params=model.num_params(), threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=3 if device == "cpu" else 10, warmup_rounds=0 if device == "cpu" else 2)
