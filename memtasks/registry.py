@@ -52,6 +52,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Forget `name` (tests register throw-away entries and remove them afterwards)."""
+        self._items.pop(name, None)
+        self._order.pop(name, None)
+
     def _load(self) -> None:
         """Import every module of the package once, so that their decorators run."""
         if self._loaded:

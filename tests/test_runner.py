@@ -106,8 +106,7 @@ def registered():
     yield
     for registry, names in ((TASKS, ["echo"]), (MODELS, list(TEST_MODELS))):
         for name in names:
-            registry._items.pop(name, None)
-            registry._order.pop(name, None)
+            registry.unregister(name)
 
 
 @pytest.fixture(autouse=True)
