@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -18,11 +20,16 @@ def readme_blocks() -> list[str]:
 
 
 def exec_example(source: str, name: str, registry) -> None:
+    """Run a README example as a module of its own (dataclasses look their module up in sys.modules)."""
+    module = types.ModuleType(f"readme_{name}")
+    sys.modules[module.__name__] = module
     try:
-        exec(compile(source, f"README:{name}", "exec"), {"__name__": f"readme_{name}"})
+        exec(compile(source, f"README:{name}", "exec"), module.__dict__)
     except Exception:
         registry.unregister(name)
         raise
+    finally:
+        del sys.modules[module.__name__]
 
 
 def test_add_a_task_example_registers_a_working_task():
