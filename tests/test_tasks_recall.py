@@ -87,7 +87,8 @@ def test_selective_noisy_copy_needs_memory():
     """Even where content and noise share positions, the current token says nothing about the answer."""
     task = get_task("copy", noise=True, selective=True)
     batch = task.sample(512, 64, seed=3)
-    assert set(batch.inputs[batch.scored].unique().tolist()) <= {BLANK, GO}  # the output phase shows only the cue and blanks
+    # the output phase shows only the cue and blanks
+    assert set(batch.inputs[batch.scored].unique().tolist()) <= {BLANK, GO}
 
 
 def test_copy_render_shortens_blank_runs():

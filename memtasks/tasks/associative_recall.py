@@ -197,7 +197,9 @@ class AssociativeRecall(Task):
         inputs = torch.empty((B, T), dtype=torch.long, device=device)
         inputs[:, 0:2 * k:2], inputs[:, 1:2 * k:2] = keys, values  # the pairs
         # fillers, drawn as int32 (several times faster than int64 on CPU) and widened on the copy
-        inputs[:, 2 * k:] = torch.randint(K, self.vocab_size, (B, T - 2 * k), generator=gen, device=device, dtype=torch.int32)
+        inputs[:, 2 * k:] = torch.randint(
+            K, self.vocab_size, (B, T - 2 * k), generator=gen, device=device, dtype=torch.int32
+        )
         inputs.scatter_(1, query_pos, keys)  # the queries
         targets = torch.full((B, T), IGNORE, dtype=torch.long, device=device).scatter_(1, query_pos, values)
         lags = torch.full((B, T), NO_LAG, dtype=torch.long, device=device).scatter_(1, query_pos, query_pos - value_pos)
