@@ -22,7 +22,7 @@ from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 PAD, SAMPLE, PROBE, QUERY, MATCH, NONMATCH = range(6)
 _SPECIAL_NAMES = ("_", "SAMPLE", "PROBE", "?", "MATCH", "NONMATCH")
 _FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
-_DEFAULT_TRIALS = 2  # trials per sequence when both num_trials and delay are derived
+_MAX_TRIALS = 8  # trials per sequence when both num_trials and delay are derived (fewer if they do not fit)
 
 
 def _check_int(name: str, value: object, low: int, none_means: str | None = None) -> None:
@@ -42,12 +42,12 @@ class DelayedMatch(Task):
     Params:
         pattern_len: k, tokens in the sample and in the probe.
         num_symbols: size of the alphabet of sample, probe and distractor tokens (>= 2).
-        num_trials:  trials per sequence; None: 2 when `delay` is derived, else as many as fit.
+        num_trials:  trials per sequence; None: as many as fit, at most 8 when `delay` is derived too.
         delay:       D, distractor tokens between the sample and the probe's PROBE marker;
                      None: the longest delay that fits, seq_len // num_trials - (2k + 3).
 
-    What grows with seq_len: with the defaults the delay (two trials stretch over the sequence); with
-    `delay` set, the number of trials.
+    What grows with seq_len: with the defaults the delay (eight trials stretch over the sequence, so the
+    delay is about seq_len / 8); with `delay` set, the number of trials.
 
     Lag: the answer MATCH/NONMATCH is computed, not copied (`recalls_token = False`), so the lag at `?`
     points at the first token of that trial's sample: lag = 2k + D + 1, i.e. inputs[t - lag] = s_1.
@@ -69,7 +69,7 @@ class DelayedMatch(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    pattern_len: int = 3
+    pattern_len: int = 2
     num_symbols: int = 8
     num_trials: int | None = None
     delay: int | None = None
@@ -81,7 +81,7 @@ class DelayedMatch(Task):
     def check_params(self) -> None:
         _check_int("pattern_len", self.pattern_len, 1)
         _check_int("num_symbols", self.num_symbols, 2)
-        _check_int("num_trials", self.num_trials, 1, none_means=f"{_DEFAULT_TRIALS}, or as many as fit when delay is set")
+        _check_int("num_trials", self.num_trials, 1, none_means="as many as fit")
         _check_int("delay", self.delay, 0, none_means="derived from seq_len")
 
     # --- layout ----------------------------------------------------------------------------
@@ -93,13 +93,13 @@ class DelayedMatch(Task):
     def layout(self, seq_len: int) -> tuple[int, int]:
         """(num_trials, delay) used at `seq_len`, with the None params derived."""
         if self.delay is None:
-            trials = self.num_trials or _DEFAULT_TRIALS
+            trials = self.num_trials or min(_MAX_TRIALS, seq_len // self._overhead)
             return trials, seq_len // trials - self._overhead
         trials = self.num_trials or seq_len // (self._overhead + self.delay)
         return trials, self.delay
 
     def min_length(self) -> int:
-        trials = self.num_trials or (_DEFAULT_TRIALS if self.delay is None else 1)
+        trials = self.num_trials or 1
         return trials * (self._overhead + (self.delay or 0))
 
     @property
