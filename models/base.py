@@ -109,6 +109,8 @@ class MemoryModel(nn.Module):
         for label, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int) or mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be an integer >= 0 (0 = no MLP), got {mlp_ratio!r}")
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp_ratio) for i in range(n_layers))

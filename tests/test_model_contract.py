@@ -162,6 +162,8 @@ def test_unknown_names_and_params_are_rejected():
         build_model("lstm", VOCAB, no_such_param=3)
     with pytest.raises(ValueError, match="d_model"):
         build_model("lstm", VOCAB, d_model=0)
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        build_model("lstm", VOCAB, mlp_ratio=-1)
 
 
 @pytest.mark.parametrize("name", MODELS)
