@@ -4,8 +4,11 @@ Every turn is a template of TURN_LEN = 5 tokens, so a batch is a (B, num_turns, 
 vectorised ops and then flattened; the tail that does not fill a turn is padding:
 
     statement   USER E3 A2 is V7      entity E3's attribute A2 is now V7
-    question    USER E3 A2 is ?       scored at `?`: the latest value stated for (E3, A2)
+    question    USER what is E3 A2    scored at A2: the latest value stated for (E3, A2) comes next
     chit-chat   USER|BOT w w w w      random filler words
+
+A question ends with its key, so the position that must produce the answer holds the attribute token (as a
+query key does in associative recall) and the marker `what` tells it apart from a statement early.
 
 Generation without a loop over turns: the k-th new fact takes the k-th (entity, attribute) pair of a random
 permutation; updates and questions pick uniformly among the pairs stated so far (the first min(k, P) of the
@@ -24,8 +27,8 @@ import torch
 from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 TURN_LEN = 5
-PAD, USER, BOT, IS, QUESTION = range(5)
-_SPECIAL_NAMES = ("_", "USER", "BOT", "is", "?")
+PAD, USER, BOT, IS, WHAT = range(5)
+_SPECIAL_NAMES = ("_", "USER", "BOT", "is", "what")
 CHAT, STATE, ASK = range(3)  # turn kinds
 
 
@@ -43,7 +46,7 @@ def _check_prob(name: str, value: object) -> None:
 @dataclass
 class MultiTurnQA(Task):
     """A dialogue states and updates facts "entity E's attribute A is V" between chit-chat; questions
-    `E A is ?` must be answered with the latest value stated for (E, A).
+    `what is E A` must be answered with the latest value stated for (E, A).
 
     Params:
         num_entities, num_attributes: E and A; the P = E * A (entity, attribute) pairs are the facts.
@@ -58,7 +61,8 @@ class MultiTurnQA(Task):
     scored. Questions are only about facts already stated. What grows with seq_len: the number of turns
     (seq_len // 5), so more facts are held (up to P) for longer.
 
-    Lag: from the `?` back to the value token of the latest statement of the asked pair (a multiple of 5).
+    Lag: from the question's last token back to the value token of the latest statement of the asked
+    pair (a multiple of 5).
 
     Worked example (num_entities=2, num_attributes=2, num_values=4, num_words=4, seq_len=27, seed=78;
     `.` = not scored). E0 A1 is stated as V3 and asked; then updated to V2 and asked: the latest value wins.
@@ -66,18 +70,18 @@ class MultiTurnQA(Task):
         t       inputs              targets      lags
         0-4     USER E0 A1 is V3    . . . . .    . . . . .
         5-9     BOT  w1 w2 w0 w1    . . . . .    . . . . .
-        10-14   USER E0 A1 is ?     . . . . V3   . . . . 10
+        10-14   USER what is E0 A1  . . . . V3   . . . . 10
         15-19   USER E0 A1 is V2    . . . . .    . . . . .
-        20-24   USER E0 A1 is ?     . . . . V2   . . . . 5
+        20-24   USER what is E0 A1  . . . . V2   . . . . 5
         25-26   _ _                 . .          . .
 
     `render` shows one turn per line, the scored answer marked [input -> answer]:
 
         USER: E0 A1 is V3
         BOT: w1 w2 w0 w1
-        USER: E0 A1 is [? -> V3]
+        USER: what is E0 [A1 -> V3]
         USER: E0 A1 is V2
-        USER: E0 A1 is [? -> V2]
+        USER: what is E0 [A1 -> V2]
         (padding: 2 tokens)
 
     Shapes: inputs, targets, lags (B, T) int64.
@@ -179,14 +183,16 @@ class MultiTurnQA(Task):
         # 4. tokens of every turn template
         entity = self._first_entity + pair.clamp(max=P - 1) // self.num_attributes  # (B, N)
         attribute = self._first_attribute + pair.clamp(max=P - 1) % self.num_attributes  # (B, N)
-        last = torch.where(is_ask, QUESTION, self._first_value + value)  # (B, N)
-        fact = torch.stack([torch.full_like(entity, USER), entity, attribute, torch.full_like(entity, IS), last], dim=2)
+        answer = self._first_value + value  # (B, N)
+        user, is_, what = (torch.full_like(entity, tok) for tok in (USER, IS, WHAT))  # (B, N) each
+        statement = torch.stack([user, entity, attribute, is_, answer], dim=2)  # (B, N, 5)
+        question = torch.stack([user, what, is_, entity, attribute], dim=2)  # (B, N, 5)
         speaker = torch.where(draw(2, B, N, 1).bool(), BOT, USER)  # (B, N, 1)
         chat = torch.cat([speaker, self._first_word + draw(self.num_words, B, N, TURN_LEN - 1)], dim=2)
-        turns = torch.where((kind == CHAT)[..., None], chat, fact)  # (B, N, 5)
+        turns = torch.where(is_ask[..., None], question, torch.where((kind == CHAT)[..., None], chat, statement))
 
         targets = torch.full_like(turns, IGNORE)  # (B, N, 5)
-        targets[:, :, -1] = torch.where(is_ask, self._first_value + value, IGNORE)
+        targets[:, :, -1] = torch.where(is_ask, answer, IGNORE)  # scored at the question's last token
         lags = torch.full_like(turns, NO_LAG)  # (B, N, 5)
         lags[:, :, -1] = torch.where(is_ask, TURN_LEN * (turn - latest_turn), NO_LAG)
 
@@ -206,10 +212,10 @@ class MultiTurnQA(Task):
         B, T = inputs.shape
         N = T // TURN_LEN
         turns = inputs[:, : N * TURN_LEN].reshape(B, N, TURN_LEN)  # (B, N, 5)
-        entity, attribute, last = turns[..., 1], turns[..., 2], turns[..., 4]  # (B, N) each
-        is_fact = (turns[..., 0] == USER) & (turns[..., 3] == IS)  # (B, N): statement or question
-        is_ask = is_fact & (last == QUESTION)
-        is_state = is_fact & (last != QUESTION)
+        is_state = (turns[..., 0] == USER) & (turns[..., 3] == IS)  # (B, N): USER E A is V
+        is_ask = (turns[..., 1] == WHAT) & (turns[..., 2] == IS)  # (B, N): USER what is E A
+        entity = torch.where(is_ask, turns[..., 3], turns[..., 1])  # (B, N)
+        attribute = torch.where(is_ask, turns[..., 4], turns[..., 2])  # (B, N)
         i = torch.arange(N, device=inputs.device)
         same = (
             (entity[:, :, None] == entity[:, None, :])
@@ -218,7 +224,8 @@ class MultiTurnQA(Task):
             & (i[None, :] < i[:, None])
         )  # (B, N_j, N_i): turn i states the pair of turn j, earlier
         latest = torch.where(same, i, -1).amax(dim=2)  # (B, N): -1 where none
-        answer = torch.where(is_ask & (latest >= 0), last.gather(1, latest.clamp(min=0)), IGNORE)  # (B, N)
+        value = turns[..., 4].gather(1, latest.clamp(min=0))  # (B, N): the value token of turn `latest`
+        answer = torch.where(is_ask & (latest >= 0), value, IGNORE)  # (B, N)
         solved = torch.full_like(inputs, IGNORE)  # (B, T)
         solved[:, TURN_LEN - 1 : N * TURN_LEN : TURN_LEN] = answer
         return solved
@@ -233,7 +240,7 @@ class MultiTurnQA(Task):
         return _SPECIAL_NAMES[token]
 
     def render(self, batch: Batch, i: int = 0) -> str:
-        """The dialogue, one turn per line (`USER: E3 A2 is V7`); a question's answer shown [? -> V7]."""
+        """The dialogue, one turn per line (`USER: E3 A2 is V7`); a question's answer shown [A2 -> V7]."""
         inputs, targets = batch.inputs[i].tolist(), batch.targets[i].tolist()
         N = len(inputs) // TURN_LEN
         lines = []
