@@ -58,17 +58,19 @@ def test_delayed_match_lag_points_at_the_first_sample_token():
 
 
 def test_delayed_match_delay_or_trials_grow_with_length():
-    derived = get_task("delayed_match", pattern_len=3)
-    assert derived.layout(32) == (2, 7) and derived.layout(1024) == (2, 503)
+    derived = get_task("delayed_match", pattern_len=2)  # trials of 7 tokens plus the delay
+    assert derived.min_length() == 7 and derived.layout(7) == (1, 0) and derived.layout(16) == (2, 1)
+    assert derived.layout(32) == (4, 1) and derived.layout(128) == (8, 9) and derived.layout(1024) == (8, 121)
     fixed_delay = get_task("delayed_match", pattern_len=3, delay=11)
     assert fixed_delay.layout(40) == (2, 11) and fixed_delay.layout(400) == (20, 11)
-    assert get_task("delayed_match", num_trials=3, delay=4).min_length() == 3 * (2 * 3 + 3 + 4)
-    batch = get_task("delayed_match", num_trials=3, delay=4).sample(2, 45, seed=0)
+    both = get_task("delayed_match", pattern_len=3, num_trials=3, delay=4)
+    assert both.min_length() == 3 * (2 * 3 + 3 + 4) and both.layout(1000) == (3, 4)
+    batch = both.sample(2, 45, seed=0)
     assert int(batch.scored.sum(dim=1)[0]) == 3 and (batch.inputs[:, 39:] == dm.PAD).all()
 
 
 def test_delayed_match_distractors_share_the_sample_alphabet():
-    task = get_task("delayed_match", num_symbols=4, delay=20)
+    task = get_task("delayed_match", pattern_len=3, num_symbols=4, delay=20)
     inputs, _ = trials_of(task, task.sample(64, 29, seed=3), 29)
     distractors = inputs[..., 4:24] - dm._FIRST_SYMBOL
     assert set(distractors.unique().tolist()) == {0, 1, 2, 3}
@@ -118,7 +120,7 @@ def test_delayed_match_rejects_bad_params_naming_them(params, fragment):
 
 
 def test_delayed_match_rejects_a_length_too_short_for_the_delay():
-    task = get_task("delayed_match", num_trials=2, delay=30)
+    task = get_task("delayed_match", pattern_len=3, num_trials=2, delay=30)
     with pytest.raises(ValueError, match=r"seq_len=50 is too short.*minimum is 78"):
         task.sample(1, 50, seed=0)
 
@@ -132,7 +134,10 @@ def dialogue(task, inputs_row):
     turns = []
     for j in range(len(names) // qa.TURN_LEN):
         speaker, a, b, c, d = names[j * qa.TURN_LEN : (j + 1) * qa.TURN_LEN]
-        turns.append((speaker, a, b, d) if c == "is" else (speaker, "chat"))
+        if (a, b) == ("what", "is"):
+            turns.append((speaker, c, d, "?"))
+        else:
+            turns.append((speaker, a, b, d) if c == "is" else (speaker, "chat"))
     return turns
 
 
@@ -206,8 +211,8 @@ def test_multi_turn_qa_turn_kinds_follow_their_probabilities():
     task = get_task("multi_turn_qa", chat_prob=0.2, ask_prob=0.3, update_prob=0.5)
     batch = task.sample(128, 500, seed=8)
     turns = batch.inputs.reshape(128, 100, qa.TURN_LEN)[:, 1:-1]  # the first and last turns are fixed
-    chat = turns[..., 3] != qa.IS
-    ask = turns[..., 4] == qa.QUESTION
+    ask = turns[..., 1] == qa.WHAT
+    chat = (turns[..., 3] != qa.IS) & ~ask
     assert abs(chat.float().mean().item() - 0.2) < 0.02
     assert abs(ask.float().mean().item() - 0.3) < 0.02
     speakers = turns[..., 0][chat]
@@ -256,8 +261,9 @@ def test_multi_turn_qa_render_is_one_turn_per_line():
     lines = task.render(batch).splitlines()
     assert len(lines) == 128 // qa.TURN_LEN + 1 and lines[-1] == "(padding: 3 tokens)"
     assert all(line.startswith(("USER: ", "BOT: ")) for line in lines[:-1])
-    questions = [line for line in lines if "?" in line]
-    assert questions and all(line.endswith("]") and "[? -> V" in line for line in questions)
+    questions = [line for line in lines if "what" in line]
+    assert questions and all(line.startswith("USER: what is E") and " -> V" in line for line in questions)
+    assert all(line.endswith("]") for line in questions)
     assert len(questions) == int(batch.scored.sum())
 
 
