@@ -3,7 +3,9 @@
 Definitions, for task t, family m and trained length L (a "cell"):
 
     trial accuracy  acc = token accuracy evaluated at the trained length (eval_len == train_len, plain
-                    slice "L{L}"); 0 when the trial failed (status != ok) or has no such row
+                    slice "L{L}"); a trial stopped by its time cap (status timeout) was still evaluated
+                    and counts with that accuracy; 0 when the trial failed (oom, diverged, error) or
+                    has no such row
     cell accuracy   a(m, t, L) = max over configs of the mean over seeds of acc, where a config is
                     (d_model, n_layers, lr, batch_size): the best learning rate or size of a sweep
                     wins, seeds are averaged; 0 when the sweep has no trial of the cell ("missing")
@@ -16,7 +18,10 @@ Definitions, for task t, family m and trained length L (a "cell"):
 Worked example: one task trained at L = 64, 128, 256 with cell accuracies 1.0, 0.95, 0.5 gives
 H = 128 and A = (1.0 + 0.95 + 0.5) / 3 = 0.8167; with a second task at A = 0.5 the score is 0.6583.
 A failed trial counts as accuracy 0 in its seed mean, so failures never raise a family's score; the
-family's `failed_trials` and `missing_cells` say how many cells were affected.
+family's `failed_trials` and `missing_cells` say how many cells were affected. A timed-out trial is not a
+failure: it trained for less than its step budget and is scored on what it learnt (a time cap that a busy
+machine hits must not erase a result), and `timeout_trials` flags it. Example: seeds at 0.9 (ok), 0.6
+(timeout) and an oom give the cell (0.9 + 0.6 + 0) / 3 = 0.5, with 1 failed and 1 timed-out trial.
 
 Every output is a pure function of the tables, formatted with fixed precision and written atomically, so
 rebuilding it from the same tables gives identical bytes.
@@ -37,6 +42,7 @@ from runners.errors import UsageError
 from runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
+SCORED = ("ok", "timeout")  # trial statuses whose measured accuracy counts; any other counts 0
 CONFIG_COLUMNS = ["d_model", "n_layers", "lr", "batch_size"]  # not steps: the steps taken vary by seed
 # the columns of each table that the leaderboard and charts read (the full schema: runners.tables)
 REQUIRED = {
@@ -164,8 +170,8 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its cell, config, params, costs, status and accuracy at the trained length.
 
     A trial's status is that of its plain row at the trained length (or its first non-ok status when it has
-    no such row); a trial whose status is not ok gets accuracy 0, and so does an ok trial without that row
-    (`evaluated` False).
+    no such row); a trial whose status is not in SCORED (ok, timeout) gets accuracy 0, and so does a trial
+    without that row or without an accuracy in it (`evaluated` False).
     """
     plain = (runs["eval_len"] == runs["train_len"]) & (
         runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)
@@ -174,13 +180,13 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     # the trial's status is its trained-length row's (a slice at 4x the length may fail on its own)
     status = runs.groupby("trial_id")["status"].agg(lambda s: next((v for v in s if v != "ok"), "ok"))
     status.update(at_train["status"])
-    at_train = at_train.loc[at_train["status"] == "ok", "accuracy"].dropna()
+    at_train = at_train.loc[at_train["status"].isin(SCORED), "accuracy"].dropna()
     first = runs.drop_duplicates("trial_id").set_index("trial_id")
     keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
     trials["status"] = status
-    trials["evaluated"] = trials.index.isin(at_train.index) & (trials["status"] == "ok")
+    trials["evaluated"] = trials.index.isin(at_train.index) & trials["status"].isin(SCORED)
     trials["accuracy"] = np.where(trials["evaluated"], at_train.reindex(trials.index), 0.0)
     trials["config"] = trials[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1)
     return trials.reset_index()
@@ -191,12 +197,14 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
 
     The grid is every family crossed with every (task, trained length) that any family was trained at.
     Columns: task, model, train_len, accuracy (the best config's seed mean; 0 when missing), config (the
-    chosen config), seeds (its trials), failed (its failed trials), status ("ok", the first failure status
-    of the chosen config, or "missing").
+    chosen config), seeds (its trials), failed (its trials counted 0: status not in SCORED), timeouts (its
+    timed-out trials, counted at their accuracy), status ("ok", the first non-ok status of the chosen config
+    in alphabetical order, or "missing").
     """
     by_config = trials.groupby([*CELL_KEY, "config"]).agg(
         accuracy=("accuracy", "mean"), seeds=("trial_id", "size"),
-        failed=("status", lambda s: int((s != "ok").sum())),
+        failed=("status", lambda s: int((~s.isin(SCORED)).sum())),
+        timeouts=("status", lambda s: int((s == "timeout").sum())),
         status=("status", lambda s: min((v for v in s if v != "ok"), default="ok")),
     ).reset_index()
     # the best config per cell; equal accuracies resolve to the first config, so the choice is stable
@@ -210,9 +218,9 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     ]
     cells = best.reindex(pd.MultiIndex.from_tuples(grid, names=CELL_KEY))
     absent = cells["accuracy"].isna()
-    cells.loc[absent, ["accuracy", "seeds", "failed"]] = 0
+    cells.loc[absent, ["accuracy", "seeds", "failed", "timeouts"]] = 0
     cells.loc[absent, ["status", "config"]] = ["missing", ""]
-    cells = cells.reset_index().astype({"seeds": int, "failed": int, "train_len": int})
+    cells = cells.reset_index().astype({"seeds": int, "failed": int, "timeouts": int, "train_len": int})
     return cells.sort_values(CELL_KEY).reset_index(drop=True)
 
 
@@ -237,8 +245,8 @@ def horizon(lengths: list[int], accuracies: list[float], threshold: float = THRE
 def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The leaderboard table (one row per family, sorted by rank) and the task labels in column order.
 
-    Columns: rank, model, score, params, train_seconds, trials, failed_trials, missing_cells, then per task
-    "<task> horizon" and "<task> mean_accuracy".
+    Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
+    (counted at their accuracy), missing_cells, then per task "<task> horizon" and "<task> mean_accuracy".
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
@@ -257,7 +265,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         row["params"] = int(mine_trials["params"].max()) if mine_trials["params"].notna().any() else 0
         row["train_seconds"] = float(np.nansum(mine_trials["train_seconds"].to_numpy(dtype=float)))
         row["trials"] = int(len(mine_trials))
-        row["failed_trials"] = int((mine_trials["status"] != "ok").sum())
+        row["failed_trials"] = int((~mine_trials["status"].isin(SCORED)).sum())
+        row["timeout_trials"] = int((mine_trials["status"] == "timeout").sum())
         row["missing_cells"] = int((mine["status"] == "missing").sum())
         row["_horizons"] = sum(per_task[f"{t} horizon"] for t in tasks)
         rows.append({**row, **per_task})
@@ -305,7 +314,8 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         f"Per task, **horizon** is the longest trained length at which accuracy at that length is >= {THRESHOLD} "
         "(\"-\" when there is none) and **acc** is the accuracy at the trained length, averaged over the trained "
         "lengths. **score** is the mean of acc over tasks. Accuracy is the seed mean of the best config per cell; "
-        "failed or missing trials count as 0 and are flagged.",
+        "failed or missing trials count as 0 and are flagged; a trial stopped by its time cap counts with the "
+        "accuracy it reached and is flagged as timed out.",
         "",
         "Trained lengths: " + _lengths_line(lengths, tasks) + ". **params** is the family's largest model "
         "(vocabularies differ by task); **train time** sums train_seconds over its trials.",
@@ -320,7 +330,8 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
     lines.append("|" + "|".join("---" if h in ("model", "flags") else "---:" for h in header) + "|")
     for _, row in board.iterrows():
         flags = [f"{row[key]} {label}" for key, label in
-                 (("failed_trials", "failed trial(s)"), ("missing_cells", "missing cell(s)")) if row[key]]
+                 (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
+                  ("missing_cells", "missing cell(s)")) if row[key]]
         per_task = [f"{int(row[f'{t} horizon']) or '-'} / {row[f'{t} mean_accuracy']:.3f}" for t in tasks]
         lines.append("| " + " | ".join([
             str(row["rank"]), str(row["model"]), f"{row['score']:.3f}", *per_task, f"{int(row['params']):,}",

@@ -150,6 +150,23 @@ def test_a_family_that_failed_everywhere_scores_zero_and_is_flagged():
     assert lstm["train_seconds"] == 0 and board["model"].tolist() == ["gru", "lstm"]
 
 
+def test_a_timed_out_trial_counts_with_its_accuracy_and_is_flagged(tmp_path):
+    # the docstring's example: seeds at 0.9 (ok), 0.6 (timeout, still evaluated) and an oom -> (0.9 + 0.6 + 0) / 3
+    timed_out = trial("copy", "gru", 64, 0.6, seed=1)
+    for row in timed_out:
+        row.update(status="timeout", error="time cap 10s reached")
+    rows = (trial("copy", "gru", 64, 0.9, seed=0) + timed_out + trial("copy", "gru", 64, NAN, seed=2, status="oom")
+            + trial("copy", "lstm", 64, NAN, seed=0, status="timeout"))  # a timeout never evaluated counts 0
+    runs = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    board, _ = build_leaderboard(runs)
+    row = board.set_index("model")
+    assert row.loc["gru", "copy mean_accuracy"] == pytest.approx(0.5)
+    assert (row.loc["gru", "failed_trials"], row.loc["gru", "timeout_trials"]) == (1, 1)
+    assert row.loc["lstm", "score"] == 0 and row.loc["lstm", "timeout_trials"] == 1
+    md, _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
+    assert "| 0.500 | - / 0.500 | 4,000 | 4.0 | 1 failed trial(s); 1 timed-out trial(s) |" in md.read_text()
+
+
 def test_a_slice_failing_alone_does_not_fail_its_trial():
     rows = trial("copy", "gru", 64, 0.95)
     rows[2].update(status="oom", accuracy=NAN, error="out of memory")  # the 4x slice ran out of memory
