@@ -70,19 +70,19 @@ def _status(payload: dict) -> str:
 
 
 def format_summary(runs: pd.DataFrame) -> str:
-    """A text table: one line per (task, model, train length), accuracy per eval slice (mean over seeds,
-    best learning rate), then a count of trials by status.
+    """A text table: one line per (task, model, train length, width), accuracy per eval slice (mean over
+    seeds, best learning rate), then a count of trials by status.
 
-        task  model  train_len  params  steps  L16    L32
-        copy  lstm   16         9,712   60     0.981  0.655
+        task  model  train_len  d_model  params  steps  L16    L32
+        copy  lstm   16         24       9,712   60     0.981  0.655
     """
     if runs.empty:
         return "no trials"
-    keys = ["task", "model", "train_len"]
-    slices = (runs[["slice", "eval_len"]].drop_duplicates("slice").sort_values(["eval_len", "slice"])["slice"]
+    keys = ["task", "model", "train_len", "d_model"]
+    slices = (runs[["slice", "eval_len"]].drop_duplicates("slice").sort_values("eval_len", kind="stable")["slice"]
               .tolist())
     by_lr = runs.groupby([*keys, "slice", "lr"], sort=False)["accuracy"].mean()
-    best = by_lr.groupby(level=[0, 1, 2, 3], sort=False).max()
+    best = by_lr.groupby(level=[0, 1, 2, 3, 4], sort=False).max()
     first = runs.groupby(keys, sort=False).agg(params=("params", "first"), steps=("steps", "mean"),
                                                status=("status", _worst))
     header = [*keys, "params", "steps", *slices]
