@@ -1,4 +1,4 @@
-"""`membench run (--preset NAME | --spec FILE) --out DIR`: run a sweep, resumably, and print a summary."""
+"""`membench run (--preset NAME | --spec FILE|NAME) --out DIR`: run a sweep, resumably, and print a summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 from runners.parsing import int_list, name_list
 from runners.errors import UsageError
-from runners.spec import PRESETS, load_spec
+from runners.spec import PRESETS, RECIPES, load_spec
 from runners.sweep import format_summary, run_sweep
 
 HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
@@ -14,7 +14,8 @@ HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
-    parser.add_argument("--spec", metavar="FILE", help="a TOML sweep spec (schema: runners/spec.py)")
+    parser.add_argument("--spec", metavar="FILE|NAME", help="a TOML sweep spec (schema: runners/spec.py), or a "
+                                                         f"shipped recipe: {', '.join(RECIPES)}")
     parser.add_argument("--out", required=True, metavar="DIR", help="results directory (created; resumed if it exists)")
     add_sweep_flags(parser)
 
