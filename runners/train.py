@@ -2,20 +2,40 @@
 
 Each step s draws a fresh batch on the model's device from one segment of the training mixture (chosen
 in proportion to the segments' weights by a generator seeded with the trial seed), with data seed
-`train_seed(seed, s)`. The loss is computed only at scored positions:
+`train_seed(seed, s)`. The output head and the loss are computed only at the N scored positions:
 
-    h = model.features(x)                   # (B, T, D)
-    logits = model.head(h[scored])          # (N, V), N = number of scored positions
-    loss = cross_entropy(logits, y[scored])
+    h = model.features(x)                                # (B, T, D)
+    logits = model.head(h[scored])                       # (N, V)
+    loss = cross_entropy(logits, y[scored])              # mean over the N scored positions
+
+That is `scored_loss_reference`. Selecting a data-dependent number of rows needs N on the host, a wait for
+the device at every step, so training uses a sync-free form of it (`scored_positions`, `scored_loss`):
+the first batch of each segment fixes a capacity C >= N (`gather_capacity`), and every step gathers
+exactly C rows, the N scored ones in order and C - N padding rows whose target is ignored:
+
+    index  = nonzero_static(scored.flatten(), size=C)    # (C,) scored positions, then padding
+    picked = y.flatten()[index] where row < N else -100  # (C,) the padding targets are ignored
+    loss   = cross_entropy(head(h.flatten(0, 1)[index]), picked)   # the same mean over the N
+
+Example: B=2, T=4, scored at flat positions 1 and 6, C=3 -> index = [1, 6, 0], picked = [y1, y6, -100].
+A step whose N exceeds C would drop positions, so the excess is counted on the device and read with the
+loss; `CapacityExceeded` is raised there (the trial's status is "error"), never a silent error.
 
 The loss is summed on the device and read every `log_every` steps; a non-finite reading raises
-`Diverged`. (The only other wait for the device is inside `h[scored]`: selecting a data-dependent number
-of positions needs that number on the host, the price of computing the head only where it is scored.) Every `eval_every` steps, and once at the end, every
-eval slice is scored on held-out seeds. Training stops early when the slices at the train length
-reach `threshold`; time-to-accuracy is the first evaluation at which EVERY slice reached it.
+`Diverged`. Those readings and the evaluations are the only waits for the device (plus one per segment
+for its capacity, and whatever the task's generator needs). Every `eval_every` steps, and once at the end,
+every eval slice is scored on held-out seeds. Training stops early when the slices named by
+`config.early_stop` reach `threshold`: those at the train length ("train_len") or all of them
+("all_slices"). Time-to-accuracy is the first evaluation at which EVERY slice reached it.
 
-Clocks: `train_seconds` and time-to-accuracy count training only (evaluation pauses the clock), so
-the eval frequency does not change them; the time cap counts the trial's whole wall time.
+Clocks: `train_seconds` and time-to-accuracy count training only, from the first step (compilation by the
+`compile` option included) to the evaluation; evaluation pauses the clock, so the eval frequency does
+not change them, except through their resolution of `eval_every` steps. The time cap counts the
+trial's whole wall time.
+
+`compile` captures the training forward (features, gather, head and loss; the backward follows through
+AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
+which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA, none elsewhere).
 """
 
 from __future__ import annotations
@@ -27,14 +47,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from memtasks import train_seed
+from memtasks import IGNORE, train_seed
 from runners import metrics
 
-COMPILE_MODES = ("none", "torch_compile", "cuda_graphs")
+COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class CapacityExceeded(RuntimeError):
+    """A batch had more scored positions than the gather capacity of its segment."""
 
 
 @dataclass
@@ -75,20 +99,71 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def features_fn(model, compile: str, device: torch.device):
-    """The function computing (B, T) tokens -> (B, T, D) features in training, captured per `compile`:
+# --- the loss at scored positions ----------------------------------------------------------
+def scored_loss_reference(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy at the scored positions by boolean indexing (readable; syncs for N).
 
-    none: eager; torch_compile: torch.compile; cuda_graphs: torch.compile with mode "reduce-overhead",
-    which replays CUDA graphs (CUDA only). Evaluation always runs eagerly (its lengths vary).
+    h (B, T, D) features, targets (B, T) with IGNORE where not scored -> () loss.
     """
+    scored = targets != IGNORE  # (B, T)
+    logits = model.head(h[scored])  # (N, V)
+    return F.cross_entropy(logits.float(), targets[scored])
+
+
+def gather_capacity(targets: torch.Tensor) -> int:
+    """Rows C reserved for the scored positions of batches like this one: B times the most scored positions
+    of one of its sequences, plus one whole sequence, at most B*T. Reads the batch (one device sync).
+
+    Example: B=256, T=64, 4 scored in every row -> C = 256 * 4 + 64 = 1088 (N = 1024).
+    """
+    batch_size, seq_len = targets.shape
+    most = int((targets != IGNORE).sum(dim=1).max())
+    return min(batch_size * seq_len, batch_size * most + seq_len)
+
+
+def scored_positions(targets: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sync-free selection of the scored positions, padded to `capacity` rows (see the module doc).
+
+    targets (B, T) -> index (C,) into the flattened (B*T) positions, ascending, padded with 0;
+    picked (C,) their targets, IGNORE on padding rows; excess () int64, max(0, N - C) (0 when exact).
+    """
+    flat = targets.reshape(-1)  # (B*T,)
+    scored = flat != IGNORE  # (B*T,)
+    index = torch.nonzero_static(scored, size=capacity, fill_value=0).squeeze(1)  # (C,)
+    count = scored.sum()  # (), stays on the device
+    real = torch.arange(capacity, device=flat.device) < count  # (C,)
+    picked = torch.where(real, flat[index], IGNORE)  # (C,)
+    return index, picked, (count - capacity).clamp(min=0)
+
+
+def scored_loss(model, h: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the rows of `picked` that are not IGNORE: equal to `scored_loss_reference`.
+
+    h (B, T, D), index and picked (C,) from `scored_positions` -> () loss.
+    """
+    rows = h.flatten(0, 1).index_select(0, index)  # (C, D)
+    logits = model.head(rows)  # (C, V)
+    return F.cross_entropy(logits.float(), picked)
+
+
+def loss_fn(model, compile: str, device: torch.device):
+    """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
+    (see the module doc). Evaluation always runs eagerly (its lengths vary)."""
+    if compile == "auto":
+        compile = "cuda_graphs" if device.type == "cuda" else "none"
+
+    def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        with metrics.autocast(device):
+            return scored_loss(model, model.features(inputs), index, picked)
+
     if compile == "none":
-        return model.features
+        return forward
     if compile == "torch_compile":
-        return torch.compile(model.features)
+        return torch.compile(forward)
     if compile == "cuda_graphs":
         if device.type != "cuda":
-            raise ValueError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none or torch_compile")
-        return torch.compile(model.features, mode="reduce-overhead")
+            raise ValueError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
+        return torch.compile(forward, mode="reduce-overhead")
     raise ValueError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
 
 
@@ -120,10 +195,12 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
     """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it."""
     train_tasks = [config.segment_task(s) for s in config.segments]
     eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}
-    stop_names = [s.name for s in config.eval_slices if s.seq_len == config.train_len] or list(eval_tasks)
+    at_train_len = [s.name for s in config.eval_slices if s.seq_len == config.train_len] or list(eval_tasks)
+    stop_names = list(eval_tasks) if config.early_stop == "all_slices" else at_train_len
     schedule = segment_schedule([s.weight for s in config.segments], config.steps, config.seed)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-    features = features_fn(model, compile, device)
+    step_loss = loss_fn(model, compile, device)
+    capacity: list[int | None] = [None] * len(config.segments)  # gather rows of each segment, set on first use
     out = TrainOutcome(segment_steps=[0] * len(config.segments))
     points: dict[int, dict] = {}  # step -> curve point
 
@@ -141,7 +218,7 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
         }
         clock.resume()
         accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
-        point(step, seconds)["eval_accuracy"] = sum(accuracy[n] for n in stop_names) / len(stop_names)
+        point(step, seconds)["eval_accuracy"] = sum(accuracy[n] for n in at_train_len) / len(at_train_len)
         reached = {name for name, a in accuracy.items() if a >= config.threshold}
         if not out.time_to_accuracy and reached == set(accuracy):
             out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
@@ -150,9 +227,15 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
         return set(stop_names) <= reached
 
     def read_loss(step: int) -> None:
-        """Host sync: the mean loss since the last reading; raises Diverged when it is not finite."""
+        """Host sync: the mean loss since the last reading; raises Diverged when it is not finite and
+        CapacityExceeded when a step dropped scored positions."""
         nonlocal window, loss_value
         loss_value = float(loss_sum) / window
+        if int(excess):
+            raise CapacityExceeded(
+                f"{int(excess)} scored positions did not fit the gather capacity {capacity} (per segment, set "
+                f"from its first batch) in steps {step - window + 1}..{step}: this task's count of scored "
+                f"positions varies more than the margin of one sequence")
         if not math.isfinite(loss_value):
             raise Diverged(f"training loss is {loss_value} at step {step}")
         point(step, clock.pause())["train_loss"] = loss_value
@@ -168,6 +251,7 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
 
         bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
     loss_sum = torch.zeros((), device=device)
+    excess = torch.zeros((), dtype=torch.long, device=device)  # scored positions dropped (must stay 0)
     window, loss_value, last_eval = 0, math.nan, -1
     model.train()
     started = time.perf_counter()
@@ -182,11 +266,11 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
             batch = train_tasks[seg].sample(config.batch_size, seq_len, train_seed(config.seed, step), device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-            scored = batch.scored  # (B, T)
-            with metrics.autocast(device):
-                h = features(batch.inputs)  # (B, T, D)
-                logits = model.head(h[scored])  # (N, V)
-            loss = F.cross_entropy(logits.float(), batch.targets[scored])
+            if capacity[seg] is None:
+                capacity[seg] = gather_capacity(batch.targets)
+            index, picked, dropped = scored_positions(batch.targets, capacity[seg])  # (C,), (C,), ()
+            loss = step_loss(batch.inputs, index, picked)
+            excess += dropped
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
