@@ -1,12 +1,19 @@
-"""Sweep specs: a TOML file (or a preset shipped in runners/presets/) expanded into validated trials.
+"""Sweep specs: a TOML file (or a spec shipped in runners/presets/) expanded into validated trials.
+
+Shipped specs are of two kinds. Presets sweep every task and family (smoke, standard, full, compare) and
+are named with `--preset NAME`. Recipes reproduce one published setup (they set `recipe`, e.g.
+zoology_mqar) and are named with `--spec NAME`; `--spec` takes a file path too, and a path to an existing
+file wins over a shipped name.
 
 Schema. Every key is optional (the values shown are the defaults, except where a comment says
 "example"); an unknown key anywhere is an error naming the closest valid keys.
 
     name = "my-sweep"              # label (default: the preset or file name)
     description = "..."
+    recipe = "..."                 # example; the published setup a shipped recipe reproduces (see above)
     device = "auto"                # auto (cuda when available) | cpu | cuda | cuda:N
-    compile = "none"               # none | torch_compile | cuda_graphs (CUDA only)
+    compile = "none"               # none | torch_compile | cuda_graphs (CUDA only) | auto (cuda_graphs on
+                                   # CUDA, none elsewhere); what is captured: runners/train.py
     executor = "local"             # local | ray
     cpu_threads = 1                # example; torch threads of a CPU trial (default: torch's choice); tiny
                                    # models run fastest on one, and several threads fight over busy cores
@@ -20,7 +27,8 @@ Schema. Every key is optional (the values shown are the defaults, except where a
     steps = 1000                   # budget: at most this many steps ...
     time_cap = 600.0               # ... and this many seconds per trial (status timeout after)
     batch_size = 32
-    threshold = 0.99               # early stop at this eval accuracy at the train length
+    threshold = 0.99               # early stop at this eval accuracy ...
+    early_stop = "train_len"       # ... of the slices at the train length, or of "all_slices"
     eval_multipliers = [2, 4]      # also evaluate at these multiples of the train length
     eval_sequences = 256           # held-out sequences per eval slice
     eval_every = 100               # steps between evaluations (early stop, time-to-accuracy)
@@ -81,11 +89,19 @@ from memtasks.registry import unknown_name_message
 from models import family_params, list_models, model_class, params_matched
 from runners.executors import EXECUTORS, check_device_name
 from runners.train import COMPILE_MODES
-from runners.trial import EvalSlice, Segment, TrialConfig
+from runners.trial import EARLY_STOPS, EvalSlice, Segment, TrialConfig
 
-PRESETS: tuple[str, ...] = tuple(sorted(
-    p.name.removesuffix(".toml") for p in (resources.files("runners") / "presets").iterdir() if p.name.endswith(".toml")
-))
+
+def _shipped() -> dict[str, str]:
+    """Name -> TOML text of every spec in runners/presets/."""
+    folder = resources.files("runners") / "presets"
+    return {p.name.removesuffix(".toml"): p.read_text() for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+_SHIPPED = _shipped()
+SPECS: tuple[str, ...] = tuple(sorted(_SHIPPED))  # every shipped spec: --spec NAME
+RECIPES: tuple[str, ...] = tuple(n for n in SPECS if "recipe" in tomllib.loads(_SHIPPED[n]))
+PRESETS: tuple[str, ...] = tuple(n for n in SPECS if n not in RECIPES)  # --preset NAME
 
 
 # --- value checks: each returns the value or raises ValueError(where: what is wrong) ------------------
@@ -149,6 +165,7 @@ SETTINGS = {
     "time_cap": (_number(0, low_open=True), 600.0),
     "batch_size": (_int(1), 32),
     "threshold": (_number(0, 1, low_open=True), 0.99),
+    "early_stop": (_choice(EARLY_STOPS), "train_len"),
     "eval_multipliers": (_list_of(_int(1), allow_empty=True), [2, 4]),
     "eval_sequences": (_int(1), 256),
     "eval_every": (_int(1), 100),
@@ -163,7 +180,7 @@ SETTINGS = {
     "max_length": (_int(1), None),
 }
 _SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
-TOP_KEYS = {"name": _text, "description": _text, "device": _device, "compile": _choice(COMPILE_MODES),
+TOP_KEYS = {"name": _text, "description": _text, "recipe": _text, "device": _device, "compile": _choice(COMPILE_MODES),
             "executor": _choice(EXECUTORS), "cpu_threads": _int(1), "tasks": None, "models": None,
             "cost_classes": _table}
 TASK_KEYS = {"task": _text, "params": _table, "train_mixture": None, "eval_slices": None}
@@ -215,18 +232,24 @@ def _read_source(preset: str | None, spec_file: str | None) -> tuple[dict, str, 
     """(parsed TOML, default name, label for messages)."""
     if (preset is None) == (spec_file is None):
         raise ValueError("give exactly one of a preset (--preset NAME) or a spec file (--spec FILE)")
+    path = Path(spec_file) if spec_file is not None else None
     if preset is not None:
+        if preset in RECIPES:
+            raise ValueError(f"{preset} is a recipe, not a preset: run it with --spec {preset}")
         if preset not in PRESETS:
             raise ValueError(unknown_name_message("preset", preset, list(PRESETS)))
-        text, label = (resources.files("runners") / "presets" / f"{preset}.toml").read_text(), f"preset {preset}"
-        name = preset
-    else:
-        path = Path(spec_file)
+        text, label, name = _SHIPPED[preset], f"preset {preset}", preset
+    elif spec_file in SPECS and not path.is_file():
+        text, label, name = _SHIPPED[spec_file], f"spec {spec_file}", spec_file
+    elif path.suffix or len(path.parts) > 1 or path.exists():  # a file path
         try:
             text = path.read_text()
         except OSError as err:
             raise ValueError(f"cannot read spec file {spec_file}: {err.strerror or err}") from None
         label, name = f"spec {path.name}", path.stem
+    else:
+        raise ValueError(unknown_name_message("shipped spec", spec_file, list(SPECS))
+                         + "; or give the path of a TOML file")
     try:
         return tomllib.loads(text), name, label
     except tomllib.TOMLDecodeError as err:
@@ -413,7 +436,7 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
                     batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
                     threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
                     warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
-                    segments=segments, task_version=task_class(task.name).version,
+                    segments=segments, task_version=task_class(task.name).version, early_stop=s["early_stop"],
                 ))
     return trials
 
