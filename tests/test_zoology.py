@@ -4,6 +4,7 @@ time-to-accuracy follow every slice, and the CPU twin of the recipe learns every
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -177,6 +178,18 @@ def test_training_step_never_syncs_on_cuda():
             optimizer.zero_grad(set_to_none=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile", ["cuda_graphs", "torch_compile"])
+def test_captured_step_trains_like_eager_on_cuda(compile):
+    """The recipe's GPU setting (auto = cuda_graphs) over a mixture of shapes, against eager (bf16: close)."""
+    (trial,) = load_spec(None, "zoology_mqar_cpu").trials
+    trial = dataclasses.replace(trial, steps=40, eval_every=40, log_every=10)
+    eager, captured = run_trial(trial, "cuda", "none"), run_trial(trial, "cuda", compile)
+    assert {r["status"] for r in eager["runs"] + captured["runs"]} == {"ok"}
+    losses = [[p["train_loss"] for p in payload["curves"]] for payload in (eager, captured)]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=5e-2, atol=0)
 
 
 def test_compile_modes_choose_per_device(monkeypatch):
