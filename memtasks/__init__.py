@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, train_seed
+from memtasks.base import IGNORE, NO_LAG, Batch, Task, check_int, eval_seed, make_generator, train_seed
 from memtasks.registry import Registry, UnknownNameError
 
 TASKS: Registry[type[Task]] = Registry("task", package="memtasks.tasks")
@@ -47,6 +47,6 @@ def get_task(name: str, **params) -> Task:
 
 
 __all__ = [
-    "IGNORE", "NO_LAG", "Batch", "Task", "TASKS", "UnknownNameError", "eval_seed", "get_task",
+    "IGNORE", "NO_LAG", "Batch", "Task", "TASKS", "check_int", "UnknownNameError", "eval_seed", "get_task",
     "list_tasks", "make_generator", "register_task", "task_class", "train_seed",
 ]

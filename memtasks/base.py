@@ -21,6 +21,17 @@ NO_LAG = -1  # lag value at positions that are not scored
 _STREAM_BITS = 31
 
 
+def check_int(label: str, value: object, minimum: int = 1, none_means: str | None = None) -> object:
+    """Return `value` if it is an int >= `minimum` (or None, when `none_means` says what None does);
+    else raise ValueError naming `label` and what is allowed."""
+    if value is None and none_means is not None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (f" or None ({none_means})" if none_means else "")
+        raise ValueError(f"{label} must be {allowed}, got {value!r}")
+    return value
+
+
 def train_seed(run_seed: int, step: int) -> int:
     """Seed of training batch `step` of run `run_seed`: the lower half of the run's seed block."""
     return (run_seed << (_STREAM_BITS + 1)) + (step % (1 << _STREAM_BITS))

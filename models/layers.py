@@ -26,14 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtasks.base import check_int
 from models.base import PATHS
-
-
-def check_int(label: str, value: object, minimum: int = 1) -> int:
-    """`value` if it is an int >= `minimum`, else ValueError saying what is valid."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class ShortConv(nn.Module):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.layers import check_int
+from memtasks.base import check_int
+
 
 
 def carry_dtype(x: torch.Tensor) -> torch.dtype:

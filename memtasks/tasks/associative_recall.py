@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
 
 _TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs
 
@@ -94,11 +94,6 @@ def power_law_slots(
     return arrival.topk(k, dim=1).indices  # (B, k): earliest arrival first
 
 
-def _check_positive_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 @register_task("associative_recall", order=10)
 @dataclass
 class AssociativeRecall(Task):
@@ -143,9 +138,9 @@ class AssociativeRecall(Task):
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:
-        _check_positive_int("vocab_size", self.vocab_size, 4)
+        check_int("vocab_size", self.vocab_size, 4)
         if self.num_kv_pairs is not None:
-            _check_positive_int("num_kv_pairs", self.num_kv_pairs, 1)
+            check_int("num_kv_pairs", self.num_kv_pairs, 1)
             if self.num_kv_pairs > self.num_keys:
                 raise ValueError(
                     f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="

@@ -19,21 +19,12 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
 
 BLANK, GO = range(2)
 _SPECIAL_NAMES = ("_", "GO")
 _FIRST_CONTENT = len(_SPECIAL_NAMES)  # content symbol i is token _FIRST_CONTENT + i
 _TOKENS_PER_CONTENT = 8  # num_tokens and delay both None: seq_len // 8 content tokens
-
-
-def _check_int(name: str, value: object, low: int, none_means: str | None = None) -> None:
-    """Raise ValueError unless `value` is an int >= low (or None, when `none_means` says what None does)."""
-    if value is None and none_means is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f"an integer >= {low}" + (f" or None ({none_means})" if none_means else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 @register_task("copy", order=0)
@@ -88,9 +79,9 @@ class Copy(Task):
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:
-        _check_int("num_tokens", self.num_tokens, 1, none_means="grows with seq_len")
-        _check_int("content_vocab", self.content_vocab, 2)
-        _check_int("delay", self.delay, 0, none_means="the rest of the sequence")
+        check_int("num_tokens", self.num_tokens, 1, none_means="grows with seq_len")
+        check_int("content_vocab", self.content_vocab, 2)
+        check_int("delay", self.delay, 0, none_means="the rest of the sequence")
         for name in ("noise", "selective"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -17,21 +17,12 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
 
 PAD, SAMPLE, PROBE, QUERY, MATCH, NONMATCH = range(6)
 _SPECIAL_NAMES = ("_", "SAMPLE", "PROBE", "?", "MATCH", "NONMATCH")
 _FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
 _MAX_TRIALS = 8  # trials per sequence when both num_trials and delay are derived (fewer if they do not fit)
-
-
-def _check_int(name: str, value: object, low: int, none_means: str | None = None) -> None:
-    """Raise ValueError unless `value` is an int >= low (or None, when `none_means` says what None does)."""
-    if value is None and none_means is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f"an integer >= {low}" + (f" or None ({none_means})" if none_means else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 @register_task("delayed_match", order=20)
@@ -79,10 +70,10 @@ class DelayedMatch(Task):
     recalls_token: ClassVar[bool] = False
 
     def check_params(self) -> None:
-        _check_int("pattern_len", self.pattern_len, 1)
-        _check_int("num_symbols", self.num_symbols, 2)
-        _check_int("num_trials", self.num_trials, 1, none_means="as many as fit")
-        _check_int("delay", self.delay, 0, none_means="derived from seq_len")
+        check_int("pattern_len", self.pattern_len, 1)
+        check_int("num_symbols", self.num_symbols, 2)
+        check_int("num_trials", self.num_trials, 1, none_means="as many as fit")
+        check_int("delay", self.delay, 0, none_means="derived from seq_len")
 
     # --- layout ----------------------------------------------------------------------------
     @property

@@ -24,17 +24,12 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
 
 TURN_LEN = 5
 PAD, USER, BOT, IS, WHAT = range(5)
 _SPECIAL_NAMES = ("_", "USER", "BOT", "is", "what")
 CHAT, STATE, ASK = range(3)  # turn kinds
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _check_prob(name: str, value: object) -> None:
@@ -99,10 +94,10 @@ class MultiTurnQA(Task):
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:
-        _check_int("num_entities", self.num_entities, 1)
-        _check_int("num_attributes", self.num_attributes, 1)
-        _check_int("num_values", self.num_values, 2)
-        _check_int("num_words", self.num_words, 1)
+        check_int("num_entities", self.num_entities, 1)
+        check_int("num_attributes", self.num_attributes, 1)
+        check_int("num_values", self.num_values, 2)
+        check_int("num_words", self.num_words, 1)
         for name in ("chat_prob", "ask_prob", "update_prob"):
             _check_prob(name, getattr(self, name))
         if self.chat_prob + self.ask_prob >= 1.0:

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
-from models.layers import check_int
 
 
 def content_addressing(memory: torch.Tensor, keys: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
-from models.layers import check_int
 from models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
-from models.layers import ShortConv, check_int
+from models.layers import ShortConv
 from models.scan import scan_chunked, scan_reference
 
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
 from models.layers import (
-    RotaryEmbedding, ShortConv, attention_flops, causal_attention, check_int, merge_heads, split_heads,
+    RotaryEmbedding, ShortConv, attention_flops, causal_attention, merge_heads, split_heads,
 )
 
 POSITIONS = ("rope", "none")
