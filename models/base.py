@@ -154,7 +154,11 @@ class MemoryModel(nn.Module):
         """Analytic forward FLOPs for a (batch_size, seq_len) batch, attention and head included."""
         total = sum(m.flops(batch_size, seq_len) for m in self.mixers())
         total += sum(b.mlp.flops(batch_size, seq_len) for b in self.blocks if b.mlp is not None)
-        return total + linear_flops(batch_size * seq_len, self.d_model, self.vocab_size)
+        return total + self.head_flops(batch_size * seq_len)
+
+    def head_flops(self, rows: int) -> int:
+        """FLOPs of the output head on `rows` positions (training runs it only at scored positions)."""
+        return linear_flops(rows, self.d_model, self.vocab_size)
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
         """The part of `flops` spent on token-to-token attention."""

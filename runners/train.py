@@ -67,6 +67,7 @@ class TrainOutcome:
     train_seconds: float = 0.0  # wall seconds spent training (evaluation excluded)
     tokens: int = 0  # training tokens seen (B * T summed over steps)
     segment_steps: list[int] = field(default_factory=list)  # steps drawn from each segment
+    head_rows: list[int | None] = field(default_factory=list)  # rows the output head runs on, per segment
     timed_out: bool = False
     slices: dict = field(default_factory=dict)  # slice name -> metrics.SliceResult (final evaluation)
     time_to_accuracy: dict = field(default_factory=dict)  # seconds, steps, tokens; empty if never reached
@@ -201,7 +202,7 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
     optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
     step_loss = loss_fn(model, compile, device)
     capacity: list[int | None] = [None] * len(config.segments)  # gather rows of each segment, set on first use
-    out = TrainOutcome(segment_steps=[0] * len(config.segments))
+    out = TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments))
     points: dict[int, dict] = {}  # step -> curve point
 
     def point(step: int, seconds: float) -> dict:
@@ -268,6 +269,7 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
                 group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
             if capacity[seg] is None:
                 capacity[seg] = gather_capacity(batch.targets)
+                out.head_rows[seg] = capacity[seg]
             index, picked, dropped = scored_positions(batch.targets, capacity[seg])  # (C,), (C,), ()
             loss = step_loss(batch.inputs, index, picked)
             excess += dropped

@@ -217,7 +217,13 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
                peak_mb: float, device: torch.device) -> list[dict]:
     nan = math.nan
     if model is not None:  # analytic cost, known even when training failed
-        step_flops = [3 * model.flops(config.batch_size, s.seq_len) for s in config.segments]
+        # the output head runs only on the gathered scored rows of each segment, not on all B*T positions
+        head_rows = outcome.head_rows if outcome is not None and outcome.head_rows else [None] * len(config.segments)
+        step_flops = [
+            3 * (model.flops(config.batch_size, s.seq_len) - model.head_flops(config.batch_size * s.seq_len)
+                 + model.head_flops(rows if rows is not None else config.batch_size * s.seq_len))
+            for s, rows in zip(config.segments, head_rows)
+        ]
         attn_flops = [3 * model.attention_flops(config.batch_size, s.seq_len) for s in config.segments]
         # per step: the mean over the steps taken, or over the mixture's weights before any step
         counts = outcome.segment_steps if outcome is not None and outcome.steps else [s.weight for s in config.segments]

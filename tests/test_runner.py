@@ -125,6 +125,12 @@ def trial(**change) -> TrialConfig:
     return TrialConfig(**{**fields, **change})
 
 
+def step_flops(model, batch_size: int, seq_len: int, scored_per_row: int) -> int:
+    """Forward+backward FLOPs of one step: the output head runs on the gathered rows (B * scored + T)."""
+    rows = min(batch_size * seq_len, batch_size * scored_per_row + seq_len)
+    return 3 * (model.flops(batch_size, seq_len) - model.head_flops(batch_size * seq_len) + model.head_flops(rows))
+
+
 def rows(payload) -> pd.DataFrame:
     return pd.DataFrame(payload["runs"]).set_index("slice")
 
@@ -142,7 +148,7 @@ def test_trial_rows_follow_the_schema():
     assert runs["steps"].iloc[0] == 30 and 0 <= runs["accuracy"].min() <= runs["accuracy"].max() <= 1
     model = trial().build_model()
     assert runs["params"].iloc[0] == model.num_params()
-    assert runs["flops_per_step"].iloc[0] == 3 * model.flops(16, 8)
+    assert runs["flops_per_step"].iloc[0] == step_flops(model, 16, 8, scored_per_row=7)
     assert runs["state_size"].tolist() == [model.state_size(8), model.state_size(16)]
     assert runs["tokens_per_second"].iloc[0] == pytest.approx(30 * 16 * 8 / runs["train_seconds"].iloc[0])
     curves = pd.DataFrame(payload["curves"])
@@ -187,7 +193,7 @@ def test_mixture_segments_and_slices():
     tokens = payload["curves"][-1]["tokens"]
     n_long = (tokens - 20 * 16 * 8) // (16 * 4)  # steps drawn from the length-12 segment
     assert 0 < n_long < 20
-    expected = ((20 - n_long) * 3 * model.flops(16, 8) + n_long * 3 * model.flops(16, 12)) / 20
+    expected = ((20 - n_long) * step_flops(model, 16, 8, 7) + n_long * step_flops(model, 16, 12, 10)) / 20
     assert runs["flops_per_step"].iloc[0] == pytest.approx(expected)
 
 
