@@ -32,34 +32,17 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from runners.leaderboard import (
     THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
 )
+from runners.palette import family_styles
 from runners.tables import atomic_write_bytes
 
 # fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
 RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
       "axes.grid": True, "grid.alpha": 0.3}
-MARKERS = "os^vDP*h<>pX"  # the same cycle as runners.costplots
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 PANEL = (4.0, 3.0)  # inches per task panel
 
 
 # --- shared: styles, layout, saving -----------------------------------------------------------------
-def family_styles(names) -> dict[str, dict]:
-    """Colour and marker per family, fixed by its index in `list_models()` (others follow alphabetically).
-
-    The palette is tab20's dark shades then its light ones, so the first ten families get ten distinct hues.
-    """
-    from models import list_models
-
-    registered = list_models()
-    everyone = registered + sorted(set(names) - set(registered))
-    tab20 = matplotlib.colormaps["tab20"].colors
-    palette = list(tab20[0::2]) + list(tab20[1::2])
-    return {
-        name: {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
-        for i, name in enumerate(everyone) if name in set(names)
-    }
-
-
 @dataclass
 class Sweep:
     """What every chart reads: the tables and the leaderboard's per-trial and per-cell accuracies."""

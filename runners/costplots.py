@@ -27,8 +27,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from runners.palette import family_styles
+
 FORMATS = ("png", "svg")
-MARKERS = "os^vDP*h<>pX"
 # (file stem, cost column divided by batch_size, cost_fit column, y label, title)
 LOG_LOG_CHARTS = (
     ("cost_time", "ms_per_step", "time_exponent", "ms per sequence (step time / batch size)",
@@ -38,15 +39,6 @@ LOG_LOG_CHARTS = (
     ("cost_flops", "flops", "flops_exponent", "FLOPs per sequence (forward + backward, analytic)",
      "FLOPs per sequence"),
 )
-
-
-def family_style(index: int) -> dict:
-    """Colour and marker of the index-th family: 10 distinct colours, then lighter shades; markers cycle."""
-    from matplotlib import colormaps
-
-    tab20 = colormaps["tab20"]
-    colour = tab20((2 * index) % 20 + (index // 10) % 2)
-    return {"color": colour, "marker": MARKERS[index % len(MARKERS)]}
 
 
 def compact_number(value: float) -> str:
@@ -122,13 +114,14 @@ def log_log_chart(cost: pd.DataFrame, fits: pd.DataFrame, column: str, fit_colum
     fig = Figure(figsize=(9, 5.5))
     ax = fig.add_subplot()
     exponents = dict(zip(fits["model"], fits[fit_column])) if fit_column in fits else {}
-    for index, (model, group) in enumerate(cost.groupby("model", sort=False)):
+    styles = family_styles(cost["model"].unique())
+    for model, group in cost.groupby("model", sort=False):
         group = group.sort_values("seq_len")
         ok = group[(group["status"] == "ok") & (group[column] > 0)]
         stopped = group[group["status"] != "ok"]
         stop = stopped.iloc[0] if not stopped.empty else None
         exponent = float(exponents.get(model, math.nan))
-        style = family_style(index)
+        style = styles[model]
         ax.plot(ok["seq_len"], ok[column] / ok["batch_size"], color=style["color"], marker=style["marker"],
                 markersize=5, linewidth=1.6, label=_label(model, exponent, stop))
         if stop is not None:
@@ -163,11 +156,12 @@ def attention_share_chart(cost: pd.DataFrame) -> Figure | None:
         return None
     fig = Figure(figsize=(9, 5))
     ax = fig.add_subplot()
-    for index, (model, group) in enumerate(cost.groupby("model", sort=False)):
+    styles = family_styles(cost["model"].unique())
+    for model, group in cost.groupby("model", sort=False):
         if model not in with_attention:
             continue
         group = group.sort_values("seq_len")
-        style = family_style(index)
+        style = styles[model]
         ax.plot(group["seq_len"], 100 * group["attention_flops"] / group["flops"], color=style["color"],
                 marker=style["marker"], markersize=5, linewidth=1.6, label=str(model))
     _length_axis(ax, cost["seq_len"])

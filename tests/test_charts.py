@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from runners.charts import CHARTS, draw_charts, family_styles
+from runners.charts import CHARTS, draw_charts
+from runners.palette import family_styles
 from runners.cli import main
 from runners.leaderboard import read_results
 from tests.test_leaderboard import RUNS_COLUMNS, trial, write_sweep
