@@ -309,3 +309,15 @@ def test_recurrent_flops_match_the_reference_exactly(name):
     model = build_model(name, VOCAB, d_model=16).set_path("reference")
     tokens = torch.randint(0, VOCAB, (2, 13))
     assert counted_flops(model, tokens) == model.flops(2, 13)
+
+
+def test_lstm_layers_start_with_a_unit_forget_bias():
+    """i, f, g, o gate order: the forget gate's two biases sum to 1 at init, the others are untouched."""
+    for name in ("lstm", "rnn_attention"):
+        model = build_model(name, 16, d_model=8)
+        lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+        assert lstms
+        for lstm in lstms:
+            total = lstm.bias_ih_l0 + lstm.bias_hh_l0  # (4D,)
+            assert torch.equal(total[8:16], torch.ones(8))
+            assert not torch.equal(total[:8], torch.ones(8))

@@ -61,6 +61,16 @@ def recurrent_flops(kind: str, batch_size: int, seq_len: int, d_model: int) -> i
     return 2 * linear_flops(batch_size * seq_len, d_model, gates)
 
 
+def unit_forget_bias(lstm: nn.LSTM) -> None:
+    """Start the LSTM's forget gate at bias 1 (gate order i, f, g, o), so the cell holds its content by
+    default (Jozefowicz et al., 2015); without it a small LSTM can fail to learn even to copy 16 tokens."""
+    d = lstm.hidden_size
+    with torch.no_grad():
+        for name, bias in lstm.named_parameters():
+            if name.startswith("bias_"):
+                bias[d : 2 * d] = 1.0 if name.startswith("bias_ih") else 0.0
+
+
 class RecurrentMixer(Mixer):
     """One recurrent layer over the sequence (batch_first): torch's fused layer, or the reference loop."""
 
@@ -68,6 +78,8 @@ class RecurrentMixer(Mixer):
         super().__init__()
         self.kind, self.d_model = kind, d_model
         self.rnn = _MODULES[kind](d_model, d_model, batch_first=True)
+        if kind == "lstm":
+            unit_forget_bias(self.rnn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.path == "reference":

@@ -24,7 +24,7 @@ from torch import nn
 
 from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
-from models.families.recurrent import recurrent_flops, recurrent_reference
+from models.families.recurrent import recurrent_flops, recurrent_reference, unit_forget_bias
 from models.families.transformer import check_heads
 from models.layers import attention_flops, causal_attention, merge_heads, split_heads
 
@@ -36,6 +36,7 @@ class LSTMAttention(Mixer):
         super().__init__()
         self.d_model, self.n_heads = d_model, n_heads
         self.lstm = nn.LSTM(d_model, d_model, batch_first=True)
+        unit_forget_bias(self.lstm)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(2 * d_model, d_model)
 
