@@ -263,7 +263,11 @@ def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, d
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return {name: {} for name in value}
     if isinstance(value, dict):
-        return {name: _table(table, f"{where} [{kind}.{name}]") for name, table in value.items()}
+        everyone = value.get("all", False)
+        if not isinstance(everyone, bool):
+            raise ValueError(f"{where}: [{kind}] all must be true or false, got {everyone!r}")
+        tables = {name: _table(table, f"{where} [{kind}.{name}]") for name, table in value.items() if name != "all"}
+        return {**{name: {} for name in registered}, **tables} if everyone else tables
     raise ValueError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")
 
 

@@ -36,6 +36,24 @@ def test_smoke_preset_covers_every_task_and_family_at_two_lengths():
     assert len(spec.trials) >= 88 or len(list_models()) * len(list_tasks()) * 2 == len(spec.trials)
 
 
+def test_all_with_tables_runs_every_family_and_overrides_some(tmp_path):
+    spec = load_spec(None, write(tmp_path, """
+        lengths = [16]
+        d_model = 24
+        steps = 10
+        tasks = ["copy"]
+        [models]
+        all = true
+        [models.lstm]
+        steps = 30
+        """), {})
+    steps = {t.model: t.steps for t in spec.trials}
+    assert set(steps) == set(list_models())
+    assert steps["lstm"] == 30 and steps["mlp"] == 10
+    with pytest.raises(ValueError, match="all must be true or false"):
+        load_spec(None, write(tmp_path, 'tasks = ["copy"]\n[models]\nall = "yes"\n', "bad.toml"), {})
+
+
 def test_execution_options(tmp_path):
     spec = load_spec(None, write(tmp_path, 'cpu_threads = 1\ncompile = "torch_compile"\nd_model = 8\nmodels = ["mlp"]\n'),
                      {"device": "cpu", "executor": "ray"})
