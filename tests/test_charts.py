@@ -12,6 +12,7 @@ from runners.charts import CHARTS, draw_charts
 from runners.palette import family_styles
 from runners.cli import main
 from runners.leaderboard import read_results
+from tests.helpers import run_cli
 from tests.test_leaderboard import RUNS_COLUMNS, trial, write_sweep
 
 STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
@@ -24,15 +25,6 @@ def drawn(tmp_path_factory):
     directory = write_sweep(tmp_path_factory.mktemp("sweep"))
     assert main(["charts", str(directory)]) == 0
     return directory
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_every_chart_is_written_as_png_and_svg(drawn):

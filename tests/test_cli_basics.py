@@ -10,16 +10,7 @@ import pytest
 from memtasks import list_tasks
 from memtasks.registry import Registry, UnknownNameError
 from models import list_models
-from runners.cli import main
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:  # argparse exits on its own errors
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import run_cli
 
 
 def test_tasks_lists_every_task_with_version_and_params(capsys):

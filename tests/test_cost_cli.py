@@ -9,21 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from runners.cli import main
 from runners.cost import COST_COLUMNS
 from runners.fit import FIT_COLUMNS
+from tests.helpers import run_cli
 
 TINY = ["--lengths", "16,32", "--batch-tokens", "64", "--d-model", "16", "--n-layers", "1", "--repeats", "1",
         "--threads", "1", "--device", "cpu"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:  # argparse exits on its own errors
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from runners.cli import main
 from runners.commands import leaderboard as command
+from tests.helpers import run_cli
 
 TINY_SPEC = """
 name = "tiny"
@@ -27,15 +27,6 @@ log_every = 3
 d_model = 8
 n_layers = 1
 """
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_tiny_sweep_produces_the_leaderboard_and_charts(tmp_path, capsys):

@@ -109,15 +109,6 @@ def registered():
             registry.unregister(name)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def trial(**change) -> TrialConfig:
     fields = dict(task="echo", task_params={}, model="lstm", model_params={}, d_model=16, n_layers=1, train_len=8,
                   seed=0, lr=1e-2, batch_size=16, steps=30, eval_every=10, log_every=5,

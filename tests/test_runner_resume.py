@@ -31,15 +31,6 @@ params = { content_vocab = 4 }
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_kill_and_resume(tmp_path):
     spec_file, out = tmp_path / "spec.toml", tmp_path / "out"
     spec_file.write_text(SPEC)
