@@ -10,7 +10,6 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 from runners.spec import load_spec
 from runners.sweep import run_sweep
