@@ -74,10 +74,10 @@ def params_matched(
 ) -> MemoryModel:
     """Build family `name` at the width whose parameter count is closest to `target_params`.
 
-    Widths that are multiples of `multiple` are preferred (they suit the hardware); when none of those lands
-    within +-`tolerance`, neighbouring widths are tried one by one (widths the family rejects, e.g. not
-    divisible by its head count, are skipped). Raises ValueError when no width lands within tolerance.
-    The parameter count grows monotonically with width, so a bisection finds the neighbourhood.
+    A bisection over multiples of `multiple` finds the neighbourhood (the count grows with width); every
+    width in it is then tried, skipping widths the family rejects (e.g. not divisible by its head count),
+    and the closest count wins, a multiple of `multiple` on ties. Raises ValueError when even the closest
+    is off by more than `tolerance`.
     """
 
     def count(width: int) -> int | None:
@@ -99,10 +99,8 @@ def params_matched(
             lo = mid
         else:
             hi = mid
-    best = min((lo * multiple, hi * multiple), key=error)
-    if error(best) > tolerance * target_params:
-        nearby = range(max(1, lo * multiple - multiple), hi * multiple + multiple + 1)
-        best = min(nearby, key=error)
+    nearby = range(max(1, lo * multiple - multiple), hi * multiple + multiple + 1)
+    best = min(nearby, key=lambda w: (error(w), w % multiple != 0))  # closest; a multiple on ties
     if error(best) > tolerance * target_params:
         raise ValueError(
             f"model {name} cannot be matched to {target_params} params within {tolerance:.0%} "
