@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from memtasks import get_task, task_class
-from models import build_model
+from models import build_model, model_class
 from runners import metrics
 from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from runners.train import Diverged, TrainOutcome, train
@@ -94,12 +94,15 @@ class TrialConfig:
     segments: tuple[Segment, ...] = ()  # empty: one segment (train_len, {}, 1.0)
     task_version: int = 0  # 0: looked up in the task registry
     early_stop: str = "train_len"  # the slices at the train length, or "all_slices"
+    model_version: int = 0  # 0: looked up in the model registry
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
             raise ValueError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
         if not self.task_version:
             object.__setattr__(self, "task_version", task_class(self.task).version)
+        if not self.model_version:
+            object.__setattr__(self, "model_version", model_class(self.model).version)
         if not self.segments:
             object.__setattr__(self, "segments", (Segment(self.train_len),))
 
@@ -149,7 +152,7 @@ class TrialConfig:
                            **self.model_params)
 
 
-_LATER_FIELDS = {"early_stop": "train_len"}  # field -> default, hashed only when set otherwise
+_LATER_FIELDS = {"early_stop": "train_len", "model_version": 1}  # field -> default, hashed only when set otherwise
 
 
 @functools.lru_cache(maxsize=1)
@@ -235,7 +238,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
     common = {
         "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
         "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
-        "model": config.model, "d_model": config.d_model, "n_layers": config.n_layers, "params": params,
+        "model": config.model, "model_version": config.model_version, "d_model": config.d_model,
+        "n_layers": config.n_layers, "params": params,
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }
     cost = dict.fromkeys(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from memtasks import IGNORE, NO_LAG, TASKS, Batch, Task, eval_seed, get_task, register_task
-from models import MODELS, MemoryModel, build_model, register_model
+from models import MODELS, MemoryModel, build_model, model_class, register_model
 from runners import metrics
 from runners.cli import main
 from runners.spec import load_spec
@@ -391,3 +391,12 @@ def test_parquet_beside_csv_when_pyarrow_is_importable(tmp_path):
     for name in ("runs", "lags", "curves"):
         csv, parquet = pd.read_csv(tmp_path / f"{name}.csv"), pd.read_parquet(tmp_path / f"{name}.parquet")
         assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
+
+
+def test_model_version_enters_the_trial_id_only_when_bumped(monkeypatch):
+    config = trial()
+    assert config.model_version == 1
+    assert rows(run_trial(trial(steps=5)))["model_version"].tolist() == [1, 1]
+    monkeypatch.setattr(model_class(config.model), "version", 2)
+    bumped = trial()
+    assert bumped.model_version == 2 and bumped.trial_id != config.trial_id
