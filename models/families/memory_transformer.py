@@ -55,7 +55,6 @@ class MemoryTransformerModel(MemoryModel):
     ) -> None:
         check_int("segment_len", segment_len)
         check_int("num_memory", num_memory)
-        check_int("mlp_ratio", mlp_ratio, minimum=0)
         check_heads(check_int("d_model", d_model), n_heads, rope=True)
         super().__init__(
             vocab_size, d_model, n_layers, make_mixer=lambda i: SelfAttention(d_model, n_heads, rope=True),

@@ -67,7 +67,6 @@ class RNNAttentionModel(MemoryModel):
     def __init__(
         self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4, mlp_ratio: int = 4
     ) -> None:
-        check_int("mlp_ratio", mlp_ratio, minimum=0)
         check_heads(check_int("d_model", d_model), n_heads, rope=False)
         super().__init__(
             vocab_size, d_model, n_layers, make_mixer=lambda i: LSTMAttention(d_model, n_heads), mlp_ratio=mlp_ratio

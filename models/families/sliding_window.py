@@ -127,7 +127,6 @@ class SlidingWindowModel(MemoryModel):
         mlp_ratio: int = 4,
     ) -> None:
         check_int("window", window)
-        check_int("mlp_ratio", mlp_ratio, minimum=0)
         check_heads(check_int("d_model", d_model), n_heads, rope=True)
         super().__init__(
             vocab_size, d_model, n_layers, make_mixer=lambda i: WindowAttention(d_model, n_heads, window),

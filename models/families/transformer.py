@@ -134,7 +134,6 @@ class TransformerModel(MemoryModel):
     ) -> None:
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
-        check_int("mlp_ratio", mlp_ratio, minimum=0)
         check_int("d_model", d_model)
         check_int("conv_kernel", conv_kernel)
         check_heads(d_model, n_heads, position == "rope")
