@@ -9,7 +9,6 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
 from runners.spec import load_spec
 from runners.sweep import run_sweep
