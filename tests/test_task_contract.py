@@ -49,6 +49,16 @@ def test_shapes_dtypes_ranges(name, device):
 
 
 @pytest.mark.parametrize("name", TASKS)
+def test_generation_off_the_cpu_never_syncs_with_the_host(name):
+    """On an accelerator a generator must not read values back (it would stall every training step): the
+    meta device has shapes but no values, so any such read fails there."""
+    task = get_task(name)
+    seq_len = max(64, shortest(name)) + 3
+    batch = task._generate(8, seq_len, None, torch.device("meta"))
+    assert batch.inputs.shape == batch.targets.shape == batch.lags.shape == (8, seq_len)
+
+
+@pytest.mark.parametrize("name", TASKS)
 def test_same_seed_same_bytes_different_seed_differs(name):
     task = get_task(name)
     seq_len = max(64, shortest(name))

@@ -185,6 +185,15 @@ def test_distinct_randint_draws_uniform_ordered_tuples(sampler, k, high):
         assert abs(below - 0.5) < 5 * math.sqrt(0.25 / n)
 
 
+def test_distinct_randint_takes_the_sync_free_path_off_the_cpu():
+    """On an accelerator the redraw loop (a host sync per round) is skipped: a meta tensor, which has no
+    values to read back, gets through, and it is the reference's topk draw."""
+    draws = distinct_randint(4, 8, 1000, None, torch.device("meta"))
+    assert draws.shape == (4, 8) and draws.device.type == "meta"
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the CPU path reads values back
+        torch.randint(1000, (4, 8), device="meta").nonzero()
+
+
 def test_distinct_randint_is_deterministic():
     a, b = (distinct_randint(500, 30, 100, make_generator(9, "cpu"), torch.device("cpu")) for _ in range(2))
     assert torch.equal(a, b)

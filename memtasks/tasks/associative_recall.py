@@ -34,11 +34,14 @@ _TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs
 def distinct_randint_reference(
     batch_size: int, k: int, high: int, gen: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    """(B, k) int64: per row, the first k entries of a uniformly random permutation of [0, high).
+    """(B, k) int64: per row, the first k entries of a uniformly random permutation of [0, high) (the
+    positions of the k smallest of `high` uniform draws, in increasing order of their draws).
 
-    O(B * high log high) work: readable, and the right choice when k is a large fraction of `high`.
+    O(B * high) work and no host sync: readable, the right choice when k is a large fraction of `high`,
+    and on an accelerator, where the (B, high) draw is cheap and a sync is not.
     """
-    return torch.rand(batch_size, high, generator=gen, device=device).argsort(dim=1)[:, :k]
+    scores = torch.rand(batch_size, high, generator=gen, device=device)  # (B, high)
+    return scores.topk(k, dim=1, largest=False).indices  # (B, k)
 
 
 def distinct_randint(batch_size: int, k: int, high: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -49,12 +52,13 @@ def distinct_randint(batch_size: int, k: int, high: int, gen: torch.Generator, d
     their values, so the law of the result is unchanged by any relabelling of [0, high); the only such
     law on ordered k-tuples of distinct values is the uniform one, the same as
     `distinct_randint_reference`. Work: one sort of (B, k), then O(k) per redraw (about k^2 / (2 high)
-    redraws per row). When 2k >= high repeats would be frequent and the reference is used instead.
+    redraws per row). When 2k >= high repeats would be frequent, and on an accelerator (where the loop's
+    host syncs would stall the training step), the sync-free reference is used instead.
 
     Example: batch_size=1, k=4, high=10; draws [3, 7, 3, 1] -> the second 3 is redrawn, say as 7 ->
     it repeats 7, redrawn again, say as 0 -> [3, 7, 0, 1].
     """
-    if 2 * k >= high:
+    if 2 * k >= high or torch.device(device).type != "cpu":  # the redraw loop below syncs with the host
         return distinct_randint_reference(batch_size, k, high, gen, device)
     draws = torch.randint(high, (batch_size, k), generator=gen, device=device)  # (B, k)
     # find repeats: sort (value, position) pairs packed in one integer; an entry whose value equals its
