@@ -17,7 +17,6 @@ failed trial counting 0. Every family keeps one colour and marker in every chart
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from runners.leaderboard import (
     THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
 )
-from runners.palette import family_styles
-from runners.tables import atomic_write_bytes
+from runners.figures import family_styles, save_figure
 
 # fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
 RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
@@ -99,19 +97,6 @@ def _log2_axis(ax, values) -> None:
     ax.minorticks_off()
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write `stem`.png and `stem`.svg atomically; the SVG carries no date so it is byte-stable."""
-    paths = []
-    for fmt, kwargs in (("png", {"dpi": 130}), ("svg", {"metadata": {"Date": None}})):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, **kwargs)
-        path = out_dir / f"{stem}.{fmt}"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
-        fig.set_layout_engine("none")  # keep the layout the first save computed: the slow part of saving
-    return paths
-
-
 def _log_subs(values) -> tuple[float, ...]:
     """Where to label a log-10 axis: decades only over a wide span, 1-2-5 steps over a narrow one."""
     values = np.asarray(values, dtype=float)
@@ -160,7 +145,7 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     if any_failed:
         extra.append((Line2D([], [], marker="x", color="black", linestyle=""), "a failed seed (counted 0)"))
     _family_legend(fig, sweep, sweep.models, extra)
-    return _save(fig, out_dir, "accuracy_vs_length")
+    return save_figure(fig, out_dir, "accuracy_vs_length")
 
 
 def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -192,7 +177,7 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.grid(False)
         ax.set(title=task, xlabel="trained length (tokens)")
     fig.colorbar(image, ax=axes, label="accuracy", shrink=0.8)
-    return _save(fig, out_dir, "heatmap")
+    return save_figure(fig, out_dir, "heatmap")
 
 
 def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -220,7 +205,7 @@ def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.set(title=f"{task} (length {longest})", xlabel="lag bucket [b, 2b) (tokens)", ylabel="accuracy",
                ylim=(-0.03, 1.03))
     _family_legend(fig, sweep, [m for m in sweep.models if m in set(lags["model"])])
-    return _save(fig, out_dir, "accuracy_vs_lag")
+    return save_figure(fig, out_dir, "accuracy_vs_lag")
 
 
 def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -249,7 +234,7 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.set(title=f"{task}\n(mean over trained lengths {_span(mine['train_len'])})",
                xlabel="evaluation length / trained length", ylabel="accuracy", ylim=(-0.03, 1.03))
     _family_legend(fig, sweep, sweep.models)
-    return _save(fig, out_dir, "length_generalisation")
+    return save_figure(fig, out_dir, "length_generalisation")
 
 
 def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -294,7 +279,7 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
     extra = [(Line2D([], [], marker="o", linestyle="", color="grey", alpha=0.6, markersize=math.sqrt(area(v))),
               f"{v:,.0f} {size_unit}") for v in sizes]
     _family_legend(fig, sweep, sweep.models, extra)
-    return _save(fig, out_dir, "accuracy_vs_cost")
+    return save_figure(fig, out_dir, "accuracy_vs_cost")
 
 
 def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -322,7 +307,7 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
                ylim=(-0.03, 1.03))
     threshold = (Line2D([], [], color="grey", linestyle="--"), f"horizon threshold {THRESHOLD}")
     _family_legend(fig, sweep, [m for m in sweep.models if m in set(curves["model"])], [threshold])
-    return _save(fig, out_dir, "training_curves")
+    return save_figure(fig, out_dir, "training_curves")
 
 
 def cost_charts(results: Results, out_dir: Path) -> list[Path]:

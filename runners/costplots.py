@@ -27,9 +27,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from runners.palette import family_styles
+from runners.figures import family_styles, save_figure
 
-FORMATS = ("png", "svg")
+SAVE = {"dpi": 150, "bbox_inches": "tight"}  # the footnote sits below the axes
 # (file stem, cost column divided by batch_size, cost_fit column, y label, title)
 LOG_LOG_CHARTS = (
     ("cost_time", "ms_per_step", "time_exponent", "ms per sequence (step time / batch size)",
@@ -97,15 +97,6 @@ def _label(model: str, exponent: float, stop: pd.Series | None) -> str:
     if stop is not None:
         parts.append(f"{stop['status']} at {int(stop['seq_len'])}")
     return f"{model} ({'; '.join(parts)})" if parts else str(model)
-
-
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for fmt in FORMATS:
-        path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches="tight")
-        paths.append(path)
-    return paths
 
 
 def log_log_chart(cost: pd.DataFrame, fits: pd.DataFrame, column: str, fit_column: str, ylabel: str,
@@ -182,8 +173,8 @@ def draw_cost_charts(cost: pd.DataFrame, fits: pd.DataFrame, out_dir: str | os.P
     if cost.empty:
         return paths
     for stem, column, fit_column, ylabel, title in LOG_LOG_CHARTS:
-        paths += _save(log_log_chart(cost, fits, column, fit_column, ylabel, title), out_dir, stem)
+        paths += save_figure(log_log_chart(cost, fits, column, fit_column, ylabel, title), out_dir, stem, **SAVE)
     share = attention_share_chart(cost)
     if share is not None:
-        paths += _save(share, out_dir, "cost_attention_share")
+        paths += save_figure(share, out_dir, "cost_attention_share", **SAVE)
     return paths

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from runners.charts import CHARTS, draw_charts
-from runners.palette import family_styles
+from runners.figures import family_styles
 from runners.cli import main
 from runners.leaderboard import read_results
 from tests.helpers import run_cli

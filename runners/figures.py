@@ -1,0 +1,46 @@
+"""What every chart shares (sweep charts and cost curves): one colour and marker per model family, and
+atomic, byte-stable saving."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from runners.tables import atomic_write_bytes
+
+MARKERS = "os^vDP*h<>pd"  # no "X": it marks where a family stopped
+
+
+def family_styles(names) -> dict[str, dict]:
+    """Colour and marker per family, fixed by its index in `list_models()` (others follow alphabetically).
+
+    The palette is tab20's dark shades then its light ones, so the first ten families get ten distinct hues.
+    """
+    from models import list_models
+
+    registered = list_models()
+    wanted = set(names)
+    everyone = registered + sorted(wanted - set(registered))
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = list(tab20[0::2]) + list(tab20[1::2])
+    return {
+        name: {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, name in enumerate(everyone) if name in wanted
+    }
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 130, **savefig) -> list[Path]:
+    """Write `stem`.png and `stem`.svg atomically; the SVG carries no date, so redrawing the same figure
+    gives the same bytes (with a fixed `svg.hashsalt`). Extra keyword arguments go to `savefig`."""
+    paths = []
+    for fmt, kwargs in (("png", {"dpi": dpi}), ("svg", {"metadata": {"Date": None}})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, **kwargs, **savefig)
+        path = out_dir / f"{stem}.{fmt}"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+        fig.set_layout_engine("none")  # keep the layout the first save computed: the slow part of saving
+    return paths
