@@ -125,6 +125,16 @@ def test_conv_attention_hybrid_is_built_from_the_pattern():
     assert model.state_size(100) == 2 * (2 * 100 * 32) + 2 * (3 * 32)
 
 
+def test_conv_residual_adds_the_mixer_input_back():
+    torch.manual_seed(0)
+    gated = GatedConv(16, kernel_size=3)
+    with_residual = GatedConv(16, kernel_size=3, residual=True)
+    with_residual.load_state_dict(gated.state_dict())
+    x = torch.randn(2, 9, 16)
+    assert torch.allclose(with_residual(x), gated(x) + x)
+    assert not torch.allclose(gated(x) + x, gated(x))
+
+
 @pytest.mark.parametrize(
     "params,message",
     [
@@ -133,6 +143,7 @@ def test_conv_attention_hybrid_is_built_from_the_pattern():
         ({"position": "absolute"}, "position must be one of rope, none"),
         ({"mixer_pattern": "attention,mamba"}, "mixer_pattern must be a comma list"),
         ({"mixer_pattern": "conv"}, "no attention layer"),
+        ({"conv_residual": 1}, "conv_residual must be true or false"),
         ({"mlp_ratio": -1}, "mlp_ratio"),
     ],
 )

@@ -26,7 +26,7 @@ from runners.train import (
 from runners.trial import EvalSlice, TrialConfig, run_trial
 
 ZOOLOGY_MODEL = {"mixer_pattern": "conv,attention", "mlp_ratio": 0, "position": "none", "n_heads": 1,
-                 "conv_kernel": 3}
+                 "conv_kernel": 3, "conv_residual": True}
 
 
 # --- the shipped recipe ----------------------------------------------------------------------------
@@ -53,6 +53,7 @@ def test_zoology_model_is_conv_then_attention_without_mlp_or_positions(d_model):
     conv, attention = (block.mixer for block in model.blocks)
     assert isinstance(conv, GatedConv) and isinstance(attention, SelfAttention)
     assert conv.conv.conv.groups == d_model and conv.conv.kernel_size == 3  # depthwise, kernel 3
+    assert conv.residual  # BaseConv returns conv(x) * proj(x) + x
     assert attention.n_heads == 1 and attention.rotary is None
     assert all(block.mlp is None for block in model.blocks)
     # causal: changing the last token leaves every earlier output unchanged

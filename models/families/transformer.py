@@ -12,10 +12,11 @@ path computes q k^T, the causal mask, the softmax and the product with v explici
 `mixer_pattern` is a comma list cycled over the layers, each item "attention" or "conv". A "conv"
 layer is a gated short convolution (Zoology's BaseConv with a short filter):
 
-    y = ShortConv_k(x) * (W x + b)                               # depthwise causal, k = conv_kernel (4)
+    y = ShortConv_k(x) * (W x + b)  [+ x if conv_residual]       # depthwise causal, k = conv_kernel (4)
 
-so mixer_pattern="conv,attention", mlp_ratio=0, position="none" is the BaseConv + attention hybrid
-(Zoology's uses conv_kernel=3, n_heads=1).
+so mixer_pattern="conv,attention", mlp_ratio=0, position="none", conv_residual=True is the BaseConv +
+attention hybrid (Zoology's uses conv_kernel=3, n_heads=1; its BaseConv adds its own input back inside
+the block's residual branch, which conv_residual=True reproduces).
 
 Shapes: tokens (B, T) int64 -> logits (B, T, V).
 State size: the KV cache, 2*T*D floats per attention layer (plus (conv_kernel-1)*D per conv layer).
@@ -70,16 +71,17 @@ class SelfAttention(Mixer):
 
 
 class GatedConv(Mixer):
-    """BaseConv: y = ShortConv(x) * (W x + b), (B, T, D) -> (B, T, D). One path (conv1d is the plain form)."""
+    """BaseConv: y = ShortConv(x) * (W x + b) [+ x], (B, T, D) -> (B, T, D). One path (conv1d is the plain form)."""
 
-    def __init__(self, d_model: int, kernel_size: int = 4) -> None:
+    def __init__(self, d_model: int, kernel_size: int = 4, residual: bool = False) -> None:
         super().__init__()
-        self.d_model = d_model
+        self.d_model, self.residual = d_model, residual
         self.conv = ShortConv(d_model, kernel_size)
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        return self.conv(x) * self.proj(x)
+        y = self.conv(x) * self.proj(x)
+        return y + x if self.residual else y
 
     def state_size(self, seq_len: int) -> int:
         return self.conv.state_size()
@@ -131,17 +133,20 @@ class TransformerModel(MemoryModel):
         position: str = "rope",
         mixer_pattern: str = "attention",
         conv_kernel: int = 4,
+        conv_residual: bool = False,
     ) -> None:
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
         check_int("d_model", d_model)
         check_int("conv_kernel", conv_kernel)
+        if not isinstance(conv_residual, bool):
+            raise ValueError(f"conv_residual must be true or false, got {conv_residual!r}")
         check_heads(d_model, n_heads, position == "rope")
         kinds = parse_mixer_pattern(mixer_pattern, check_int("n_layers", n_layers))
 
         def make_mixer(i: int) -> Mixer:
             if kinds[i] == "conv":
-                return GatedConv(d_model, conv_kernel)
+                return GatedConv(d_model, conv_kernel, conv_residual)
             return SelfAttention(d_model, n_heads, rope=position == "rope")
 
         super().__init__(vocab_size, d_model, n_layers, make_mixer=make_mixer, mlp_ratio=mlp_ratio)
