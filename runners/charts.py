@@ -127,7 +127,7 @@ def _note(ax, text: str) -> None:
 def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Accuracy at the trained length against that length (log x), one line per family, a panel per task."""
     fig, axes = _panels(len(sweep.tasks), "Accuracy at the trained length")
-    any_failed = False
+    any_failed = any_capped = False
     for ax, task in zip(axes, sweep.tasks):
         cells = sweep.cells[(sweep.cells["task"] == task) & (sweep.cells["status"] != "missing")]
         for model in sweep.models:
@@ -138,21 +138,30 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
             failed = mine[mine["failed"] > 0]
             ax.scatter(failed["train_len"], failed["accuracy"], marker="x", s=60, color="black", zorder=5)
             any_failed |= not failed.empty
+            capped = mine[mine["timeouts"] > 0]
+            ax.scatter(capped["train_len"], capped["accuracy"], marker="o", s=110, facecolors="none",
+                       edgecolors="black", zorder=5)
+            any_capped |= not capped.empty
         ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
         _log2_axis(ax, sweep.cells.loc[sweep.cells["task"] == task, "train_len"])
         ax.set(title=task, xlabel="trained length (tokens)", ylabel="accuracy", ylim=(-0.03, 1.03))
     extra = [(Line2D([], [], color="grey", linestyle="--"), f"horizon threshold {THRESHOLD}")]
     if any_failed:
         extra.append((Line2D([], [], marker="x", color="black", linestyle=""), "a failed seed (counted 0)"))
+    if any_capped:
+        extra.append((Line2D([], [], marker="o", markerfacecolor="none", color="black", linestyle=""),
+                      "a seed stopped by its time cap (counted at its accuracy)"))
     _family_legend(fig, sweep, sweep.models, extra)
     return save_figure(fig, out_dir, "accuracy_vs_length")
 
 
 def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
-    """Family x trained length grid per task; each cell shows its accuracy ("*": a seed failed, "n/a": not run)."""
+    """Family x trained length grid per task; each cell shows its accuracy ("*": a seed failed, "+": a seed
+    stopped by its time cap, "n/a": not run)."""
     n_models = len(sweep.models)
     width = max(3.0, 0.6 * sweep.cells.groupby("task")["train_len"].nunique().max() + 1.5)
-    title = "Accuracy at the trained length, per family and length\n(*: a seed failed and counts 0;  n/a: not run)"
+    title = ("Accuracy at the trained length, per family and length\n"
+             "(*: a seed failed and counts 0;  +: a seed hit its time cap;  n/a: not run)")
     fig, axes = _panels(len(sweep.tasks), title, extra_width=1.0, panel=(width, 0.32 * n_models + 1.3))
     image = None
     for ax, task in zip(axes, sweep.tasks):
@@ -161,6 +170,7 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
         grid = cells.pivot(index="model", columns="train_len", values="accuracy").reindex(sweep.models)
         status = cells.pivot(index="model", columns="train_len", values="status").reindex(sweep.models)
         failed = cells.pivot(index="model", columns="train_len", values="failed").reindex(sweep.models)
+        capped = cells.pivot(index="model", columns="train_len", values="timeouts").reindex(sweep.models)
         values = np.ma.masked_where(status.to_numpy() == "missing", grid.to_numpy(dtype=float))
         image = ax.imshow(values, cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto")
         for i, model in enumerate(sweep.models):
@@ -169,7 +179,8 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
                     text, colour = "n/a", "black"
                 else:
                     value = grid.loc[model, length]
-                    text = f"{value:.2f}" + ("*" if failed.loc[model, length] else "")
+                    marks = ("*" if failed.loc[model, length] else "") + ("+" if capped.loc[model, length] else "")
+                    text = f"{value:.2f}{marks}"
                     colour = "white" if value < 0.6 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
         ax.set_xticks(range(len(lengths)), [str(int(v)) for v in lengths])

@@ -8,12 +8,12 @@ import sys
 import pandas as pd
 import pytest
 
-from runners.charts import CHARTS, draw_charts
+from runners.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
 from runners.figures import family_styles
 from runners.cli import main
 from runners.leaderboard import read_results
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, trial, write_sweep
+from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
 
 STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
          "training_curves"]
@@ -41,6 +41,23 @@ def test_heatmap_writes_the_values_in_and_marks_failures(drawn):
     svg = (drawn / "charts" / "heatmap.svg").read_text()
     for text in ("0.95", "0.30*", "n/a", "mlp", "lstm", "gru"):  # a failed seed marked, a missing cell n/a
         assert text in svg
+
+
+def test_a_timed_out_seed_is_marked_but_keeps_its_accuracy(tmp_path):
+    runs = known_runs()
+    capped = (runs["task"] == "copy") & (runs["model"] == "gru") & (runs["train_len"] == 128)
+    runs.loc[capped, ["status", "error"]] = ["timeout", "time cap 10s reached"]
+    sweep = Sweep.from_results(read_results(write_sweep(tmp_path / "sweep", runs)))
+    heatmap(sweep, tmp_path)
+    accuracy_vs_length(sweep, tmp_path)
+    svg = (tmp_path / "heatmap.svg").read_text()
+    assert "0.89+" in svg and "0.95+" not in svg and "+: a seed hit its time cap" in svg
+    assert "stopped by its time cap" in (tmp_path / "accuracy_vs_length.svg").read_text()
+    plain = Sweep.from_results(read_results(write_sweep(tmp_path / "plain")))
+    heatmap(plain, tmp_path / "plain")
+    accuracy_vs_length(plain, tmp_path / "plain")
+    assert "0.89+" not in (tmp_path / "plain" / "heatmap.svg").read_text()
+    assert "stopped by its time cap" not in (tmp_path / "plain" / "accuracy_vs_length.svg").read_text()
 
 
 def test_regenerating_gives_identical_leaderboard_and_svgs(drawn, capsys):
