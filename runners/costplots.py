@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
 from runners.figures import family_styles, save_figure
 
@@ -45,6 +45,14 @@ def compact_number(value: float) -> str:
     """Tick label: 0.5 -> '0.5', 200 -> '200', 1e9 -> '1e9', 2.5e-05 -> '2.5e-5'."""
     text = f"{value:g}"
     return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+class CompactLogFormatter(LogFormatter):
+    """Labels the ticks matplotlib's log formatter would (decades; some minor ticks on an axis spanning
+    under a decade) as `compact_number` writes them: '4' and '60' rather than 4x10^0 and 6x10^1."""
+
+    def __call__(self, x: float, pos=None) -> str:
+        return compact_number(x) if super().__call__(x, pos) else ""
 
 
 def _title_suffix(cost: pd.DataFrame) -> str:
@@ -126,7 +134,8 @@ def log_log_chart(cost: pd.DataFrame, fits: pd.DataFrame, column: str, fit_colum
                         markeredgecolor="black", linestyle="none")
     _length_axis(ax, cost["seq_len"])
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: compact_number(v)))
+    ax.yaxis.set_major_formatter(CompactLogFormatter())
+    ax.yaxis.set_minor_formatter(CompactLogFormatter(labelOnlyBase=False))
     _slope_guides(ax, cost["seq_len"])
     ax.set_ylabel(ylabel)
     ax.set_title(title + _title_suffix(cost))

@@ -70,6 +70,17 @@ def test_compact_tick_labels():
     assert [compact_number(v) for v in (0.5, 200, 1e9, 2.5e-05)] == ["0.5", "200", "1e9", "2.5e-5"]
 
 
+def test_a_narrow_log_axis_labels_its_minor_ticks_compactly():
+    cost = synthetic_cost(stop_quadratic_at=None)
+    cost = cost[cost["model"] == "rnn"].assign(ms_per_step=lambda d: d["batch_size"] * (3 + d["seq_len"] / 256))
+    fig = log_log_chart(cost, fit_costs(cost), "ms_per_step", "time_exponent", "ms", "time")  # 3.5 to 7 ms
+    fig.canvas.draw()  # FigureCanvasBase: the formatters run on draw
+    axis = fig.axes[0].yaxis
+    labels = [t.get_text() for t in axis.get_majorticklabels() + axis.get_minorticklabels() if t.get_text()]
+    assert {"4", "5", "6"} <= set(labels), labels
+    assert not [text for text in labels if "10^" in text or "times" in text], labels
+
+
 def test_charts_without_a_fit_table(tmp_path):
     """A sweep directory may hold cost.csv without cost_fit.csv: lines are drawn, legends carry no slope."""
     cost = synthetic_cost(stop_quadratic_at=None)
