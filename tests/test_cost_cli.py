@@ -34,6 +34,11 @@ def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):
         for fmt in ("png", "svg"):
             assert (out_dir / f"{stem}.{fmt}").stat().st_size > 1000
     assert "transformer" in out and "exponents" in out
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return  # the Parquet copies are optional (the `parquet` extra); CI installs it
+    assert pd.read_parquet(out_dir / "cost.parquet").equals(cost) and len(pd.read_parquet(out_dir / "cost_fit.parquet")) == 2
 
 
 @pytest.mark.parametrize(
