@@ -155,15 +155,29 @@ class TrialConfig:
 _LATER_FIELDS = {"early_stop": "train_len", "model_version": 1}  # field -> default, hashed only when set otherwise
 
 
+CODE_PATHS = ("memtasks", "models", "runners", "pyproject.toml")  # what a result depends on
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the checkout this code runs from, or '' outside a git checkout."""
+    """Short commit of the checkout this code runs from, '+dirty' when its code (CODE_PATHS) has
+    uncommitted changes, or '' outside a git checkout. Read once per process, when its first trial
+    starts, so commits made while a sweep runs do not relabel the code it loaded."""
+    return describe_checkout(Path(__file__).resolve().parent.parent)
+
+
+def describe_checkout(root: Path) -> str:
+    """'<short commit>[+dirty]' of the git checkout at `root` (see git_commit), '' if it is none."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=5)
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                                 cwd=root, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    if head.returncode != 0:
+        return ""
+    return head.stdout.strip() + ("+dirty" if changes.returncode == 0 and changes.stdout.strip() else "")
 
 
 def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False,
@@ -173,6 +187,7 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     `threads`: torch's intra-op threads for a trial on the CPU (None: leave torch's setting alone).
     """
     device = torch.device(device)
+    git_commit()  # read now, before training, not when the result is written
     model, outcome, memory, failure = None, None, metrics.PeakMemory(device), None
     try:
         with _cpu_threads(threads if device.type == "cpu" else None):

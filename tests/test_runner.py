@@ -9,6 +9,7 @@ Test-only tasks and models are registered here and removed from the registries a
 from __future__ import annotations
 
 import math
+import subprocess
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,7 +25,7 @@ from runners.spec import load_spec
 from runners.sweep import run_sweep
 from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from runners.train import lr_at, segment_schedule
-from runners.trial import EvalSlice, Segment, TrialConfig, run_trial
+from runners.trial import EvalSlice, Segment, TrialConfig, describe_checkout, run_trial
 
 
 @dataclass
@@ -400,3 +401,25 @@ def test_model_version_enters_the_trial_id_only_when_bumped(monkeypatch):
     monkeypatch.setattr(model_class(config.model), "version", 2)
     bumped = trial()
     assert bumped.model_version == 2 and bumped.trial_id != config.trial_id
+
+
+def test_the_commit_is_marked_dirty_only_for_uncommitted_code(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert describe_checkout(tmp_path) == ""  # not a checkout
+    git("init", "-q")
+    (tmp_path / "runners").mkdir()
+    (tmp_path / "runners" / "train.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert describe_checkout(tmp_path) == head
+    (tmp_path / "notes.md").write_text("b\n")  # not code
+    (tmp_path / "runners" / "new.py").write_text("y = 2\n")  # untracked
+    assert describe_checkout(tmp_path) == head
+    (tmp_path / "runners" / "train.py").write_text("x = 2\n")
+    assert describe_checkout(tmp_path) == head + "+dirty"
