@@ -246,7 +246,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The leaderboard table (one row per family, sorted by rank) and the task labels in column order.
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
-    (counted at their accuracy), missing_cells, then per task "<task> horizon" and "<task> mean_accuracy".
+    (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
+    length, counted 0: see runners/slices.py), then per task "<task> horizon" and "<task> mean_accuracy".
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
@@ -268,6 +269,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         row["failed_trials"] = int((~mine_trials["status"].isin(SCORED)).sum())
         row["timeout_trials"] = int((mine_trials["status"] == "timeout").sum())
         row["missing_cells"] = int((mine["status"] == "missing").sum())
+        # scored, but without a plain row at the trained length (e.g. only named slices): counted 0
+        row["unevaluated_trials"] = int((mine_trials["status"].isin(SCORED) & ~mine_trials["evaluated"]).sum())
         row["_horizons"] = sum(per_task[f"{t} horizon"] for t in tasks)
         rows.append({**row, **per_task})
     board = pd.DataFrame(rows)
@@ -331,7 +334,9 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
     for _, row in board.iterrows():
         flags = [f"{row[key]} {label}" for key, label in
                  (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
-                  ("missing_cells", "missing cell(s)")) if row[key]]
+                  ("missing_cells", "missing cell(s)"),
+                  ("unevaluated_trials", "trial(s) with no plain evaluation at the trained length: see slices.md"))
+                 if row[key]]
         per_task = [f"{int(row[f'{t} horizon']) or '-'} / {row[f'{t} mean_accuracy']:.3f}" for t in tasks]
         lines.append("| " + " | ".join([
             str(row["rank"]), str(row["model"]), f"{row['score']:.3f}", *per_task, f"{int(row['params']):,}",

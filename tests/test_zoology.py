@@ -272,3 +272,7 @@ def test_cpu_twin_learns_every_slice_and_records_time_to_accuracy(tmp_path, caps
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert curves["eval_accuracy"].notna().sum() == steps // trial.eval_every
     assert not math.isnan(curves["train_loss"].iloc[-1])
+    assert main(["charts", str(tmp_path)]) == 0  # the slice table: every slice of the one trial, and its min
+    table = pd.read_csv(tmp_path / "slices.csv")
+    assert len(table) == 1 and table["min"].iloc[0] == runs["accuracy"].min() >= 0.99
+    assert [c for c in table.columns if c.startswith("L")] == [s.name for s in trial.eval_slices]

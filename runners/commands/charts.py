@@ -1,4 +1,5 @@
-"""`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables.
+"""`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables,
+and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py).
 
 No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv (and cost.csv with
 cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
@@ -22,14 +23,20 @@ def publish(directory: str | Path) -> list[Path]:
     """
     from runners.charts import draw_charts
     from runners.leaderboard import read_results, write_leaderboard
+    from runners.slices import write_slices
 
     results = read_results(directory)
     written = write_leaderboard(results)
+    sliced = write_slices(results.runs, results.directory)
     charts = draw_charts(results, results.directory / "charts")
     text = written[0].read_text()
     print(text[text.index("| rank"):], end="")
-    print(f"wrote {written[0]}, {written[1].name} and {len(charts)} chart files in {results.directory / 'charts'}")
-    return written + charts
+    if sliced:
+        text = sliced[0].read_text()
+        print(text[text.index("| task"):], end="")
+    names = ", ".join(p.name for p in written[1:] + sliced)
+    print(f"wrote {written[0]}, {names} and {len(charts)} chart files in {results.directory / 'charts'}")
+    return written + sliced + charts
 
 
 def run(args) -> int:

@@ -1,0 +1,93 @@
+"""The slice table: one row per trial with its accuracy on every named evaluation slice, for sweeps whose
+evaluations are named slices (a recipe such as `zoology_mqar`) rather than plain lengths.
+
+A named slice is any runs.csv row whose `slice` is not the plain "L{eval_len}" (e.g. "L1024-kv256"). The
+leaderboard ranks plain evaluations at the trained length only; these rows are what `slices.md` and
+`slices.csv` show, beside the trial's time-to-accuracy and speed:
+
+    | model | d_model | ... | L64-kv4 | ... | L1024-kv256 | min | to threshold: s / steps / tokens |
+    | transformer | 64 | ... | 1.000 | ... | 0.993 | 0.993 | 1379.4 / 2,750 / 94,404,608 |
+
+Slice columns keep the order of the sweep's spec (their first appearance in runs.csv); `min` is the
+lowest of them. Files are a pure function of runs.csv, written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from runners.tables import atomic_write_bytes
+
+TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
+                 "ms_per_step", "tokens_per_second", "train_seconds", "time_to_accuracy_seconds",
+                 "time_to_accuracy_steps", "time_to_accuracy_tokens"]
+
+
+def named_slice_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs.csv evaluated on a named slice (not the plain "L{eval_len}")."""
+    plain = runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)
+    return runs[~plain]
+
+
+def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial that has named slices: TRIAL_COLUMNS, then one accuracy column per slice, then
+    `min` (the lowest slice accuracy). Empty when no row is a named slice."""
+    named = named_slice_rows(runs)
+    if named.empty:
+        return pd.DataFrame(columns=["trial_id", *TRIAL_COLUMNS, "min"])
+    slices = list(dict.fromkeys(named["slice"].astype(str)))
+    accuracy = named.pivot_table(index="trial_id", columns="slice", values="accuracy", aggfunc="first",
+                                 dropna=False).reindex(columns=slices)
+    trials = named.drop_duplicates("trial_id").set_index("trial_id")[TRIAL_COLUMNS]
+    table = trials.join(accuracy)
+    table["min"] = accuracy.reindex(table.index).min(axis=1)  # over the slices the trial was evaluated on
+    table = table.reset_index().sort_values(["task", "model", "d_model", "n_layers", "lr", "seed", "trial_id"])
+    return table.reset_index(drop=True)
+
+
+def _fixed(value, digits: int) -> str:
+    return "" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _count(value) -> str:
+    return "" if pd.isna(value) else f"{int(value):,}"
+
+
+def slices_markdown(table: pd.DataFrame) -> str:
+    """The slice table as Markdown: a row per trial, the slice accuracies, time-to-accuracy and speed."""
+    slices = [c for c in table.columns if c not in ("trial_id", *TRIAL_COLUMNS, "min")]
+    header = ["task", "model", "d_model", "layers", "lr", "seed", "params", "status", *slices, "min",
+              "to threshold: s / steps / tokens", "steps", "ms/step", "tokens/s"]
+    lines = [
+        "# membench slices",
+        "",
+        "Accuracy on every named evaluation slice, per trial (the leaderboard ranks plain evaluations at the "
+        "trained length only). **to threshold**: training seconds (evaluation excluded), steps and tokens until "
+        "every slice first reached the trial's `threshold` (0.99 in zoology_mqar); empty when it never did.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if h in ("task", "model", "status") else "---:" for h in header) + "|",
+    ]
+    for _, row in table.iterrows():
+        reached = " / ".join([_fixed(row["time_to_accuracy_seconds"], 1), _count(row["time_to_accuracy_steps"]),
+                              _count(row["time_to_accuracy_tokens"])])
+        cells = [row["task"], row["model"], _count(row["d_model"]), _count(row["n_layers"]), f"{row['lr']:g}",
+                 _count(row["seed"]), _count(row["params"]), row["status"],
+                 *[_fixed(row[s], 4) for s in slices], _fixed(row["min"], 4),
+                 reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
+                 _count(row["steps"]), _fixed(row["ms_per_step"], 1), _count(row["tokens_per_second"])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_slices(runs: pd.DataFrame, directory: Path) -> list[Path]:
+    """Write slices.md and slices.csv into `directory` when runs.csv has named slices; return their paths."""
+    table = slice_table(runs)
+    if table.empty:
+        return []
+    md, csv = Path(directory) / "slices.md", Path(directory) / "slices.csv"
+    atomic_write_bytes(csv, table.to_csv(index=False, lineterminator="\n").encode())
+    atomic_write_bytes(md, slices_markdown(table).encode())
+    return [md, csv]

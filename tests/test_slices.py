@@ -1,0 +1,64 @@
+"""The slice table (runners/slices.py) and the leaderboard's flag for trials evaluated on named slices only."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from runners.leaderboard import build_leaderboard, read_results
+from runners.slices import named_slice_rows, slice_table, write_slices
+from tests.helpers import run_cli
+from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+
+
+def sliced_only(trial_rows: list[dict], accuracies: dict[str, float], steps_to_threshold: float) -> list[dict]:
+    """A recipe-style trial: its plain rows replaced by named slices with these accuracies."""
+    base = trial_rows[0]
+    return [{**base, "slice": name, "eval_len": int(name[1:].split("-")[0]), "accuracy": acc,
+             "time_to_accuracy_steps": steps_to_threshold, "time_to_accuracy_seconds": 12.5,
+             "time_to_accuracy_tokens": 1e6} for name, acc in accuracies.items()]
+
+
+def recipe_runs() -> pd.DataFrame:
+    slices = {"L64-kv4": 1.0, "L64-kv16": 0.995, "L256-kv64": 0.97}
+    rows = sliced_only(trial("recall", "lstm", 64, 1.0, seed=0), slices, 200)
+    rows += sliced_only(trial("recall", "gru", 64, 1.0, seed=0), {**slices, "L256-kv64": 0.999}, math.nan)
+    return pd.DataFrame(rows, columns=RUNS_COLUMNS)
+
+
+def test_the_table_has_a_row_per_trial_and_a_column_per_slice_in_spec_order():
+    table = slice_table(recipe_runs())
+    assert table["model"].tolist() == ["gru", "lstm"]
+    slice_columns = [c for c in table.columns if c.startswith("L")]
+    assert slice_columns == ["L64-kv4", "L64-kv16", "L256-kv64"]
+    assert table.set_index("model").loc["lstm", "min"] == 0.97
+    assert table.set_index("model").loc["gru", "L256-kv64"] == 0.999
+
+
+def test_plain_rows_are_not_slices():
+    runs = known_runs()
+    assert set(named_slice_rows(runs)["slice"]) == {"L64-kv4", "L128-kv4", "L256-kv4"}
+    assert slice_table(runs.iloc[0:0]).empty
+
+
+def test_markdown_shows_time_to_accuracy_only_when_reached(tmp_path):
+    md, csv = write_slices(recipe_runs(), tmp_path)
+    text = md.read_text()
+    lstm = next(line for line in text.splitlines() if "| lstm |" in line)
+    gru = next(line for line in text.splitlines() if "| gru |" in line)
+    assert "| 1.0000 | 0.9950 | 0.9700 | 0.9700 | 12.5 / 200 / 1,000,000 |" in lstm
+    assert "| 0.9990 | 0.9950 |  |" in gru  # min 0.995, never reached the threshold
+    assert len(pd.read_csv(csv)) == 2
+    assert write_slices(known_runs().query("slice == 'L64'"), tmp_path / "none") == []
+
+
+def test_the_leaderboard_flags_trials_with_no_plain_evaluation(tmp_path, capsys):
+    board, _ = build_leaderboard(recipe_runs())
+    assert board["unevaluated_trials"].tolist() == [1, 1] and (board["score"] == 0).all()
+    assert (build_leaderboard(known_runs())[0]["unevaluated_trials"] == 0).all()
+    directory = write_sweep(tmp_path / "recipe", recipe_runs())
+    code, out, _ = run_cli(capsys, "charts", str(directory))
+    assert code == 0 and "no plain evaluation at the trained length: see slices.md" in out
+    assert "| recall | lstm |" in out and (directory / "slices.csv").is_file()
+    assert read_results(directory).runs.shape[0] == 6
