@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from runners.leaderboard import build_leaderboard, read_results
+from runners.leaderboard import build_leaderboard
 from runners.slices import named_slice_rows, slice_table, write_slices
 from tests.helpers import run_cli
 from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
@@ -15,7 +15,7 @@ from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
 def sliced_only(trial_rows: list[dict], accuracies: dict[str, float], steps_to_threshold: float) -> list[dict]:
     """A recipe-style trial: its plain rows replaced by named slices with these accuracies."""
     base = trial_rows[0]
-    return [{**base, "slice": name, "eval_len": int(name[1:].split("-")[0]), "accuracy": acc,
+    return [{**base, "trial_id": base["trial_id"] + "-recipe", "slice": name, "eval_len": int(name[1:].split("-")[0]), "accuracy": acc,
              "time_to_accuracy_steps": steps_to_threshold, "time_to_accuracy_seconds": 12.5,
              "time_to_accuracy_tokens": 1e6} for name, acc in accuracies.items()]
 
@@ -57,8 +57,16 @@ def test_the_leaderboard_flags_trials_with_no_plain_evaluation(tmp_path, capsys)
     board, _ = build_leaderboard(recipe_runs())
     assert board["unevaluated_trials"].tolist() == [1, 1] and (board["score"] == 0).all()
     assert (build_leaderboard(known_runs())[0]["unevaluated_trials"] == 0).all()
+    mixed = write_sweep(tmp_path / "mixed", pd.concat([known_runs(), recipe_runs()], ignore_index=True))
+    code, out, _ = run_cli(capsys, "charts", str(mixed))
+    assert code == 0 and "| rank | model |" in out and "| recall | lstm |" in out
+    assert "1 trial(s) with no plain evaluation at the trained length: see slices.md" in out
+    assert (mixed / "slices.csv").is_file() and (mixed / "leaderboard.md").is_file()
+
+
+def test_a_sweep_of_named_slices_only_gets_the_slice_table_alone(tmp_path, capsys):
     directory = write_sweep(tmp_path / "recipe", recipe_runs())
     code, out, _ = run_cli(capsys, "charts", str(directory))
-    assert code == 0 and "no plain evaluation at the trained length: see slices.md" in out
-    assert "| recall | lstm |" in out and (directory / "slices.csv").is_file()
-    assert read_results(directory).runs.shape[0] == 6
+    assert code == 0 and "named slices only: no leaderboard or charts" in out and "| recall | gru |" in out
+    assert (directory / "slices.md").is_file() and not (directory / "leaderboard.md").exists()
+    assert not (directory / "charts").exists()

@@ -273,6 +273,7 @@ def test_cpu_twin_learns_every_slice_and_records_time_to_accuracy(tmp_path, caps
     assert curves["eval_accuracy"].notna().sum() == steps // trial.eval_every
     assert not math.isnan(curves["train_loss"].iloc[-1])
     assert main(["charts", str(tmp_path)]) == 0  # the slice table: every slice of the one trial, and its min
+    assert not (tmp_path / "leaderboard.md").exists()  # named slices only: no leaderboard of zeros
     table = pd.read_csv(tmp_path / "slices.csv")
     assert len(table) == 1 and table["min"].iloc[0] == runs["accuracy"].min() >= 0.99
     assert [c for c in table.columns if c.startswith("L")] == [s.name for s in trial.eval_slices]

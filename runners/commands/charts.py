@@ -1,5 +1,6 @@
 """`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables,
-and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py).
+and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py); a sweep with
+named slices only gets the slice table alone.
 
 No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv (and cost.csv with
 cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
@@ -17,23 +18,28 @@ def add_arguments(parser) -> None:
 
 
 def publish(directory: str | Path) -> list[Path]:
-    """Write leaderboard.md, leaderboard.csv and charts/ into `directory`; print the table; return the files.
+    """Write leaderboard.md, leaderboard.csv and charts/ into `directory` (and slices.md / slices.csv when
+    the sweep has named slices); print the tables; return the files. A sweep evaluated on named slices
+    only (a recipe) gets its slice table alone: a leaderboard of plain evaluations would be all zeros.
 
     Raises UsageError, before writing anything, when the directory holds no usable runs.csv.
     """
     from runners.charts import draw_charts
     from runners.leaderboard import read_results, write_leaderboard
-    from runners.slices import write_slices
+    from runners.slices import named_slice_rows, write_slices
 
     results = read_results(directory)
-    written = write_leaderboard(results)
     sliced = write_slices(results.runs, results.directory)
-    charts = draw_charts(results, results.directory / "charts")
-    text = written[0].read_text()
-    print(text[text.index("| rank"):], end="")
     if sliced:
         text = sliced[0].read_text()
         print(text[text.index("| task"):], end="")
+    if len(named_slice_rows(results.runs)) == len(results.runs):
+        print(f"wrote {sliced[0]} and {sliced[1].name} (named slices only: no leaderboard or charts)")
+        return sliced
+    written = write_leaderboard(results)
+    charts = draw_charts(results, results.directory / "charts")
+    text = written[0].read_text()
+    print(text[text.index("| rank"):], end="")
     names = ", ".join(p.name for p in written[1:] + sliced)
     print(f"wrote {written[0]}, {names} and {len(charts)} chart files in {results.directory / 'charts'}")
     return written + sliced + charts
