@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from runners.leaderboard import (
     THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
 )
-from runners.figures import family_styles, save_figure
+from runners.figures import count_label, family_styles, save_figure
 
 # fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
 RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
@@ -316,6 +316,7 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set(title=f"{task} (length {longest})", xlabel="training tokens", ylabel="accuracy",
                ylim=(-0.03, 1.03))
+        ax.xaxis.set_major_formatter(FuncFormatter(count_label))  # '50k', not 50000 (labels collide)
     threshold = (Line2D([], [], color="grey", linestyle="--"), f"horizon threshold {THRESHOLD}")
     _family_legend(fig, sweep, [m for m in sweep.models if m in set(curves["model"])], [threshold])
     return save_figure(fig, out_dir, "training_curves")

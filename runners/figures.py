@@ -32,6 +32,14 @@ def family_styles(names) -> dict[str, dict]:
     }
 
 
+def count_label(value: float, _position=None) -> str:
+    """Tick label for a count: 50000 -> '50k', 1250000 -> '1.25M', 3e9 -> '3B', 512 -> '512'."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 130, **savefig) -> list[Path]:
     """Write `stem`.png and `stem`.svg atomically; the SVG carries no date, so redrawing the same figure
     gives the same bytes (with a fixed `svg.hashsalt`). Extra keyword arguments go to `savefig`."""

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from runners.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
-from runners.figures import family_styles
+from runners.figures import count_label, family_styles
 from runners.cli import main
 from runners.leaderboard import read_results
 from tests.helpers import run_cli
@@ -123,3 +123,8 @@ def test_cost_charts_are_drawn_from_cost_csv_when_their_module_is_there(tmp_path
     paths = draw_charts(read_results(directory), directory / "charts")
     assert set(STEMS) < {p.stem for p in paths} and any(p.stem.startswith("cost_") for p in paths)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+
+
+def test_count_labels_are_short():
+    assert [count_label(v) for v in (512, 50_000, 150_000, 1_250_000, 3e9, 0)] == [
+        "512", "50k", "150k", "1.25M", "3B", "0"]
