@@ -31,11 +31,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from runners.leaderboard import (
     THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
 )
-from runners.figures import count_label, family_styles, save_figure
+from runners.figures import RC, count_label, family_styles, save_figure
 
-# fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files, searchable labels)
-RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-      "axes.grid": True, "grid.alpha": 0.3}
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 PANEL = (4.0, 3.0)  # inches per task panel
 

@@ -11,6 +11,10 @@ from matplotlib.figure import Figure
 
 from runners.tables import atomic_write_bytes
 
+# the sweep charts' style; fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files,
+# searchable labels)
+RC = {"svg.hashsalt": "membench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+      "axes.grid": True, "grid.alpha": 0.3}
 MARKERS = "os^vDP*h<>pd"  # no "X": it marks where a family stopped
 
 
@@ -42,11 +46,12 @@ def count_label(value: float, _position=None) -> str:
 
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 130, **savefig) -> list[Path]:
     """Write `stem`.png and `stem`.svg atomically; the SVG carries no date, so redrawing the same figure
-    gives the same bytes (with a fixed `svg.hashsalt`). Extra keyword arguments go to `savefig`."""
+    gives the same bytes (its ids come from a fixed `svg.hashsalt`). Extra keyword arguments go to `savefig`."""
     paths = []
     for fmt, kwargs in (("png", {"dpi": dpi}), ("svg", {"metadata": {"Date": None}})):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, **kwargs, **savefig)
+        with matplotlib.rc_context({"svg.hashsalt": "membench"}):
+            fig.savefig(buffer, format=fmt, **kwargs, **savefig)
         path = out_dir / f"{stem}.{fmt}"
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)

@@ -51,6 +51,7 @@ REQUIRED = {
              "flops_per_step", "state_size", "status"],
     "lags": ["trial_id", "task", "model", "train_len", "eval_len", "lag_bucket", "accuracy", "count"],
     "curves": ["trial_id", "task", "model", "train_len", "step", "tokens", "eval_accuracy"],
+    "slice_curves": ["trial_id", "task", "slice", "step", "tokens", "accuracy"],
 }
 _STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model": str, "slice": str, "status": str,
                    "error": str, "device": str, "git_commit": str, "torch_version": str}
@@ -66,6 +67,7 @@ class Results:
     runs: pd.DataFrame
     lags: pd.DataFrame | None = None
     curves: pd.DataFrame | None = None
+    slice_curves: pd.DataFrame | None = None
     cost: pd.DataFrame | None = None
     cost_fit: pd.DataFrame | None = None
 
@@ -93,15 +95,16 @@ def read_results(directory: str | os.PathLike) -> Results:
     runs = _read_csv(directory / "runs.csv")
     if runs is None or runs.empty:
         raise UsageError(f"runs.csv in {directory} has no rows; run the sweep first")
-    tables = {name: _read_csv(directory / f"{name}.csv") for name in ("lags", "curves", "cost", "cost_fit")}
-    for name, table in (("runs", runs), ("lags", tables["lags"]), ("curves", tables["curves"])):
+    tables = {name: _read_csv(directory / f"{name}.csv")
+              for name in ("lags", "curves", "slice_curves", "cost", "cost_fit")}
+    for name, table in (("runs", runs), *((n, tables[n]) for n in ("lags", "curves", "slice_curves"))):
         missing = [c for c in REQUIRED[name] if table is not None and c not in table.columns]
         if missing:
             raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
                              f"it must follow the membench {name} schema")
     runs = runs.assign(task=task_labels(runs))
     label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
-    for name in ("lags", "curves"):  # these carry the bare task name: take the label from runs
+    for name in ("lags", "curves", "slice_curves"):  # these carry the bare task name: take the label from runs
         if tables[name] is not None:
             tables[name]["task"] = tables[name]["trial_id"].map(label).fillna(tables[name]["task"])
     return Results(directory, runs, **tables)

@@ -9,15 +9,22 @@ leaderboard ranks plain evaluations at the trained length only; these rows are w
     | transformer | 64 | ... | 1.000 | ... | 0.993 | 0.993 | 1379.4 / 2,750 / 94,404,608 |
 
 Slice columns keep the order of the sweep's spec (their first appearance in runs.csv); `min` is the
-lowest of them. Files are a pure function of runs.csv, written atomically.
+lowest of them. The chart `charts/slice_curves` draws slice_curves.csv: a panel per trial, a line per named
+slice, accuracy against training tokens (where each slice learns, and which one lags). Files are a pure
+function of the tables, written atomically.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from runners.figures import RC, count_label, save_figure
 from runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
@@ -91,3 +98,41 @@ def write_slices(runs: pd.DataFrame, directory: Path) -> list[Path]:
     atomic_write_bytes(csv, table.to_csv(index=False, lineterminator="\n").encode())
     atomic_write_bytes(md, slices_markdown(table).encode())
     return [md, csv]
+
+
+def slice_curves_chart(slice_curves: pd.DataFrame | None, named: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """charts/slice_curves.{png,svg}: a panel per trial with named slices (`named`: their runs rows), a line
+    per slice in the spec's order, accuracy at every evaluation against training tokens; [] without data."""
+    if slice_curves is None or slice_curves.empty or named.empty:
+        return []
+    curves = slice_curves[slice_curves["trial_id"].isin(set(named["trial_id"]))]
+    if curves.empty:
+        return []
+    with matplotlib.rc_context(RC):
+        return _draw_slice_curves(curves, named, Path(out_dir))
+
+
+def _draw_slice_curves(curves: pd.DataFrame, named: pd.DataFrame, out_dir: Path) -> list[Path]:
+    trials = named.drop_duplicates("trial_id").sort_values(["task", "model", "d_model", "seed", "trial_id"])
+    slices = list(dict.fromkeys(named["slice"].astype(str)))
+    colours = matplotlib.colormaps["viridis"]
+    cols = min(3, len(trials))
+    rows = math.ceil(len(trials) / cols)
+    fig = Figure(figsize=(4.0 * cols + 1.6, 3.0 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[len(trials):]:
+        ax.set_visible(False)
+    for ax, (_, trial) in zip(axes, trials.iterrows()):
+        mine = curves[curves["trial_id"] == trial["trial_id"]]
+        for i, name in enumerate(slices):
+            line = mine[mine["slice"] == name].sort_values("step")
+            if not line.empty:
+                ax.plot(line["tokens"], line["accuracy"], marker="o", markersize=3, linewidth=1.4,
+                        color=colours(0.9 * i / max(1, len(slices) - 1)), label=name)
+        ax.set(title=f"{trial['task']}: {trial['model']} d{int(trial['d_model'])} seed {int(trial['seed'])}",
+               xlabel="training tokens", ylabel="accuracy", ylim=(-0.03, 1.03))
+        ax.xaxis.set_major_formatter(FuncFormatter(count_label))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", title="slice", fontsize=8)
+    fig.suptitle("Accuracy on every named slice during training")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out_dir, "slice_curves")

@@ -1,11 +1,11 @@
 """Run a sweep: every trial of a spec on an executor, resumable, into a results directory.
 
     >>> spec = load_spec("smoke", None, {"models": ["lstm"]})
-    >>> runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs.csv, lags.csv, curves.csv
+    >>> runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
     >>> runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
 
 Trials already in the directory (by trial_id) are skipped; after each finished trial its file is written
-and the three tables are rebuilt from every trial file in the directory (see runners.tables), so a
+and the tables are rebuilt from every trial file in the directory (see runners.tables), so a
 directory can collect several sweeps and a killed sweep resumes where it stopped.
 """
 

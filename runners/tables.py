@@ -2,8 +2,9 @@
 
 Layout of a sweep directory:
 
-    trials/<trial_id>.json   one per finished trial: {"trial_id", "config", "runs", "lags", "curves"}
-    runs.csv   lags.csv   curves.csv   (+ .parquet beside each when pyarrow is importable)
+    trials/<trial_id>.json   one per finished trial: {"trial_id", "config", "runs", "lags", "curves",
+                             "slice_curves"}
+    runs.csv   lags.csv   curves.csv   slice_curves.csv   (+ .parquet beside each when pyarrow is importable)
 
 Crash safety: every file is written to a temporary file in the same directory and moved into place with
 os.replace (atomic on POSIX and Windows). A trial's file is written first, then the tables are rebuilt from
@@ -11,8 +12,9 @@ all trial files; so a kill at any moment loses at most the trial in flight, a ta
 old or the new complete file, and rows cannot be duplicated (they are keyed by trial_id). Temporary files
 start with `.tmp-` and are ignored (and removed by the next sweep).
 
-Column order is fixed (RUNS_COLUMNS, LAGS_COLUMNS, CURVES_COLUMNS); the leaderboard and charts read only
-these tables.
+Column order is fixed (RUNS_COLUMNS, LAGS_COLUMNS, CURVES_COLUMNS, SLICE_CURVES_COLUMNS); the leaderboard and
+charts read only these tables. slice_curves (every slice's accuracy at every evaluation) came later: trial
+files written before it have none, and their trials add no rows.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ RUNS_COLUMNS = [
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
 CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
                   "eval_accuracy"]
-TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS}
+SLICE_CURVES_COLUMNS = ["trial_id", "task", "model", "d_model", "train_len", "seed", "slice", "eval_len", "step",
+                        "seconds", "tokens", "accuracy"]
+TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, "slice_curves": SLICE_CURVES_COLUMNS}
 TRIALS_DIR = "trials"
 _TMP = ".tmp-"
 # row order of every table: by these columns where present, then trial order within a trial
@@ -94,10 +98,10 @@ def remove_temporaries(out_dir: Path) -> None:
 
 
 def frames(trials: dict[str, dict]) -> dict[str, pd.DataFrame]:
-    """The three tables (schema column order) from trial payloads."""
+    """The tables (schema column order) from trial payloads."""
     result = {}
     for name, columns in TABLES.items():
-        rows = [row for payload in trials.values() for row in payload[name]]
+        rows = [row for payload in trials.values() for row in payload.get(name, [])]
         df = pd.DataFrame(rows, columns=columns)
         keys = [c for c in _SORT if c in columns]
         df = df.sort_values(keys, kind="stable", ignore_index=True) if len(df) else df

@@ -72,6 +72,7 @@ class TrainOutcome:
     slices: dict = field(default_factory=dict)  # slice name -> metrics.SliceResult (final evaluation)
     time_to_accuracy: dict = field(default_factory=dict)  # seconds, steps, tokens; empty if never reached
     curve: list[dict] = field(default_factory=list)  # step, seconds, tokens, train_loss, eval_accuracy
+    slice_curve: list[dict] = field(default_factory=list)  # step, seconds, tokens, slice, accuracy: every eval
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
@@ -219,6 +220,8 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
         }
         clock.resume()
         accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
+        out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
+                            for name, a in accuracy.items()]
         point(step, seconds)["eval_accuracy"] = sum(accuracy[n] for n in at_train_len) / len(at_train_len)
         reached = {name for name, a in accuracy.items() if a >= config.threshold}
         if not out.time_to_accuracy and reached == set(accuracy):

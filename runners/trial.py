@@ -1,9 +1,10 @@
 """One trial: (task + params, model + size, train length, seed, learning rate, budget) -> result rows.
 
 A `TrialConfig` says WHAT is measured; `run_trial(config, device, compile)` says WHERE and HOW, and
-returns a JSON-ready payload with the trial's rows of the three results tables:
+returns a JSON-ready payload with the trial's rows of the four results tables:
 
-    {"trial_id": ..., "config": {...}, "runs": [row per eval slice], "lags": [...], "curves": [...]}
+    {"trial_id": ..., "config": {...}, "runs": [row per eval slice], "lags": [...], "curves": [...],
+     "slice_curves": [row per eval slice per evaluation]}
 
 Training data may be a mixture of `Segment`s (seq_len, task params, weight; one segment per step,
 drawn in proportion to its weight) and evaluation is a list of named `EvalSlice`s (seq_len, task
@@ -228,6 +229,7 @@ def _payload(config: TrialConfig, model, outcome: TrainOutcome | None, status: s
         "runs": _runs_rows(config, model, outcome, status, error, peak_mb, device),
         "lags": _lag_rows(config, outcome),
         "curves": _curve_rows(config, outcome),
+        "slice_curves": _slice_curve_rows(config, outcome),
     }
 
 
@@ -315,6 +317,17 @@ def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
         for bucket, (correct, count) in sorted(buckets.items())
     ]
     return [{c: row[c] for c in LAGS_COLUMNS} for row in rows]
+
+
+def _slice_curve_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
+    if outcome is None:
+        return []
+    lengths = {s.name: s.seq_len for s in config.eval_slices}
+    return [{"trial_id": config.trial_id, "task": config.task, "model": config.model, "d_model": config.d_model,
+             "train_len": config.train_len, "seed": config.seed, "slice": point["slice"],
+             "eval_len": lengths[point["slice"]], "step": point["step"], "seconds": point["seconds"],
+             "tokens": point["tokens"], "accuracy": point["accuracy"]}
+            for point in outcome.slice_curve]
 
 
 def _curve_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:

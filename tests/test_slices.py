@@ -9,6 +9,7 @@ import pandas as pd
 from runners.leaderboard import build_leaderboard
 from runners.slices import named_slice_rows, slice_table, write_slices
 from tests.helpers import run_cli
+from runners.tables import SLICE_CURVES_COLUMNS
 from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
 
 
@@ -67,6 +68,24 @@ def test_the_leaderboard_flags_trials_with_no_plain_evaluation(tmp_path, capsys)
 def test_a_sweep_of_named_slices_only_gets_the_slice_table_alone(tmp_path, capsys):
     directory = write_sweep(tmp_path / "recipe", recipe_runs())
     code, out, _ = run_cli(capsys, "charts", str(directory))
-    assert code == 0 and "named slices only: no leaderboard or charts" in out and "| recall | gru |" in out
+    assert code == 0 and "named slices only: no leaderboard or other charts" in out and "| recall | gru |" in out
     assert (directory / "slices.md").is_file() and not (directory / "leaderboard.md").exists()
     assert not (directory / "charts").exists()
+
+
+def test_slice_curves_are_drawn_for_the_trials_with_named_slices(tmp_path, capsys):
+    runs = recipe_runs()
+    directory = write_sweep(tmp_path / "recipe", runs)
+    points = [{"trial_id": t, "task": "recall", "model": m, "d_model": 32, "train_len": 64, "seed": 0,
+               "slice": name, "eval_len": 64, "step": step, "seconds": step / 10, "tokens": step * 512,
+               "accuracy": min(1.0, step / 300)}
+              for t, m in runs[["trial_id", "model"]].drop_duplicates().itertuples(index=False)
+              for name in ("L64-kv4", "L64-kv16", "L256-kv64") for step in (100, 200, 300)]
+    pd.DataFrame(points, columns=SLICE_CURVES_COLUMNS).to_csv(directory / "slice_curves.csv", index=False)
+    code, out, _ = run_cli(capsys, "charts", str(directory))
+    svg = (directory / "charts" / "slice_curves.svg").read_text()
+    assert code == 0 and "slice_curves.png" in out
+    assert all(text in svg for text in ("L64-kv4", "L256-kv64", "recall: gru d32 seed 0", "recall: lstm d32 seed 0"))
+    first = (directory / "charts" / "slice_curves.svg").read_bytes()
+    run_cli(capsys, "charts", str(directory))
+    assert (directory / "charts" / "slice_curves.svg").read_bytes() == first  # byte-stable

@@ -26,15 +26,17 @@ def publish(directory: str | Path) -> list[Path]:
     """
     from runners.charts import draw_charts
     from runners.leaderboard import read_results, write_leaderboard
-    from runners.slices import named_slice_rows, write_slices
+    from runners.slices import named_slice_rows, slice_curves_chart, write_slices
 
     results = read_results(directory)
+    named = named_slice_rows(results.runs)
     sliced = write_slices(results.runs, results.directory)
     if sliced:
         text = sliced[0].read_text()
         print(text[text.index("| task"):], end="")
-    if len(named_slice_rows(results.runs)) == len(results.runs):
-        print(f"wrote {sliced[0]} and {sliced[1].name} (named slices only: no leaderboard or charts)")
+        sliced += slice_curves_chart(results.slice_curves, named, results.directory / "charts")
+    if len(named) == len(results.runs):
+        print(f"wrote {', '.join(str(p) for p in sliced)} (named slices only: no leaderboard or other charts)")
         return sliced
     written = write_leaderboard(results)
     charts = draw_charts(results, results.directory / "charts")

@@ -63,5 +63,5 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
     print(format_summary(runs))
-    print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv")
+    print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv, slice_curves.csv")
     return 0
