@@ -132,7 +132,11 @@ def _draw_slice_curves(curves: pd.DataFrame, named: pd.DataFrame, out_dir: Path)
         ax.set(title=f"{trial['task']}: {trial['model']} d{int(trial['d_model'])} seed {int(trial['seed'])}",
                xlabel="training tokens", ylabel="accuracy", ylim=(-0.03, 1.03))
         ax.xaxis.set_major_formatter(FuncFormatter(count_label))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", title="slice", fontsize=8)
+    handles = {}  # every slice any panel drew, in the spec's order
+    for ax in axes[:len(trials)]:
+        handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles})
+    ordered = [name for name in slices if name in handles]
+    fig.legend([handles[n] for n in ordered], ordered, loc="outside right center", title="slice", fontsize=8)
     fig.suptitle("Accuracy on every named slice during training")
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out_dir, "slice_curves")
