@@ -2,7 +2,7 @@
 and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py); a sweep with
 named slices only gets the slice table alone.
 
-No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv (and cost.csv with
+No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv, slice_curves.csv (and cost.csv with
 cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
 """
 
