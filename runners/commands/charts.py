@@ -1,9 +1,9 @@
 """`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables,
 and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py); a sweep with
-named slices only gets the slice table alone.
+named slices only gets the slice table and its chart alone.
 
-No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv, slice_curves.csv (and cost.csv with
-cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
+No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv, slice_curves.csv
+(and cost.csv with cost_fit.csv when present), so running it twice gives identical leaderboard files and SVGs.
 """
 
 from __future__ import annotations
