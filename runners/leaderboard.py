@@ -283,7 +283,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def _number(value: float, digits: int) -> str:
+def fixed(value: float, digits: int) -> str:
+    """`value` with `digits` decimals; '' for a missing value (None or NaN)."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
@@ -292,9 +293,9 @@ def leaderboard_csv(board: pd.DataFrame) -> str:
     out = board.copy()
     for column in out.columns:
         if column == "score" or column.endswith("mean_accuracy"):
-            out[column] = out[column].map(lambda v: _number(v, 4))
+            out[column] = out[column].map(lambda v: fixed(v, 4))
         elif column == "train_seconds":
-            out[column] = out[column].map(lambda v: _number(v, 2))
+            out[column] = out[column].map(lambda v: fixed(v, 2))
     return out.to_csv(index=False, lineterminator="\n")
 
 

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from runners.figures import RC, count_label, save_figure
+from runners.leaderboard import fixed
 from runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
@@ -54,10 +55,6 @@ def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _fixed(value, digits: int) -> str:
-    return "" if pd.isna(value) else f"{value:.{digits}f}"
-
-
 def _count(value) -> str:
     return "" if pd.isna(value) else f"{int(value):,}"
 
@@ -78,13 +75,13 @@ def slices_markdown(table: pd.DataFrame) -> str:
         "|" + "|".join("---" if h in ("task", "model", "status") else "---:" for h in header) + "|",
     ]
     for _, row in table.iterrows():
-        reached = " / ".join([_fixed(row["time_to_accuracy_seconds"], 1), _count(row["time_to_accuracy_steps"]),
+        reached = " / ".join([fixed(row["time_to_accuracy_seconds"], 1), _count(row["time_to_accuracy_steps"]),
                               _count(row["time_to_accuracy_tokens"])])
         cells = [row["task"], row["model"], _count(row["d_model"]), _count(row["n_layers"]), f"{row['lr']:g}",
                  _count(row["seed"]), _count(row["params"]), row["status"],
-                 *[_fixed(row[s], 4) for s in slices], _fixed(row["min"], 4),
+                 *[fixed(row[s], 4) for s in slices], fixed(row["min"], 4),
                  reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
-                 _count(row["steps"]), _fixed(row["ms_per_step"], 1), _count(row["tokens_per_second"])]
+                 _count(row["steps"]), fixed(row["ms_per_step"], 1), _count(row["tokens_per_second"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
