@@ -28,6 +28,7 @@ from torch import nn
 
 from memtasks.base import check_int
 from models import MemoryModel, Mixer, linear_flops, register_model
+from models.families.transformer import check_heads
 from models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6
@@ -90,10 +91,8 @@ class LinearAttentionModel(MemoryModel):
         chunk_size: int = 64,
         mlp_ratio: int = 4,
     ) -> None:
-        check_int("n_heads", n_heads)
         check_int("chunk_size", chunk_size)
-        if isinstance(d_model, int) and d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        check_heads(check_int("d_model", d_model), n_heads, rope=False)
         super().__init__(
             vocab_size, d_model, n_layers, lambda i: LinearAttention(d_model, n_heads, chunk_size), mlp_ratio=mlp_ratio
         )
