@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from memtasks.base import IGNORE, NO_LAG, Batch, Task, check_int, eval_seed, make_generator, train_seed
-from memtasks.registry import Registry, UnknownNameError
+from membench.checks import ConfigError
+from membench.memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, train_seed
+from membench.registry import Registry, UnknownNameError
 
-TASKS: Registry[type[Task]] = Registry("task", package="memtasks.tasks")
+TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks")
 register_task = TASKS.register
 
 
@@ -40,13 +41,13 @@ def get_task(name: str, **params) -> Task:
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in params:
         if key not in fields:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown param {key!r} for task {name}; valid params: {', '.join(fields) or 'none'}"
             )
     return cls(**params)
 
 
 __all__ = [
-    "IGNORE", "NO_LAG", "Batch", "Task", "TASKS", "check_int", "UnknownNameError", "eval_seed", "get_task",
+    "IGNORE", "NO_LAG", "Batch", "Task", "TASKS", "UnknownNameError", "eval_seed", "get_task",
     "list_tasks", "make_generator", "register_task", "task_class", "train_seed",
 ]

@@ -16,20 +16,11 @@ from typing import ClassVar
 
 import torch
 
+from membench.checks import ConfigError, check_int
+
 IGNORE = -100  # target value at positions that are not scored (torch's cross-entropy default)
 NO_LAG = -1  # lag value at positions that are not scored
 _STREAM_BITS = 31
-
-
-def check_int(label: str, value: object, minimum: int = 1, none_means: str | None = None) -> object:
-    """Return `value` if it is an int >= `minimum` (or None, when `none_means` says what None does);
-    else raise ValueError naming `label` and what is allowed."""
-    if value is None and none_means is not None:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (f" or None ({none_means})" if none_means else "")
-        raise ValueError(f"{label} must be {allowed}, got {value!r}")
-    return value
 
 
 def train_seed(run_seed: int, step: int) -> int:
@@ -103,7 +94,7 @@ class Task:
     def check_length(self, seq_len: int) -> None:
         """Raise ValueError if `seq_len` is impossible with these params (the message says why)."""
         if seq_len < self.min_length():
-            raise ValueError(
+            raise ConfigError(
                 f"seq_len={seq_len} is too short for task {self.name} with {self.describe_params()}; "
                 f"the minimum is {self.min_length()}"
             )
@@ -126,9 +117,8 @@ class Task:
     # --- shared behaviour ------------------------------------------------------------------
     def sample(self, batch_size: int, seq_len: int, seed: int, device: torch.device | str = "cpu") -> Batch:
         """Draw `batch_size` sequences of length `seq_len` on `device`, deterministically from `seed`."""
-        for label, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_int("batch_size", batch_size)
+        check_int("seq_len", seq_len)
         self.check_length(seq_len)
         device = torch.device(device)
         return self._generate(batch_size, seq_len, make_generator(seed, device), device)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import inspect
 
-from memtasks.registry import Registry, UnknownNameError
-from models.base import MLP, Block, MemoryModel, Mixer, linear_flops
+from membench.checks import ConfigError
+from membench.models.base import MLP, Block, MemoryModel, Mixer, linear_flops
+from membench.registry import Registry, UnknownNameError
 
-MODELS: Registry[type[MemoryModel]] = Registry("model", package="models.families")
+MODELS: Registry[type[MemoryModel]] = Registry("model", package="membench.models.families")
 _BASE_ARGS = ("vocab_size", "d_model", "n_layers")
 
 
@@ -56,7 +57,7 @@ def build_model(name: str, vocab_size: int, d_model: int = 64, n_layers: int = 2
     valid = family_params(name)
     for key in params:
         if key not in valid:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown param {key!r} for model {name}; valid params: "
                 f"{', '.join([*_BASE_ARGS[1:], *valid]) }"
             )
@@ -83,7 +84,7 @@ def params_matched(
     def count(width: int) -> int | None:
         try:
             return build_model(name, vocab_size, d_model=width, n_layers=n_layers, **params).num_params()
-        except ValueError:
+        except ConfigError:
             return None  # a width this family does not allow
 
     def error(width: int) -> float:
@@ -102,7 +103,7 @@ def params_matched(
     nearby = range(max(1, lo * multiple - multiple), hi * multiple + multiple + 1)
     best = min(nearby, key=lambda w: (error(w), w % multiple != 0))  # closest; a multiple on ties
     if error(best) > tolerance * target_params:
-        raise ValueError(
+        raise ConfigError(
             f"model {name} cannot be matched to {target_params} params within {tolerance:.0%} "
             f"(closest: d_model={best} with {count(best)} params); change n_layers or the target"
         )

@@ -22,6 +22,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from membench.checks import ConfigError, check_int
+
 PATHS = ("fast", "reference")
 
 
@@ -110,10 +112,8 @@ class MemoryModel(nn.Module):
     ) -> None:
         super().__init__()
         for label, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int) or mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio must be an integer >= 0 (0 = no MLP), got {mlp_ratio!r}")
+            check_int(label, value)
+        check_int("mlp_ratio", mlp_ratio, 0)  # 0 = no MLP
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp_ratio) for i in range(n_layers))
@@ -136,7 +136,7 @@ class MemoryModel(nn.Module):
     def set_path(self, path: str) -> "MemoryModel":
         """Choose the fast path or the readable reference path in every mixer; returns self."""
         if path not in PATHS:
-            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+            raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         for module in self.modules():
             if isinstance(module, Mixer):
                 module.path = path

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtasks.base import check_int
-from models.base import PATHS
+from membench.checks import ConfigError, check_int
+from membench.models.base import PATHS
 
 
 class ShortConv(nn.Module):
@@ -68,7 +68,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
+            raise ConfigError(f"rotary embeddings need an even head width, got {head_dim}")
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
@@ -113,7 +113,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, path: st
     with the explicit lower-triangular mask.
     """
     if path not in PATHS:
-        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
     if path == "reference":
         return attention_reference(q, k, v, causal_mask(q.shape[-2], q.device))
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memtasks.base import check_int
-
+from membench.checks import check_int
 
 
 def carry_dtype(x: torch.Tensor) -> torch.dtype:

@@ -28,10 +28,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from runners.leaderboard import (
-    THRESHOLD, Results, cell_table, chosen_trials, model_order, task_order, trial_table,
+from membench.runners.figures import RC, count_label, family_styles, save_figure
+from membench.runners.leaderboard import (
+    THRESHOLD,
+    Results,
+    cell_table,
+    chosen_trials,
+    model_order,
+    task_order,
+    trial_table,
 )
-from runners.figures import RC, count_label, family_styles, save_figure
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 PANEL = (4.0, 3.0)  # inches per task panel
@@ -324,9 +330,9 @@ def cost_charts(results: Results, out_dir: Path) -> list[Path]:
     if results.cost is None or results.cost.empty:
         return []
     try:
-        from runners.costplots import draw_cost_charts
+        from membench.runners.costplots import draw_cost_charts
     except ModuleNotFoundError as err:
-        if err.name != "runners.costplots":
+        if err.name != "membench.runners.costplots":
             raise
         return []
     fits = results.cost_fit if results.cost_fit is not None else pd.DataFrame()

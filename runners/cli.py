@@ -1,8 +1,9 @@
 """The `membench` command line. Each subcommand is a module in `runners/commands/` that defines
 `HELP`, `add_arguments(parser)` and `run(args) -> int`; modules are discovered by name.
 
-Bad input never produces a traceback: `UsageError` and `ValueError` raised while handling a command
-are printed as one line `membench: error: ...` and the exit code is 2.
+Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
+spec setting) raised while handling a command are printed as one line `membench: error: ...` and the exit
+code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import importlib
 import pkgutil
 import sys
 
-from runners import commands
-from runners.errors import UsageError
+from membench.checks import ConfigError
+from membench.runners import commands
+from membench.runners.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="membench", description="Measure the short-term memory of sequence models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"runners.commands.{info.name}")
+        module = importlib.import_module(f"membench.runners.commands.{info.name}")
         command = sub.add_parser(info.name.replace("_", "-"), help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(handler=module.run)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, ValueError) as err:
+    except (UsageError, ConfigError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held
         sys.stderr.write(f"membench: error: {message}\n")
         return 2

@@ -48,11 +48,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from models import build_model
-from runners import costplots
-from runners.fit import fit_costs
-from runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
-from runners.tables import write_tables
+from membench.checks import ConfigError
+from membench.models import build_model
+from membench.runners import costplots
+from membench.runners.fit import fit_costs
+from membench.runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
+from membench.runners.tables import write_tables
 
 COST_COLUMNS = [
     "model", "seq_len", "batch_size", "ms_per_step", "peak_memory_mb", "flops", "attention_flops",
@@ -82,16 +83,16 @@ class CostConfig:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError("no models to measure; name at least one (see `membench models`)")
+            raise ConfigError("no models to measure; name at least one (see `membench models`)")
         if not self.lengths or any(n < 1 for n in self.lengths) or list(self.lengths) != sorted(set(self.lengths)):
-            raise ValueError(f"lengths must be distinct positive integers in ascending order, got {self.lengths}")
+            raise ConfigError(f"lengths must be distinct positive integers in ascending order, got {self.lengths}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         for label in ("batch_tokens", "d_model", "n_layers", "repeats", "warmup", "vocab_size"):
             if getattr(self, label) < 1:
-                raise ValueError(f"{label} must be a positive integer, got {getattr(self, label)!r}")
+                raise ConfigError(f"{label} must be a positive integer, got {getattr(self, label)!r}")
         if not self.time_cap > 0:
-            raise ValueError(f"time_cap must be a positive number of seconds, got {self.time_cap!r}")
+            raise ConfigError(f"time_cap must be a positive number of seconds, got {self.time_cap!r}")
         resolve_device(self.device)
 
 
@@ -117,9 +118,9 @@ def length_ladder(max_length: int) -> list[int]:
 def resolve_device(name: str) -> torch.device:
     """'cpu' or 'cuda' -> a torch.device; ValueError when it is unknown or not present here."""
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda, got {name!r}")
+        raise ConfigError(f"--device must be cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
     return torch.device(name)
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
-from runners.figures import family_styles, save_figure
+from membench.runners.figures import family_styles, save_figure
 
 SAVE = {"dpi": 150, "bbox_inches": "tight"}  # the footnote sits below the axes
 # (file stem, cost column divided by batch_size, cost_fit column, y label, title)

@@ -14,31 +14,23 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterable, Iterator
 
 import torch
 
-from memtasks.registry import unknown_name_message
-from runners.errors import UsageError
-from runners.trial import TrialConfig, failed_trial, run_trial
+from membench.checks import check_device
+from membench.registry import unknown_name_message
+from membench.runners.errors import UsageError
+from membench.runners.trial import TrialConfig, failed_trial, run_trial
 
 EXECUTORS = ("local", "ray")
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _NO_GRAPHS = "compile cuda_graphs needs a CUDA device; on the CPU use none or torch_compile"
-
-
-def check_device_name(value: str, where: str = "device") -> str:
-    """The device string if it is well formed (auto, cpu, cuda, cuda:N), else ValueError."""
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        raise ValueError(f"{where} must be auto, cpu, cuda or cuda:N, got {value!r}")
-    return value
 
 
 def local_devices(device: str) -> list[str]:
     """The devices of this machine a sweep uses; UsageError when CUDA is asked for and absent."""
-    check_device_name(device)
+    check_device("device", device)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "auto":
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
@@ -142,7 +134,7 @@ def make_executor(name: str, device: str = "auto", compile: str = "none", addres
     """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray."""
     if name not in EXECUTORS:
         raise UsageError(unknown_name_message("executor", name, list(EXECUTORS)))
-    check_device_name(device)
+    check_device("device", device)
     if name == "ray":
         return RayExecutor(device, compile, address, threads)
     if address is not None:

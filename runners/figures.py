@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from runners.tables import atomic_write_bytes
+from membench.runners.tables import atomic_write_bytes
 
 # the sweep charts' style; fixed hash salt: stable SVG ids; fonttype none: text stays text (smaller files,
 # searchable labels)
@@ -23,7 +23,7 @@ def family_styles(names) -> dict[str, dict]:
 
     The palette is tab20's dark shades then its light ones, so the first ten families get ten distinct hues.
     """
-    from models import list_models
+    from membench.models import list_models
 
     registered = list_models()
     wanted = set(names)

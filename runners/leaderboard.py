@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runners.errors import UsageError
-from runners.tables import atomic_write_bytes
+from membench.runners.errors import UsageError
+from membench.runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
 SCORED = ("ok", "timeout")  # trial statuses whose measured accuracy counts; any other counts 0
@@ -150,14 +150,14 @@ def ordered(names, registered: list[str]) -> list[str]:
 
 
 def model_order(names) -> list[str]:
-    from models import list_models
+    from membench.models import list_models
 
     return ordered(names, list_models())
 
 
 def task_order(names) -> list[str]:
     """Task labels in registry order of their base name, variants alphabetically within a task."""
-    from memtasks import list_tasks
+    from membench.memtasks import list_tasks
 
     registered = list_tasks()
     rank = {name: i for i, name in enumerate(registered)}

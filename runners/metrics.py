@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from memtasks import eval_seed
+from membench.memtasks import eval_seed
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import typing
 
-from runners.errors import UsageError
+from membench.runners.errors import UsageError
 
 
 def positive_int(text: str, label: str = "value") -> int:

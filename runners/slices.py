@@ -24,9 +24,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from runners.figures import RC, count_label, save_figure
-from runners.leaderboard import fixed
-from runners.tables import atomic_write_bytes
+from membench.runners.figures import RC, count_label, save_figure
+from membench.runners.leaderboard import fixed
+from membench.runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
                  "ms_per_step", "tokens_per_second", "train_seconds", "time_to_accuracy_seconds",

@@ -78,23 +78,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from memtasks import get_task, list_tasks, task_class
-from memtasks.registry import unknown_name_message
-from models import family_params, list_models, model_class, params_matched
-from runners.executors import EXECUTORS, check_device_name
-from runners.train import COMPILE_MODES
-from runners.trial import EARLY_STOPS, EvalSlice, Segment, TrialConfig
+from membench import checks
+from membench.checks import ConfigError
+from membench.memtasks import get_task, list_tasks, task_class
+from membench.models import family_params, list_models, model_class, params_matched
+from membench.registry import unknown_name_message
+from membench.runners.executors import EXECUTORS
+from membench.runners.train import COMPILE_MODES
+from membench.runners.trial import EARLY_STOPS, EvalSlice, Segment, TrialConfig
 
 
 def _shipped() -> dict[str, str]:
     """Name -> TOML text of every spec in runners/presets/."""
-    folder = resources.files("runners") / "presets"
+    folder = resources.files("membench.runners") / "presets"
     return {p.name.removesuffix(".toml"): p.read_text() for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
@@ -104,89 +105,37 @@ RECIPES: tuple[str, ...] = tuple(n for n in SPECS if "recipe" in tomllib.loads(_
 PRESETS: tuple[str, ...] = tuple(n for n in SPECS if n not in RECIPES)  # --preset NAME
 
 
-# --- value checks: each returns the value or raises ValueError(where: what is wrong) ------------------
-def _int(low: int):
-    def check(value, where):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{where} must be an integer >= {low}, got {value!r}")
-        return value
-    return check
-
-
-def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
-    def check(value, where):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-        if not ok:
-            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-            raise ValueError(f"{where} must be a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
-        return float(value)
-    return check
-
-
-def _list_of(item, allow_empty: bool = False):
-    def check(value, where):
-        if not isinstance(value, list) or (not value and not allow_empty):
-            raise ValueError(f"{where} must be a {'' if allow_empty else 'non-empty '}list, got {value!r}")
-        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return check
-
-
-def _choice(valid: tuple[str, ...]):
-    def check(value, where):
-        if value not in valid:
-            raise ValueError(f"{where} must be one of {', '.join(valid)}, got {value!r}")
-        return value
-    return check
-
-
-def _text(value, where):
-    if not isinstance(value, str):
-        raise ValueError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-def _table(value, where):
-    if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a table, got {value!r}")
-    return value
-
-
-def _device(value, where):
-    return check_device_name(_text(value, where), where)
-
-
 # settings: key -> (check, default)
 SETTINGS = {
-    "lengths": (_list_of(_int(1)), [64, 128, 256]),
-    "seeds": (_list_of(_int(0)), [0]),
-    "learning_rates": (_list_of(_number(0, low_open=True)), [1e-3]),
-    "steps": (_int(1), 1000),
-    "time_cap": (_number(0, low_open=True), 600.0),
-    "batch_size": (_int(1), 32),
-    "threshold": (_number(0, 1, low_open=True), 0.99),
-    "early_stop": (_choice(EARLY_STOPS), "train_len"),
-    "eval_multipliers": (_list_of(_int(1), allow_empty=True), [2, 4]),
-    "eval_sequences": (_int(1), 256),
-    "eval_every": (_int(1), 100),
-    "log_every": (_int(1), 25),
-    "warmup": (_number(0, 1, high_open=True), 0.1),
-    "weight_decay": (_number(0), 0.1),
-    "grad_clip": (_number(0, low_open=True), 1.0),
-    "target_params": (_int(1), 100_000),
-    "match_tolerance": (_number(0, low_open=True), 0.10),
-    "d_model": (_int(1), None),
-    "n_layers": (_int(1), 2),
-    "max_length": (_int(1), None),
+    "lengths": (checks.list_of(checks.integer(1)), [64, 128, 256]),
+    "seeds": (checks.list_of(checks.integer(0)), [0]),
+    "learning_rates": (checks.list_of(checks.number(0, low_open=True)), [1e-3]),
+    "steps": (checks.integer(1), 1000),
+    "time_cap": (checks.number(0, low_open=True), 600.0),
+    "batch_size": (checks.integer(1), 32),
+    "threshold": (checks.number(0, 1, low_open=True), 0.99),
+    "early_stop": (checks.choice(EARLY_STOPS), "train_len"),
+    "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
+    "eval_sequences": (checks.integer(1), 256),
+    "eval_every": (checks.integer(1), 100),
+    "log_every": (checks.integer(1), 25),
+    "warmup": (checks.number(0, 1, high_open=True), 0.1),
+    "weight_decay": (checks.number(0), 0.1),
+    "grad_clip": (checks.number(0, low_open=True), 1.0),
+    "target_params": (checks.integer(1), 100_000),
+    "match_tolerance": (checks.number(0, low_open=True), 0.10),
+    "d_model": (checks.integer(1), None),
+    "n_layers": (checks.integer(1), 2),
+    "max_length": (checks.integer(1), None),
 }
 _SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
-TOP_KEYS = {"name": _text, "description": _text, "recipe": _text, "device": _device, "compile": _choice(COMPILE_MODES),
-            "executor": _choice(EXECUTORS), "cpu_threads": _int(1), "tasks": None, "models": None,
-            "cost_classes": _table}
-TASK_KEYS = {"task": _text, "params": _table, "train_mixture": None, "eval_slices": None}
-MODEL_KEYS = {"model": _text, "params": _table}
-SEGMENT_KEYS = {"seq_len": _int(1), "params": _table, "weight": _number(0, low_open=True)}
-SLICE_KEYS = {"name": _text, "seq_len": _int(1), "params": _table, "n_sequences": _int(1)}
+TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
+            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.integer(1), "tasks": None, "models": None,
+            "cost_classes": checks.table}
+TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
+MODEL_KEYS = {"model": checks.text, "params": checks.table}
+SEGMENT_KEYS = {"seq_len": checks.integer(1), "params": checks.table, "weight": checks.number(0, low_open=True)}
+SLICE_KEYS = {"name": checks.text, "seq_len": checks.integer(1), "params": checks.table, "n_sequences": checks.integer(1)}
 OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor")
 
 
@@ -207,14 +156,14 @@ class SweepSpec:
 def _check_keys(table: dict, valid: list[str], where: str) -> None:
     for key in table:
         if key not in valid:
-            raise ValueError(f"{where}: {unknown_name_message('key', key, sorted(valid))}")
+            raise ConfigError(f"{where}: {unknown_name_message('key', key, sorted(valid))}")
 
 
 def _settings(table: dict, where: str) -> dict:
     """The settings of one table, checked; d_model and target_params may not both be set in one table."""
     found = {k: SETTINGS[k][0](v, f"{where} {k}") for k, v in table.items() if k in SETTINGS}
     if all(k in found for k in _SIZE_KEYS):
-        raise ValueError(f"{where}: set d_model (fixed width) or target_params (matched width), not both")
+        raise ConfigError(f"{where}: set d_model (fixed width) or target_params (matched width), not both")
     return found
 
 
@@ -231,13 +180,13 @@ def _merge(levels: list[dict]) -> dict:
 def _read_source(preset: str | None, spec_file: str | None) -> tuple[dict, str, str]:
     """(parsed TOML, default name, label for messages)."""
     if (preset is None) == (spec_file is None):
-        raise ValueError("give exactly one of a preset (--preset NAME) or a spec file (--spec FILE)")
+        raise ConfigError("give exactly one of a preset (--preset NAME) or a spec file (--spec FILE)")
     path = Path(spec_file) if spec_file is not None else None
     if preset is not None:
         if preset in RECIPES:
-            raise ValueError(f"{preset} is a recipe, not a preset: run it with --spec {preset}")
+            raise ConfigError(f"{preset} is a recipe, not a preset: run it with --spec {preset}")
         if preset not in PRESETS:
-            raise ValueError(unknown_name_message("preset", preset, list(PRESETS)))
+            raise ConfigError(unknown_name_message("preset", preset, list(PRESETS)))
         text, label, name = _SHIPPED[preset], f"preset {preset}", preset
     elif spec_file in SPECS and not path.is_file():
         text, label, name = _SHIPPED[spec_file], f"spec {spec_file}", spec_file
@@ -245,15 +194,15 @@ def _read_source(preset: str | None, spec_file: str | None) -> tuple[dict, str, 
         try:
             text = path.read_text()
         except OSError as err:
-            raise ValueError(f"cannot read spec file {spec_file}: {err.strerror or err}") from None
+            raise ConfigError(f"cannot read spec file {spec_file}: {err.strerror or err}") from None
         label, name = f"spec {path.name}", path.stem
     else:
-        raise ValueError(unknown_name_message("shipped spec", spec_file, list(SPECS))
+        raise ConfigError(unknown_name_message("shipped spec", spec_file, list(SPECS))
                          + "; or give the path of a TOML file")
     try:
         return tomllib.loads(text), name, label
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{label} is not valid TOML: {err}") from None
+        raise ConfigError(f"{label} is not valid TOML: {err}") from None
 
 
 def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, dict]:
@@ -265,10 +214,10 @@ def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, d
     if isinstance(value, dict):
         everyone = value.get("all", False)
         if not isinstance(everyone, bool):
-            raise ValueError(f"{where}: [{kind}] all must be true or false, got {everyone!r}")
-        tables = {name: _table(table, f"{where} [{kind}.{name}]") for name, table in value.items() if name != "all"}
+            raise ConfigError(f"{where}: [{kind}] all must be true or false, got {everyone!r}")
+        tables = {name: checks.table(table, f"{where} [{kind}.{name}]") for name, table in value.items() if name != "all"}
         return {**{name: {} for name in registered}, **tables} if everyone else tables
-    raise ValueError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")
+    raise ConfigError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")
 
 
 def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, registered: list[str],
@@ -281,7 +230,7 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
         matches = {k: v for k, v in entries.items() if name in (k, v.get(key, k))}
         if not matches:
             if name not in registered:
-                raise ValueError(unknown_name_message(kind, name, sorted({*registered, *entries})))
+                raise ConfigError(unknown_name_message(kind, name, sorted({*registered, *entries})))
             matches = {name: {}}
         chosen.update(matches)
     return chosen
@@ -290,7 +239,7 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
 def _check_params(params: dict, valid: list[str], where: str) -> dict:
     for key in params:
         if key not in valid:
-            raise ValueError(f"{where}: {unknown_name_message('param', key, valid)}")
+            raise ConfigError(f"{where}: {unknown_name_message('param', key, valid)}")
     return dict(params)
 
 
@@ -310,42 +259,42 @@ class _Task:
     def __init__(self, table_name: str, table: dict, label: str) -> None:
         where = f"{label} [tasks.{table_name}]"
         _check_keys(table, [*TASK_KEYS, *SETTINGS], where)
-        self.name = _text(table.get("task", table_name), f"{where} task")
+        self.name = checks.text(table.get("task", table_name), f"{where} task")
         cls = task_class(self.name)
         fields = [f.name for f in dataclasses.fields(cls)]
-        self.params = _check_params(_table(table.get("params", {}), f"{where} params"), fields, where)
+        self.params = _check_params(checks.table(table.get("params", {}), f"{where} params"), fields, where)
         self.where, self.settings = where, _settings(table, where)
         self.task = self._build(self.params)
         self.segments = self._parts(table.get("train_mixture"), "train_mixture", SEGMENT_KEYS, fields)
         self.slices = self._parts(table.get("eval_slices"), "eval_slices", SLICE_KEYS, fields)
         if self.segments is not None and "lengths" in table:
-            raise ValueError(f"{where}: give lengths or train_mixture, not both")
+            raise ConfigError(f"{where}: give lengths or train_mixture, not both")
 
     def _build(self, params: dict, where: str | None = None):
         try:
             return get_task(self.name, **params)
-        except ValueError as err:
-            raise ValueError(f"{where or self.where}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{where or self.where}: {err}") from None
 
     def _parts(self, value, key: str, keys: dict, fields: list[str]) -> list[dict] | None:
         if value is None:
             return None
         where = f"{self.where} {key}"
         if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
-            raise ValueError(f"{where} must be a non-empty array of tables [[tasks.NAME.{key}]]")
+            raise ConfigError(f"{where} must be a non-empty array of tables [[tasks.NAME.{key}]]")
         parts = []
         for i, part in enumerate(value):
             at = f"{where}[{i}]"
             _check_keys(part, list(keys), at)
             if "seq_len" not in part:
-                raise ValueError(f"{at}: seq_len is required")
+                raise ConfigError(f"{at}: seq_len is required")
             checked = {k: keys[k](v, f"{at} {k}") for k, v in part.items()}
             checked["params"] = _check_params(checked.get("params", {}), fields, at)
             task = self._build({**self.params, **checked["params"]}, at)
             try:
                 task.check_length(checked["seq_len"])
-            except ValueError as err:
-                raise ValueError(f"{at}: {err}") from None
+            except ConfigError as err:
+                raise ConfigError(f"{at}: {err}") from None
             checked["task"] = task
             parts.append(checked)
         return parts
@@ -369,7 +318,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     flag_settings = {k: SETTINGS[k][0](overrides[k], f"--{k}") for k in ("lengths", "seeds") if k in overrides}
     cost_tables = top.get("cost_classes", {})
     for cost_class, table in cost_tables.items():
-        _check_keys(_table(table, f"{label} [cost_classes.{cost_class}]"), list(SETTINGS),
+        _check_keys(checks.table(table, f"{label} [cost_classes.{cost_class}]"), list(SETTINGS),
                     f"{label} [cost_classes.{cost_class}]")
 
     task_entries = _select(_entries(raw.get("tasks"), "tasks", list_tasks(), label), overrides.get("tasks"),
@@ -381,13 +330,13 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     for table_name, table in model_entries.items():
         where = f"{label} [models.{table_name}]"
         _check_keys(table, [*MODEL_KEYS, *SETTINGS], where)
-        name = _text(table.get("model", table_name), f"{where} model")
+        name = checks.text(table.get("model", table_name), f"{where} model")
         cls = model_class(name)
-        params = _check_params(_table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
+        params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
         cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
         models.append((name, params, cost, _settings(table, where)))
     if not tasks or not models:
-        raise ValueError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
+        raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
 
     trials, notes = [], []
     for task in tasks:
@@ -397,9 +346,9 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
             task_trials += _expand(task, model, model_params, s, notes)
         if not task_trials:
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
-            raise ValueError(f"{task.where}: every training length was skipped ({why})")
+            raise ConfigError(f"{task.where}: every training length was skipped ({why})")
         trials += task_trials
-    return SweepSpec(name=_text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
+    return SweepSpec(name=checks.text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
                      description=top.get("description", ""), device=top.get("device", "auto"),
                      compile=top.get("compile", "none"), executor=top.get("executor", "local"), cpu_threads=top.get("cpu_threads"),
                      notes=tuple(notes))
@@ -416,7 +365,7 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
             try:
                 task.task.check_length(length)
                 lengths.append(length)
-            except ValueError as err:
+            except ConfigError as err:
                 _note(notes, f"{task.name}: training length {length} skipped: {err}")
     if s["max_length"] is not None:
         for length in [n for n in lengths if n > s["max_length"]]:
@@ -429,8 +378,8 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
         try:
             d_model = s["d_model"] or _matched_width(model, s["target_params"], vocab, s["n_layers"],
                                                      s["match_tolerance"], json.dumps(model_params, sort_keys=True))
-        except ValueError as err:
-            raise ValueError(f"{task.where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
+        except ConfigError as err:
+            raise ConfigError(f"{task.where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
                              f"or give this model a fixed d_model") from None
         for lr in s["learning_rates"]:
             for seed in s["seeds"]:
@@ -457,7 +406,7 @@ def _slices(task: _Task, train_len: int, s: dict) -> tuple[EvalSlice, ...]:
     for length in dict.fromkeys([train_len] + [train_len * m for m in s["eval_multipliers"]]):
         try:
             task.task.check_length(length)
-        except ValueError:
+        except ConfigError:
             continue
         slices.append(EvalSlice(_slice_name(length, {}), length, s["eval_sequences"]))
     return tuple(slices)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from runners import tables
-from runners.errors import UsageError
-from runners.executors import make_executor
-from runners.spec import SweepSpec
-from runners.trial import STATUSES
+from membench.runners import tables
+from membench.runners.errors import UsageError
+from membench.runners.executors import make_executor
+from membench.runners.spec import SweepSpec
+from membench.runners.trial import STATUSES
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,

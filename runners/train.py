@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from memtasks import IGNORE, train_seed
-from runners import metrics
+from membench.checks import ConfigError
+from membench.memtasks import IGNORE, train_seed
+from membench.runners import metrics
 
 COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
@@ -164,9 +165,9 @@ def loss_fn(model, compile: str, device: torch.device):
         return torch.compile(forward)
     if compile == "cuda_graphs":
         if device.type != "cuda":
-            raise ValueError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
+            raise ConfigError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
         return torch.compile(forward, mode="reduce-overhead")
-    raise ValueError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
+    raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
 
 
 def segment_schedule(weights: list[float], steps: int, seed: int) -> list[int]:

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 
-from memtasks import get_task, task_class
-from models import build_model, model_class
-from runners import metrics
-from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
-from runners.train import Diverged, TrainOutcome, train
+from membench.checks import ConfigError
+from membench.memtasks import get_task, task_class
+from membench.models import build_model, model_class
+from membench.runners import metrics
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
 EARLY_STOPS = ("train_len", "all_slices")  # which slices must reach the threshold to stop training early
@@ -99,7 +100,7 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
-            raise ValueError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
+            raise ConfigError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
         if not self.task_version:
             object.__setattr__(self, "task_version", task_class(self.task).version)
         if not self.model_version:
@@ -156,7 +157,7 @@ class TrialConfig:
 _LATER_FIELDS = {"early_stop": "train_len", "model_version": 1}  # field -> default, hashed only when set otherwise
 
 
-CODE_PATHS = ("memtasks", "models", "runners", "pyproject.toml")  # what a result depends on
+CODE_PATHS = ("membench", "memtasks", "models", "runners", "pyproject.toml")  # what a result depends on
 
 
 @functools.lru_cache(maxsize=1)

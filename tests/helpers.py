@@ -12,7 +12,7 @@ DEVICES = [
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """Run `membench ARGV` in-process: (exit code, stdout, stderr)."""
-    from runners.cli import main
+    from membench.runners.cli import main
 
     try:
         code = main(list(argv))

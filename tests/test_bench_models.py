@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from models import build_model, list_models
+from membench.models import build_model, list_models
 
 pytestmark = pytest.mark.benchmark
 

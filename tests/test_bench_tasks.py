@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from memtasks import IGNORE, get_task, list_tasks
+from membench.memtasks import IGNORE, get_task, list_tasks
 
 pytestmark = pytest.mark.benchmark
 

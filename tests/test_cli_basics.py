@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from memtasks import list_tasks
-from memtasks.registry import Registry, UnknownNameError
-from models import list_models
+from membench.memtasks import list_tasks
+from membench.models import list_models
+from membench.registry import Registry, UnknownNameError
 from tests.helpers import run_cli
 
 
@@ -70,3 +70,15 @@ def test_registry_rejects_duplicates_and_suggests_names():
     with pytest.raises(UnknownNameError, match="did you mean 'alpha'"):
         registry.get("alpah")
     assert registry.names() == ["alpha"] and Alpha.name == "alpha"
+
+
+def test_membench_lives_beside_a_users_own_top_level_models_package(tmp_path):
+    """membench installs under one name, so a user's own `models` package is theirs alone."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("OURS = True\n")
+    code = ("import models, membench; from membench import build_model, get_task; "
+            "assert models.OURS; assert membench.models.build_model is build_model; "
+            "print(build_model('lstm', vocab_size=get_task('copy').vocab_size, d_model=16).num_params())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runners.fit import FIT_COLUMNS, fit_costs, fit_exponent, upper_points
+from membench.runners.fit import FIT_COLUMNS, fit_costs, fit_exponent, upper_points
 
 LENGTHS = [128, 256, 512, 1024, 2048, 4096]
 

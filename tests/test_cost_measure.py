@@ -8,9 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from models import build_model
-from runners import cost
-from runners.cost import COST_COLUMNS, CostConfig, batch_size_for, cpu_peak_bytes, length_ladder, measure_family
+from membench.models import build_model
+from membench.runners import cost
+from membench.runners.cost import (
+    COST_COLUMNS,
+    CostConfig,
+    batch_size_for,
+    cpu_peak_bytes,
+    length_ladder,
+    measure_family,
+)
 
 TINY = dict(models=("mlp",), lengths=(16, 32, 64), batch_tokens=128, d_model=16, n_layers=1, repeats=1)
 

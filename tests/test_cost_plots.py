@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from runners.cost import COST_COLUMNS
-from runners.costplots import compact_number, draw_cost_charts, log_log_chart
-from runners.fit import fit_costs
+from membench.runners.cost import COST_COLUMNS
+from membench.runners.costplots import compact_number, draw_cost_charts, log_log_chart
+from membench.runners.fit import fit_costs
 
 LENGTHS = [128, 256, 512, 1024]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.errors import UsageError
-from runners.leaderboard import build_leaderboard, horizon, read_results, task_labels, write_leaderboard
-from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.errors import UsageError
+from membench.runners.leaderboard import build_leaderboard, horizon, read_results, task_labels, write_leaderboard
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 
 PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}
 STATE = {"mlp": 0, "lstm": 256, "gru": 128}

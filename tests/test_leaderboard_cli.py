@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from runners.commands import leaderboard as command
+from membench.runners.commands import leaderboard as command
 from tests.helpers import run_cli
 
 TINY_SPEC = """

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from memtasks import get_task, list_tasks
-from models import list_models
-from runners.leaderboard import THRESHOLD, cell_table, read_results, trial_table
-from runners.spec import load_spec
-from runners.sweep import run_sweep
+from membench.memtasks import get_task, list_tasks
+from membench.models import list_models
+from membench.runners.leaderboard import THRESHOLD, cell_table, read_results, trial_table
+from membench.runners.spec import load_spec
+from membench.runners.sweep import run_sweep
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 CEILING_SEQUENCES = 4096  # sequences sampled (twice) to estimate the memoryless ceiling of a (task, length)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import UnknownNameError, build_model, family_params, list_models, model_class, params_matched
+from membench.models import UnknownNameError, build_model, family_params, list_models, model_class, params_matched
 from tests.helpers import DEVICES
 
 MODELS = list_models()

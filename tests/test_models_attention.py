@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import build_model
-from models.families.memory_transformer import MemoryTransformerModel
-from models.families.recurrent import recurrent_reference
-from models.families.rnn_attention import LSTMAttention
-from models.families.sliding_window import WindowAttention, band_mask
-from models.families.transformer import GatedConv, SelfAttention
-from models.layers import RotaryEmbedding, ShortConv, attention_reference, causal_attention, causal_mask
+from membench.models import build_model
+from membench.models.families.memory_transformer import MemoryTransformerModel
+from membench.models.families.recurrent import recurrent_reference
+from membench.models.families.rnn_attention import LSTMAttention
+from membench.models.families.sliding_window import WindowAttention, band_mask
+from membench.models.families.transformer import GatedConv, SelfAttention
+from membench.models.layers import RotaryEmbedding, ShortConv, attention_reference, causal_attention, causal_mask
 from tests.helpers import DEVICES
 
 SHAPES = [(2, 64, 4, 16), (1, 1, 2, 8), (3, 37, 2, 8), (2, 100, 1, 4), (1, 130, 4, 8)]

@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from models import build_model
-from models.families.external_memory import content_addressing, write_memory
-from models.families.linear_attention import LinearAttention
-from models.families.ssm import SelectiveSSM
-from models.scan import scan_chunked, scan_reference
+from membench.models import build_model
+from membench.models.families.external_memory import content_addressing, write_memory
+from membench.models.families.linear_attention import LinearAttention
+from membench.models.families.ssm import SelectiveSSM
+from membench.models.scan import scan_chunked, scan_reference
 from tests.helpers import DEVICES
 
 SHAPES = [(2, 64, 4, 16), (1, 1, 2, 8), (3, 37, 2, 8), (2, 100, 1, 4), (1, 130, 4, 8), (2, 5, 3, 4)]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from memtasks import TASKS, get_task
-from models import MODELS, build_model
+from membench.memtasks import TASKS, get_task
+from membench.models import MODELS, build_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -17,15 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memtasks import IGNORE, NO_LAG, TASKS, Batch, Task, eval_seed, get_task, register_task
-from models import MODELS, MemoryModel, build_model, model_class, register_model
-from runners import metrics
-from runners.cli import main
-from runners.spec import load_spec
-from runners.sweep import run_sweep
-from runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
-from runners.train import lr_at, segment_schedule
-from runners.trial import EvalSlice, Segment, TrialConfig, describe_checkout, run_trial
+from membench.memtasks import IGNORE, NO_LAG, TASKS, Batch, Task, eval_seed, get_task, register_task
+from membench.models import MODELS, MemoryModel, build_model, model_class, register_model
+from membench.runners import metrics
+from membench.runners.cli import main
+from membench.runners.spec import load_spec
+from membench.runners.sweep import run_sweep
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.train import lr_at, segment_schedule
+from membench.runners.trial import EvalSlice, Segment, TrialConfig, describe_checkout, run_trial
 
 
 @dataclass
@@ -291,7 +291,7 @@ def test_cpu_threads_apply_to_the_trial_only(monkeypatch):
         seen.append(torch.get_num_threads())
         raise ValueError("stop here")
 
-    monkeypatch.setattr("runners.trial.train", spy)
+    monkeypatch.setattr("membench.runners.trial.train", spy)
     torch.set_num_threads(2)
     runs = rows(run_trial(trial(), threads=1))
     assert seen == [1] and torch.get_num_threads() == 2
@@ -337,7 +337,7 @@ def test_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished trial ran again")
 
-    monkeypatch.setattr("runners.executors.run_trial", must_not_run)
+    monkeypatch.setattr("membench.runners.executors.run_trial", must_not_run)
     again = run_sweep(spec, out, progress=False)
     pd.testing.assert_frame_equal(again, runs)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir()} == written
@@ -373,7 +373,7 @@ def test_cli_compare_needs_two_models(tmp_path, capsys):
 
 def test_local_worker_pool_gives_the_same_rows(tmp_path):
     """The one-process-per-GPU pool, exercised with two CPU workers (spawned, so a registered task)."""
-    from runners.executors import LocalExecutor
+    from membench.runners.executors import LocalExecutor
 
     configs = [trial(task="copy", task_params={"content_vocab": 4}, model="mlp", seed=s, steps=6,
                      eval_slices=(EvalSlice("L8", 8, 16),)) for s in (0, 1)]

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from runners.cli import main
-from runners.spec import load_spec
-from runners.sweep import run_sweep
+from membench.runners.cli import main
+from membench.runners.spec import load_spec
+from membench.runners.sweep import run_sweep
 
 SPEC = """
 models = ["mlp", "gru"]

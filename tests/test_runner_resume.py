@@ -10,8 +10,8 @@ import time
 
 import pandas as pd
 
-from runners.spec import load_spec
-from runners.sweep import run_sweep
+from membench.runners.spec import load_spec
+from membench.runners.sweep import run_sweep
 
 SPEC = """
 models = ["mlp"]

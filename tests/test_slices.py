@@ -6,10 +6,10 @@ import math
 
 import pandas as pd
 
-from runners.leaderboard import build_leaderboard
-from runners.slices import named_slice_rows, slice_table, write_slices
+from membench.runners.leaderboard import build_leaderboard
+from membench.runners.slices import named_slice_rows, slice_table, write_slices
+from membench.runners.tables import SLICE_CURVES_COLUMNS
 from tests.helpers import run_cli
-from runners.tables import SLICE_CURVES_COLUMNS
 from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
 
 

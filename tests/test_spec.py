@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from memtasks import list_tasks
-from models import list_models
-from runners.cli import main
-from runners.spec import PRESETS, load_spec
-from runners.trial import EvalSlice, TrialConfig
+from membench.memtasks import list_tasks
+from membench.models import list_models
+from membench.runners.cli import main
+from membench.runners.spec import PRESETS, load_spec
+from membench.runners.trial import EvalSlice, TrialConfig
 
 CHEAP = {"models": ["mlp"]}  # parameter matching of one family keeps loading fast
 

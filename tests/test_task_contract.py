@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from memtasks import IGNORE, NO_LAG, UnknownNameError, get_task, list_tasks, task_class
+from membench.memtasks import IGNORE, NO_LAG, UnknownNameError, get_task, list_tasks, task_class
 from tests.helpers import DEVICES
 
 TASKS = list_tasks()

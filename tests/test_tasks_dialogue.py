@@ -7,10 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memtasks import IGNORE, NO_LAG, get_task
-from memtasks.tasks import delayed_match as dm
-from memtasks.tasks import multi_turn_qa as qa
-from runners.cli import main
+from membench.memtasks import IGNORE, NO_LAG, get_task
+from membench.memtasks.tasks import delayed_match as dm
+from membench.memtasks.tasks import multi_turn_qa as qa
+from membench.runners.cli import main
 
 # --- delayed_match ---------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from memtasks import IGNORE, get_task, make_generator
-from memtasks.tasks.associative_recall import distinct_randint, distinct_randint_reference, power_law_slots
-from memtasks.tasks.copy import BLANK, GO
+from membench.memtasks import IGNORE, get_task, make_generator
+from membench.memtasks.tasks.associative_recall import distinct_randint, distinct_randint_reference, power_law_slots
+from membench.memtasks.tasks.copy import BLANK, GO
 from tests.helpers import DEVICES
 
 # --- copy -------------------------------------------------------------------------------------

@@ -14,16 +14,22 @@ import pandas as pd
 import pytest
 import torch
 
-from memtasks import IGNORE, get_task
-from models import build_model
-from models.families.transformer import GatedConv, SelfAttention
-from runners import metrics, train as train_module
-from runners.cli import main
-from runners.spec import PRESETS, RECIPES, SPECS, load_spec
-from runners.train import (
-    CapacityExceeded, gather_capacity, loss_fn, scored_loss, scored_loss_reference, scored_positions,
+from membench.memtasks import IGNORE, get_task
+from membench.models import build_model
+from membench.models.families.transformer import GatedConv, SelfAttention
+from membench.runners import metrics
+from membench.runners import train as train_module
+from membench.runners.cli import main
+from membench.runners.spec import PRESETS, RECIPES, SPECS, load_spec
+from membench.runners.train import (
+    CapacityExceeded,
+    gather_capacity,
+    loss_fn,
+    scored_loss,
+    scored_loss_reference,
+    scored_positions,
 )
-from runners.trial import EvalSlice, TrialConfig, run_trial
+from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 
 ZOOLOGY_MODEL = {"mixer_pattern": "conv,attention", "mlp_ratio": 0, "position": "none", "n_heads": 1,
                  "conv_kernel": 3, "conv_residual": True}

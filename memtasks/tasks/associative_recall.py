@@ -26,7 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
+from membench.checks import ConfigError, check_int
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 _TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs
 
@@ -146,14 +147,14 @@ class AssociativeRecall(Task):
         if self.num_kv_pairs is not None:
             check_int("num_kv_pairs", self.num_kv_pairs, 1)
             if self.num_kv_pairs > self.num_keys:
-                raise ValueError(
+                raise ConfigError(
                     f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="
                     f"{self.vocab_size} has {self.num_keys}; the maximum is {self.num_keys} (or raise vocab_size "
                     f"to >= {2 * self.num_kv_pairs})"
                 )
         a = self.power_a
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-            raise ValueError(f"power_a must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
+            raise ConfigError(f"power_a must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
 
     # --- layout ----------------------------------------------------------------------------
     @property
@@ -178,7 +179,7 @@ class AssociativeRecall(Task):
     def check_length(self, seq_len: int) -> None:
         if seq_len < self.min_length():
             k = self.num_kv_pairs or 1
-            raise ValueError(
+            raise ConfigError(
                 f"seq_len={seq_len} is too short for associative_recall with num_kv_pairs={k}: k pairs and k "
                 f"query slots need seq_len >= {4 * k - 1}; at seq_len={seq_len} the maximum num_kv_pairs is "
                 f"{max(0, (seq_len + 1) // 4)}"

@@ -19,7 +19,8 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
+from membench.checks import ConfigError, check_int
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 BLANK, GO = range(2)
 _SPECIAL_NAMES = ("_", "GO")
@@ -84,7 +85,7 @@ class Copy(Task):
         check_int("delay", self.delay, 0, none_means="the rest of the sequence")
         for name in ("noise", "selective"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     # --- layout ----------------------------------------------------------------------------
     def layout(self, seq_len: int) -> tuple[int, int]:
@@ -104,7 +105,7 @@ class Copy(Task):
 
     def check_length(self, seq_len: int) -> None:
         if seq_len < self.min_length():
-            raise ValueError(
+            raise ConfigError(
                 f"seq_len={seq_len} is too short for copy with num_tokens={self.num_tokens}, delay={self.delay}: "
                 f"n content tokens, d delay tokens and n outputs need seq_len >= 2n + d = {self.min_length()}"
             )

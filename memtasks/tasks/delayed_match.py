@@ -17,7 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
+from membench.checks import check_int
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 PAD, SAMPLE, PROBE, QUERY, MATCH, NONMATCH = range(6)
 _SPECIAL_NAMES = ("_", "SAMPLE", "PROBE", "?", "MATCH", "NONMATCH")

@@ -24,7 +24,8 @@ from typing import ClassVar
 
 import torch
 
-from memtasks import IGNORE, NO_LAG, Batch, Task, check_int, register_task
+from membench.checks import ConfigError, check_int
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 TURN_LEN = 5
 PAD, USER, BOT, IS, WHAT = range(5)
@@ -34,7 +35,7 @@ CHAT, STATE, ASK = range(3)  # turn kinds
 
 def _check_prob(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
 @register_task("multi_turn_qa", order=30)
@@ -101,7 +102,7 @@ class MultiTurnQA(Task):
         for name in ("chat_prob", "ask_prob", "update_prob"):
             _check_prob(name, getattr(self, name))
         if self.chat_prob + self.ask_prob >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"chat_prob + ask_prob must be < 1 so that some turns state facts, "
                 f"got chat_prob={self.chat_prob} and ask_prob={self.ask_prob}"
             )

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, Mixer, linear_flops, register_model
+from membench.checks import ConfigError, check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
 
 
 def content_addressing(memory: torch.Tensor, keys: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ class ExternalMemoryModel(MemoryModel):
         for label, value in (("num_slots", num_slots), ("slot_size", slot_size), ("num_reads", num_reads)):
             check_int(label, value)
         if not isinstance(compile, bool):
-            raise ValueError(f"compile must be true or false, got {compile!r}")
+            raise ConfigError(f"compile must be true or false, got {compile!r}")
         super().__init__(
             vocab_size,
             d_model,

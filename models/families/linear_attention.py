@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, Mixer, linear_flops, register_model
-from models.families.transformer import check_heads
-from models.scan import scan_chunked, scan_reference
+from membench.checks import check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models.families.transformer import check_heads
+from membench.models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6
 

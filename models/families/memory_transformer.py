@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, linear_flops, register_model
-from models.families.transformer import SelfAttention, check_heads
+from membench.checks import check_int
+from membench.models import MemoryModel, linear_flops, register_model
+from membench.models.families.transformer import SelfAttention, check_heads
 
 
 @register_model("memory_transformer", order=60)

@@ -10,7 +10,7 @@ Shapes: tokens (B, T) int64 -> logits (B, T, V). State size: 0. Cost: O(n).
 
 from __future__ import annotations
 
-from models import MemoryModel, register_model
+from membench.models import MemoryModel, register_model
 
 
 @register_model("mlp", order=0)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 _STATES = {"rnn": 1, "lstm": 2, "gru": 1}

@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, Mixer, linear_flops, register_model
-from models.families.recurrent import recurrent_flops, recurrent_reference, unit_forget_bias
-from models.families.transformer import check_heads
-from models.layers import attention_flops, causal_attention, merge_heads, split_heads
+from membench.checks import check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models.families.recurrent import recurrent_flops, recurrent_reference, unit_forget_bias
+from membench.models.families.transformer import check_heads
+from membench.models.layers import attention_flops, causal_attention, merge_heads, split_heads
 
 
 class LSTMAttention(Mixer):

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, Mixer, linear_flops, register_model
-from models.layers import ShortConv
-from models.scan import scan_chunked, scan_reference
+from membench.checks import ConfigError, check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models.layers import ShortConv
+from membench.models.scan import scan_chunked, scan_reference
 
 
 class SelectiveSSM(Mixer):
@@ -113,7 +113,7 @@ class SSMModel(MemoryModel):
         ):
             check_int(label, value)
         if isinstance(d_model, int) and (expand * d_model) % n_heads:
-            raise ValueError(f"expand * d_model ({expand * d_model}) must be a multiple of n_heads ({n_heads})")
+            raise ConfigError(f"expand * d_model ({expand * d_model}) must be a multiple of n_heads ({n_heads})")
         super().__init__(
             vocab_size,
             d_model,

@@ -30,10 +30,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memtasks.base import check_int
-from models import MemoryModel, Mixer, linear_flops, register_model
-from models.layers import (
-    RotaryEmbedding, ShortConv, attention_flops, causal_attention, merge_heads, split_heads,
+from membench.checks import ConfigError, check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models.layers import (
+    RotaryEmbedding,
+    ShortConv,
+    attention_flops,
+    causal_attention,
+    merge_heads,
+    split_heads,
 )
 
 POSITIONS = ("rope", "none")
@@ -95,12 +100,12 @@ def parse_mixer_pattern(pattern: str, n_layers: int) -> list[str]:
     kinds = [item.strip() for item in str(pattern).split(",") if item.strip()]
     bad = [k for k in kinds if k not in MIXER_KINDS]
     if not kinds or bad:
-        raise ValueError(
+        raise ConfigError(
             f"mixer_pattern must be a comma list of {', '.join(MIXER_KINDS)}, got {pattern!r}"
         )
     layers = [kinds[i % len(kinds)] for i in range(n_layers)]
     if "attention" not in layers:
-        raise ValueError(f"mixer_pattern {pattern!r} gives no attention layer in {n_layers} layers")
+        raise ConfigError(f"mixer_pattern {pattern!r} gives no attention layer in {n_layers} layers")
     return layers
 
 
@@ -108,9 +113,9 @@ def check_heads(d_model: int, n_heads: object, rope: bool) -> int:
     """Validate n_heads against d_model (and an even head width for rotary positions)."""
     check_int("n_heads", n_heads)
     if d_model % n_heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     if rope and (d_model // n_heads) % 2:
-        raise ValueError(
+        raise ConfigError(
             f"rotary positions need an even head width, got d_model/n_heads = {d_model // n_heads}"
         )
     return n_heads
@@ -136,11 +141,11 @@ class TransformerModel(MemoryModel):
         conv_residual: bool = False,
     ) -> None:
         if position not in POSITIONS:
-            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+            raise ConfigError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
         check_int("d_model", d_model)
         check_int("conv_kernel", conv_kernel)
         if not isinstance(conv_residual, bool):
-            raise ValueError(f"conv_residual must be true or false, got {conv_residual!r}")
+            raise ConfigError(f"conv_residual must be true or false, got {conv_residual!r}")
         check_heads(d_model, n_heads, position == "rope")
         kinds = parse_mixer_pattern(mixer_pattern, check_int("n_layers", n_layers))
 

@@ -24,9 +24,9 @@ def publish(directory: str | Path) -> list[Path]:
 
     Raises UsageError, before writing anything, when the directory holds no usable runs.csv.
     """
-    from runners.charts import draw_charts
-    from runners.leaderboard import read_results, write_leaderboard
-    from runners.slices import named_slice_rows, slice_curves_chart, write_slices
+    from membench.runners.charts import draw_charts
+    from membench.runners.leaderboard import read_results, write_leaderboard
+    from membench.runners.slices import named_slice_rows, slice_curves_chart, write_slices
 
     results = read_results(directory)
     named = named_slice_rows(results.runs)

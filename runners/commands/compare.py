@@ -7,10 +7,10 @@ import sys
 
 import pandas as pd
 
-from runners.commands.run import add_sweep_flags, overrides
-from runners.errors import UsageError
-from runners.spec import load_spec
-from runners.sweep import run_sweep
+from membench.runners.commands.run import add_sweep_flags, overrides
+from membench.runners.errors import UsageError
+from membench.runners.spec import load_spec
+from membench.runners.sweep import run_sweep
 
 HELP = "train a few families on one task (parameter-matched) and print their accuracy by length side by side"
 

@@ -13,12 +13,19 @@ from pathlib import Path
 
 import torch
 
-from models import build_model, list_models, model_class
-from runners.cost import (
-    DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH, VOCAB_SIZE, CostConfig, length_ladder, resolve_device, run_cost,
+from membench.checks import ConfigError
+from membench.models import build_model, list_models, model_class
+from membench.runners.cost import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_LENGTH,
+    VOCAB_SIZE,
+    CostConfig,
+    length_ladder,
+    resolve_device,
+    run_cost,
 )
-from runners.errors import UsageError
-from runners.parsing import int_list, name_list, positive_int
+from membench.runners.errors import UsageError
+from membench.runners.parsing import int_list, name_list, positive_int
 
 HELP = "measure step time, peak memory and FLOPs of each family against sequence length"
 
@@ -81,7 +88,7 @@ def build_config(args) -> CostConfig:
     for name in models:  # a width the family cannot take (e.g. not divisible by its heads) fails here
         try:
             build_model(name, VOCAB_SIZE, d_model=d_model, n_layers=n_layers)
-        except ValueError as err:
+        except ConfigError as err:
             raise UsageError(f"model {name} cannot be built with --d-model {d_model} --n-layers {n_layers}: "
                              f"{err}") from None
     out = Path(args.out)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from runners.commands.charts import publish
-from runners.commands.run import add_sweep_flags, overrides
-from runners.spec import PRESETS, load_spec
-from runners.sweep import run_sweep
+from membench.runners.commands.charts import publish
+from membench.runners.commands.run import add_sweep_flags, overrides
+from membench.runners.spec import PRESETS, load_spec
+from membench.runners.sweep import run_sweep
 
 HELP = "run (or resume) a sweep, then write leaderboard.md, leaderboard.csv and charts/ into --out"
 

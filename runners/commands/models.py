@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models import build_model, family_params, list_models, model_class
-from runners.parsing import positive_int
+from membench.models import build_model, family_params, list_models, model_class
+from membench.runners.parsing import positive_int
 
 HELP = "list the model families: params, parameter count, state size, cost class, memory mechanism"
 

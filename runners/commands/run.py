@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from runners.parsing import int_list, name_list
-from runners.errors import UsageError
-from runners.spec import PRESETS, RECIPES, load_spec
-from runners.sweep import format_summary, run_sweep
+from membench.runners.errors import UsageError
+from membench.runners.parsing import int_list, name_list
+from membench.runners.spec import PRESETS, RECIPES, load_spec
+from membench.runners.sweep import format_summary, run_sweep
 
 HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typing
 
-from memtasks import get_task, task_class
-from runners.parsing import key_values, positive_int
+from membench.checks import ConfigError
+from membench.memtasks import get_task, task_class
+from membench.runners.parsing import key_values, positive_int
 
 HELP = "render one example of a task (scored positions marked [input -> answer])"
 
@@ -25,7 +26,7 @@ def run(args) -> int:
     try:
         seed = int(args.seed)
     except ValueError:
-        raise ValueError(f"--seed must be an integer, got {args.seed!r}") from None
+        raise ConfigError(f"--seed must be an integer, got {args.seed!r}") from None
     batch = task.sample(1, length, seed=seed)
     scored = int(batch.scored.sum())
     print(f"{task.name} v{task.version} ({task.describe_params()}), length {length}, seed {seed}, "

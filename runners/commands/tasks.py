@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from memtasks import list_tasks, task_class
+from membench.memtasks import list_tasks, task_class
 
 HELP = "list the tasks: name, version, params with defaults, description"
 

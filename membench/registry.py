@@ -15,10 +15,12 @@ import importlib
 import pkgutil
 from typing import Callable, Generic, TypeVar
 
+from membench.checks import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ConfigError):
     """An unknown task, model, preset or executor name: the message lists the closest valid names."""
 
 
@@ -44,7 +46,7 @@ class Registry(Generic[T]):
 
         def decorator(cls: T) -> T:
             if name in self._items and self._items[name] is not cls:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ConfigError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = cls
             self._order[name] = order
             cls.name = name  # type: ignore[attr-defined]
