@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from membench.runners.cost import COST_COLUMNS
-from membench.runners.fit import FIT_COLUMNS
+from membench.runners.cost.fit import FIT_COLUMNS
+from membench.runners.cost.measure import COST_COLUMNS
 from tests.helpers import run_cli
 
 TINY = ["--lengths", "16,32", "--batch-tokens", "64", "--d-model", "16", "--n-layers", "1", "--repeats", "1",

@@ -1,4 +1,4 @@
-"""Exponent fitting (runners/fit.py): exact power laws recovered, noise tolerated, too few points -> NaN."""
+"""Exponent fitting (runners/cost/fit.py): exact power laws recovered, noise tolerated, too few points -> NaN."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from membench.runners.fit import FIT_COLUMNS, fit_costs, fit_exponent, upper_points
+from membench.runners.cost.fit import FIT_COLUMNS, fit_costs, fit_exponent, upper_points
 
 LENGTHS = [128, 256, 512, 1024, 2048, 4096]
 

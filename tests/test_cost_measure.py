@@ -1,4 +1,4 @@
-"""Cost measurement (runners/cost.py): rows, batch rule, peak memory, stop on oom / timeout / error."""
+"""Cost measurement (runners/cost/measure.py): rows, batch rule, peak memory, stop on oom / timeout / error."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from membench.models import build_model
-from membench.runners import cost
-from membench.runners.cost import (
+from membench.runners.cost import measure as cost
+from membench.runners.cost.measure import (
     COST_COLUMNS,
     CostConfig,
     batch_size_for,

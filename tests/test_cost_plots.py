@@ -1,4 +1,4 @@
-"""Cost charts (runners/costplots.py) drawn from synthetic tables: files, legends, stop markers."""
+"""Cost charts (runners/reporting/cost_charts.py) drawn from synthetic tables: files, legends, stop markers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from membench.runners.cost import COST_COLUMNS
-from membench.runners.costplots import compact_number, draw_cost_charts, log_log_chart
-from membench.runners.fit import fit_costs
+from membench.runners.cost.fit import fit_costs
+from membench.runners.cost.measure import COST_COLUMNS
+from membench.runners.reporting.cost_charts import compact_number, draw_cost_charts, log_log_chart
 
 LENGTHS = [128, 256, 512, 1024]
 

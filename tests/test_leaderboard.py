@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from membench.runners.errors import UsageError
-from membench.runners.leaderboard import build_leaderboard, horizon, read_results, task_labels, write_leaderboard
+from membench.runners.reporting.leaderboard import (
+    build_leaderboard,
+    horizon,
+    read_results,
+    task_labels,
+    write_leaderboard,
+)
 from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 
 PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}

@@ -1,4 +1,4 @@
-"""The slice table (runners/slices.py) and the leaderboard's flag for trials evaluated on named slices only."""
+"""The slice table (runners/reporting/slices.py) and the leaderboard's flag for trials evaluated on named slices only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-from membench.runners.leaderboard import build_leaderboard
-from membench.runners.slices import named_slice_rows, slice_table, write_slices
+from membench.runners.reporting.leaderboard import build_leaderboard
+from membench.runners.reporting.slices import named_slice_rows, slice_table, write_slices
 from membench.runners.tables import SLICE_CURVES_COLUMNS
 from tests.helpers import run_cli
 from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep

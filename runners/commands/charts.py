@@ -1,5 +1,5 @@
 """`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables,
-and slices.md / slices.csv when the sweep evaluates named slices (see runners/slices.py); a sweep with
+and slices.md / slices.csv when the sweep evaluates named slices (see runners/reporting/slices.py); a sweep with
 named slices only gets the slice table and its chart alone.
 
 No training happens: the files are a pure function of runs.csv, lags.csv, curves.csv, slice_curves.csv
@@ -24,9 +24,9 @@ def publish(directory: str | Path) -> list[Path]:
 
     Raises UsageError, before writing anything, when the directory holds no usable runs.csv.
     """
-    from membench.runners.charts import draw_charts
-    from membench.runners.leaderboard import read_results, write_leaderboard
-    from membench.runners.slices import named_slice_rows, slice_curves_chart, write_slices
+    from membench.runners.reporting.charts import draw_charts
+    from membench.runners.reporting.leaderboard import read_results, write_leaderboard
+    from membench.runners.reporting.slices import named_slice_rows, slice_curves_chart, write_slices
 
     results = read_results(directory)
     named = named_slice_rows(results.runs)

@@ -3,8 +3,8 @@
     membench cost --models transformer,lstm,ssm --lengths 128,256,512,1024,2048 --out results/cost
 
 writes cost.csv (one row per family and length), cost_fit.csv (fitted exponents of the per-sequence
-costs) and the charts cost_{time,memory,flops,attention_share}.{png,svg}. See runners/cost.py for what
-is measured and runners/fit.py for the fit. Every argument is checked before anything is written.
+costs) and the charts cost_{time,memory,flops,attention_share}.{png,svg}. See runners/cost/measure.py for what
+is measured and runners/cost/fit.py for the fit. Every argument is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from membench.checks import ConfigError
 from membench.models import build_model, list_models, model_class
-from membench.runners.cost import (
+from membench.runners.cost.measure import (
     DEFAULT_BATCH_TOKENS,
     DEFAULT_MAX_LENGTH,
     VOCAB_SIZE,

@@ -24,8 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from membench.runners.figures import RC, count_label, save_figure
-from membench.runners.leaderboard import fixed
+from membench.runners.reporting.figures import RC, count_label, save_figure
+from membench.runners.reporting.leaderboard import fixed
 from membench.runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",

@@ -8,9 +8,9 @@
     accuracy_vs_cost       accuracy against training FLOPs (flops_per_step * steps; train seconds when FLOPs
                            are unknown), bubble area growing with the state size (or peak memory)
     training_curves        evaluation accuracy against training tokens at each task's longest length
-    cost_*                 the cost curves of `runners.costplots`, when the directory holds cost.csv
+    cost_*                 the cost curves of `runners.reporting.cost_charts`, when the directory holds cost.csv
 
-Accuracies are the leaderboard's (`runners.leaderboard`): the seed mean of the best config per cell, a
+Accuracies are the leaderboard's (`runners.reporting.leaderboard`): the seed mean of the best config per cell, a
 failed trial counting 0. Every family keeps one colour and marker in every chart, fixed by its place in
 `list_models()`. SVGs are byte-stable (fixed hash salt, no date), so regenerating changes nothing.
 """
@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from membench.runners.figures import RC, count_label, family_styles, save_figure
-from membench.runners.leaderboard import (
+from membench.runners.reporting.figures import RC, count_label, family_styles, save_figure
+from membench.runners.reporting.leaderboard import (
     THRESHOLD,
     Results,
     cell_table,
@@ -326,13 +326,13 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
 
 
 def cost_charts(results: Results, out_dir: Path) -> list[Path]:
-    """The cost curves of `runners.costplots` when cost.csv is present and that module is installed."""
+    """The cost curves of `runners.reporting.cost_charts` when cost.csv is present and that module is installed."""
     if results.cost is None or results.cost.empty:
         return []
     try:
-        from membench.runners.costplots import draw_cost_charts
+        from membench.runners.reporting.cost_charts import draw_cost_charts
     except ModuleNotFoundError as err:
-        if err.name != "membench.runners.costplots":
+        if err.name != "membench.runners.reporting.cost_charts":
             raise
         return []
     fits = results.cost_fit if results.cost_fit is not None else pd.DataFrame()

@@ -9,7 +9,7 @@ One line per family through its "ok" points; the legend carries the fitted expon
 per-sequence cost ("transformer (n^1.9)") and where the family stopped ("oom at 8192"). The length
 where a family stopped is marked with an X: at the measured value when there is one (a timeout keeps
 its one step), otherwise continued from the last ok point along the fitted slope. Per-sequence costs
-make the slopes read as exponents: 1 for O(n), 2 for O(n^2) (see runners/fit.py).
+make the slopes read as exponents: 1 for O(n), 2 for O(n^2) (see runners/cost/fit.py).
 
     draw_cost_charts(cost, fits, out_dir) -> [out_dir/cost_time.png, out_dir/cost_time.svg, ...]
 
@@ -27,7 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
-from membench.runners.figures import family_styles, save_figure
+from membench.runners.reporting.figures import family_styles, save_figure
 
 SAVE = {"dpi": 150, "bbox_inches": "tight"}  # the footnote sits below the axes
 # (file stem, cost column divided by batch_size, cost_fit column, y label, title)

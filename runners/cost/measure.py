@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from membench.checks import ConfigError
 from membench.models import build_model
-from membench.runners import costplots
-from membench.runners.fit import fit_costs
+from membench.runners.reporting import cost_charts
+from membench.runners.cost.fit import fit_costs
 from membench.runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
 from membench.runners.tables import write_tables
 
@@ -287,4 +287,4 @@ def run_cost(config: CostConfig, out_dir: Path, log: Callable[[str], None] = pri
     finally:
         torch.set_num_threads(threads)
     tables = [out_dir / f"{name}.{fmt}" for name in ("cost", "cost_fit") for fmt in ("csv", "parquet")]
-    return cost, fits, [p for p in tables if p.exists()] + costplots.draw_cost_charts(cost, fits, out_dir)
+    return cost, fits, [p for p in tables if p.exists()] + cost_charts.draw_cost_charts(cost, fits, out_dir)

@@ -250,7 +250,7 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/slices.py), then per task "<task> horizon" and "<task> mean_accuracy".
+    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy".
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
