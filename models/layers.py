@@ -1,5 +1,7 @@
-"""Pieces shared by several families: a causal short convolution, rotary position embeddings and
-multi-head attention helpers (a fast SDPA path and the explicit reference it is tested against).
+"""Pieces shared by several families: a causal short convolution, rotary position embeddings,
+multi-head attention helpers (a fast SDPA path and the explicit reference it is tested against), the
+head-count check and the causal self-attention mixer itself (transformer, memory_transformer and the
+hybrids use it). A family file holds only its own mechanism.
 
 Shapes: B batch, T length, D model width, H heads, hd = D / H head width, k kernel size.
 
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.checks import ConfigError, check_int
-from membench.models.base import PATHS
+from membench.models.base import PATHS, Mixer, linear_flops
 
 
 class ShortConv(nn.Module):
@@ -122,3 +124,45 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, path: st
 def attention_flops(batch_size: int, seq_len: int, d_model: int) -> int:
     """FLOPs of full-square attention over all heads: q k^T and (weights) v, 2*T*T*D multiply-adds."""
     return 4 * batch_size * seq_len * seq_len * d_model
+
+
+def check_heads(d_model: int, n_heads: object, rope: bool) -> int:
+    """Validate n_heads against d_model (and an even head width for rotary positions)."""
+    check_int("n_heads", n_heads)
+    if d_model % n_heads:
+        raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    if rope and (d_model // n_heads) % 2:
+        raise ConfigError(
+            f"rotary positions need an even head width, got d_model/n_heads = {d_model // n_heads}"
+        )
+    return n_heads
+
+
+class SelfAttention(Mixer):
+    """Causal multi-head self-attention (B, T, D) -> (B, T, D), rotary positions optional."""
+
+    def __init__(self, d_model: int, n_heads: int, rope: bool) -> None:
+        super().__init__()
+        self.d_model, self.n_heads = d_model, n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.rotary = RotaryEmbedding(d_model // n_heads) if rope else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, hd)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        return self.out(merge_heads(causal_attention(q, k, v, self.path)))  # (B, T, D)
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * seq_len * self.d_model  # keys and values of every past position
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        tokens = batch_size * seq_len
+        projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
+            tokens, self.d_model, self.d_model
+        )
+        return projections + self.attention_flops(batch_size, seq_len)
+
+    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+        return attention_flops(batch_size, seq_len, self.d_model)

@@ -18,8 +18,15 @@ from membench.models.families.memory_transformer import MemoryTransformerModel
 from membench.models.families.recurrent import recurrent_reference
 from membench.models.families.rnn_attention import LSTMAttention
 from membench.models.families.sliding_window import WindowAttention, band_mask
-from membench.models.families.transformer import GatedConv, SelfAttention
-from membench.models.layers import RotaryEmbedding, ShortConv, attention_reference, causal_attention, causal_mask
+from membench.models.families.transformer import GatedConv
+from membench.models.layers import (
+    RotaryEmbedding,
+    SelfAttention,
+    ShortConv,
+    attention_reference,
+    causal_attention,
+    causal_mask,
+)
 from tests.helpers import DEVICES
 
 SHAPES = [(2, 64, 4, 16), (1, 1, 2, 8), (3, 37, 2, 8), (2, 100, 1, 4), (1, 130, 4, 8)]

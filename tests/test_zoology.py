@@ -16,7 +16,8 @@ import torch
 
 from membench.memtasks import IGNORE, get_task
 from membench.models import build_model
-from membench.models.families.transformer import GatedConv, SelfAttention
+from membench.models.families.transformer import GatedConv
+from membench.models.layers import SelfAttention
 from membench.runners import metrics
 from membench.runners import train as train_module
 from membench.runners.cli import main

@@ -28,7 +28,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.families.transformer import check_heads
+from membench.models.layers import check_heads
 from membench.models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6

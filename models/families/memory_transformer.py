@@ -33,7 +33,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, linear_flops, register_model
-from membench.models.families.transformer import SelfAttention, check_heads
+from membench.models.layers import SelfAttention, check_heads
 
 
 @register_model("memory_transformer", order=60)

@@ -25,8 +25,7 @@ from torch import nn
 from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.families.recurrent import recurrent_flops, recurrent_reference, unit_forget_bias
-from membench.models.families.transformer import check_heads
-from membench.models.layers import attention_flops, causal_attention, merge_heads, split_heads
+from membench.models.layers import attention_flops, causal_attention, check_heads, merge_heads, split_heads
 
 
 class LSTMAttention(Mixer):

@@ -32,8 +32,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.families.transformer import check_heads
-from membench.models.layers import RotaryEmbedding, attention_reference, merge_heads, split_heads
+from membench.models.layers import RotaryEmbedding, attention_reference, check_heads, merge_heads, split_heads
 
 
 def band_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:

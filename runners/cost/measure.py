@@ -50,9 +50,9 @@ import torch.nn.functional as F
 
 from membench.checks import ConfigError
 from membench.models import build_model
-from membench.runners.reporting import cost_charts
 from membench.runners.cost.fit import fit_costs
 from membench.runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
+from membench.runners.reporting import cost_charts
 from membench.runners.tables import write_tables
 
 COST_COLUMNS = [
