@@ -65,7 +65,8 @@ class CapacityExceeded(RuntimeError):
 @dataclass
 class TrainOutcome:
     steps: int = 0  # optimizer steps taken
-    train_seconds: float = 0.0  # wall seconds spent training (evaluation excluded)
+    train_seconds: float = 0.0  # wall seconds spent training (evaluation and the compile warm-up excluded)
+    compile_seconds: float = 0.0  # wall seconds of the warm-up that compiles the captured step (0: eager)
     tokens: int = 0  # training tokens seen (B * T summed over steps)
     segment_steps: list[int] = field(default_factory=list)  # steps drawn from each segment
     head_rows: list[int | None] = field(default_factory=list)  # rows the output head runs on, per segment
@@ -149,11 +150,24 @@ def scored_loss(model, h: torch.Tensor, index: torch.Tensor, picked: torch.Tenso
     return F.cross_entropy(logits.float(), picked)
 
 
+def resolve_compile(model, compile: str, device: torch.device) -> str:
+    """The capture a trial gets: `compile` itself, or for "auto" cuda_graphs on CUDA when the family declares
+    that capture helps it (`compile_friendly`, see models.base) and none otherwise.
+
+    Example: auto -> cuda_graphs for a transformer on cuda:0, none for an lstm there, none for both on the CPU.
+    """
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
+    if compile != "auto":
+        return compile
+    return "cuda_graphs" if device.type == "cuda" and getattr(model, "compile_friendly", True) else "none"
+
+
 def loss_fn(model, compile: str, device: torch.device):
     """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
-    (see the module doc). Evaluation always runs eagerly (its lengths vary)."""
-    if compile == "auto":
-        compile = "cuda_graphs" if device.type == "cuda" else "none"
+    ("auto" resolved by `resolve_compile`; see the module doc). Evaluation always runs eagerly (its lengths
+    vary)."""
+    compile = resolve_compile(model, compile, device)
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         with metrics.autocast(device):
@@ -207,6 +221,7 @@ class _Run:
     stop_names: list[str]  # the slices that must reach the threshold to stop early
     schedule: list[int]  # segment of each step
     optimizer: torch.optim.Optimizer
+    compile: str  # the capture of the step, "auto" resolved (see resolve_compile)
     step_loss: object  # (inputs, index, picked) -> () loss, captured per `compile`
     capacity: list[int | None]  # gather rows of each segment, set from its first batch
     out: TrainOutcome
@@ -228,6 +243,7 @@ class _Run:
 def start(model, config, device: torch.device, compile: str) -> _Run:
     """The state of a trial before its first step: tasks, schedule, optimizer, captured loss, empty counters."""
     eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}
+    compile = resolve_compile(model, compile, device)
     at_train_len = [s.name for s in config.eval_slices if s.seq_len == config.train_len] or list(eval_tasks)
     return _Run(
         config=config, model=model, device=device,
@@ -236,7 +252,7 @@ def start(model, config, device: torch.device, compile: str) -> _Run:
         stop_names=list(eval_tasks) if config.early_stop == "all_slices" else at_train_len,
         schedule=segment_schedule([s.weight for s in config.segments], config.steps, config.seed),
         optimizer=make_optimizer(model, config.lr, config.weight_decay, device),
-        step_loss=loss_fn(model, compile, device),
+        compile=compile, step_loss=loss_fn(model, compile, device),
         capacity=[None] * len(config.segments),
         out=TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments)),
         loss_sum=torch.zeros((), device=device),
@@ -244,19 +260,49 @@ def start(model, config, device: torch.device, compile: str) -> _Run:
     )
 
 
+def draw(run: _Run, step: int):
+    """The batch of step `step`, on the device, and its scored positions gathered to its segment's capacity
+    (set from the segment's first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
+    seg = run.schedule[step]
+    batch = run.train_tasks[seg].sample(run.config.batch_size, run.config.segments[seg].seq_len,
+                                        train_seed(run.config.seed, step), run.device)
+    if run.capacity[seg] is None:
+        run.capacity[seg] = gather_capacity(batch.targets)
+        run.out.head_rows[seg] = run.capacity[seg]
+    return (batch.inputs, *scored_positions(batch.targets, run.capacity[seg]))
+
+
+def warm_up(run: _Run) -> float:
+    """Compile the captured step before the clock starts; returns its wall seconds (0.0 when eager).
+
+    One forward and backward on the first batch of each segment (the batch its first step will draw, so the
+    capacities are the ones training uses; each segment's shapes compile now, not mid-run), twice under
+    cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped and the
+    optimizer is not stepped, so nothing is learnt and training's numbers are those of an eager run.
+    """
+    if run.compile == "none":
+        return 0.0
+    started = time.perf_counter()
+    first_steps = {}  # segment -> its first step
+    for step, seg in enumerate(run.schedule):
+        first_steps.setdefault(seg, step)
+    for step in first_steps.values():
+        inputs, index, picked, _ = draw(run, step)
+        for _ in range(2 if run.compile == "cuda_graphs" else 1):
+            run.step_loss(inputs, index, picked).backward()
+        run.model.zero_grad(set_to_none=True)
+    metrics.synchronize(run.device)
+    return time.perf_counter() - started
+
+
 def train_step(run: _Run, step: int) -> None:
     """Step `step` (0-based): draw its batch, forward and backward, clip, update; the loss stays on the device."""
     config, out = run.config, run.out
     seg = run.schedule[step]
-    seq_len = config.segments[seg].seq_len
-    batch = run.train_tasks[seg].sample(config.batch_size, seq_len, train_seed(config.seed, step), run.device)
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-    if run.capacity[seg] is None:
-        run.capacity[seg] = gather_capacity(batch.targets)
-        out.head_rows[seg] = run.capacity[seg]
-    index, picked, dropped = scored_positions(batch.targets, run.capacity[seg])  # (C,), (C,), ()
-    loss = run.step_loss(batch.inputs, index, picked)
+    inputs, index, picked, dropped = draw(run, step)  # (B, T), (C,), (C,), ()
+    loss = run.step_loss(inputs, index, picked)
     run.excess += dropped
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
@@ -264,7 +310,7 @@ def train_step(run: _Run, step: int) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     run.loss_sum += loss.detach()
     run.window += 1
-    out.steps, out.tokens = step + 1, out.tokens + config.batch_size * seq_len
+    out.steps, out.tokens = step + 1, out.tokens + config.batch_size * config.segments[seg].seq_len
     out.segment_steps[seg] += 1
 
 
@@ -314,9 +360,10 @@ def evaluate(run: _Run, step: int) -> bool:
 def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
     """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it.
 
-    The loop, stage by stage: steps until the budget, the time cap or an early stop; the loss read every
-    `log_every` steps and the slices scored every `eval_every`; then the last loss reading, the training
-    time, and a final evaluation unless the last step was just evaluated.
+    The loop, stage by stage: the compile warm-up (before the clocks start); steps until the budget, the
+    time cap or an early stop, the loss read every `log_every` steps and the slices scored every
+    `eval_every`; then the last loss reading, the training time, and a final evaluation unless the last
+    step was just evaluated.
     """
     run = start(model, config, device, compile)
     out = run.out
@@ -325,6 +372,7 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
 
         run.bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
     model.train()
+    out.compile_seconds = warm_up(run)
     started = time.perf_counter()
     run.clock = _Clock(device)
     try:
