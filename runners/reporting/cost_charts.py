@@ -168,7 +168,7 @@ def attention_share_chart(cost: pd.DataFrame) -> Figure | None:
     _length_axis(ax, cost["seq_len"])
     ax.set_ylim(0, 100)
     ax.set_ylabel("attention share of FLOPs (%)")
-    ax.set_title("Share of FLOPs spent on token-to-token attention")
+    ax.set_title("Share of FLOPs in token-to-token attention (scans and memory reads excluded)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
