@@ -12,6 +12,7 @@ directory can collect several sweeps and a killed sweep resumes where it stopped
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,10 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
                        position=0)
         try:
             for payload in runner.run(pending):
+                if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
+                    print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
+                          f"raised an exception, recorded as status error:\n{payload['traceback']}",
+                          file=sys.stderr, end="")
                 tables.write_trial(out, payload)
                 finished[payload["trial_id"]] = payload
                 tables.write_tables(out, tables.frames(finished))

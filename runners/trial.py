@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import subprocess
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,7 +191,7 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     """
     device = torch.device(device)
     git_commit()  # read now, before training, not when the result is written
-    model, outcome, memory, failure = None, None, metrics.PeakMemory(device), None
+    model, outcome, memory, failure, trace = None, None, metrics.PeakMemory(device), None, ""
     try:
         with _cpu_threads(threads if device.type == "cpu" else None):
             model = config.build_model().to(device)
@@ -200,9 +201,12 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
         failure = ("diverged", str(err))
     except Exception as err:  # noqa: BLE001 - every failure is a recorded result
         failure = ("oom" if metrics.is_oom(err) else "error", metrics.short_error(err))
+        if failure[0] == "error":  # a bug, most likely: keep its traceback for the user (trial file, stderr)
+            trace = traceback.format_exc()
     if failure is not None:  # outside the except block, so the traceback's tensors are already freed
         metrics.release_memory(device)
-        return _payload(config, model, None, *failure, math.nan, device)
+        payload = _payload(config, model, None, *failure, math.nan, device)
+        return {**payload, "traceback": trace} if trace else payload
     return _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb, device)
 
 
