@@ -118,9 +118,18 @@ def test_flops_match_flop_counter_on_the_reference_path(name, batch, seq_len):
         model(tokens)
     counted, analytic = counter.get_total_flops(), model.flops(batch, seq_len)
     assert abs(analytic - counted) <= 0.05 * counted, f"{name}: analytic {analytic} vs counted {counted}"
-    assert 0 <= model.attention_flops(batch, seq_len) <= analytic
+    attention, memory = model.attention_flops(batch, seq_len), model.memory_flops(batch, seq_len)
+    assert attention >= 0 and memory >= 0 and attention + memory <= analytic
     if model.cost_class == "O(n^2)":
-        assert model.attention_flops(batch, seq_len) > 0
+        assert attention > 0
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "ssm", "external_memory"])
+def test_a_scan_or_external_memory_is_memory_flops_not_attention(name):
+    """Token-to-token attention FLOPs are attention's alone: a scan or a memory read/write is memory FLOPs."""
+    model = small(name)
+    assert model.attention_flops(2, 64) == 0
+    assert model.memory_flops(2, 64) > 0
 
 
 @pytest.mark.parametrize("name", MODELS)

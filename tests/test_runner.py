@@ -218,6 +218,24 @@ def test_failures_are_recorded_results(model, status, message):
     assert runs["accuracy"].isna().all() and runs["params"].notna().all()
 
 
+def test_a_bug_inside_training_is_recorded_and_shown_with_its_traceback(tmp_path, capsys):
+    """A ValueError from a model's forward is a bug, not bad input: the trial is recorded as `error` and the
+    sweep prints the whole traceback to stderr (the trial file keeps it too)."""
+    payload = run_trial(trial(model="broken"))
+    assert "Traceback" in payload["traceback"] and 'raise ValueError("boom")' in payload["traceback"]
+    code = main(["run", "--spec", _echo_spec(tmp_path, "broken"), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
+    assert (pd.read_csv(tmp_path / "out" / "runs.csv")["status"] == "error").all()
+
+
+def _echo_spec(tmp_path, model: str) -> str:
+    path = tmp_path / "echo.toml"
+    path.write_text(f'tasks = ["echo"]\nmodels = ["{model}"]\nlengths = [8]\nsteps = 5\neval_every = 5\n'
+                    'eval_sequences = 8\nd_model = 8\nn_layers = 1\neval_multipliers = []\n')
+    return str(path)
+
+
 def test_oom_in_one_eval_slice_marks_only_that_slice():
     runs = rows(run_trial(trial(model="oom", model_params={"max_len": 8})))
     assert runs.loc["L8", "status"] == "ok" and runs.loc["L8", "accuracy"] >= 0
