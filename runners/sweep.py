@@ -27,8 +27,11 @@ from membench.runners.trial import STATUSES
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, retry_failed: bool = False) -> pd.DataFrame:
     """Run the unfinished trials of `spec` into `out_dir`; returns the runs rows of the spec's trials.
+
+    `retry_failed`: also re-run the finished trials whose status is "error" (e.g. after an upgrade that fixes
+    what raised); their new result replaces the old one.
 
     Everything is validated (executor, device, Ray) before `out_dir` is created.
     """
@@ -41,7 +44,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
         tables.remove_temporaries(out)
         finished = tables.read_trials(out)
         configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
-        pending = [t for i, t in configs.items() if i not in finished]
+        pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -69,6 +72,11 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
         runner.close()
     runs = tables.frames(finished)["runs"]
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
+
+
+def _errored(payload: dict) -> bool:
+    """True when a finished trial failed with an exception (status "error" in its runs rows)."""
+    return any(row["status"] == "error" for row in payload["runs"])
 
 
 def _status(payload: dict) -> str:

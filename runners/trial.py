@@ -282,7 +282,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
     if outcome is not None and outcome.steps > 0:
         seconds = outcome.train_seconds
         cost.update(
-            steps=outcome.steps, train_seconds=seconds, compile_seconds=outcome.compile_seconds, ms_per_step=1000 * seconds / outcome.steps,
+            steps=outcome.steps, train_seconds=seconds, compile_seconds=outcome.compile_seconds,
+            ms_per_step=1000 * seconds / outcome.steps,
             tokens_per_second=outcome.tokens / seconds,
             tflops_per_s=mean_flops * outcome.steps / seconds / 1e12,
             time_to_accuracy_seconds=outcome.time_to_accuracy.get("seconds", nan),
@@ -291,7 +292,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
         )
     elif outcome is not None:
         cost["steps"] = 0
-    tail = {"device": metrics.device_name(device), "precision": _precision(device), "git_commit": git_commit(), "torch_version": torch.__version__}
+    tail = {"device": metrics.device_name(device), "precision": _precision(device), "git_commit": git_commit(),
+            "torch_version": torch.__version__}
     rows = []
     for s in config.eval_slices:
         result = outcome.slices.get(s.name) if outcome is not None else None
