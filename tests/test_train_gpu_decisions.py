@@ -7,19 +7,27 @@ that dynamo's cache is reset between trials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import weakref
 
 import pandas as pd
 import pytest
 import torch
 
 from membench.checks import ConfigError
+from membench.memtasks import eval_seed, get_task
 from membench.models import build_model, list_models, model_class
 from membench.models.scan import scan_chunked, scan_reference
+from membench.runners import metrics
 from membench.runners import train as train_module
+from membench.runners import trial as trial_module
+from membench.runners.precision import precision_name
+from membench.runners.tables import RUNS_COLUMNS
 from membench.runners.train import resolve_compile
 from membench.runners.trial import EvalSlice, Segment, TrialConfig, run_trial
+from tests.helpers import run_cli
 
 
 # --- the scan's state readout under bf16 autocast --------------------------------------------
@@ -128,3 +136,159 @@ def test_ten_trials_in_one_process_are_each_compiled(monkeypatch, caplog):
     assert all(n >= 1 for n in compiled_per_trial), dict(zip(families, compiled_per_trial))
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage() or "cache_size_limit" in
                 r.getMessage()]
+
+
+# --- the end of a trial: reset and release, success or failure ---------------------------------
+def test_every_trial_ends_with_a_dynamo_reset_and_a_release(monkeypatch):
+    resets, collects = [], []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(metrics.gc, "collect", lambda: collects.append(1))
+    ok = pd.DataFrame(run_trial(copy_trial(steps=2, eval_every=2))["runs"])
+    assert (ok["status"] == "ok").all() and len(resets) == 1 and len(collects) >= 1
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("membench.runners.trial.train", out_of_memory)
+    oom = pd.DataFrame(run_trial(copy_trial())["runs"])
+    assert (oom["status"] == "oom").all() and len(resets) == 2
+
+
+def test_end_trial_empties_the_cuda_cache_on_a_gpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    metrics.end_trial(torch.device("cpu"))
+    assert calls == ["reset"]
+    metrics.end_trial(torch.device("cuda", 0))
+    assert calls == ["reset", "reset", "empty_cache"]
+
+
+class _OOMOnSecondBatch(torch.nn.Module):
+    """Features of the first batch, then CUDA's out-of-memory error in the head of the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches, self.features_seen = 0, []
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.randn(*tokens.shape, 4)  # (B, T, 4)
+        self.features_seen.append(weakref.ref(h))
+        return h
+
+    def head(self, rows: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
+        if self.batches == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return rows @ torch.ones(4, 8)  # (N, 8)
+
+
+def test_an_oom_in_evaluation_frees_the_batch_before_releasing_memory(monkeypatch):
+    """The eval loop body is a function: when memory is released, no tensor of the failed batch is alive."""
+    model, alive_at_release = _OOMOnSecondBatch(), []
+    monkeypatch.setattr(metrics, "release_memory",
+                        lambda device: alive_at_release.extend(ref() is not None for ref in model.features_seen))
+    result = metrics.evaluate(model, get_task("copy", content_vocab=4), 8, 16, 8, 0, torch.device("cpu"))
+    assert result.status == "oom" and "OutOfMemoryError" in result.error
+    assert alive_at_release == [False, False]
+
+
+# --- evaluation sets: the same bytes on every device -----------------------------------------
+def test_evaluation_sets_are_drawn_on_the_cpu_whatever_the_device(monkeypatch):
+    task = get_task("associative_recall", num_kv_pairs=4)
+    drawn_on, real_sample = [], type(task).sample
+
+    def spy(self, batch_size, seq_len, seed, device="cpu"):
+        drawn_on.append(torch.device(device))
+        return real_sample(self, batch_size, seq_len, seed, device)
+
+    monkeypatch.setattr(type(task), "sample", spy)
+    on_meta = list(metrics.eval_batches(task, 32, 20, 8, 3, torch.device("meta")))  # a device with no data
+    assert drawn_on == [torch.device("cpu")] * 3
+    assert [b.inputs.device.type for b in on_meta] == ["meta"] * 3
+    assert [tuple(b.inputs.shape) for b in on_meta] == [(8, 32), (8, 32), (4, 32)]
+    on_cpu = list(metrics.eval_batches(task, 32, 20, 8, 3, torch.device("cpu")))
+    for i, batch in enumerate(on_cpu):  # batch i is eval seed i of the run, drawn on the CPU
+        expected = real_sample(task, len(batch.inputs), 32, eval_seed(3, i), "cpu")
+        assert torch.equal(batch.inputs, expected.inputs) and torch.equal(batch.targets, expected.targets)
+
+
+# --- peak memory on CUDA (mocked allocator counters) ---------------------------------------------
+def test_cuda_peak_memory_is_relative_to_entry_and_reset_per_trial(monkeypatch):
+    mib = 2**20
+    allocated, peak, resets = [100 * mib], [0], []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: resets.append(device))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated[0])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak[0])
+    device = torch.device("cuda", 0)
+    with metrics.PeakMemory(device) as first:  # the weights (100 MiB) are already there
+        peak[0] = 350 * mib
+    assert first.peak_mb == 250 and resets == [device]
+    allocated[0] = 300 * mib  # an earlier trial left 200 MiB behind
+    with metrics.PeakMemory(device) as second:
+        peak[0] = 550 * mib
+    assert second.peak_mb == 250 and resets == [device, device]
+
+
+# --- recorded with every row: precision and compile time -----------------------------------------
+def test_rows_record_precision_and_compile_seconds():
+    runs = pd.DataFrame(run_trial(copy_trial(steps=2, eval_every=2))["runs"])
+    assert list(runs.columns) == RUNS_COLUMNS
+    assert (runs["precision"] == "fp32").all() and (runs["compile_seconds"] == 0.0).all()
+
+
+@pytest.mark.parametrize("hardware_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_cuda_precision_follows_hardware_bf16(monkeypatch, hardware_bf16, expected):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return hardware_bf16 or including_emulation  # emulated bf16 exists everywhere; it must not count
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert precision_name(torch.device("cuda", 0)) == expected
+    assert asked and not any(asked)
+
+
+# --- resume: --retry-failed ------------------------------------------------------------------------
+SPEC = """
+models = ["mlp"]
+lengths = [8]
+seeds = [0, 1]
+d_model = 16
+n_layers = 1
+steps = 4
+batch_size = 8
+eval_every = 4
+eval_multipliers = []
+eval_sequences = 16
+[tasks.copy]
+params = { content_vocab = 4 }
+"""
+
+
+def test_retry_failed_reruns_only_the_trials_that_errored(tmp_path, monkeypatch, capsys):
+    spec_file, out = tmp_path / "spec.toml", tmp_path / "out"
+    spec_file.write_text(SPEC)
+    real_train, ran = trial_module.train, []
+
+    def train(model, config, *args, **kwargs):
+        ran.append(config.seed)
+        if config.seed == 1 and broken:
+            raise NotImplementedError("nonzero_static has no CUDA kernel here")
+        return real_train(model, config, *args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "train", train)
+    broken = True
+    argv = ["run", "--spec", str(spec_file), "--out", str(out), "--quiet"]
+    assert run_cli(capsys, *argv)[0] == 0
+    assert ran == [0, 1]
+    broken = False  # e.g. torch upgraded
+    assert run_cli(capsys, *argv)[0] == 0
+    assert ran == [0, 1], "a plain resume skips every finished trial, failed or not"
+    code, text, _ = run_cli(capsys, *argv, "--retry-failed")
+    assert code == 0 and ran == [0, 1, 1]
+    table = pd.read_csv(out / "runs.csv")
+    assert len(table) == 2 and (table["status"] == "ok").all() and "2 trials: 2 ok" in text
