@@ -28,14 +28,16 @@ every eval slice is scored on held-out seeds. Training stops early when the slic
 `config.early_stop` reach `threshold`: those at the train length ("train_len") or all of them
 ("all_slices"). Time-to-accuracy is the first evaluation at which EVERY slice reached it.
 
-Clocks: `train_seconds` and time-to-accuracy count training only, from the first step (compilation by the
-`compile` option included) to the evaluation; evaluation pauses the clock, so the eval frequency does
-not change them, except through their resolution of `eval_every` steps. The time cap counts the
-trial's whole wall time.
+Clocks: `train_seconds` and time-to-accuracy count training only, from the first step to the evaluation;
+evaluation pauses the clock, so the eval frequency does not change them, except through their resolution
+of `eval_every` steps. The time cap counts the trial's wall time from the first step, evaluations included.
+Compilation is neither: it happens in a warm-up before the first step (`warm_up`), timed as
+`compile_seconds`.
 
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
-which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA, none elsewhere).
+which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA for a family that declares capture
+helps it, `compile_friendly`; none elsewhere: `resolve_compile`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def scored_positions(targets: torch.Tensor, capacity: int) -> tuple[torch.Tensor
     """
     flat = targets.reshape(-1)  # (B*T,)
     scored = flat != IGNORE  # (B*T,)
+    # nonzero_static has a CUDA kernel from torch 2.6 on (hence pyproject's torch>=2.6)
     index = torch.nonzero_static(scored, size=capacity, fill_value=0).squeeze(1)  # (C,)
     count = scored.sum()  # (), stays on the device
     real = torch.arange(capacity, device=flat.device) < count  # (C,)
