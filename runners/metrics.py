@@ -112,11 +112,10 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once."""
     was_training = model.training
     model.eval()
-    counts = _Counts.zeros(device)
+    counts, batch = _Counts.zeros(device), None
     try:
         for batch in eval_batches(task, seq_len, n_sequences, batch_size, seed, device):
             _score_batch(model, batch, device, counts)
-            del batch
     except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
         if not is_oom(err):
             raise
@@ -126,7 +125,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     finally:
         model.train(was_training)
     if oom:  # outside the except block, so the traceback's tensors are already freed
-        del counts
+        del batch, counts  # and the failed batch's, so that the release finds nothing of this slice alive
         release_memory(device)
         return SliceResult(status="oom", error=oom)
     n, hits = int(counts.total), int(counts.correct)

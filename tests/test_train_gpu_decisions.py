@@ -173,7 +173,7 @@ class _OOMOnSecondBatch(torch.nn.Module):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         h = torch.randn(*tokens.shape, 4)  # (B, T, 4)
-        self.features_seen.append(weakref.ref(h))
+        self.features_seen += [weakref.ref(tokens), weakref.ref(h)]
         return h
 
     def head(self, rows: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ def test_an_oom_in_evaluation_frees_the_batch_before_releasing_memory(monkeypatc
                         lambda device: alive_at_release.extend(ref() is not None for ref in model.features_seen))
     result = metrics.evaluate(model, get_task("copy", content_vocab=4), 8, 16, 8, 0, torch.device("cpu"))
     assert result.status == "oom" and "OutOfMemoryError" in result.error
-    assert alive_at_release == [False, False]
+    assert alive_at_release == [False] * 4  # inputs and features of both batches
 
 
 # --- evaluation sets: the same bytes on every device -----------------------------------------
