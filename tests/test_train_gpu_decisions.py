@@ -292,3 +292,36 @@ def test_retry_failed_reruns_only_the_trials_that_errored(tmp_path, monkeypatch,
     assert code == 0 and ran == [0, 1, 1]
     table = pd.read_csv(out / "runs.csv")
     assert len(table) == 2 and (table["status"] == "ok").all() and "2 trials: 2 ok" in text
+
+
+def test_an_oom_in_training_leaves_nothing_of_the_trial_alive_at_release(monkeypatch):
+    """Model, gradients, optimizer state and batches are unreachable when the trial releases memory."""
+    seen, alive_at_release, real_build = [], [], TrialConfig.build_model
+
+    def build_model(self):
+        model = real_build(self)
+        features, calls = model.features, []
+
+        def failing_features(tokens):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            h = features(tokens)
+            seen.append(weakref.ref(h))
+            return h
+
+        model.features = failing_features
+        seen.extend(weakref.ref(p) for p in model.parameters())
+        return model
+
+    real_release = metrics.release_memory
+
+    def release(device):
+        real_release(device)  # collects garbage first
+        alive_at_release.append(sum(ref() is not None for ref in seen))
+
+    monkeypatch.setattr(TrialConfig, "build_model", build_model)
+    monkeypatch.setattr(metrics, "release_memory", release)
+    runs = pd.DataFrame(run_trial(copy_trial(steps=6, eval_every=6))["runs"])
+    assert (runs["status"] == "oom").all()
+    assert len(seen) > 2 and alive_at_release == [0]
