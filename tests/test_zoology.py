@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 
 import pandas as pd
 import pytest
