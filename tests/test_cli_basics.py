@@ -54,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
 
 
 def test_console_entry_point_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "runners", "show", "nope"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "membench.runners", "show", "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("membench: error:")
 
 
