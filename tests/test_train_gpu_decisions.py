@@ -27,7 +27,7 @@ from membench.runners.precision import precision_name
 from membench.runners.tables import RUNS_COLUMNS
 from membench.runners.train import resolve_compile
 from membench.runners.trial import EvalSlice, Segment, TrialConfig, run_trial
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tiny_spec
 
 
 # --- the scan's state readout under bf16 autocast --------------------------------------------
@@ -253,25 +253,10 @@ def test_cuda_precision_follows_hardware_bf16(monkeypatch, hardware_bf16, expect
 
 
 # --- resume: --retry-failed ------------------------------------------------------------------------
-SPEC = """
-models = ["mlp"]
-lengths = [8]
-seeds = [0, 1]
-d_model = 16
-n_layers = 1
-steps = 4
-batch_size = 8
-eval_every = 4
-eval_multipliers = []
-eval_sequences = 16
-[tasks.copy]
-params = { content_vocab = 4 }
-"""
-
-
 def test_retry_failed_reruns_only_the_trials_that_errored(tmp_path, monkeypatch, capsys):
-    spec_file, out = tmp_path / "spec.toml", tmp_path / "out"
-    spec_file.write_text(SPEC)
+    spec_file = tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp"], seeds=[0, 1],
+                          steps=4, eval_every=4, eval_multipliers=[])
+    out = tmp_path / "out"
     real_train, ran = trial_module.train, []
 
     def train(model, config, *args, **kwargs):
