@@ -81,7 +81,9 @@ class _Counts:
 
     @classmethod
     def zeros(cls, device: torch.device, n_buckets: int = 64) -> "_Counts":
-        count = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
+        def count(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.long, device=device)
+
         return cls(count(), count(), count(), torch.zeros((), dtype=torch.float64, device=device),
                    count(n_buckets), count(n_buckets))
 
