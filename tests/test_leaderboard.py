@@ -10,13 +10,8 @@ import pandas as pd
 import pytest
 
 from membench.runners.errors import UsageError
-from membench.runners.reporting.leaderboard import (
-    build_leaderboard,
-    horizon,
-    read_results,
-    task_labels,
-    write_leaderboard,
-)
+from membench.runners.reporting.leaderboard import build_leaderboard, horizon, write_leaderboard
+from membench.runners.reporting.results import read_results, task_labels
 from membench.runners.tables import RUNS_COLUMNS
 from tests.sweeps import NAN, PARAMS, trial, write_sweep
 
@@ -85,7 +80,7 @@ def test_a_timed_out_trial_counts_with_its_accuracy_and_is_flagged(tmp_path):
     assert row.loc["gru", "copy mean_accuracy"] == pytest.approx(0.5)
     assert (row.loc["gru", "failed_trials"], row.loc["gru", "timeout_trials"]) == (1, 1)
     assert row.loc["lstm", "score"] == 0 and row.loc["lstm", "timeout_trials"] == 1
-    md, _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
+    (md, _), _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
     assert "| 0.500 | - / 0.500 | 4,000 | 4.0 | 1 failed trial(s); 1 timed-out trial(s) |" in md.read_text()
 
 
@@ -111,7 +106,7 @@ def test_task_variants_get_their_own_columns():
 
 def test_files_are_written_and_stable(tmp_path):
     results = read_results(write_sweep(tmp_path))
-    md, csv = write_leaderboard(results)
+    (md, csv), _ = write_leaderboard(results)
     first = md.read_bytes(), csv.read_bytes()
     write_leaderboard(read_results(tmp_path))
     assert (md.read_bytes(), csv.read_bytes()) == first
@@ -149,6 +144,6 @@ def test_bad_directories_raise_a_usage_error(tmp_path, case):
 def test_nan_safe_number_formatting_in_csv(tmp_path):
     rows = trial("copy", "gru", 64, 0.95) + trial("copy", "lstm", 64, NAN, status="timeout")
     directory = write_sweep(tmp_path, pd.DataFrame(rows, columns=RUNS_COLUMNS))
-    _, csv = write_leaderboard(read_results(directory))
+    (_, csv), _ = write_leaderboard(read_results(directory))
     assert "nan" not in csv.read_text().lower()
     assert math.isclose(pd.read_csv(csv).set_index("model").loc["gru", "score"], 0.95)
