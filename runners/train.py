@@ -375,10 +375,10 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
 
         run.bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
     model.train()
-    out.compile_seconds = warm_up(run)
-    started = time.perf_counter()
-    run.clock = _Clock(device)
     try:
+        out.compile_seconds = warm_up(run)
+        started = time.perf_counter()
+        run.clock = _Clock(device)
         for step in range(config.steps):
             if time.perf_counter() - started > config.time_cap:
                 out.timed_out = True
