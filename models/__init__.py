@@ -17,7 +17,7 @@ from membench.checks import ConfigError
 from membench.models.base import MLP, Block, MemoryModel, Mixer, linear_flops
 from membench.registry import Registry, UnknownNameError
 
-MODELS: Registry[type[MemoryModel]] = Registry("model", package="membench.models.families")
+MODELS: Registry[type[MemoryModel]] = Registry("model", package="membench.models.families", plugins=True)
 _BASE_ARGS = ("vocab_size", "d_model", "n_layers")
 
 

@@ -290,11 +290,16 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "exact_match": result.exact_match if scored else nan,
             "loss": result.loss if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
-            "state_size": model.state_size(s.seq_len) if model is not None else nan,
+            "state_size": _known(model.state_size(s.seq_len)) if model is not None else nan,
             "status": row_status, "error": row_error,
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
     return rows
+
+
+def _known(value: int | None) -> float | int:
+    """A model's state size, NaN (an empty cell) when it declares none (an imported mixer without state_size)."""
+    return math.nan if value is None else value
 
 
 def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:

@@ -1,16 +1,17 @@
-"""`membench tasks`: the registered tasks with version, params and a one-line description."""
+"""`membench tasks`: the registered tasks with version, source, params and a one-line description."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from membench.memtasks import list_tasks, task_class
+from membench.memtasks import TASKS, list_tasks, task_class
+from membench.runners.parsing import add_include_flag
 
-HELP = "list the tasks: name, version, params with defaults, description"
+HELP = "list the tasks: name, version, source, params with defaults, description"
 
 
 def add_arguments(parser) -> None:
-    pass
+    add_include_flag(parser)
 
 
 def run(args) -> int:
@@ -18,9 +19,9 @@ def run(args) -> int:
     for name in list_tasks():
         cls = task_class(name)
         params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
-        rows.append((name, str(cls.version), params or "-", cls.description))
-    header = ("task", "version", "params (defaults)", "description")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        rows.append((name, str(cls.version), TASKS.source(name), params or "-", cls.description))
+    header = ("task", "version", "source", "params (defaults)", "description")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
     return 0

@@ -199,6 +199,11 @@ def _preorder(events):
         yield from _preorder(event.children)
 
 
+def _known(value: int | None) -> float | int:
+    """A state size, NaN when the model declares none (an imported mixer without state_size)."""
+    return math.nan if value is None else value
+
+
 # --- one family ----------------------------------------------------------------------------
 def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) -> dict:
     """A cost.csv row with the analytic columns filled and the measured ones NaN."""
@@ -207,7 +212,7 @@ def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) 
         "model": name, "seq_len": seq_len, "batch_size": batch_size, "ms_per_step": nan,
         "peak_memory_mb": nan, "flops": 3 * model.flops(batch_size, seq_len),
         "attention_flops": 3 * model.attention_flops(batch_size, seq_len), "tflops_per_s": nan,
-        "tokens_per_second": nan, "state_size": model.state_size(seq_len), "status": "ok",
+        "tokens_per_second": nan, "state_size": _known(model.state_size(seq_len)), "status": "ok",
         "device": device_name(device),
     }
 
