@@ -74,11 +74,15 @@ class ImportedMixer(Mixer):
 
 def counted_flops(model: MemoryModel, batch_size: int, seq_len: int) -> int:
     """Forward FLOPs of `model` on a (batch_size, seq_len) batch, counted by FlopCounterMode on the reference
-    path (2 per multiply-accumulate, as membench's analytic formulas), once per shape (cached on the model)."""
+    path (2 per multiply-accumulate, as membench's analytic formulas), once per shape (cached on the model).
+
+    The batched matmuls (bmm) inside modules named like attention ("attn", "attention", not "linear_attn")
+    are kept as the model's `_counted_attention_flops` for the same shape."""
     cache = model.__dict__.setdefault("_counted_flops", {})
+    attention = model.__dict__.setdefault("_counted_attention_flops", {})
     if (batch_size, seq_len) not in cache:
         paths = {m: m.path for m in model.mixers()}
-        training = model.training
+        own_path, training = getattr(model, "path", None), model.training
         device = next(model.parameters()).device
         try:
             model.set_path("reference").eval()
@@ -86,10 +90,24 @@ def counted_flops(model: MemoryModel, batch_size: int, seq_len: int) -> int:
                 model(torch.zeros(batch_size, seq_len, dtype=torch.long, device=device))
         finally:
             model.train(training)
+            if own_path is not None:
+                model.set_path(own_path)
             for mixer, path in paths.items():
                 mixer.path = path
         cache[(batch_size, seq_len)] = int(counter.get_total_flops())
+        attention[(batch_size, seq_len)] = _attention_part(counter.get_flop_counts())
     return cache[(batch_size, seq_len)]
+
+
+def _attention_part(counts: dict[str, dict]) -> int:
+    """bmm FLOPs of the outermost modules whose last name is attention-like (token-to-token products)."""
+    def attention_like(name: str) -> bool:
+        last = name.rsplit(".", 1)[-1].lower()
+        return ("attn" in last or "attention" in last) and "linear" not in last
+
+    chosen = [n for n in counts if attention_like(n)]
+    outermost = [n for n in chosen if not any(n.startswith(o + ".") for o in chosen if o != n)]
+    return int(sum(v for n in outermost for op, v in counts[n].items() if "bmm" in str(op)))
 
 
 class ImportedMixerModel(MemoryModel):
