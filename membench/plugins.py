@@ -79,10 +79,14 @@ def warn(message: str) -> None:
 
 # --- import paths ------------------------------------------------------------------------------------------
 def cwd_importable() -> None:
-    """Put the current directory first on sys.path, as `python -m` does (the console script does not)."""
+    """Put the current directory first on sys.path, as `python -m` does (the console script does not), and
+    on $PYTHONPATH, so that worker processes (spawned, or Ray's, which start elsewhere) import the same paths."""
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if cwd not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [*paths, cwd] if p)
 
 
 def resolve(kind: str, path: str) -> type:
