@@ -196,7 +196,7 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
             raise Failed(f"an O(n^2) model's state should grow with length: {sizes}")
         if cost in ("O(n)", "O(n*w)") and sizes[4096] != sizes[8192]:
             raise Failed(f"a bounded-memory ({cost}) model's state grows: {sizes}")
-        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 ({cost})"
+        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 (cost class {cost})"
 
     def flops() -> str:
         model.set_path("reference")

@@ -1,5 +1,8 @@
 """Helpers shared by test modules."""
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -20,3 +23,17 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def undo_plugin_side_effects(monkeypatch):
+    """Plugins put folders on sys.path and in the environment (so worker processes see them too): a test module
+    that imports this autouse fixture gets both restored after each test."""
+    from membench.plugins import INCLUDE_ENV
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for var in ("PYTHONPATH", INCLUDE_ENV):
+        old = os.environ.get(var)
+        monkeypatch.setenv(var, old or "")  # records the value to restore, absent included
+        if old is None:
+            monkeypatch.delenv(var)

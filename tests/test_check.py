@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from membench.runners.contract import FAIL, PASS, SKIP, check_model, check_task
-from tests.helpers import run_cli
+from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autouse)
 
 _ids = itertools.count()
+
 
 BROKEN = '''
 from dataclasses import dataclass

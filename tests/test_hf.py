@@ -13,7 +13,7 @@ import torch
 
 from membench.checks import ConfigError
 from membench.runners.contract import check_model
-from tests.helpers import run_cli
+from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autouse)
 
 try:
     import transformers  # noqa: F401
@@ -21,6 +21,7 @@ except ImportError:
     transformers = None
 needs_hf = pytest.mark.skipif(transformers is None, reason="needs the hf extra: pip install 'membench[hf]'")
 TYPES = ["gpt2", "llama", "mamba", "rwkv"]  # two attention types, two recurrent ones
+
 
 
 def test_without_the_extra_hf_names_say_how_to_install_it(monkeypatch, capsys):

@@ -18,9 +18,10 @@ from membench import plugins
 from membench.memtasks import TASKS, get_task, list_tasks, task_class
 from membench.models import MODELS, build_model, family_params, list_models, model_class, params_matched
 from membench.runners.spec import load_spec
-from tests.helpers import run_cli
+from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
+
 _ids = itertools.count()
 
 MIXER = '''
@@ -186,6 +187,7 @@ def test_a_spec_names_models_and_tasks_by_path_with_params(user_dir):
         load_spec(spec_file=str(tmp / "bad.toml"))
 
 
+@pytest.mark.slow
 def test_a_tiny_run_by_import_path_leaves_state_size_empty(user_dir, capsys):
     tmp, mixers, tasks = user_dir
     code, out, err = run_cli(capsys, "run", "--preset", "smoke", "--tasks", f"{tasks}:EchoPrevious",

@@ -16,9 +16,10 @@ import pytest
 
 from membench.models import MODELS, build_model, list_models
 from membench.runners.spec import load_spec
-from tests.helpers import run_cli
+from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
+
 README = ROOT / "README.md"
 
 
