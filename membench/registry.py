@@ -96,9 +96,9 @@ class Registry(Generic[T]):
         is resolved by membench.plugins."""
         self._load()
         if name not in self._items:
-            if self._plugins and ":" in name:
-                from membench import plugins
+            from membench import plugins
 
+            if self._plugins and plugins.is_import_path(name):
                 return plugins.resolve(self.kind, name)
             hint = "; or an import path MODULE:CLASS" if self._plugins else ""
             raise UnknownNameError(unknown_name_message(self.kind, name, self.names()) + hint)

@@ -315,7 +315,10 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     top = {k: check(raw[k], f"{label} {k}") for k, check in TOP_KEYS.items() if check and k in raw}
     home = Path(spec_file).parent if spec_file is not None and Path(spec_file).is_file() else Path.cwd()
     for folder in top.get("include", []):  # plugin folders first: they register tasks and models
-        plugins.include(home / folder)
+        try:
+            plugins.include(home / folder)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
     for key in ("device", "executor"):
         if key in overrides:
             top[key] = TOP_KEYS[key](overrides[key], f"--{key}")

@@ -92,10 +92,13 @@ class EchoPrevious(Task):
 
 @pytest.fixture
 def user_dir(tmp_path, monkeypatch):
-    """A user's folder (the current directory) holding a mixer module and a task module with fresh names."""
+    """A user's folder (the current directory) holding a mixer module and a task module with fresh names, and
+    a models/ package of its own."""
     n = next(_ids)
     (tmp_path / f"user_mixers_{n}.py").write_text(MIXER)
     (tmp_path / f"user_tasks_{n}.py").write_text(TASK)
+    (tmp_path / "models").mkdir()  # a user's own models/ package must not get in the way
+    (tmp_path / "models" / "__init__.py").write_text("WHOSE = 'the user'\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     return tmp_path, f"user_mixers_{n}", f"user_tasks_{n}"
@@ -323,9 +326,19 @@ def test_entry_points_load_on_first_use_and_join_models_all(tmp_path):
     listing = subprocess.run([sys.executable, "-m", "membench.runners", "tasks"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert f"ep_echo_{n}" in listing.stdout and f"entry point mbplug-{n}" in listing.stdout
+    listing = subprocess.run([sys.executable, "-m", "membench.runners", "models", "--d-model", "16"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+    line = next(x for x in listing.stdout.splitlines() if x.startswith(f"ep_shift_{n} "))
+    assert f"entry point mbplug-{n}" in line and "unknown" in line  # ShiftMixer declares no state size
 
 
 def test_state_size_nan_is_not_zero():
     from membench.runners.trial import _known
 
     assert math.isnan(_known(None)) and _known(0) == 0
+
+
+def test_a_spec_include_that_is_not_a_folder_names_the_spec(tmp_path):
+    (tmp_path / "sweep.toml").write_text('include = ["nowhere"]\n')
+    with pytest.raises(ValueError, match=r"spec sweep.toml: include .*nowhere: not a directory"):
+        load_spec(spec_file=str(tmp_path / "sweep.toml"))
