@@ -333,9 +333,9 @@ def test_entry_points_load_on_first_use_and_join_models_all(tmp_path):
 
 
 def test_state_size_nan_is_not_zero():
-    from membench.runners.trial import _known
+    from membench.runners.tables import state_cell
 
-    assert math.isnan(_known(None)) and _known(0) == 0
+    assert math.isnan(state_cell(None)) and state_cell(0) == 0
 
 
 def test_a_spec_include_that_is_not_a_folder_names_the_spec(tmp_path):

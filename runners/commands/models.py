@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from membench.models import MODELS, build_model, family_params, list_models, model_class
 from membench.runners.parsing import add_include_flag, positive_int
+from membench.runners.reporting.text import count, text_table
 
 HELP = "list the model families: params, parameter count, state size, cost class, source, memory mechanism"
 
@@ -20,11 +21,6 @@ def add_arguments(parser) -> None:
     add_include_flag(parser)
 
 
-def state_text(size: int | None) -> str:
-    """'1,024', or 'unknown' for a model that declares no state size."""
-    return "unknown" if size is None else f"{size:,}"
-
-
 def run(args) -> int:
     vocab, d_model = positive_int(args.vocab_size, "--vocab-size"), positive_int(args.d_model, "--d-model")
     n_layers, length = positive_int(args.n_layers, "--n-layers"), positive_int(args.length, "--length")
@@ -35,9 +31,8 @@ def run(args) -> int:
         model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
         params = ", ".join(f"{k}={v!r}" for k, v in family_params(name).items()) or "-"
         rows.append((name, model_class(name).cost_class, f"{model.num_params():,}",
-                     state_text(model.state_size(length)), MODELS.source(name), params, model.memory_mechanism))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(6)]
+                     count(model.state_size(length), missing="unknown"), MODELS.source(name), params,
+                     model.memory_mechanism))
     print(f"d_model={d_model}, n_layers={n_layers}, vocab_size={vocab}; state = floats carried per sequence")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths)) + "  " + row[6])
+    print(text_table(header, rows))
     return 0

@@ -6,6 +6,7 @@ import dataclasses
 
 from membench.memtasks import TASKS, list_tasks, task_class
 from membench.runners.parsing import add_include_flag
+from membench.runners.reporting.text import text_table
 
 HELP = "list the tasks: name, version, source, params with defaults, description"
 
@@ -21,7 +22,5 @@ def run(args) -> int:
         params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
         rows.append((name, str(cls.version), TASKS.source(name), params or "-", cls.description))
     header = ("task", "version", "source", "params (defaults)", "description")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+    print(text_table(header, rows))
     return 0
