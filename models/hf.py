@@ -243,6 +243,8 @@ class HFModel(MemoryModel):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.path = "fast"
         self.state_kind, self._state = state_formula(self.model_type, config)
+        if getattr(config, "layer_types", None) and "full_attention" not in config.layer_types:
+            self.cost_class = "O(n)"  # e.g. Qwen3-Next at 2 layers: every layer is linear attention
         self._fast_attention = config._attn_implementation
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
