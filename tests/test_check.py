@@ -93,6 +93,7 @@ def statuses(rows) -> dict[str, str]:
     return {r.name: r.status for r in rows}
 
 
+@pytest.mark.slow
 def test_a_family_and_a_task_pass_every_check():
     rows = check_model("mlp")
     assert {r.status for r in rows} <= {PASS, SKIP} and statuses(rows)["causal (fast path)"] == PASS
