@@ -295,10 +295,11 @@ class AssociativeRecall(Task):
         if self.num_kv_pairs is not None:
             check_int("num_kv_pairs", self.num_kv_pairs, 1)
             if self.num_kv_pairs > self.num_key_motifs:
+                more = (f"raise vocab_size to >= {self.vocab_size - self.kv_vocab + 2 * self.num_kv_pairs}"
+                        if self.key_size == 1 else "raise vocab_size or k_motif_size")
                 raise ConfigError(
                     f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="
-                    f"{self.vocab_size} has {self.num_key_motifs}; the maximum is {self.num_key_motifs} (or raise "
-                    f"vocab_size to >= {self.vocab_size - self.kv_vocab + 2 * self.num_kv_pairs})"
+                    f"{self.vocab_size} has {self.num_key_motifs}; the maximum is {self.num_key_motifs} (or {more})"
                 )
         if self.num_updates > (self.num_kv_pairs or self.num_key_motifs):
             raise ConfigError(
