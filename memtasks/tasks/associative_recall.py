@@ -402,8 +402,10 @@ class AssociativeRecall(Task):
                 f"the minimum is {self.min_length()}"
             )
         k, most = self.num_kv_pairs, 0
-        while self._fits(seq_len, most + 1) and most < self.num_kv_pairs:
-            most += 1
+        for fewer in range(max(1, self.num_updates), self.num_key_motifs + 1):  # fits less and less as k grows
+            if not self._fits(seq_len, fewer):
+                break
+            most = fewer
         updates = f" and {self.num_updates} updates" if self.num_updates else ""
         raise ConfigError(
             f"seq_len={seq_len} is too short for {self.name} with num_kv_pairs={k}{updates}: k pairs and k query "
