@@ -259,3 +259,32 @@ def test_fuzzy_defaults_validation_and_render():
                          ({"vocab_size": 4, "k_motif_size": 2, "num_kv_pairs": 5}, "num_kv_pairs=5 .* maximum is 4")):
         with pytest.raises(ValueError, match=name):
             get_task("fuzzy_recall", **params)
+
+
+# --- all three with updates ------------------------------------------------------------------------------
+
+
+UPDATED = [("associative_recall", {"vocab_size": 20}), ("noisy_recall", {"vocab_size": 26, "noise_vocab_size": 6}),
+           ("fuzzy_recall", {"vocab_size": 8, "k_motif_size": 2, "v_motif_size": 3})]
+
+
+@pytest.mark.parametrize("name, params", UPDATED, ids=[name for name, _ in UPDATED])
+@pytest.mark.parametrize("num_updates", [1, 3])
+def test_updates_agree_with_the_solver_and_the_lags_in_every_variant(name, params, num_updates):
+    task = get_task(name, **params, num_updates=num_updates)
+    for seq_len in (task.min_length(), task.min_length() + 3, 97):
+        batch = task.sample(32, seq_len, seed=seq_len)
+        scored = batch.scored
+        assert scored.any(dim=1).all()
+        assert torch.equal(task.solve(batch.inputs)[scored], batch.targets[scored])
+        rows, cols = scored.nonzero(as_tuple=True)
+        evidence = cols - batch.lags[rows, cols]
+        assert (evidence >= 0).all() and (evidence < task.context_len(seq_len)).all()
+        assert torch.equal(batch.inputs[rows, evidence], batch.targets[rows, cols])
+
+
+@pytest.mark.parametrize("name, params", UPDATED, ids=[name for name, _ in UPDATED])
+def test_updates_generate_on_the_meta_device_without_a_host_sync(name, params):
+    task = get_task(name, **params, num_updates=2)
+    batch = task._generate(8, 67, None, torch.device("meta"))
+    assert batch.inputs.shape == batch.targets.shape == batch.lags.shape == (8, 67)

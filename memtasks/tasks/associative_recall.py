@@ -282,7 +282,9 @@ class AssociativeRecall(Task):
     description: ClassVar[str] = (
         "Zoology's multi-query associative recall: k key-value pairs, then each key queried once (power-law gaps)"
     )
-    version: ClassVar[int] = 2  # 2: num_updates (key overwrite); its default 0 keeps version 1's bytes
+    # 2: num_updates (key overwrite); its default 0 keeps version 1's bytes. noisy_recall and fuzzy_recall draw
+    # through this generator: a change to its draws changes their data too, so bump their versions with it.
+    version: ClassVar[int] = 2
 
     def check_params(self) -> None:
         check_int("vocab_size", self.vocab_size, 4)
