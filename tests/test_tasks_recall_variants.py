@@ -131,8 +131,9 @@ def test_num_updates_lengths_and_messages():
 
 def test_update_render_shows_both_bindings():
     task = get_task("associative_recall", vocab_size=8, num_kv_pairs=2, num_updates=1)
-    text = task.render(task.sample(1, 11, seed=3))
-    assert text == "pairs:   k0=v0 k3=v0 k3=v2\nqueries: [k3 -> v2] v1 [k0 -> v0] v1 v3"
+    batch = task.sample(1, 11, seed=3)  # the docstring's worked example
+    assert task.render(batch) == "pairs:   k0=v0 k3=v0 k3=v2\nqueries: [k3 -> v2] v1 [k0 -> v0] v1 v3"
+    assert batch.lags[batch.scored].tolist() == [1, 7]
 
 
 # --- noisy_recall ------------------------------------------------------------------------------------
@@ -250,7 +251,8 @@ def test_fuzzy_defaults_validation_and_render():
     assert [task.pairs(t) for t in (11, 24, 64, 256)] == [1, 1, 2, 10]
     assert task.min_length() == 11
     small = get_task("fuzzy_recall", vocab_size=8, k_motif_size=2, v_motif_size=2, num_kv_pairs=2)
-    batch = small.sample(1, 16, seed=2)
+    batch = small.sample(1, 16, seed=2)  # the docstring's worked example
+    assert batch.lags[batch.scored].tolist() == [3, 3, 11, 11]
     assert small.render(batch) == (
         "pairs:   k2k0=v1v0 k3k3=v2v3\nqueries: k3 [k3 -> v2] [v2 -> v3] v1 k2 [k0 -> v1] [v1 -> v0] v3"
     )
