@@ -3,7 +3,8 @@
 Layers follow `mixer_pattern`, a comma list cycled over the layers ("linear,window" by default):
 
 "linear": linear attention whose feature map is the 2nd-order Taylor expansion of exp, on q and k
-projected to a small feature dimension d' per head (default 16), after a short convolution:
+projected to a small feature dimension d' per head (default 16), after a short convolution; H heads
+(`n_heads`, default 1 as in Based: one head whose values are all D channels):
 
     q, k, v = split(ShortConv_k(W_in x))                      # (H, d'), (H, d'), (H, P) per token, P = D/H
     phi(x)  = [1, x / d'^(1/4), vec(x x^T) / (sqrt(2) sqrt(d'))]  # (1 + d' + d'^2,)
@@ -14,8 +15,9 @@ projected to a small feature dimension d' per head (default 16), after a short c
 
 computed by the shared scan (`models.scan.scan_chunked` fast, `scan_reference` as the reference).
 
-"window": softmax attention over the last w tokens (default 64), the `sliding_window` family's own
-mixer (`WindowAttention`, RoPE), imported, not copied: exact local recall beside the global summary.
+"window": softmax attention over the last w tokens (default 64) with `window_heads` heads (default 4),
+the `sliding_window` family's own mixer (`WindowAttention`, RoPE), imported, not copied: exact local
+recall beside the global summary.
 
 Worked example (d' = 1, one head): q = k = 1 gives s = 1 and phi(q).phi(k) = 1 + 1 + 1/2 = 2.5,
 against exp(1) = 2.72; s = -1 gives 0.5 against 0.37.
@@ -123,8 +125,9 @@ class BasedModel(MemoryModel):
         d_model: int = 64,
         n_layers: int = 2,
         *,
-        n_heads: int = 4,
+        n_heads: int = 1,
         feature_dim: int = 16,
+        window_heads: int = 4,
         window: int = 64,
         short_conv: int = 3,
         mixer_pattern: str = "linear,window",
@@ -136,11 +139,13 @@ class BasedModel(MemoryModel):
         check_int("short_conv", short_conv, 0)  # 0 = no short convolution
         check_int("chunk_size", chunk_size)
         kinds = parse_based_pattern(mixer_pattern, check_int("n_layers", n_layers))
-        check_heads(check_int("d_model", d_model), n_heads, rope="window" in kinds)
+        check_heads(check_int("d_model", d_model), n_heads, rope=False)
+        if "window" in kinds:
+            check_heads(d_model, window_heads, rope=True)
 
         def make_mixer(i: int) -> Mixer:
             if kinds[i] == "window":
-                return WindowAttention(d_model, n_heads, window)
+                return WindowAttention(d_model, window_heads, window)
             return TaylorLinearAttention(d_model, n_heads, feature_dim, short_conv, chunk_size)
 
         super().__init__(vocab_size, d_model, n_layers, make_mixer=make_mixer, mlp_ratio=mlp_ratio)

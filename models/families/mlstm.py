@@ -11,19 +11,21 @@ Per head (d = d_model / n_heads), with scalar gate pre-activations i~_t, f~_t pe
     y_t = W_out (sigmoid(W_o x_t) * LayerNorm_head(h_t))     # output gate, per-head norm
 
 exp(i~) overflows float32 once i~ > 88, so the states are carried scaled by exp(-m_t), with the max
-state m_t = max(log f_t + m_{t-1}, i~_t) (m_0 = 0, C_0 = n_0 = 0):
+state m_t = max(log f_t + m_{t-1}, max(i~_t, M_FLOOR)) (m_0 = 0, C_0 = n_0 = 0; the floor, -30, keeps
+exp(-m_t) finite when every gate is shut):
 
     C~_t = exp(log f_t + m_{t-1} - m_t) C~_{t-1} + exp(i~_t - m_t) v_t k_t^T      # = C_t exp(-m_t)
     n~_t = exp(log f_t + m_{t-1} - m_t) n~_{t-1} + exp(i~_t - m_t) k_t            # = n_t exp(-m_t)
     h_t  = C~_t q_t / (max(|n~_t . q_t|, exp(-m_t)) + eps)
 
-Every exponent is <= 0 by the choice of m_t, and h_t is the unstabilised h_t for any m (up to eps).
+Every exponent is <= 0 by the choice of m_t, and h_t is the unstabilised h_t for any such m (up to eps).
 
 Fast path `mlstm_chunked` (a loop over chunks only, matmuls inside; cf. the chunkwise form of the
 NX-AI mlstm kernels): with b_i = sum of log f over the chunk up to i and D_ij = b_i - b_j + i~_j
-(j <= i), position i of a chunk entered with state (C~, n~, m) has
+(j <= i) and D'_ij the same with the floored gate max(i~_j, M_FLOOR), position i of a chunk entered
+with state (C~, n~, m) has
 
-    m_i   = max(b_i + m, max_{j<=i} D_ij)
+    m_i   = max(b_i + m, max_{j<=i} D'_ij)
     num_i = exp(b_i + m - m_i) C~ q_i + sum_{j<=i} exp(D_ij - m_i) (q_i . k_j) v_j
     den_i = exp(b_i + m - m_i) n~ . q_i + sum_{j<=i} exp(D_ij - m_i) (q_i . k_j)
 
@@ -54,6 +56,7 @@ from membench.models.layers import ShortConv, check_heads
 from membench.models.scan import carry_dtype
 
 EPS = 1e-6
+M_FLOOR = -30.0  # the max state never goes below it: exp(-m) <= exp(30) stays finite
 FORGET_GATES = ("sigmoid", "exp")
 
 
@@ -80,7 +83,7 @@ def mlstm_reference(
     outputs = []
     for q_t, k_t, v_t, i_t, lf_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), i_pre.to(dtype).unbind(1),
                                         log_f.unbind(1)):
-        m_new = torch.maximum(lf_t + m, i_t)  # (B, H)
+        m_new = torch.maximum(lf_t + m, i_t.clamp(min=M_FLOOR))  # (B, H)
         f_s, i_s = (lf_t + m - m_new).exp(), (i_t - m_new).exp()  # (B, H) each, both <= 1
         update = k_t.to(dtype).unsqueeze(-1) @ v_t.to(dtype).unsqueeze(-2)  # (B, H, d, 1) @ (B, H, 1, P)
         C = f_s[..., None, None] * C + i_s[..., None, None] * update  # (B, H, d, P)
@@ -120,14 +123,17 @@ def mlstm_chunked(
 
     qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, H, nC, C, d), ..., (B, H, nC, C, P)
     i_c = gates_to_chunks(i_pre)  # (B, H, nC, C)
+    i_m = i_c.clamp(min=M_FLOOR)  # the floored gate, for the max states only
     b = gates_to_chunks(log_forget(f_pre.to(dtype), forget_gate)).cumsum(-1)  # (B, H, nC, C): log f up to i
     causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
 
     # 1. intra-chunk log weights D_ij = b_i - b_j + i~_j (j <= i) and the chunk's own contribution to
-    #    the state at its end, scaled by its own max: a_j = b_last - b_j + i~_j
-    log_w = (b.unsqueeze(-1) - b.unsqueeze(-2) + i_c.unsqueeze(-2)).masked_fill(~causal, float("-inf"))  # (..., C, C)
+    #    the state at its end, scaled by its own max: a_j = b_last - b_j + i~_j (the maxima use i_m)
+    lag_f = b.unsqueeze(-1) - b.unsqueeze(-2)  # (B, H, nC, C, C): b_i - b_j
+    log_w = (lag_f + i_c.unsqueeze(-2)).masked_fill(~causal, float("-inf"))  # (B, H, nC, C, C)
+    log_w_max = (lag_f + i_m.unsqueeze(-2)).masked_fill(~causal, float("-inf")).max(-1).values  # (B, H, nC, C)
     a = b[..., -1:] - b + i_c  # (B, H, nC, C)
-    a_max = a.max(-1).values  # (B, H, nC)
+    a_max = (b[..., -1:] - b + i_m).max(-1).values  # (B, H, nC)
     a_w = (a - a_max.unsqueeze(-1)).exp().unsqueeze(-1)  # (B, H, nC, C, 1), <= 1
     local_C = (kc * a_w).transpose(-1, -2) @ vc  # (B, H, nC, d, P)
     local_n = (kc * a_w).sum(-2)  # (B, H, nC, d)
@@ -148,7 +154,7 @@ def mlstm_chunked(
 
     # 3. every output at once: the entering state's part plus the masked intra-chunk part, one max m_i
     inter = b + m_in.unsqueeze(-1)  # (B, H, nC, C): log scale of the entering state at i
-    m_i = torch.maximum(inter, log_w.max(-1).values)  # (B, H, nC, C)
+    m_i = torch.maximum(inter, log_w_max)  # (B, H, nC, C)
     weights = (log_w - m_i.unsqueeze(-1)).exp()  # (B, H, nC, C, C), zero above the diagonal
     scores = (qc @ kc.transpose(-1, -2)) * weights  # (B, H, nC, C, C)
     inter_w = (inter - m_i).exp().unsqueeze(-1)  # (B, H, nC, C, 1)
