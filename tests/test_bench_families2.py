@@ -5,7 +5,7 @@
 Their step times at T = 256 and 1024 come from `tests/test_bench_models.py`, which runs every family.
 Here: Hyena's FFT convolution against its explicit O(T^2) reference at T = 4096, forward + backward of a
 whole model (d_model 64, 2 layers, batch 1), both measured in the same run; the FFT path must be at
-least 10x faster. And mLSTM's chunked form against its per-token recurrence at the same length.
+least 10x faster; and the same for mLSTM's chunked form against its per-token recurrence.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def seconds(step, rounds: int) -> float:
     return best
 
 
-@pytest.mark.parametrize("name,min_speedup", [("hyena", 10.0), ("mlstm", 1.0)])
+@pytest.mark.parametrize("name,min_speedup", [("hyena", 10.0), ("mlstm", 10.0)])
 def test_fast_path_against_the_reference_at_4096(benchmark, capsys, name, min_speedup):
     fast_step, reference_step = step_of(name, "fast"), step_of(name, "reference")
     fast_step()  # warm-up

@@ -10,6 +10,8 @@ Per head (d = d_model / n_heads), with scalar gate pre-activations i~_t, f~_t pe
     h_t = C_t q_t / max(|n_t . q_t|, 1)                      # (d,)
     y_t = W_out (sigmoid(W_o x_t) * LayerNorm_head(h_t))     # output gate, per-head norm
 
+(the code stores C transposed, k v^T of shape (d, P), and reads C^T q: the same numbers.)
+
 exp(i~) overflows float32 once i~ > 88, so the states are carried scaled by exp(-m_t), with the max
 state m_t = max(log f_t + m_{t-1}, max(i~_t, M_FLOOR)) (m_0 = 0, C_0 = n_0 = 0; the floor, -30, keeps
 exp(-m_t) finite when every gate is shut):
