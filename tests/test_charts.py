@@ -12,8 +12,9 @@ from membench.runners.cli import main
 from membench.runners.reporting.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
 from membench.runners.reporting.figures import count_label, family_styles
 from membench.runners.reporting.leaderboard import read_results
+from membench.runners.tables import RUNS_COLUMNS
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+from tests.sweeps import known_runs, trial, write_sweep
 
 STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
          "training_curves"]

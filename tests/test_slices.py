@@ -8,9 +8,9 @@ import pandas as pd
 
 from membench.runners.reporting.leaderboard import build_leaderboard
 from membench.runners.reporting.slices import named_slice_rows, slice_table, write_slices
-from membench.runners.tables import SLICE_CURVES_COLUMNS
+from membench.runners.tables import RUNS_COLUMNS, SLICE_CURVES_COLUMNS
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+from tests.sweeps import known_runs, trial, write_sweep
 
 
 def sliced_only(trial_rows: list[dict], accuracies: dict[str, float], steps_to_threshold: float) -> list[dict]:
