@@ -16,13 +16,9 @@ from membench.models.families.hyena import causal_conv_fft, causal_conv_referenc
 from membench.models.families.mlstm import mlstm_chunked, mlstm_reference
 from membench.models.families.sliding_window import WindowAttention
 from membench.models.scan import scan_reference
+from tests.helpers import assert_paths_agree, assert_same_outputs_and_grads
 
 VOCAB = 16
-
-
-def grads_of(fn, inputs, weights):
-    out = fn(*inputs)
-    return out, torch.autograd.grad((out * weights).sum(), inputs)
 
 
 # --- mLSTM: chunked form = per-token recurrence ------------------------------------------------------------
@@ -44,12 +40,8 @@ def test_mlstm_chunked_equals_the_recurrence_in_outputs_and_gradients(shape, for
     i_pre = 3 * torch.randn(batch, seq_len, heads, generator=gen, dtype=torch.double)
     f_pre = 2 * torch.randn(batch, seq_len, heads, generator=gen, dtype=torch.double)
     inputs = [t.requires_grad_() for t in (q, k, v, i_pre, f_pre)]
-    weights = torch.randn(batch, seq_len, heads, p, generator=gen, dtype=torch.double)
-    ref, ref_grads = grads_of(lambda *a: mlstm_reference(*a, forget_gate), inputs, weights)
-    fast, fast_grads = grads_of(lambda *a: mlstm_chunked(*a, forget_gate, chunk_size=chunk), inputs, weights)
-    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-9)
-    for name, g_fast, g_ref in zip(("q", "k", "v", "i", "f"), fast_grads, ref_grads):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
+    assert_same_outputs_and_grads(lambda *a: mlstm_chunked(*a, forget_gate, chunk_size=chunk),
+                                  lambda *a: mlstm_reference(*a, forget_gate), inputs, atol=1e-9, rtol=1e-8)
 
 
 def unstabilised_mlstm(q, k, v, i_pre, f_pre, forget_gate):
@@ -112,12 +104,8 @@ def test_fft_convolution_equals_the_direct_one_in_outputs_and_gradients(batch, s
     gen = torch.Generator().manual_seed(seq_len)
     z = torch.randn(batch, seq_len, width, generator=gen, dtype=torch.double, requires_grad=True)
     h = torch.randn(width, seq_len, generator=gen, dtype=torch.double, requires_grad=True)
-    weights = torch.randn(batch, seq_len, width, generator=gen, dtype=torch.double)
-    ref, ref_grads = grads_of(causal_conv_reference, [z, h], weights)
-    fast, fast_grads = grads_of(causal_conv_fft, [z, h], weights)
-    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-9)
-    for g_fast, g_ref in zip(fast_grads, ref_grads):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-10, rtol=1e-9)
+    assert_same_outputs_and_grads(causal_conv_fft, causal_conv_reference, [z, h], atol=1e-10, rtol=1e-9)
+    ref = causal_conv_reference(z, h).detach()
     # and both are the Toeplitz sum itself, y_t = sum_{s <= t} h[t - s] z_s
     lag = torch.arange(seq_len)[:, None] - torch.arange(seq_len)[None, :]  # (T, T): t - s
     toeplitz = torch.where(lag >= 0, h.detach()[:, lag.clamp(min=0)], 0.0)  # (D, T, T)
@@ -235,3 +223,27 @@ def test_based_state_size_is_what_its_scan_and_window_carry(monkeypatch):
 def test_bad_params_are_rejected(name, params, match):
     with pytest.raises(ConfigError, match=match):
         build_model(name, VOCAB, d_model=16, **params)
+
+
+# --- which FLOPs are attention -----------------------------------------------------------------------------------
+def test_memory_and_attention_flops_are_split_by_mechanism():
+    """A matrix memory or a long convolution is memory FLOPs; Based's window layers are attention."""
+    for name in ("mlstm", "hyena"):
+        model = build_model(name, VOCAB, d_model=16)
+        assert model.attention_flops(2, 64) == 0 and model.memory_flops(2, 64) > 0
+    model = build_model("based", VOCAB, d_model=16, window=8)
+    linear, window = (b.mixer for b in model.blocks)
+    assert model.attention_flops(2, 64) == window.attention_flops(2, 64) > 0
+    assert model.memory_flops(2, 64) == linear.memory_flops(2, 64) > 0
+
+
+@pytest.mark.parametrize("name,params", [
+    ("mlstm", {"forget_gate": "exp", "short_conv": 0, "chunk_size": 8}),
+    ("mlstm", {"n_heads": 2, "chunk_size": 16}),
+    ("hyena", {"order": 3, "short_conv": 0}),
+    ("based", {"mixer_pattern": "window,linear", "feature_dim": 4, "n_heads": 2, "window": 8, "chunk_size": 8}),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+def test_fast_and_reference_paths_agree_beyond_the_defaults(name, params):
+    torch.manual_seed(0)
+    model = build_model(name, VOCAB, d_model=16, n_layers=2, **params).double()
+    assert_paths_agree(model, torch.randint(0, VOCAB, (2, 29)), atol=1e-8, rtol=1e-6)

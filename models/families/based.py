@@ -96,11 +96,11 @@ class TaylorLinearAttention(Mixer):
         return (
             linear_flops(tokens, self.d_model, self.channels)
             + conv
-            + self.attention_flops(batch_size, seq_len)
+            + self.memory_flops(batch_size, seq_len)
             + linear_flops(tokens, self.d_model, self.d_model)
         )
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the scan: the update phi(k) [v, 1]^T and the read-out phi(q)^T S, per head and token
         return 2 * 2 * batch_size * seq_len * self.n_heads * self.expanded_dim * (self.d_head + 1)
 

@@ -129,11 +129,11 @@ class HyenaOperator(Mixer):
             linear_flops(tokens, self.d_model, (self.order + 1) * self.d_model)
             + conv
             + self.filter.flops(seq_len)
-            + self.attention_flops(batch_size, seq_len)
+            + self.memory_flops(batch_size, seq_len)
             + linear_flops(tokens, self.d_model, self.d_model)
         )
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the long convolutions as the reference computes them: T taps at each of the B*T*D outputs
         return self.order * 2 * batch_size * self.d_model * seq_len * seq_len
 

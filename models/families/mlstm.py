@@ -211,9 +211,9 @@ class MatrixLSTM(Mixer):
             + linear_flops(tokens, self.d_model, self.d_model)
         )
         conv = self.conv.flops(batch_size, seq_len) if self.conv is not None else 0
-        return projections + conv + self.attention_flops(batch_size, seq_len)
+        return projections + conv + self.memory_flops(batch_size, seq_len)
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: update v k^T and read-out C q (2*d*d MACs), n . q (d MACs), per head and token
         return 2 * batch_size * seq_len * self.n_heads * (2 * self.d_head * self.d_head + self.d_head)
 
