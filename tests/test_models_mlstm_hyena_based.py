@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from membench.checks import ConfigError
-from membench.models import build_model
+from membench.models import build_model, list_models, model_class
 from membench.models.families import based as based_module
 from membench.models.families import hyena as hyena_module
 from membench.models.families import mlstm as mlstm_module
@@ -19,6 +19,11 @@ from membench.models.scan import scan_reference
 from tests.helpers import assert_paths_agree, assert_same_outputs_and_grads
 
 VOCAB = 16
+
+
+def test_the_three_families_are_registered_with_reference_paths():
+    for name in ("mlstm", "hyena", "based"):
+        assert name in list_models() and model_class(name).has_reference_path
 
 
 # --- mLSTM: chunked form = per-token recurrence ------------------------------------------------------------
