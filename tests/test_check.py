@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from membench.memtasks import list_tasks
 from membench.runners.contract import FAIL, PASS, SKIP, check_model, check_task
 from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autouse)
 
@@ -141,3 +142,9 @@ def test_the_command_prints_one_row_per_check_and_sets_the_exit_code(broken, cap
     assert code == 2 and "not both" in err
     code, _, err = run_cli(capsys, "check", "lstm", "--param", "mlp_ration=2")
     assert code == 2 and "did you mean 'mlp_ratio'" in err
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_registered_task_passes_the_task_checks(name):
+    failed = [f"{r.name}: {r.detail}" for r in check_task(name) if not r.ok]
+    assert not failed, failed
