@@ -258,16 +258,20 @@ def test_include_registers_decorated_plugins_and_warns_about_broken_ones(tmp_pat
 
 
 def test_spec_include_is_relative_to_the_spec_file(tmp_path, capsys):
+    """...and a mixer class decorated with @register_model is registered wrapped, as an import path is."""
     n = next(_ids)
     (tmp_path / "plugs").mkdir()
     (tmp_path / "plugs" / f"shift_{n}.py").write_text(
-        MIXER + f'\nfrom membench.models import register_model\nfrom membench.models.imported import '
-                f'mixer_model_class\nregister_model("shift_{n}")(mixer_model_class("shift_{n}", ShiftMixer))\n')
+        MIXER.replace("class ShiftMixer(", f'@register_model("shift_{n}")\nclass ShiftMixer(')
+        .replace("from torch import nn\n", "from torch import nn\n\nfrom membench.models import register_model\n"))
     (tmp_path / "sweep.toml").write_text(f'include = ["plugs"]\nmodels = ["shift_{n}"]\ntasks = ["copy"]\n'
                                          f'lengths = [16]\nsteps = 2\nd_model = 16\n')
     try:
         spec = load_spec(spec_file=str(tmp_path / "sweep.toml"))
         assert {t.model for t in spec.trials} == {f"shift_{n}"}
+        model = build_model(f"shift_{n}", vocab_size=8, d_model=16, gain=2.0)
+        assert model.family == f"shift_{n}" and model.blocks[0].mixer.inner.gain == 2.0
+        assert type(model.blocks[0].mixer.inner).__name__ == "ShiftMixer"  # the decorator returned the mixer
     finally:
         MODELS.unregister(f"shift_{n}")
 
