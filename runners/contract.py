@@ -187,8 +187,10 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
 
     def state() -> str:
         sizes = {n: model.state_size(n) for n in (64, 256, 4096, 8192)}
+        kind = getattr(model, "state_kind", "")  # what the state is, where the model says (hf: models do)
         if any(s is None for s in sizes.values()):
-            raise Skipped("not declared (no state_size(seq_len)): tables and charts show it as unknown")
+            why = kind or "not declared (no state_size(seq_len))"
+            raise Skipped(f"{why}: tables and charts show it as unknown")
         if not all(isinstance(s, int) and s >= 0 for s in sizes.values()):
             raise Failed(f"state_size must be an int >= 0, got {sizes}")
         cost = getattr(model, "cost_class", "unknown")
@@ -196,7 +198,7 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
             raise Failed(f"an O(n^2) model's state should grow with length: {sizes}")
         if cost in ("O(n)", "O(n*w)") and sizes[4096] != sizes[8192]:
             raise Failed(f"a bounded-memory ({cost}) model's state grows: {sizes}")
-        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 (cost class {cost})"
+        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 ({kind + ', ' if kind else ''}cost class {cost})"
 
     def flops() -> str:
         model.set_path("reference")
