@@ -12,7 +12,8 @@ its (huge) defaults follow the width instead: the MLP is `mlp_ratio` x D (interm
 are 16 wide (num_attention_heads = num_key_value_heads = D // 16, at least 1, dividing D), Mamba-2 has
 16-wide heads and one group, Qwen3-Next's linear-attention heads match its attention heads and its MLP is
 dense. Spec params are config overrides (`params = { num_attention_heads = 4 }`) and win over all of that.
-Every dropout is 0 (membench's own families have none, so a train-mode forward is deterministic).
+Every dropout is 0 (membench's own families have none, so a train-mode forward is deterministic). Learned
+position tables keep the config's length (GPT-2: n_positions = 1024): set it in params to train longer.
 
 Nothing is downloaded: offline mode is forced (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) and an attempt fails
 with one line. The pure-PyTorch fallbacks' per-call warnings about missing CUDA kernels (mamba_ssm,
