@@ -2,8 +2,8 @@
 `HELP`, `add_arguments(parser)` and `run(args) -> int`; modules are discovered by name.
 
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
-spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...` and the exit
-code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
+spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
+and the exit code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
 """
 
 from __future__ import annotations

@@ -29,12 +29,6 @@ from pathlib import Path
 import pandas as pd
 
 
-def state_cell(size: int | None) -> float | int:
-    """The state_size column's value: NaN (an empty cell, "unknown" in tables and charts) for a model that
-    declares no state size, never 0, which would claim a memoryless model."""
-    return math.nan if size is None else size
-
-
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
     "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
@@ -52,6 +46,12 @@ TRIALS_DIR = "trials"
 _TMP = ".tmp-"
 # row order of every table: by these columns where present, then trial order within a trial
 _SORT = ["task", "model", "d_model", "train_len", "seed", "lr", "trial_id"]
+
+
+def state_cell(size: int | None) -> float | int:
+    """The state_size column's value: NaN (an empty cell, "unknown" in tables and charts) for a model that
+    declares no state size, never 0, which would claim a memoryless model."""
+    return math.nan if size is None else size
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -307,7 +307,6 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
     return rows
 
 
-
 def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
     """Accuracy by lag bucket at each eval length (slices of the same length are pooled)."""
     if outcome is None:

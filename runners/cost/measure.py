@@ -200,7 +200,6 @@ def _preorder(events):
         yield from _preorder(event.children)
 
 
-
 # --- one family ----------------------------------------------------------------------------
 def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) -> dict:
     """A cost.csv row with the analytic columns filled and the measured ones NaN."""
