@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
     "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
