@@ -70,8 +70,8 @@ def test_check_and_compare_as_written_in_process(user_folder, capsys):
 
 
 @pytest.mark.slow
-def test_check_as_written_in_a_subprocess_from_the_users_folder(user_folder):
-    """The console entry point, as a user runs it, from their own folder (its models/ must not get in the way)."""
+def test_check_and_run_in_a_subprocess_from_the_users_folder(user_folder):
+    """The command line as a user runs it, from their own folder (its models/ must not get in the way)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's membench, whichever is installed
     check = commands(section_blocks("bash")[0])[0]
     done = subprocess.run([sys.executable, "-m", "membench.runners", *check], cwd=user_folder, env=env,
@@ -81,6 +81,11 @@ def test_check_as_written_in_a_subprocess_from_the_users_folder(user_folder):
     bad = subprocess.run([sys.executable, "-m", "membench.runners", "check", "my_mixer:MyMixr"], cwd=user_folder,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "closest: MyMixer" in bad.stderr and bad.stderr.count("\n") == 1
+    run = subprocess.run([sys.executable, "-m", "membench.runners", "run", "--preset", "smoke", "--tasks", "copy",
+                          "--models", "my_mixer:MyMixer", "--lengths", "8", "--out", "out", "--quiet"],
+                         cwd=user_folder, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert set(pd.read_csv(user_folder / "out" / "runs.csv")["status"]) == {"ok"}
 
 
 def test_the_plugin_pyproject_declares_an_entry_point_that_resolves(user_folder, tmp_path, monkeypatch):
