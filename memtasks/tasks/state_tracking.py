@@ -56,7 +56,7 @@ def permutations(points: int) -> tuple[tuple[int, ...], ...]:
     return tuple(itertools.permutations(range(points)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_table(group: str, modulus: int | None) -> torch.Tensor:
     if group in ("parity", "cyclic"):
         m = 2 if group == "parity" else modulus
@@ -67,7 +67,7 @@ def _cpu_table(group: str, modulus: int | None) -> torch.Tensor:
     return torch.tensor([[position[tuple(b[a[x]] for x in range(len(a)))] for b in perms] for a in perms])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multiplication_table(group: str, modulus: int | None, device: torch.device) -> torch.Tensor:
     """(G, G) int64 on `device`: table[a, b] = index of a * b (see the module doc for the convention)."""
     return _cpu_table(group, modulus).to(device)
@@ -176,7 +176,7 @@ class StateTracking(Task):
     def solve(self, inputs: torch.Tensor) -> torch.Tensor:
         """The group multiplication itself, token by token, not through the table: for Zm the running sum
         mod m; for permutations the composition of the permutation arrays. (B, T) -> (B, T)."""
-        B, T = inputs.shape
+        T = inputs.shape[1]
         if self.group in ("parity", "cyclic"):
             products = inputs.cumsum(dim=1) % self.vocab_size
         else:
