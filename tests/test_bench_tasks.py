@@ -14,6 +14,7 @@ Timings are printed (tokens/s) and stored in the benchmark's extra_info; nothing
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -112,3 +113,36 @@ def test_associative_recall_20k_cuda(benchmark, capsys):
     benchmark.group = "associative_recall 20,000 x 256, V=8192, k=64"
     benchmark.pedantic(sample, rounds=20, warmup_rounds=2)
     report(benchmark, capsys, "associative_recall (torch, CUDA)", MQAR_BATCH * MQAR_LENGTH)
+
+
+# --- the state and working-memory tasks against the slowest existing generator -------------------------------
+NEW_TASKS = ("flip_flop", "state_tracking", "n_back")
+REFERENCE_TASK = "multi_turn_qa"  # the slowest generator before them
+
+
+def best_seconds(fn, rounds: int) -> float:
+    best = math.inf
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("name", NEW_TASKS)
+def test_new_generator_within_the_time_of_multi_turn_qa(benchmark, capsys, name):
+    """flip_flop, state_tracking (S5, its parallel prefix over 256 tokens) and n_back at 256 x 256 on the CPU,
+    each timed in the same run as multi_turn_qa at the same shape, rounds interleaved: target ratio <= 1."""
+    task, reference = get_task(name), get_task(REFERENCE_TASK)
+    benchmark.group = f"state tasks vs {REFERENCE_TASK}, {CPU_BATCH} x {CPU_LENGTH}, CPU"
+    benchmark.pedantic(task.sample, args=(CPU_BATCH, CPU_LENGTH), kwargs={"seed": 0}, rounds=10, warmup_rounds=1)
+    mine = report(benchmark, capsys, f"{name} {CPU_BATCH} x {CPU_LENGTH}", CPU_BATCH * CPU_LENGTH)
+    if mine is None:
+        return
+    pairs = [(best_seconds(lambda: task.sample(CPU_BATCH, CPU_LENGTH, seed=0), 1),
+              best_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0), 1)) for _ in range(20)]
+    ours, theirs = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    benchmark.extra_info.update(reference_seconds=theirs, ratio=ours / theirs)
+    with capsys.disabled():
+        print(f"{name}: {ours * 1e3:.2f} ms, {REFERENCE_TASK}: {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}")
+    assert ours <= theirs, f"{name} takes {ours / theirs:.2f}x the time of {REFERENCE_TASK}"
