@@ -3,17 +3,16 @@ one colour per family everywhere, optional tables skipped cleanly, and one-line 
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import pytest
 
 from membench.runners.cli import main
 from membench.runners.reporting.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
 from membench.runners.reporting.figures import count_label, family_styles
-from membench.runners.reporting.leaderboard import read_results
+from membench.runners.reporting.results import read_results
+from membench.runners.tables import RUNS_COLUMNS
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+from tests.sweeps import known_runs, trial, write_sweep
 
 STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
          "training_curves"]
@@ -85,17 +84,6 @@ def test_missing_lag_and_curve_tables_skip_only_their_charts(tmp_path):
     assert sorted({p.stem for p in paths}) == sorted(set(STEMS) - {"accuracy_vs_lag", "training_curves"})
 
 
-def test_cost_charts_are_skipped_when_their_module_is_absent(tmp_path, monkeypatch):
-    directory = write_sweep(tmp_path, pd.DataFrame(trial("copy", "gru", 64, 0.95), columns=RUNS_COLUMNS))
-    pd.DataFrame({"model": ["gru"], "seq_len": [64], "batch_size": [8], "ms_per_step": [1.0],
-                  "peak_memory_mb": [1.0], "flops": [1e6], "attention_flops": [0.0], "tflops_per_s": [1e-3],
-                  "tokens_per_second": [1e5], "state_size": [64], "status": ["ok"], "device": ["cpu"]}
-                 ).to_csv(directory / "cost.csv", index=False)
-    monkeypatch.setitem(sys.modules, "membench.runners.reporting.cost_charts", None)  # as if the module were not there yet
-    paths = draw_charts(read_results(directory), directory / "charts")
-    assert {p.stem for p in paths} == set(STEMS)
-
-
 @pytest.mark.parametrize("case", ["missing", "empty", "no_runs"])
 def test_bad_directory_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
     target = tmp_path / "results"
@@ -110,8 +98,7 @@ def test_bad_directory_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, c
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_cost_charts_are_drawn_from_cost_csv_when_their_module_is_there(tmp_path):
-    pytest.importorskip("membench.runners.reporting.cost_charts")
+def test_cost_charts_are_drawn_from_cost_csv(tmp_path):
     directory = write_sweep(tmp_path, pd.DataFrame(trial("copy", "gru", 64, 0.95), columns=RUNS_COLUMNS))
     pd.DataFrame({"model": ["gru"] * 3, "seq_len": [64, 128, 256], "batch_size": [8] * 3,
                   "ms_per_step": [1.0, 2.0, 4.0], "peak_memory_mb": [1.0, 2.0, 4.0], "flops": [1e6, 2e6, 4e6],

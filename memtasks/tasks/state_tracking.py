@@ -148,7 +148,8 @@ class StateTracking(Task):
             check_int("modulus", self.modulus, 2, maximum=_MAX_MODULUS)
         elif self.modulus is not None:
             check_int("modulus", self.modulus, 2, maximum=_MAX_MODULUS)
-            raise ConfigError(f"modulus is only for group='cyclic', got modulus={self.modulus} with group={self.group!r}")
+            raise ConfigError(f"modulus is only for group='cyclic', got modulus={self.modulus} with "
+                              f"group={self.group!r}")
 
     def min_length(self) -> int:
         return 2  # position 0 is never scored

@@ -28,16 +28,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from membench.runners.reporting.cost_charts import draw_cost_charts
 from membench.runners.reporting.figures import RC, count_label, family_styles, save_figure
 from membench.runners.reporting.leaderboard import (
     THRESHOLD,
-    Results,
     cell_table,
     chosen_trials,
     model_order,
     task_order,
     trial_table,
 )
+from membench.runners.reporting.results import Results, is_plain_slice
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 PANEL = (4.0, 3.0)  # inches per task panel
@@ -227,7 +228,7 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
     same trained lengths: those at which it was evaluated (status ok) at every k of the task."""
     runs = sweep.results.runs
     runs = runs[runs["trial_id"].isin(sweep.chosen["trial_id"]) & (runs["status"] == "ok")]
-    runs = runs[runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)]
+    runs = runs[is_plain_slice(runs)]
     runs = runs.assign(ratio=runs["eval_len"] / runs["train_len"])
     runs = runs[(runs["ratio"] >= 1) & (runs["ratio"] == runs["ratio"].round())]
     fig, axes = _panels(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
@@ -326,14 +327,8 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
 
 
 def cost_charts(results: Results, out_dir: Path) -> list[Path]:
-    """The cost curves of `runners.reporting.cost_charts` when cost.csv is present and that module is installed."""
+    """The cost curves (runners/reporting/cost_charts.py) when the directory holds cost.csv."""
     if results.cost is None or results.cost.empty:
-        return []
-    try:
-        from membench.runners.reporting.cost_charts import draw_cost_charts
-    except ModuleNotFoundError as err:
-        if err.name != "membench.runners.reporting.cost_charts":
-            raise
         return []
     fits = results.cost_fit if results.cost_fit is not None else pd.DataFrame()
     return [Path(p) for p in draw_cost_charts(results.cost, fits, out_dir)]

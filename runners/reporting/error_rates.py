@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from membench.memtasks import TASKS
+from membench.runners.reporting.text import count, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
 CONFIDENCE = 0.95
@@ -133,22 +134,14 @@ def error_rates_markdown(table: pd.DataFrame) -> str:
     """The table as Markdown: a row per trial and slice, reads, errors, rate and its 95 % interval."""
     header = ["task", "model", "d_model", "train_len", "seed", "lr", "slice", "eval_len", "status", "reads",
               "errors", "error rate", "95% interval"]
-    lines = [
-        "# membench error rates",
-        "",
-        "Per trial and evaluation slice of the tasks that report them: scored reads, errors, the error rate and "
-        "its exact 95 % Clopper-Pearson interval (runners/reporting/error_rates.py). An interval that reaches "
-        "far above 0 with 0 errors means too few reads were scored: raise the slice's `n_sequences`.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if h in ("task", "model", "slice", "status") else "---:" for h in header) + "|",
-    ]
-    for row in table.itertuples(index=False):
-        cells = [row.task, row.model, int(row.d_model), int(row.train_len), int(row.seed), f"{row.lr:g}", row.slice,
-                 int(row.eval_len), row.status, f"{row.reads:,}", f"{row.errors:,}", _rate(row.error_rate),
-                 f"[{_rate(row.ci_low)}, {_rate(row.ci_high)}]"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[row.task, row.model, count(row.d_model), count(row.train_len), count(row.seed), f"{row.lr:g}", row.slice,
+             count(row.eval_len), row.status, count(row.reads), count(row.errors), _rate(row.error_rate),
+             f"[{_rate(row.ci_low)}, {_rate(row.ci_high)}]"] for row in table.itertuples(index=False)]
+    intro = ("Per trial and evaluation slice of the tasks that report them: scored reads, errors, the error rate and "
+             "its exact 95 % Clopper-Pearson interval (runners/reporting/error_rates.py). An interval that reaches "
+             "far above 0 with 0 errors means too few reads were scored: raise the slice's `n_sequences`.")
+    body = markdown_table(header, rows, left=("task", "model", "slice", "status"))
+    return f"# membench error rates\n\n{intro}\n\n{body}\n"
 
 
 def write_error_rates(results_dir: str | Path) -> list[Path]:
