@@ -117,6 +117,16 @@ def test_parallel_prefix_equals_the_token_loop(group, device, seq_len):
     assert torch.equal(prefix_products(table, words), prefix_products_reference(table, words))
 
 
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("score", ["all", "last"])
+def test_state_tracking_solver_agrees_for_every_group(group, score):
+    task = get_task("state_tracking", group=group, modulus=7 if group == "cyclic" else None, score=score)
+    for seq_len in (2, 3, 17, 64):
+        batch = task.sample(16, seq_len, seed=seq_len)
+        assert torch.equal(task.solve(batch.inputs)[batch.scored], batch.targets[batch.scored])
+        assert int(batch.inputs.max()) < task.vocab_size
+
+
 def test_parity_is_the_running_xor_and_score_last_scores_one_position():
     task = get_task("state_tracking", group="parity", score="last")
     batch = task.sample(64, 21, seed=0)
