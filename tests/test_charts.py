@@ -63,7 +63,7 @@ def test_regenerating_gives_identical_leaderboard_and_svgs(drawn, capsys):
     names = ["leaderboard.md", "leaderboard.csv", *[f"charts/{s}.svg" for s in STEMS]]
     before = {name: (drawn / name).read_bytes() for name in names}
     code, out, _ = run_cli(capsys, "charts", str(drawn))
-    assert code == 0 and "| 1 | lstm |" in out
+    assert code == 0 and "| 1= | lstm |" in out
     assert {name: (drawn / name).read_bytes() for name in names} == before
 
 
@@ -115,3 +115,16 @@ def test_cost_charts_are_drawn_from_cost_csv(tmp_path):
 def test_count_labels_are_short():
     assert [count_label(v) for v in (512, 50_000, 150_000, 1_250_000, 3e9, 0)] == [
         "512", "50k", "150k", "1.25M", "3B", "0"]
+
+
+def test_accuracy_vs_length_draws_the_seed_interval_when_cells_have_seeds(tmp_path):
+    rows = [row for seed, acc in enumerate((0.8, 0.9, 0.85)) for row in trial("copy", "lstm", 64, acc, seed=seed)]
+    rows += [row for seed, acc in enumerate((0.8, 0.9)) for row in trial("copy", "lstm", 128, acc, seed=seed)]
+    sweep = Sweep.from_results(read_results(write_sweep(tmp_path / "seeds", pd.DataFrame(rows, columns=RUNS_COLUMNS))))
+    assert sweep.cells["ci_low"].notna().all() and (sweep.cells["ci_low"] < sweep.cells["ci_high"]).all()
+    (tmp_path / "charts").mkdir()
+    (svg,) = [p for p in accuracy_vs_length(sweep, tmp_path / "charts") if p.suffix == ".svg"]
+    assert "95 % bootstrap interval over seeds" in svg.read_text()
+    one_seed = Sweep.from_results(read_results(write_sweep(tmp_path / "one", pd.DataFrame(rows[:4], columns=RUNS_COLUMNS))))
+    (svg,) = [p for p in accuracy_vs_length(one_seed, tmp_path / "charts") if p.suffix == ".svg"]
+    assert "bootstrap" not in svg.read_text()

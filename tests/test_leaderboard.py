@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from membench.runners.errors import UsageError
 from membench.runners.reporting.leaderboard import build_leaderboard, horizon, write_leaderboard
 from membench.runners.reporting.results import read_results, task_labels
 from membench.runners.tables import RUNS_COLUMNS
-from tests.sweeps import NAN, PARAMS, trial, write_sweep
+from tests.sweeps import NAN, PARAMS, known_runs, trial, write_sweep
 
 
 def test_horizon_is_the_longest_length_at_or_above_threshold():
@@ -81,7 +82,8 @@ def test_a_timed_out_trial_counts_with_its_accuracy_and_is_flagged(tmp_path):
     assert (row.loc["gru", "failed_trials"], row.loc["gru", "timeout_trials"]) == (1, 1)
     assert row.loc["lstm", "score"] == 0 and row.loc["lstm", "timeout_trials"] == 1
     (md, _), _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
-    assert "| 0.500 | - / 0.500 | 4,000 | 4.0 | 1 failed trial(s); 1 timed-out trial(s) |" in md.read_text()
+    assert re.search(r"\| 0\.500 ±0\.\d{3} \| - / 0\.500 ±0\.\d{3} \| 4,000 \| 4\.0 \| 1 failed trial\(s\); "
+                     r"1 timed-out trial\(s\) \|", md.read_text())
 
 
 def test_a_slice_failing_alone_does_not_fail_its_trial():
@@ -111,7 +113,8 @@ def test_files_are_written_and_stable(tmp_path):
     write_leaderboard(read_results(tmp_path))
     assert (md.read_bytes(), csv.read_bytes()) == first
     text = md.read_text()
-    assert "| 1 | lstm | 0.708 | 128 / 0.817 | 64 / 0.600 | 5,000 | 12.0 | 1 failed trial(s) |" in text
+    assert "| 1= | lstm | 0.708 ±0.100 | 128 / 0.817 | 64 / 0.600 ±0.200 | 5,000 | 12.0 | 1 failed trial(s) |" in text
+    assert "| 1= | gru | 0.682 ±0.013 |" in text  # its interval overlaps lstm's: tied
     assert "| 3 | mlp | 0.150 | - / 0.100 | - / 0.200 |" in text
     table = pd.read_csv(csv)
     assert table.columns[:3].tolist() == ["rank", "model", "score"]
@@ -147,3 +150,36 @@ def test_nan_safe_number_formatting_in_csv(tmp_path):
     (_, csv), _ = write_leaderboard(read_results(directory))
     assert "nan" not in csv.read_text().lower()
     assert math.isclose(pd.read_csv(csv).set_index("model").loc["gru", "score"], 0.95)
+
+
+# --- seeds and intervals -------------------------------------------------------------------------------
+def seeded(model: str, accuracies) -> list[dict]:
+    return [row for seed, acc in enumerate(accuracies) for row in trial("copy", model, 64, acc, seed=seed)]
+
+
+def test_intervals_over_seeds_are_reproducible_and_contain_the_mean():
+    runs = pd.DataFrame(seeded("lstm", [0.90, 0.94, 0.98]) + seeded("gru", [0.2, 0.3, 0.25]), columns=RUNS_COLUMNS)
+    board, _ = build_leaderboard(runs)
+    again, _ = build_leaderboard(runs.sample(frac=1.0, random_state=1))  # row order changes nothing
+    lstm = board.set_index("model").loc["lstm"]
+    assert lstm["seeds"] == 3 and lstm["score_ci_low"] < lstm["score"] < lstm["score_ci_high"]
+    assert 0.89 <= lstm["score_ci_low"] <= 0.92 and 0.96 <= lstm["score_ci_high"] <= 0.98
+    pd.testing.assert_frame_equal(board, again)
+    assert list(board["tied_rank"]) == [1, 2]  # far apart: ranked apart
+
+
+def test_families_whose_score_intervals_overlap_are_tied(tmp_path):
+    runs = pd.DataFrame(seeded("lstm", [0.5, 0.9, 0.7]) + seeded("gru", [0.6, 0.8, 0.65]) + seeded("mlp", [0.1, 0.1]),
+                        columns=RUNS_COLUMNS)
+    board, _ = build_leaderboard(runs)
+    assert list(board["model"]) == ["lstm", "gru", "mlp"] and list(board["tied_rank"]) == [1, 1, 3]
+    (md, _), table = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
+    assert "| 1= | lstm |" in table and "| 1= | gru |" in table and "| 3 | mlp |" in table
+    assert "bootstrap interval over seeds" in md.read_text()
+
+
+def test_one_seed_has_no_interval_and_says_so(tmp_path):
+    board, _ = build_leaderboard(known_runs().query("seed == 0"))
+    assert board["score_ci_low"].isna().all() and (board["tied_rank"] == board["rank"]).all()
+    (md, _), _ = write_leaderboard(read_results(write_sweep(tmp_path, known_runs().query("seed == 0"))))
+    assert "One seed per cell: no confidence intervals" in md.read_text() and "±" not in md.read_text()

@@ -71,7 +71,7 @@ def with_cell_intervals(chosen: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFra
 
 def family_intervals(chosen: pd.DataFrame, cells: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
     """Per family: `score_ci_low`, `score_ci_high` and per task `<task> mean_accuracy_ci_low/high`, from the
-    cells' draws (see the module docstring); NaN for a family none of whose cells has 2 seeds."""
+    cells' draws (see the module docstring); NaN where none of the cells involved has 2 seeds."""
     draws = cell_draws(chosen, cells)
     rows = []
     for model, mine in cells.groupby("model", sort=False):
@@ -81,7 +81,9 @@ def family_intervals(chosen: pd.DataFrame, cells: pd.DataFrame, tasks: list[str]
             part = mine[mine["task"] == task]
             task_draws = np.mean([draws[(task, model, int(n))] for n in part["train_len"]], axis=0)
             per_task.append(task_draws)
-            row[f"{task} mean_accuracy_ci_low"], row[f"{task} mean_accuracy_ci_high"] = interval(task_draws)
+            several = (part["seeds"] >= 2).any()  # a task whose cells have one seed each has no interval
+            low, high = interval(task_draws) if several else (np.nan, np.nan)
+            row[f"{task} mean_accuracy_ci_low"], row[f"{task} mean_accuracy_ci_high"] = low, high
         row["score_ci_low"], row["score_ci_high"] = interval(np.mean(per_task, axis=0))
         if not (mine["seeds"] >= 2).any():
             row = {k: (v if k == "model" else np.nan) for k, v in row.items()}

@@ -34,7 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from membench.runners.reporting.results import CONFIG_COLUMNS, Results, failure_status, is_plain_slice
+from membench.runners.reporting.intervals import family_intervals, tie_groups
+from membench.runners.reporting.results import (
+    CONFIG_COLUMNS,
+    Results,
+    failure_status,
+    is_plain_slice,
+    with_model_params,
+)
 from membench.runners.reporting.text import fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
@@ -83,7 +90,7 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     status = runs.groupby("trial_id")["status"].agg(failure_status)
     status.update(at_train["status"])
     at_train = at_train.loc[at_train["status"].isin(SCORED), "accuracy"].dropna()
-    first = runs.drop_duplicates("trial_id").set_index("trial_id")
+    first = with_model_params(runs).drop_duplicates("trial_id").set_index("trial_id")
     keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
@@ -149,7 +156,10 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy".
+    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy",
+    then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and per task
+    "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
+    runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
@@ -178,7 +188,12 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     board = pd.DataFrame(rows)
     board = board.sort_values(["score", "_horizons", "params", "model"], ascending=[False, False, True, True])
     board.insert(0, "rank", range(1, len(board) + 1))
-    return board.drop(columns="_horizons").reset_index(drop=True), tasks
+    board = board.drop(columns="_horizons").reset_index(drop=True)
+    seeds = cells[cells["status"] != "missing"].groupby("model")["seeds"].max()
+    board["seeds"] = board["model"].map(seeds).fillna(0).astype(int)
+    board = board.merge(family_intervals(chosen_trials(trials, cells), cells, tasks), on="model", how="left")
+    board["tied_rank"] = tie_groups(board)
+    return board, tasks
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ def leaderboard_csv(board: pd.DataFrame) -> str:
     """CSV text with fixed float precision (4 digits for accuracies, 2 for seconds)."""
     out = board.copy()
     for column in out.columns:
-        if column == "score" or column.endswith("mean_accuracy"):
+        if column.startswith("score") or column.endswith(("mean_accuracy", "_ci_low", "_ci_high")):
             out[column] = out[column].map(lambda v: fixed(v, 4))
         elif column == "train_seconds":
             out[column] = out[column].map(lambda v: fixed(v, 2))
@@ -221,11 +236,27 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "Trained lengths: " + _lengths_line(lengths, tasks) + ". **params** is the family's largest model "
         "(vocabularies differ by task); **train time** sums train_seconds over its trials.",
         "",
+        seeds_line(board),
+        "",
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",
     ]
     return "\n".join(lines) + "\n" + leaderboard_table(board, tasks) + "\n"
+
+
+def with_interval(value: float, low: float, high: float) -> str:
+    """'0.940 ±0.040' (the interval's half-width), or '0.940' without an interval."""
+    return f"{value:.3f}" if np.isnan(low) else f"{value:.3f} ±{(high - low) / 2:.3f}"
+
+
+def seeds_line(board: pd.DataFrame) -> str:
+    """What the intervals mean, or that there are none."""
+    if board["score_ci_low"].isna().all():
+        return ("One seed per cell: no confidence intervals, so a small gap between two families may be noise "
+                "(run several seeds to see the spread).")
+    return ("± is the half-width of the 95 % bootstrap interval over seeds (runners/reporting/intervals.py); "
+            "families whose score intervals overlap share a rank marked \"=\": these seeds cannot tell them apart.")
 
 
 def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
@@ -239,8 +270,13 @@ def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
                   ("missing_cells", "missing cell(s)"),
                   ("unevaluated_trials", "trial(s) with no plain evaluation at the trained length: see slices.md"))
                  if row[key]]
-        per_task = [f"{int(row[f'{t} horizon']) or '-'} / {row[f'{t} mean_accuracy']:.3f}" for t in tasks]
-        rows.append([str(row["rank"]), str(row["model"]), f"{row['score']:.3f}", *per_task,
+        per_task = [f"{int(row[f'{t} horizon']) or '-'} / " + with_interval(
+            row[f"{t} mean_accuracy"], row[f"{t} mean_accuracy_ci_low"], row[f"{t} mean_accuracy_ci_high"])
+            for t in tasks]
+        tied = (board["tied_rank"] == row["tied_rank"]).sum() > 1
+        rank = f"{row['tied_rank']}=" if tied else str(row["rank"])
+        score = with_interval(row["score"], row["score_ci_low"], row["score_ci_high"])
+        rows.append([rank, str(row["model"]), score, *per_task,
                      f"{int(row['params']):,}", f"{row['train_seconds']:.1f}", "; ".join(flags)])
     return markdown_table(header, rows, left=["model", "flags"])
 
