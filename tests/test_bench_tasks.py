@@ -16,7 +16,6 @@ Timings are printed (tokens/s) and stored in the benchmark's extra_info; nothing
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
