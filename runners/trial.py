@@ -298,6 +298,7 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "accuracy": result.accuracy if scored else nan,
             "exact_match": result.exact_match if scored else nan,
             "loss": result.loss if scored else nan,
+            "scored": result.scored if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
             "memory_flops_share": memory_share,
             "state_size": state_cell(model.state_size(s.seq_len)) if model is not None else nan,
