@@ -36,7 +36,7 @@ from membench.memtasks import get_task, task_class
 from membench.models import build_model, model_class
 from membench.runners import metrics
 from membench.runners.precision import precision_name
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS, state_cell
 from membench.runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
@@ -272,7 +272,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
     common = {
         "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
         "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
-        "model": config.model, "model_version": config.model_version, "d_model": config.d_model,
+        "model": config.model, "model_version": config.model_version,
+        "model_params": json.dumps(config.model_params, sort_keys=True), "d_model": config.d_model,
         "n_layers": config.n_layers, "params": params,
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }
@@ -307,9 +308,10 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "accuracy": result.accuracy if scored else nan,
             "exact_match": result.exact_match if scored else nan,
             "loss": result.loss if scored else nan,
+            "scored": result.scored if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
             "memory_flops_share": memory_share,
-            "state_size": model.state_size(s.seq_len) if model is not None else nan,
+            "state_size": state_cell(model.state_size(s.seq_len)) if model is not None else nan,
             "status": row_status, "error": row_error,
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
