@@ -580,7 +580,8 @@ def check_sdpa_backend(device):
     from membench.runners.spec import load_spec
 
     dtype = precision.choose_precision(device)
-    spec = load_spec("standard", None, {"tasks": ["associative_recall"], "lengths": [1024]})
+    attending = [n for n in list_models() if build_model(n, 16, d_model=32).attention_flops(1, 64) > 0]
+    spec = load_spec("standard", None, {"tasks": ["associative_recall"], "models": attending, "lengths": [1024]})
     seen = set()
     for trial in spec.trials:
         key = (trial.model, trial.d_model, str(trial.model_params))
@@ -596,7 +597,8 @@ def check_sdpa_backend(device):
         fused = [b for b in usable if b != "math"]
         masked = "mask" if kwargs.get("attn_mask") is not None or (args and args[0] is not None) else "causal"
         yield verdict(bool(fused), f"sdpa backend {trial.model}",
-                      f"d_model {trial.d_model}, head dim {q.shape[-1]}, {q.dtype}, {masked}: usable "
+                      f"d_model {trial.d_model}, head dim {q.shape[-1]}, {str(q.dtype).replace('torch.', '')}, "
+                      f"{masked}: usable "
                       f"{', '.join(usable) or 'none'}", "only the math fallback (timings not comparable)")
 
 
