@@ -217,9 +217,22 @@ def check_paths(device):
     dtype = _autocast_dtype(device)
     for name in list_models():
         try:
-            yield _check_family_paths(name, device, dtype)
+            with _no_tf32():
+                row = _check_family_paths(name, device, dtype)
         except Exception as err:  # noqa: BLE001 - one family's failure is its row, the others still run
-            yield Check(f"paths {name}", "FAIL", metrics.short_error(err))
+            row = Check(f"paths {name}", "FAIL", metrics.short_error(err))
+        yield row
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """fp32 means fp32: cuDNN (convolutions, RNNs) and matmuls without TF32 while comparing paths."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _check_family_paths(name: str, device: torch.device, dtype: torch.dtype | None) -> Check:
@@ -455,10 +468,18 @@ def _dynamo_counts() -> tuple[int, int]:
     return sum(counters["graph_break"].values()), counters["inductor"]["cudagraph_skips"]
 
 
+CAPTURE_BUDGET = 240.0  # seconds for all capture rows: past it the remaining ones are skipped, and say so
+
+
 @check("capture", needs="cuda")
 def check_capture(device):
-    for name in list_models():
-        for seq_len in (1024, 4096):
+    started = time.perf_counter()
+    for seq_len in (1024, 4096):
+        for name in list_models():
+            if time.perf_counter() - started > CAPTURE_BUDGET:
+                yield Check(f"capture {name} T={seq_len}", "skipped", f"over the {CAPTURE_BUDGET:.0f} s budget of "
+                            "the capture rows (compile time grows with T for some families)")
+                continue
             torch.compiler.reset()
             from torch._dynamo.utils import counters
 
@@ -484,23 +505,32 @@ class _Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def recompile_limit_warnings():
+    """Collects (into the yielded list) the warnings dynamo logs when it hits its recompile limit and
+    falls back to eager ("torch._dynamo hit config.recompile_limit (8)")."""
+    handler = _Warnings()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    hits: list[str] = []
+    try:
+        yield hits
+    finally:
+        logger.removeHandler(handler)
+        hits += [m for m in handler.messages if "recompile_limit" in m or "cache_size_limit" in m]
+
+
 @check("trials in one process", needs="cuda")
 def check_trials_in_one_process(device):
     from membench.runners.trial import run_trial
 
     names = (list_models() * 2)[:10]
-    handler = _Warnings()
-    logger = logging.getLogger("torch._dynamo")
-    logger.addHandler(handler)
     reserved, statuses = [], []
-    try:
+    with recompile_limit_warnings() as limit:
         for i, name in enumerate(names):
             payload = run_trial(_tiny_trial(name, seed=i), str(device), "torch_compile")
             statuses.append(payload["runs"][0]["status"])
             reserved.append(torch.cuda.memory_reserved(device))
-    finally:
-        logger.removeHandler(handler)
-    limit = [m for m in handler.messages if "recompile" in m.lower() or "cache_size_limit" in m.lower()]
     growth = (reserved[-1] - reserved[0]) / 2**20
     ok = not limit and growth <= 64 and set(statuses) == {"ok"}
     yield verdict(ok, "trials in one process", f"10 torch_compile trials: statuses {sorted(set(statuses))}, "

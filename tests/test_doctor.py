@@ -87,3 +87,14 @@ def test_bad_flags_are_one_line_errors(capsys):
     if not torch.cuda.is_available():
         code, _, err = run_cli(capsys, "doctor", "--device", "cuda")
         assert code == 2 and "torch sees no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_recompile_limit_warning_is_caught():
+    """What the "trials in one process" row looks for: dynamo's warning when it gives up compiling."""
+    step = torch.compile(lambda x: x * 2, backend="eager")
+    torch.compiler.reset()
+    with torch._dynamo.config.patch(recompile_limit=2), doctor.recompile_limit_warnings() as hits:
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):  # a recompile each
+            step(torch.ones(3, dtype=dtype))
+    torch.compiler.reset()
+    assert len(hits) == 1 and "recompile_limit (2)" in hits[0]
