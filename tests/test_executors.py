@@ -75,3 +75,21 @@ def test_the_worker_initialiser_sets_its_cuda_device(monkeypatch):
     free.put("cuda:1")
     executors._claim_device(free, 2)
     assert executors._worker_device == "cuda:1" and calls == [torch.device("cuda:1")]
+
+
+@pytest.mark.slow
+def test_after_a_sticky_error_in_this_process_the_rest_runs_in_a_fresh_worker(monkeypatch):
+    """One device: trials run in this process until one poisons it; the rest go to a spawned worker (where
+    the real run_trial runs), so they are ok although this process would now fail them all."""
+    real, here = executors.run_trial, []
+
+    def in_this_process(config, *args):
+        here.append(config.seed)
+        if config.seed == 1 or len(here) > 2:  # seed 1 poisons this process: every later trial here fails
+            return failed_trial(config, "error", RuntimeError("CUDA error: device-side assert triggered"), "cpu")
+        return real(config, "cpu")
+
+    monkeypatch.setattr(executors, "run_trial", in_this_process)
+    payloads = list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(4)]))
+    assert statuses(payloads) == {0: "ok", 1: "error", 2: "ok", 3: "ok"}
+    assert here == [0, 1]  # trials 2 and 3 never ran in this process
