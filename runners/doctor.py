@@ -104,27 +104,30 @@ def run_checks(device: torch.device, quick: bool = False, only: Iterable[str] | 
                progress: Callable[[Check], None] | None = None) -> list[Check]:
     """Every registered check (or those named in `only`) on `device`, in order; never raises for a check."""
     rows: list[Check] = []
+
+    def emit(row: Check) -> None:
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for entry in CHECKS:
         if only is not None and entry.name not in only:
             continue
         if entry.needs == "cuda" and device.type != "cuda":
-            found = [Check(entry.name, "skipped", "needs CUDA")]
+            emit(Check(entry.name, "skipped", "needs CUDA"))
         elif entry.needs == "gpus" and (device.type != "cuda" or gpus < 2):
-            found = [Check(entry.name, "skipped", f"needs 2+ CUDA devices (this machine has {gpus})")]
+            emit(Check(entry.name, "skipped", f"needs 2+ CUDA devices (this machine has {gpus})"))
         elif quick and not entry.quick:
-            found = [Check(entry.name, "skipped", "not in --quick")]
+            emit(Check(entry.name, "skipped", "not in --quick"))
         else:
             try:
-                found = list(entry.fn(device))
+                for row in entry.fn(device):  # rows are reported as they come (some checks take minutes)
+                    emit(row)
             except Exception as err:  # noqa: BLE001 - a check that breaks is a failed check, with its reason
-                found = [Check(entry.name, "FAIL", metrics.short_error(err))]
+                emit(Check(entry.name, "FAIL", metrics.short_error(err)))
             finally:
                 metrics.release_memory(device)
-        for row in found:
-            rows.append(row)
-            if progress is not None:
-                progress(row)
     return rows
 
 
@@ -152,17 +155,15 @@ def _region(device: torch.device, dtype: torch.dtype | None):
 
 # --- the install ---------------------------------------------------------------------------
 def required_torch() -> str:
-    """The torch version pyproject.toml requires (the installed metadata, else the checkout's file)."""
-    text = ""
-    try:
-        from importlib.metadata import requires
+    """The torch version pyproject.toml requires: the checkout's file when run from one, else the installed
+    package's metadata ("0" when neither says)."""
+    from importlib.metadata import PackageNotFoundError, requires
 
-        text = "\n".join(requires("membench") or [])
-    except Exception:  # noqa: BLE001 - not installed: read the checkout's pyproject
-        pass
-    if "torch" not in text:
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        text = pyproject.read_text() if pyproject.exists() else ""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        text = pyproject.read_text() if pyproject.exists() else "\n".join(requires("membench") or [])
+    except PackageNotFoundError:
+        text = ""
     found = re.search(r"torch\s*>=\s*([0-9][0-9.]*)", text)
     return found.group(1) if found else "0"
 
