@@ -81,9 +81,12 @@ def test_the_rnn_row_sees_float32_under_autocast():
     assert row.status == "pass" and "sees float32 (autocast off)" in row.detail
 
 
-def test_bad_flags_are_one_line_errors(capsys):
+def test_bad_flags_are_one_line_errors(capsys, tmp_path):
     code, _, err = run_cli(capsys, "doctor", "--out", "")
     assert code == 2 and "--out needs a directory" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "doctor", "--out", str(tmp_path / "file"))
+    assert code == 2 and "is a file; give a directory" in err
     if not torch.cuda.is_available():
         code, _, err = run_cli(capsys, "doctor", "--device", "cuda")
         assert code == 2 and "torch sees no CUDA device" in err and len(err.strip().splitlines()) == 1

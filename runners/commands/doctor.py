@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out needs a directory, got an empty string")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a directory")
     device = torch.device(local_devices(args.device)[0])
     about = doctor.header(device)
     print(f"membench doctor on {about['device']}, torch {about['torch_version']}, commit {about['commit']}")
