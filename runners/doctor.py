@@ -40,7 +40,7 @@ What is checked (D = the device; the CPU shapes are smaller, and each row says w
     sdpa backend <family>     the SDPA kernels each attention family's calls can use at the standard preset's
                               widths under the chosen precision (FAIL when only the math fallback can)
     worker per GPU            (2+ GPUs) one worker per GPU, each with its own GPU as the current device, and a
-                              trial on each
+                              trial on each whose loss matches the same trial on one device
 """
 
 from __future__ import annotations
@@ -660,11 +660,15 @@ def check_worker_per_gpu(device):
     claimed = {pid: (current, name) for pid, current, name in reports}
     right = all(name == f"cuda:{current}" for current, name in claimed.values())
     trials = [_tiny_trial(seed=i) for i in range(count)]
-    statuses = [p["runs"][0]["status"] for p in executors.LocalExecutor(devices).run(trials)]
-    ok = right and statuses == ["ok"] * count
+    pooled = {p["trial_id"]: p["runs"][0] for p in executors.LocalExecutor(devices).run(trials)}
+    alone = {p["trial_id"]: p["runs"][0] for p in executors.LocalExecutor([str(device)]).run(trials)}
+    statuses = sorted({row["status"] for row in [*pooled.values(), *alone.values()]})
+    same = all(math.isclose(pooled[i]["loss"], alone[i]["loss"], rel_tol=1e-3) for i in alone)
+    ok = right and statuses == ["ok"] and same
     yield verdict(ok, "worker per GPU", f"{count} GPUs: workers' current devices "
-                  f"{sorted(name for _, name in claimed.values())}; one trial per GPU: {statuses}",
-                  "a worker is not on its own GPU or a trial failed")
+                  f"{sorted(name for _, name in claimed.values())}; a trial per GPU: {statuses}, losses "
+                  f"{'equal to' if same else 'DIFFERENT from'} one device's",
+                  "a worker is not on its own GPU, a trial failed or the rows differ")
 
 
 # --- output --------------------------------------------------------------------------------
