@@ -309,7 +309,7 @@ def _train_losses(name: str, device: torch.device, compile: str, steps: int = 3,
 
 
 @check("compile")
-def check_compile(device):
+def check_compile_modes(device):
     tol = 2e-2 if precision.choose_precision(device) is not None else 1e-4
     width = 64 if device.type == "cuda" else 16  # inductor's C++ build dominates on the CPU: keep it small
     eager, _ = _train_losses("transformer", device, "none", d_model=width)
