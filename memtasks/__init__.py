@@ -1,6 +1,6 @@
 """memtasks: seeded, vectorised generators of short-term-memory tasks.
 
-    >>> from memtasks import get_task, list_tasks
+    >>> from membench.memtasks import get_task, list_tasks
     >>> task = get_task("associative_recall", num_kv_pairs=8)
     >>> batch = task.sample(batch_size=4, seq_len=64, seed=0)
     >>> bool((task.solve(batch.inputs)[batch.scored] == batch.targets[batch.scored]).all())
@@ -18,7 +18,7 @@ from membench.checks import ConfigError
 from membench.memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, train_seed
 from membench.registry import Registry, UnknownNameError
 
-TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks")
+TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks", plugins=True)
 register_task = TASKS.register
 
 
