@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, train_seed
-from membench.runners import metrics
+from membench.runners import metrics, precision
 
 COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
@@ -154,16 +154,19 @@ def scored_loss(model, h: torch.Tensor, index: torch.Tensor, picked: torch.Tenso
 
 
 def resolve_compile(model, compile: str, device: torch.device) -> str:
-    """The capture a trial gets: `compile` itself, or for "auto" cuda_graphs on CUDA when the family declares
-    that capture helps it (`compile_friendly`, see models.base) and none otherwise.
+    """The capture a trial gets: `compile` itself, or for "auto" cuda_graphs where the device can replay CUDA
+    graphs (`precision.graphs_supported`: CUDA, sm_80+) and the family declares that capture helps it
+    (`compile_friendly`, see models.base), none otherwise.
 
-    Example: auto -> cuda_graphs for a transformer on cuda:0, none for an lstm there, none for both on the CPU.
+    Example: auto -> cuda_graphs for a transformer on an H100, none for an lstm there, none for both on a T4
+    or the CPU.
     """
     if compile not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
     if compile != "auto":
         return compile
-    return "cuda_graphs" if device.type == "cuda" and getattr(model, "compile_friendly", True) else "none"
+    helps = getattr(model, "compile_friendly", True)
+    return "cuda_graphs" if helps and precision.graphs_supported(device) else "none"
 
 
 def loss_fn(model, compile: str, device: torch.device):
@@ -181,8 +184,7 @@ def loss_fn(model, compile: str, device: torch.device):
     if compile == "torch_compile":
         return torch.compile(forward)
     if compile == "cuda_graphs":
-        if device.type != "cuda":
-            raise ConfigError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
+        precision.check_compile(compile, device)
         return torch.compile(forward, mode="reduce-overhead")
     raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
 

@@ -21,7 +21,7 @@ from membench.checks import ConfigError
 from membench.memtasks import eval_seed, get_task
 from membench.models import build_model, list_models, model_class
 from membench.models.scan import scan_chunked, scan_reference
-from membench.runners import metrics
+from membench.runners import metrics, precision
 from membench.runners import train as train_module
 from membench.runners import trial as trial_module
 from membench.runners.precision import precision_name
@@ -83,12 +83,15 @@ def test_every_family_declares_whether_capture_helps():
 
 
 @pytest.mark.parametrize("family", ["transformer", "lstm", "external_memory", "ssm"])
-def test_auto_compile_captures_only_families_where_it_helps(family):
+def test_auto_compile_captures_only_families_where_it_helps(family, monkeypatch):
     model = build_model(family, 8, d_model=16, n_layers=1)
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")  # resolve_compile reads only the device type
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(precision, "graphs_supported", lambda device: device.type == "cuda")  # an sm_80+ GPU
     expected = "none" if family in CAPTURE_GAINS_NOTHING else "cuda_graphs"
     assert resolve_compile(model, "auto", cuda) == expected
     assert resolve_compile(model, "auto", cpu) == "none"
+    monkeypatch.setattr(precision, "graphs_supported", lambda device: False)  # a T4, say
+    assert resolve_compile(model, "auto", cuda) == "none"
     for mode in ("none", "torch_compile", "cuda_graphs"):
         assert resolve_compile(model, mode, cuda) == mode  # an explicit choice is kept
     with pytest.raises(ConfigError, match="unknown compile mode 'fast'; valid: none, torch_compile"):
