@@ -22,6 +22,7 @@ import gc
 import math
 import platform
 import resource
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,11 @@ def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
-             device: torch.device) -> SliceResult:
-    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once."""
+             device: torch.device, deadline: float | None = None) -> SliceResult:
+    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once.
+
+    `deadline` (a time.perf_counter() value): no batch starts after it, so a trial's time cap also bounds
+    its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
     was_training = model.training
     model.eval()
     n_buckets = 64
@@ -70,8 +74,12 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     lag_correct = torch.zeros(n_buckets, dtype=torch.long, device=device)
     lag_count = torch.zeros(n_buckets, dtype=torch.long, device=device)
+    scored_sequences = 0
     try:
         for i, start in enumerate(range(0, n_sequences, batch_size)):
+            if i and deadline is not None and time.perf_counter() > deadline:
+                break
+            scored_sequences += min(batch_size, n_sequences - start)
             batch = task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), device)
             scored = batch.scored  # (B, T)
             with autocast(device):
@@ -103,7 +111,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     counts, corrects = lag_count.tolist(), lag_correct.tolist()
     return SliceResult(
         accuracy=hits / n if n else math.nan,
-        exact_match=int(exact) / n_sequences,
+        exact_match=int(exact) / scored_sequences,
         loss=float(loss_sum) / n if n else math.nan,
         lags={1 << k: (corrects[k], counts[k]) for k in range(n_buckets) if counts[k]},
     )
