@@ -3,7 +3,8 @@
 
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
 spec setting) raised while handling a command are printed as one line `membench: error: ...` and the exit
-code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
+code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated" (exit 143),
+at start-up too. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from membench.checks import ConfigError
 from membench.runners import commands
@@ -37,9 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (locks released, one line)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse, run, and turn bad input, Ctrl-C and SIGTERM into one line: exit 2, 130 and 143."""
+    previous = _install(signal.SIGTERM, _terminate)
     try:
+        args = build_parser().parse_args(argv)  # imports every command (torch): Ctrl-C may land here
         return int(args.handler(args) or 0)
     except (UsageError, ConfigError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held
@@ -48,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("membench: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("membench: terminated\n")
+        return 143
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _install(signum: int, handler):
+    """signal.signal where it is allowed (the main thread); the previous handler, or None."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

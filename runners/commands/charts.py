@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from membench.runners.parsing import out_dir
+
 HELP = "rebuild the leaderboard and every chart of a sweep directory from its tables alone (no training)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="a sweep's output directory (holding runs.csv)")
+    parser.add_argument("dir", metavar="DIR", type=out_dir, help="a sweep's output directory (holding runs.csv)")
 
 
 def publish(directory: str | Path) -> list[Path]:

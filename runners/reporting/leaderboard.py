@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from membench.runners.errors import UsageError
-from membench.runners.tables import atomic_write_bytes
+from membench.runners.tables import atomic_write_bytes, check_table
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
 SCORED = ("ok", "timeout")  # trial statuses whose measured accuracy counts; any other counts 0
@@ -80,6 +80,8 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path, dtype=_STRING_COLUMNS)
     except pd.errors.EmptyDataError:
         return None
+    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise UsageError(f"{path} is not a readable CSV table ({' '.join(str(err).split())[:120]})") from None
 
 
 def read_results(directory: str | os.PathLike) -> Results:
@@ -102,6 +104,7 @@ def read_results(directory: str | os.PathLike) -> Results:
         if missing:
             raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
                              f"it must follow the membench {name} schema")
+        check_table(name, table, directory / f"{name}.csv") if table is not None else None  # types, ranges
     runs = runs.assign(task=task_labels(runs))
     label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
     for name in ("lags", "curves", "slice_curves"):  # these carry the bare task name: take the label from runs
