@@ -71,7 +71,7 @@ def slices_markdown(table: pd.DataFrame) -> str:
         "trained length only). **to threshold**: training seconds (evaluation excluded), steps and tokens until "
         "every slice first reached the trial's `threshold` (0.99 in zoology_mqar); empty when it never did.",
         "",
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(_md(h) for h in header) + " |",
         "|" + "|".join("---" if h in ("task", "model", "status") else "---:" for h in header) + "|",
     ]
     for _, row in table.iterrows():
@@ -82,8 +82,19 @@ def slices_markdown(table: pd.DataFrame) -> str:
                  *[fixed(row[s], 4) for s in slices], fixed(row["min"], 4),
                  reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
                  _count(row["steps"]), fixed(row["ms_per_step"], 1), _count(row["tokens_per_second"])]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _md(cell) -> str:
+    """A Markdown table cell: `|` escaped and line breaks flattened, so a slice name cannot break the table."""
+    return " ".join(str(cell).splitlines()).replace("|", "\\|")
+
+
+def _plain(label: str) -> str:
+    """A matplotlib label shown as written: `$` escaped (no mathtext), never hidden by a leading `_`."""
+    label = label.replace("$", "\\$")
+    return " " + label if label.startswith("_") else label
 
 
 def write_slices(runs: pd.DataFrame, directory: Path) -> list[Path]:
@@ -125,14 +136,14 @@ def _draw_slice_curves(curves: pd.DataFrame, named: pd.DataFrame, out_dir: Path)
             line = mine[mine["slice"] == name].sort_values("step")
             if not line.empty:
                 ax.plot(line["tokens"], line["accuracy"], marker="o", markersize=3, linewidth=1.4,
-                        color=colours(0.9 * i / max(1, len(slices) - 1)), label=name)
+                        color=colours(0.9 * i / max(1, len(slices) - 1)), label=_plain(name))
         ax.set(title=f"{trial['task']}: {trial['model']} d{int(trial['d_model'])} seed {int(trial['seed'])}",
                xlabel="training tokens", ylabel="accuracy", ylim=(-0.03, 1.03))
         ax.xaxis.set_major_formatter(FuncFormatter(count_label))
     handles = {}  # every slice any panel drew, in the spec's order
     for ax in axes[:len(trials)]:
         handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles})
-    ordered = [name for name in slices if name in handles]
+    ordered = [_plain(name) for name in slices if _plain(name) in handles]
     fig.legend([handles[n] for n in ordered], ordered, loc="outside right center", title="slice", fontsize=8)
     fig.suptitle("Accuracy on every named slice during training")
     out_dir.mkdir(parents=True, exist_ok=True)
