@@ -25,7 +25,8 @@ Schema. Every key is optional (the values shown are the defaults, except where a
     seeds = [0]                    # seeds (model init, data, eval sets)
     learning_rates = [1e-3]        # peak learning rates (one trial each)
     steps = 1000                   # budget: at most this many steps ...
-    time_cap = 600.0               # ... and this many seconds per trial (status timeout after)
+    time_cap = 600.0               # ... and this many seconds per trial, evaluation included (status
+                                   # timeout after; the final evaluation may take one more cap)
     batch_size = 32
     threshold = 0.99               # early stop at this eval accuracy ...
     early_stop = "train_len"       # ... of the slices at the train length, or of "all_slices"
@@ -69,8 +70,10 @@ flags (tasks, models, lengths, seeds, device, executor). With a train_mixture, t
 the longest segment and `lengths` does not apply. Eval lengths the task cannot do (too short or too long)
 are skipped; training lengths it cannot do are skipped with a note, and a task left with none is an error.
 
-Validation builds every task, model and size (parameter matching) before anything runs, so a bad spec
-fails with one line and writes nothing.
+Validation builds every task, model and size (parameter matching, on the meta device) before anything
+runs, so a bad spec fails with one line and writes nothing. Sizes are bounded by membench.checks.LIMITS
+(seeds < 2^32, tokens per sequence, batch_size x length, eval slice tokens, vocabulary, parameters of a
+model, ...); eval slice names must be unique and non-empty, and cost-class tables must name a cost class.
 """
 
 from __future__ import annotations
