@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         sys.stderr.write("membench: terminated\n")
         return 143
+    except BrokenPipeError:  # the reader of stdout went away (`membench models | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         _install(signal.SIGTERM, previous)
 

@@ -203,10 +203,13 @@ def test_seed_flag_above_2_32_is_one_line(capsys, tmp_path):
     (["show", "copy", "--length", "1000000000"], "--length = 1000000000 is above the limit"),
     (["show", "multi_turn_qa", "--param", "num_entities=100000000"], "vocab_size"),
     (["show", "copy", "--seed", str(2**32)], "--seed"),
+    (["models", "--d-model", "1000000"], "--d-model = 1000000 is above the limit"),
+    (["run", "--preset", "smoke", "--lengths", "²", "--out", "OUT"], "--lengths must be a positive integer"),
 ])
 def test_impossible_flags_are_one_line(capsys, tmp_path, argv, words):
     if argv[0] == "cost":
         argv = [*argv, "--device", "cpu", "--out", str(tmp_path / "out")]
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
     code, _, err = run_cli(capsys, *argv)
     assert words in one_line(code, err, tmp_path / "out")
 

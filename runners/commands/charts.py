@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from membench.runners.errors import UsageError
 from membench.runners.parsing import out_dir
 
 HELP = "rebuild the leaderboard and every chart of a sweep directory from its tables alone (no training)"
@@ -50,5 +51,9 @@ def publish(directory: str | Path) -> list[Path]:
 
 
 def run(args) -> int:
-    publish(args.dir)
+    try:
+        publish(args.dir)
+    except OSError as err:  # a read-only or full directory
+        where = f" ({err.filename})" if err.filename else ""
+        raise UsageError(f"cannot write in {args.dir}{where}: {err.strerror or err}") from None
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from membench.models import build_model, family_params, list_models, model_class
 from membench.runners.parsing import positive_int
 
@@ -16,12 +18,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    vocab, d_model = positive_int(args.vocab_size, "--vocab-size"), positive_int(args.d_model, "--d-model")
-    n_layers, length = positive_int(args.n_layers, "--n-layers"), positive_int(args.length, "--length")
+    vocab, d_model = positive_int(args.vocab_size, "--vocab-size", "vocab_size"), positive_int(args.d_model, "--d-model", "d_model")
+    n_layers = positive_int(args.n_layers, "--n-layers", "n_layers")
+    length = positive_int(args.length, "--length", "length")
     header = ("model", "cost", "params", f"state@{length}", "family params (defaults)", "memory mechanism")
     rows = []
     for name in list_models():
-        model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
+        with torch.device("meta"):  # counts and sizes only: nothing is allocated, whatever the width
+            model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
         params = ", ".join(f"{k}={v!r}" for k, v in family_params(name).items()) or "-"
         rows.append((name, model_class(name).cost_class, f"{model.num_params():,}",
                      f"{model.state_size(length):,}", params, model.memory_mechanism))
