@@ -24,6 +24,8 @@ from membench.runners import tables
 from membench.runners.errors import UsageError
 from membench.runners.executors import make_executor
 from membench.runners.lock import DirectoryLock
+from membench.runners.reporting.results import failure_status
+from membench.runners.reporting.text import count, text_table
 from membench.runners.spec import SweepSpec
 from membench.runners.trial import STATUSES
 
@@ -80,6 +82,10 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool) -> dict[str, dict]:
                    position=0)
     try:
         for payload in runner.run(pending):
+            if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
+                print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
+                      f"raised an exception, recorded as status error:\n{payload['traceback']}",
+                      file=sys.stderr, end="")
             _write(out, lambda: tables.write_trial(out, payload))
             finished[payload["trial_id"]] = payload
             _write(out, lambda: tables.write_tables(out, tables.frames(finished, kept)))
@@ -148,13 +154,13 @@ def format_summary(runs: pd.DataFrame) -> str:
     by_lr = runs.groupby([*keys, "slice", "lr"], sort=False)["accuracy"].mean()
     best = by_lr.groupby(level=[0, 1, 2, 3, 4], sort=False).max()
     first = runs.groupby(keys, sort=False).agg(params=("params", "first"), steps=("steps", "mean"),
-                                               status=("status", _worst))
+                                               status=("status", failure_status))
     header = [*keys, "params", "steps", *slices]
     lines = [header]
     for key, row in first.iterrows():
         cells = [str(k) for k in key]
-        cells.append(_count(row["params"]))
-        cells.append(_count(row["steps"]))
+        cells.append(count(row["params"], missing="-"))
+        cells.append(count(row["steps"], missing="-"))
         for name in slices:
             value = best.get((*key, name), None)
             if value is None:
@@ -162,19 +168,8 @@ def format_summary(runs: pd.DataFrame) -> str:
             else:
                 cells.append(f"{value:.3f}" if not math.isnan(value) else row["status"])
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text = [text_table(header, lines[1:])]
     per_trial = runs.drop_duplicates("trial_id")["status"].value_counts()
     counts = ", ".join(f"{int(per_trial[s])} {s}" for s in STATUSES if s in per_trial)
     text.append(f"{runs['trial_id'].nunique()} trials: {counts}")
     return "\n".join(text)
-
-
-def _worst(statuses: pd.Series) -> str:
-    """The first failure status among a group's rows, else ok."""
-    failed = [s for s in statuses if s != "ok"]
-    return failed[0] if failed else "ok"
-
-
-def _count(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(round(value)):,}"

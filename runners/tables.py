@@ -42,7 +42,7 @@ RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "d_model", "n_layers", "params",
     "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
     "loss", "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
-    "attention_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
+    "attention_flops_share", "memory_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
     "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
 ]
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
@@ -204,7 +204,7 @@ def read_table(path: Path, name: str) -> pd.DataFrame | None:
 _INTEGER = {"d_model", "n_layers", "params", "train_len", "eval_len", "seed", "batch_size", "steps", "lag_bucket",
             "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
             "time_to_accuracy_tokens"}
-_FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share"}
+_FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}
 _REQUIRED_TEXT = {"trial_id", "task", "model", "slice", "status"}  # never empty
 
 

@@ -31,7 +31,8 @@ import torch
 
 from membench.memtasks import get_task, list_tasks
 from membench.models import list_models
-from membench.runners.reporting.leaderboard import THRESHOLD, cell_table, read_results, trial_table
+from membench.runners.reporting.leaderboard import THRESHOLD, cell_table, trial_table
+from membench.runners.reporting.results import read_results
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from membench.models import UnknownNameError, build_model, family_params, list_models, model_class, params_matched
-from tests.helpers import DEVICES
+from tests.helpers import DEVICES, assert_paths_agree
 
 MODELS = list_models()
 FAMILIES = {
@@ -118,9 +118,18 @@ def test_flops_match_flop_counter_on_the_reference_path(name, batch, seq_len):
         model(tokens)
     counted, analytic = counter.get_total_flops(), model.flops(batch, seq_len)
     assert abs(analytic - counted) <= 0.05 * counted, f"{name}: analytic {analytic} vs counted {counted}"
-    assert 0 <= model.attention_flops(batch, seq_len) <= analytic
+    attention, memory = model.attention_flops(batch, seq_len), model.memory_flops(batch, seq_len)
+    assert attention >= 0 and memory >= 0 and attention + memory <= analytic
     if model.cost_class == "O(n^2)":
-        assert model.attention_flops(batch, seq_len) > 0
+        assert attention > 0
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "ssm", "external_memory"])
+def test_a_scan_or_external_memory_is_memory_flops_not_attention(name):
+    """Token-to-token attention FLOPs are attention's alone: a scan or a memory read/write is memory FLOPs."""
+    model = small(name)
+    assert model.attention_flops(2, 64) == 0
+    assert model.memory_flops(2, 64) > 0
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -142,17 +151,7 @@ def test_the_named_fast_paths_have_references():
 @pytest.mark.parametrize("batch,seq_len", [(2, 1), (2, 37), (1, 130)], ids=lambda v: str(v))
 def test_fast_and_reference_paths_agree(name, device, batch, seq_len):
     model = small(name, device).double()
-    tokens = torch.randint(0, VOCAB, (batch, seq_len), device=device)
-    outputs, grads = [], []
-    for path in ("fast", "reference"):
-        model.set_path(path).zero_grad()
-        out = model(tokens)
-        (out * torch.linspace(-1, 1, VOCAB, device=device, dtype=out.dtype)).sum().backward()
-        outputs.append(out.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-5)
-    for g_fast, g_ref in zip(*grads):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-5)
+    assert_paths_agree(model, torch.randint(0, VOCAB, (batch, seq_len), device=device), atol=1e-6, rtol=1e-5)
 
 
 def test_unknown_names_and_params_are_rejected():
@@ -171,4 +170,17 @@ def test_params_matched_lands_within_ten_percent(name):
     target = 60_000
     model = params_matched(name, target, vocab_size=VOCAB, n_layers=2)
     assert abs(model.num_params() - target) <= 0.10 * target
-    assert isinstance(family_params(name), dict)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_family_params_are_the_constructors_own_and_build_as_given(name):
+    """What `membench models` lists and a spec may set: every keyword of the family's constructor beyond the
+    three base arguments, with its default; building with every default given explicitly changes nothing."""
+    params = family_params(name)
+    assert not {"self", "vocab_size", "d_model", "n_layers"} & set(params)
+    torch.manual_seed(0)
+    explicit = build_model(name, VOCAB, d_model=32, n_layers=2, **params)
+    torch.manual_seed(0)
+    implicit = build_model(name, VOCAB, d_model=32, n_layers=2)
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    torch.testing.assert_close(explicit(tokens), implicit(tokens))

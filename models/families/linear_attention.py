@@ -68,9 +68,9 @@ class LinearAttention(Mixer):
         projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
             tokens, self.d_model, self.d_model
         )
-        return projections + self.attention_flops(batch_size, seq_len)
+        return projections + self.memory_flops(batch_size, seq_len)
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the recurrence: the update phi(k) [v, 1]^T and the read-out phi(q)^T [S | z], per head and token
         return 2 * 2 * batch_size * seq_len * self.n_heads * self.d_head * (self.d_head + 1)
 
