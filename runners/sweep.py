@@ -57,23 +57,24 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
 def _run(spec: SweepSpec, out: Path, runner, progress: bool) -> dict[str, dict]:
     tables.remove_temporaries(out)
     notes: list[str] = []
-    finished = tables.read_trials(out, notes)
-    kept = tables.kept_rows(out, finished)  # rows of trials without a file: never dropped
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
-    for trial_id, config in configs.items():
-        lacking = tables.missing_rows(finished[trial_id], [s.name for s in config.eval_slices]) \
-            if trial_id in finished else ""
-        if lacking:
+    finished = {}  # trial files holding every row their config implies
+    for trial_id, payload in tables.read_trials(out, notes).items():
+        slices = [s.name for s in configs[trial_id].eval_slices] if trial_id in configs else None
+        lacking = tables.missing_rows(payload, slices)
+        if not lacking:
+            finished[trial_id] = payload
+        else:
             notes.append(f"trial file {out / tables.TRIALS_DIR / trial_id}.json is incomplete ({lacking}); "
-                         f"its trial will re-run")
-    pending = [t for i, t in configs.items()
-               if i not in finished or tables.missing_rows(finished[i], [s.name for s in t.eval_slices])]
+                         + ("its trial will re-run" if trial_id in configs else "its rows in the tables are kept"))
+    kept = tables.kept_rows(out, finished)  # rows of trials without a (complete) file: never dropped
+    pending = [t for i, t in configs.items() if i not in finished]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if kept:
         n = len(kept.get("runs", ()))
-        print(f"note: {out} holds {n} runs rows of trials without a file in {tables.TRIALS_DIR}/: they are kept",
-              file=sys.stderr)
+        print(f"note: {out} holds {n} runs rows of trials without a complete file in {tables.TRIALS_DIR}/: "
+              f"they are kept", file=sys.stderr)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -70,7 +70,7 @@ def test_tables_without_trial_files_keep_every_row(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", "--preset", "smoke", "--tasks", "copy", "--models", "lstm,mlp",
                            "--lengths", "8", "--seeds", "0", "--out", str(out), "--quiet")
     assert code == 0, err
-    assert "without a file" in err  # the user is told the rows are kept
+    assert "they are kept" in err  # the user is told the rows are kept
     new_ids = {p.stem for p in (out / "trials").glob("*.json")}
     assert len(new_ids) == 2
     for name, old in before.items():
@@ -97,6 +97,18 @@ def test_kept_rows_are_replaced_when_their_trial_runs_again(tmp_path, spec_file)
     run_sweep(spec, out, progress=False)
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 2 and set(runs["trial_id"]) == {trial_id}
+
+
+def test_rows_of_a_damaged_trial_file_of_another_sweep_are_kept(tmp_path, spec_file, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, spec_file, out)[0] == 0
+    path = next((out / "trials").glob("*.json"))
+    path.write_text(json.dumps({"trial_id": path.stem}))  # its rows are still in the tables
+    code, _, err = run(capsys, spec_file, out, "--seeds", "1")  # another sweep into the same directory
+    assert code == 0, err
+    assert "its rows in the tables are kept" in err
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and path.stem in set(runs["trial_id"])
 
 
 # --- 2. one writer per directory ---------------------------------------------------------------------------
