@@ -134,7 +134,7 @@ LIMITS = {
     "vocab_size": 2**20,           # tokens of a task's vocabulary (one output row each)
     "params": 10**9,               # parameters of one model (float32 weights + AdamW state: 16 bytes each)
     "d_model": 2**16,              # model width
-    "n_layers": 1024,              # model depth
+    "n_layers": 256,               # model depth (a deeper model takes seconds to count even on the meta device)
     "learning_rate": 10.0,         # peak learning rate
     "cpu_threads": 1024,           # torch threads of a CPU trial
     "steps": 10**9,                # optimizer steps of a trial

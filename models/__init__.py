@@ -132,47 +132,71 @@ def matched_width(
     check_limit("target_params", target_params, "params")
     check_limit("vocab_size", check_int("vocab_size", vocab_size), "vocab_size")
     check_limit("n_layers", check_int("n_layers", n_layers), "n_layers")
+    heads = _heads(name, params) or 1  # a width must be a multiple of the head count
+
+    def exact(width: int) -> int | None:
+        try:
+            return count_params(name, vocab_size, width, n_layers, **params)
+        except ConfigError:
+            return None  # a width this family does not allow
+
+    def by_depth(width: int) -> int | None:
+        """The count at n_layers from those at 1 and 2 layers (a + b * layers): deep models cost two shallow
+        builds per width; the chosen width is then counted exactly."""
+        try:
+            one, two = (count_params(name, vocab_size, width, n, **params) for n in (1, 2))
+        except ConfigError:
+            return None
+        return one + (n_layers - 1) * (two - one)
+
+    shallow = n_layers <= 4
+    best, counts = _closest_width(name, target_params, multiple, tolerance, heads, params, exact if shallow else by_depth)
+    if not shallow and exact(best) != counts[best]:  # layers that differ (a mixer pattern): count every depth
+        best, counts = _closest_width(name, target_params, multiple, tolerance, heads, params, exact)
+    if counts[best] is None or abs(counts[best] - target_params) > tolerance * target_params:
+        raise ConfigError(
+            f"model {name} cannot be matched to {target_params} params within {tolerance:.0%} "
+            f"(closest: d_model={best} with {counts[best]} params); change n_layers or the target"
+        )
+    return best
+
+
+def _closest_width(name: str, target: int, multiple: int, tolerance: float, heads: int, params: dict,
+                   counter) -> tuple[int, dict[int, int | None]]:
+    """(the width closest to `target` params, every count taken); softmax attention first on its grid."""
     counts: dict[int, int | None] = {}
 
     def count(width: int) -> int | None:
         if width not in counts:
-            try:
-                counts[width] = count_params(name, vocab_size, width, n_layers, **params)
-            except ConfigError:
-                counts[width] = None  # a width this family does not allow
+            counts[width] = counter(width)
         return counts[width]
 
     def error(width: int) -> float:
         n = count(width)
-        return float("inf") if n is None else abs(n - target_params)
+        return float("inf") if n is None else abs(n - target)
 
     def search(step: int, grid: bool) -> int:
         top = LIMITS["d_model"] // step  # in units of `step`
         lo, hi = 1, 2
-        while (count(hi * step) or 0) < target_params and hi < top:
+        while (count(hi * step) or 0) < target and hi < top:
             lo, hi = hi, min(hi * 2, top)
         while hi - lo > 1:  # invariant: count(lo) < target <= count(hi), except at the bounds
             mid = (lo + hi) // 2
-            if (count(mid * step) or 0) < target_params:
+            if (count(mid * step) or 0) < target:
                 lo = mid
             else:
                 hi = mid
         if grid:  # only the grid's widths
             nearby = range(max(1, lo - 1) * step, (hi + 1) * step + 1, step)
-        else:  # every width near the bracket, a multiple of `multiple` on ties
-            nearby = range(max(1, lo * step - step), hi * step + step + 1)
+        else:  # every width (a multiple of the heads) near the bracket, a multiple of `multiple` on ties
+            nearby = range(max(heads, lo * step - step), hi * step + step + 1, heads)
         return min(nearby, key=lambda w: (error(w), w % multiple != 0))
 
-    step = width_step(name, multiple, **params)
-    best = search(step, grid=_softmax_attention(name, params))
-    if error(best) > tolerance * target_params and _softmax_attention(name, params):
-        best = search(math.lcm(multiple, _heads(name, params)), grid=False)  # off the fast-kernel grid
-    if error(best) > tolerance * target_params:
-        raise ConfigError(
-            f"model {name} cannot be matched to {target_params} params within {tolerance:.0%} "
-            f"(closest: d_model={best} with {count(best)} params); change n_layers or the target"
-        )
-    return best
+    attention = _softmax_attention(name, params)
+    best = search(width_step(name, multiple, **params), grid=attention)
+    if error(best) > tolerance * target and attention:
+        best = search(math.lcm(multiple, heads), grid=False)  # off the fast-kernel grid
+    return best, counts
 
 
 def params_matched(

@@ -91,6 +91,14 @@ def test_matching_never_builds_a_real_model_and_is_bounded(monkeypatch):
     assert len(devices) < 200
 
 
+@pytest.mark.parametrize("params", [{}, {"mixer_pattern": "conv,conv,conv,attention"}])
+def test_deep_models_are_matched_exactly(params):
+    # counts at depth come from two shallow builds (a + b * layers), checked at the chosen width: a pattern
+    # whose layers differ is caught there and counted at full depth
+    width = matched_width("transformer", 2_000_000, 64, n_layers=24, position="none", **params)
+    assert abs(count_params("transformer", 64, width, 24, position="none", **params) - 2_000_000) <= 200_000
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"vocab_size": 10**8}, "vocab_size = 100000000 is above the limit"),
     ({"target_params": 10**12}, "target_params = 1000000000000 is above the limit"),
