@@ -132,7 +132,7 @@ def matched_width(
     check_limit("target_params", target_params, "params")
     check_limit("vocab_size", check_int("vocab_size", vocab_size), "vocab_size")
     check_limit("n_layers", check_int("n_layers", n_layers), "n_layers")
-    heads = _heads(name, params) or 1  # a width must be a multiple of the head count
+    heads = _heads(name, params) or 1  # attention's width must be a multiple of its head count
 
     def exact(width: int) -> int | None:
         try:
@@ -165,6 +165,7 @@ def _closest_width(name: str, target: int, multiple: int, tolerance: float, head
                    counter) -> tuple[int, dict[int, int | None]]:
     """(the width closest to `target` params, every count taken); softmax attention first on its grid."""
     counts: dict[int, int | None] = {}
+    attention = _softmax_attention(name, params)
 
     def count(width: int) -> int | None:
         if width not in counts:
@@ -188,11 +189,11 @@ def _closest_width(name: str, target: int, multiple: int, tolerance: float, head
                 hi = mid
         if grid:  # only the grid's widths
             nearby = range(max(1, lo - 1) * step, (hi + 1) * step + 1, step)
-        else:  # every width (a multiple of the heads) near the bracket, a multiple of `multiple` on ties
-            nearby = range(max(heads, lo * step - step), hi * step + step + 1, heads)
+        else:  # every width near the bracket (attention: a multiple of its heads), a multiple of `multiple` on ties
+            by = heads if attention else 1
+            nearby = range(max(by, lo * step - step), hi * step + step + 1, by)
         return min(nearby, key=lambda w: (error(w), w % multiple != 0))
 
-    attention = _softmax_attention(name, params)
     best = search(width_step(name, multiple, **params), grid=attention)
     if error(best) > tolerance * target and attention:
         best = search(math.lcm(multiple, heads), grid=False)  # off the fast-kernel grid
