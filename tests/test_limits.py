@@ -173,6 +173,12 @@ def test_params_matched_still_returns_a_trainable_model():
     assert abs(model.num_params() - 20_000) <= 2_000
 
 
+def test_every_limit_is_explained():
+    from membench.checks import _LIMIT_TEXT
+
+    assert set(_LIMIT_TEXT) == set(LIMITS)
+
+
 # --- 7. impossible sizes rejected when the spec is read ------------------------------------------------------
 @pytest.mark.parametrize("top, words", [
     ("lengths = [1000000000]\n", "lengths[0] = 1000000000 is above the limit"),

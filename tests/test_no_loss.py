@@ -397,8 +397,8 @@ def test_unreadable_table_is_never_overwritten_by_a_sweep(tmp_path, swept, capsy
 @pytest.mark.parametrize("signum, words, code", [(signal.SIGINT, "interrupted", 130),
                                                   (signal.SIGTERM, "terminated", 143)])
 def test_signal_during_start_up_prints_one_line(tmp_path, signum, words, code):
-    proc = subprocess.Popen([sys.executable, "-m", "membench.runners", "run", "--preset", "smoke", "--out",
-                             str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "membench.runners", "run", "--preset", "smoke", "--quiet",
+                             "--out", str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # still importing torch
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
