@@ -121,6 +121,13 @@ def list_of(item: Checker, allow_empty: bool = False) -> Checker:
     return check
 
 
+def one_or_list(item: Checker) -> Checker:
+    """A single value or a non-empty list of them (a sweep over the list), each checked by `item`."""
+    def check(value, label):
+        return list_of(item)(value, label) if isinstance(value, list) else item(value, label)
+    return check
+
+
 # --- limits on sizes ----------------------------------------------------------------------------------------
 # Stated ceilings, checked when a spec or a flag is read (before anything trains or is written), so an
 # impossible size fails in a second with one line instead of allocating gigabytes or running for days.

@@ -101,7 +101,7 @@ class MemoryModel(nn.Module):
     """
 
     family: ClassVar[str] = "model"  # set by @register_model
-    cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n^2)
+    cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n log n), O(n^2)
     memory_mechanism: ClassVar[str] = ""  # one line for the model table
     # bump whenever a change to the family changes what it computes or learns (architecture, init): it is
     # part of every trial's id and stored with every result, so old results are never mistaken for new ones

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import tomllib
 from dataclasses import dataclass
@@ -73,13 +74,14 @@ SETTINGS = {
     "warmup": (checks.number(0, 1, high_open=True), _TRIAL_DEFAULTS["warmup"]),
     "weight_decay": (checks.number(0), _TRIAL_DEFAULTS["weight_decay"]),
     "grad_clip": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["grad_clip"]),
-    "target_params": (checks.limited(checks.integer(1), "params"), 100_000),
+    "target_params": (checks.one_or_list(checks.limited(checks.integer(1), "params")), 100_000),
     "match_tolerance": (checks.number(0, low_open=True), 0.10),
     "d_model": (checks.limited(checks.integer(1), "d_model"), None),
+    "d_models": (checks.list_of(checks.limited(checks.integer(1), "d_model")), None),
     "n_layers": (checks.limited(checks.integer(1), "n_layers"), 2),
     "max_length": (checks.integer(1), None),
 }
-_SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
+_SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
             "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"), "tasks": None, "models": None,
             "cost_classes": checks.table}
@@ -114,8 +116,9 @@ def _check_keys(table: dict, valid: list[str], where: str) -> None:
 def _settings(table: dict, where: str) -> dict:
     """The settings of one table, checked; d_model and target_params may not both be set in one table."""
     found = {k: SETTINGS[k][0](v, f"{where} {k}") for k, v in table.items() if k in SETTINGS}
-    if all(k in found for k in _SIZE_KEYS):
-        raise ConfigError(f"{where}: set d_model (fixed width) or target_params (matched width), not both")
+    if sum(k in found for k in _SIZE_KEYS) > 1:
+        raise ConfigError(f"{where}: set one of d_model (a fixed width), d_models (a sweep of widths) or "
+                          f"target_params (matched widths), not several")
     return found
 
 
@@ -190,6 +193,16 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
             matches = {name: {}}
         chosen.update(matches)
     return chosen
+
+
+def param_grid(params: dict, where: str) -> list[dict]:
+    """A family's params with lists swept: {"window": [8, 16], "d_state": 8} -> two param sets, one per point
+    of the grid (the product of every list, in the order given)."""
+    axes = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"{where} params {key}: an empty list sweeps nothing; give at least one value")
+    return [dict(zip(axes, point)) for point in itertools.product(*axes.values())]
 
 
 def _check_params(params: dict, valid: list[str], where: str) -> dict:
@@ -311,7 +324,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         cls = model_class(name)
         params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
         cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
-        models.append((name, params, cost, _settings(table, where)))
+        models += [(name, point, cost, _settings(table, where)) for point in param_grid(params, where)]
     if not tasks or not models:
         raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
 
@@ -331,7 +344,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
 
 
 def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str]) -> list[TrialConfig]:
-    """The trials of one (task, model) pair: lengths x seeds x learning rates."""
+    """The trials of one (task, model) pair: lengths x widths x learning rates x seeds."""
     if task.segments is not None:
         segments = tuple(Segment(p["seq_len"], p["params"], p.get("weight", 1.0)) for p in task.segments)
         lengths = [max(seg.seq_len for seg in segments)]
@@ -358,29 +371,46 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
         for sl in slices:
             check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
                         sl.n_sequences * sl.seq_len, "eval_tokens")
-        params_json = json.dumps(model_params, sort_keys=True)
-        try:
-            d_model = s["d_model"] or _matched_width(model, s["target_params"], vocab, s["n_layers"],
-                                                     s["match_tolerance"], params_json)
-        except ConfigError as err:
-            raise ConfigError(f"{task.where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
-                             f"or give this model a fixed d_model") from None
-        _check_model_size(model, vocab, d_model, s["n_layers"], params_json)
-        if not fast_attention_width(model, d_model, **model_params):
-            _note(notes, f"{model}: d_model {d_model} gives a head width that is not a multiple of 8, so a GPU's "
-                         f"attention may fall back to its slow math kernel (choose n_heads or target_params so "
-                         f"that d_model / n_heads is a multiple of 8)")
-        for lr in s["learning_rates"]:
-            for seed in s["seeds"]:
-                trials.append(TrialConfig(
-                    task=task.name, task_params=task.params, model=model, model_params=model_params,
-                    d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
-                    batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
-                    threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
-                    warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
-                    segments=segments, task_version=task_class(task.name).version, early_stop=s["early_stop"],
-                ))
+        for d_model in _widths(model, model_params, s, vocab, task.where):
+            _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
+            for lr in s["learning_rates"]:
+                for seed in s["seeds"]:
+                    trials.append(TrialConfig(
+                        task=task.name, task_params=task.params, model=model, model_params=model_params,
+                        d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
+                        batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
+                        threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
+                        warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
+                        segments=segments, task_version=task_class(task.name).version,
+                        early_stop=s["early_stop"],
+                    ))
     return trials
+
+
+def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> list[int]:
+    """The widths of a (task, model) pair: d_models, d_model, or the widths matched to each target_params."""
+    if s["d_models"] is not None:
+        return list(dict.fromkeys(s["d_models"]))
+    if s["d_model"] is not None:
+        return [s["d_model"]]
+    targets = s["target_params"] if isinstance(s["target_params"], list) else [s["target_params"]]
+    try:
+        return list(dict.fromkeys(
+            _matched_width(model, target, vocab, s["n_layers"], s["match_tolerance"],
+                           json.dumps(model_params, sort_keys=True))
+            for target in targets))
+    except ConfigError as err:
+        raise ConfigError(f"{where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
+                          f"or give this model a fixed d_model") from None
+
+
+def _check_size(model: str, model_params: dict, vocab: int, d_model: int, n_layers: int, notes: list[str]) -> None:
+    """The model must fit the size ceiling; a softmax-attention width off the fast-kernel grid gets a note."""
+    _check_model_size(model, vocab, d_model, n_layers, json.dumps(model_params, sort_keys=True))
+    if not fast_attention_width(model, d_model, **model_params):
+        _note(notes, f"{model}: d_model {d_model} gives a head width that is not a multiple of 8, so a GPU's "
+                     f"attention may fall back to its slow math kernel (choose n_heads or target_params so "
+                     f"that d_model / n_heads is a multiple of 8)")
 
 
 def _slices(task: _Task, train_len: int, s: dict) -> tuple[EvalSlice, ...]:

@@ -39,8 +39,8 @@ from pathlib import Path
 import pandas as pd
 
 RUNS_COLUMNS = [
-    "trial_id", "task", "task_version", "task_params", "model", "model_version", "d_model", "n_layers", "params",
-    "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
+    "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
+    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
     "loss", "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
     "attention_flops_share", "memory_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
     "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
@@ -178,7 +178,7 @@ def kept_rows(out_dir: Path, trial_ids) -> dict[str, pd.DataFrame]:
     return kept
 
 
-STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model": str, "slice": str, "status": str,
+STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str, "status": str,
                   "error": str, "device": str, "git_commit": str, "torch_version": str}
 
 

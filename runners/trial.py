@@ -264,7 +264,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
     common = {
         "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
         "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
-        "model": config.model, "model_version": config.model_version, "d_model": config.d_model,
+        "model": config.model, "model_version": config.model_version,
+        "model_params": json.dumps(config.model_params, sort_keys=True), "d_model": config.d_model,
         "n_layers": config.n_layers, "params": params,
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }

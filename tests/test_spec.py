@@ -182,7 +182,7 @@ def test_trial_id_is_stable_and_sensitive():
     ('device = "gpu"', "device must be auto, cpu, cuda or cuda:N"),
     ('executor = "dask"', "executor must be one of local, ray"),
     ("steps = ", "is not valid TOML"),
-    ("d_model = 16\ntarget_params = 1000", "not both"),
+    ("d_model = 16\ntarget_params = 1000", "not several"),
 ])
 def test_bad_specs_name_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError) as err:
@@ -252,3 +252,38 @@ def test_trial_settings_take_the_trial_configs_own_defaults():
     shared = set(SETTINGS) & set(fields)
     assert {"time_cap", "threshold", "early_stop", "warmup"} <= shared
     assert all(SETTINGS[key][1] == fields[key] for key in shared)
+
+
+def test_width_sweeps_and_param_grids_become_one_trial_config_each(tmp_path):
+    """d_models and a list of target_params sweep widths; a list-valued family param sweeps its grid."""
+    spec = load_spec(None, write(tmp_path, '''
+tasks = ["copy"]
+lengths = [16]
+[models.lstm]
+d_models = [16, 32, 48]
+[models.sliding_window]
+d_model = 16
+params = { window = [4, 8], n_heads = [2, 4] }
+[models.gru]
+target_params = [3000, 12000]
+'''), {})
+    by_model = {}
+    for t in spec.trials:
+        by_model.setdefault(t.model, []).append(t)
+    assert [t.d_model for t in by_model["lstm"]] == [16, 32, 48]
+    assert [(t.model_params["window"], t.model_params["n_heads"]) for t in by_model["sliding_window"]] == [
+        (4, 2), (4, 4), (8, 2), (8, 4)]
+    gru = [t.d_model for t in by_model["gru"]]
+    assert len(gru) == 2 and gru[0] < gru[1]
+    assert len({t.trial_id for t in spec.trials}) == len(spec.trials) == 9
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[models.lstm]\nd_models = []', "d_models must be a non-empty list"),
+    ('[models.sliding_window]\nparams = { window = [] }', "an empty list sweeps nothing"),
+    ('[models.lstm]\nd_models = [16]\nd_model = 8', "not several"),
+    ('target_params = [1000, "x"]', "target_params[1] must be an integer"),
+])
+def test_bad_sweeps_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_spec(None, write(tmp_path, 'tasks = ["copy"]\nlengths = [16]\n' + text), {})

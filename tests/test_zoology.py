@@ -241,10 +241,13 @@ def test_evaluation_time_is_not_training_time(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(metrics, "evaluate", slow_evaluate)
+    started = time.perf_counter()
     payload = run_trial(copy_trial())
+    total = time.perf_counter() - started
     runs = pd.DataFrame(payload["runs"])
     evaluations = 4 * 2  # steps 5, 10, 15, 20; two slices each
-    assert runs["train_seconds"].iloc[0] < evaluations * pause / 2
+    # the pauses are in the trial's wall time but not in its training time, however loaded the machine is
+    assert runs["train_seconds"].iloc[0] <= total - evaluations * pause
     seconds = [p["seconds"] for p in payload["curves"]]
     assert seconds == sorted(seconds) and seconds[-1] <= runs["train_seconds"].iloc[0]
 

@@ -35,7 +35,13 @@ import numpy as np
 import pandas as pd
 
 from membench.runners.reporting.intervals import family_intervals, tie_groups
-from membench.runners.reporting.results import CONFIG_COLUMNS, Results, failure_status, is_plain_slice
+from membench.runners.reporting.results import (
+    CONFIG_COLUMNS,
+    Results,
+    failure_status,
+    is_plain_slice,
+    with_model_params,
+)
 from membench.runners.reporting.text import fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
@@ -84,7 +90,7 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     status = runs.groupby("trial_id")["status"].agg(failure_status)
     status.update(at_train["status"])
     at_train = at_train.loc[at_train["status"].isin(SCORED), "accuracy"].dropna()
-    first = runs.drop_duplicates("trial_id").set_index("trial_id")
+    first = with_model_params(runs).drop_duplicates("trial_id").set_index("trial_id")
     keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()

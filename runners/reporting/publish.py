@@ -1,7 +1,8 @@
 """Publishing a sweep: every report its tables allow, written into its directory.
 
 `publish(DIR)` reads the tables once and writes leaderboard.md / leaderboard.csv, slices.md / slices.csv
-(when the sweep evaluates named slices) and charts/. A sweep evaluated on named slices only (a recipe such
+(when the sweep evaluates named slices), frontier.md / frontier.csv (when it sweeps sizes or state settings
+of a family: runners/reporting/frontier.py) and charts/. A sweep evaluated on named slices only (a recipe such
 as zoology_mqar) gets its slice table and slice chart alone: a leaderboard of plain evaluations would be
 all zeros. The result says what was written and carries the tables to show, so the command line prints
 them without reading any file back.
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from membench.runners.reporting.charts import draw_charts
+from membench.runners.reporting.frontier import write_frontier
 from membench.runners.reporting.leaderboard import write_leaderboard
 from membench.runners.reporting.results import read_results
 from membench.runners.reporting.slices import named_slice_rows, slice_curves_chart, write_slices
@@ -60,7 +62,8 @@ def publish(directory: str | Path) -> Published:
         out.slices_only = True
         return out
     board_files, board_table = write_leaderboard(results)
-    out.reports = board_files + out.reports
+    frontier_files, frontier_charts = write_frontier(results.runs, results.directory)
+    out.reports = board_files + out.reports + frontier_files
     out.tables.append(board_table)
-    out.charts = draw_charts(results, results.directory / "charts")
+    out.charts = draw_charts(results, results.directory / "charts") + frontier_charts
     return out
