@@ -394,12 +394,15 @@ def test_unreadable_table_is_never_overwritten_by_a_sweep(tmp_path, swept, capsy
 
 
 # --- Ctrl-C and SIGTERM ------------------------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch being imported")
 @pytest.mark.parametrize("signum, words, code", [(signal.SIGINT, "interrupted", 130),
                                                   (signal.SIGTERM, "terminated", 143)])
 def test_signal_during_start_up_prints_one_line(tmp_path, signum, words, code):
     proc = subprocess.Popen([sys.executable, "-m", "membench.runners", "run", "--preset", "smoke", "--quiet",
                              "--out", str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # still importing torch
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.005)  # wait until torch is being imported: the CLI is starting up
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
