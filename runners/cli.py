@@ -2,9 +2,10 @@
 `HELP`, `add_arguments(parser)` and `run(args) -> int`; modules are discovered by name.
 
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
-spec setting) raised while handling a command are printed as one line `membench: error: ...` and the exit
-code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated" (exit 143),
-at start-up too. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
+spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
+and the exit code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated"
+(exit 143), at start-up too. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be
+reported.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import threading
 
+from membench import plugins
 from membench.checks import ConfigError
 from membench.runners import commands
 from membench.runners.errors import UsageError
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = _install(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)  # imports every command (torch): Ctrl-C may land here
+        for folder in getattr(args, "include", None) or []:  # plugin folders, before the command looks anything up
+            plugins.include(folder)
         return int(args.handler(args) or 0)
     except (UsageError, ConfigError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held

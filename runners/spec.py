@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from membench import checks
+from membench import checks, plugins
 from membench.checks import LIMITS, ConfigError, check_limit
 from membench.memtasks import get_task, list_tasks, task_class
 from membench.models import count_params, family_params, fast_attention_width, list_models, matched_width, model_class
@@ -83,8 +83,8 @@ SETTINGS = {
 }
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
-            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"), "tasks": None, "models": None,
-            "cost_classes": checks.table}
+            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
+            "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
 SEGMENT_KEYS = {"seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table, "weight": checks.number(0, low_open=True)}
@@ -188,7 +188,7 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
     for name in wanted:
         matches = {k: v for k, v in entries.items() if name in (k, v.get(key, k))}
         if not matches:
-            if name not in registered:
+            if name not in registered and not plugins.is_import_path(name):
                 raise ConfigError(unknown_name_message(kind, name, sorted({*registered, *entries})))
             matches = {name: {}}
         chosen.update(matches)
@@ -298,16 +298,19 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     raw, default_name, label = _read_source(preset, spec_file)
     _check_keys(raw, [*TOP_KEYS, *SETTINGS], label)
     top = {k: check(raw[k], f"{label} {k}") for k, check in TOP_KEYS.items() if check and k in raw}
+    home = Path(spec_file).parent if spec_file is not None and Path(spec_file).is_file() else Path.cwd()
+    for folder in top.get("include", []):  # plugin folders first: they register tasks and models
+        try:
+            plugins.include(home / folder)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
     for key in ("device", "executor"):
         if key in overrides:
             top[key] = TOP_KEYS[key](overrides[key], f"--{key}")
     top_settings = _settings(raw, label)
     flag_settings = {k: SETTINGS[k][0](overrides[k], f"--{k}") for k in ("lengths", "seeds") if k in overrides}
     cost_tables = top.get("cost_classes", {})
-    classes = sorted({model_class(m).cost_class for m in list_models()})
     for cost_class, table in cost_tables.items():
-        if cost_class not in classes:
-            raise ConfigError(f"{label}: {unknown_name_message('cost class', cost_class, classes)}")
         _check_keys(checks.table(table, f"{label} [cost_classes.{cost_class}]"), list(SETTINGS),
                     f"{label} [cost_classes.{cost_class}]")
 
@@ -327,6 +330,10 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         models += [(name, point, cost, _settings(table, where)) for point in param_grid(params, where)]
     if not tasks or not models:
         raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
+    classes = sorted({model_class(m).cost_class for m in [*list_models(), *(m[0] for m in models)]})
+    for cost_class in cost_tables:  # a misspelt class would silently apply to no family
+        if cost_class not in classes:
+            raise ConfigError(f"{label}: {unknown_name_message('cost class', cost_class, classes)}")
 
     trials, notes = [], []
     for task in tasks:
