@@ -1,6 +1,7 @@
 """models: every memory-architecture family behind one interface, in plain PyTorch.
 
-    >>> from models import build_model
+    >>> import torch
+    >>> from membench.models import build_model
     >>> model = build_model("lstm", vocab_size=32, d_model=64, n_layers=2)
     >>> model(torch.zeros(2, 10, dtype=torch.long)).shape
     torch.Size([2, 10, 32])

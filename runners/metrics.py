@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from membench.memtasks import eval_seed
+from membench.runners.precision import choose_precision
 
 
 @dataclass
@@ -48,10 +49,10 @@ class SliceResult:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """Autocast to the precision chosen for `device` (runners.precision: bf16 on CUDA GPUs that have it),
+    or plain fp32 (no autocast) elsewhere."""
+    dtype = choose_precision(device)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def lag_buckets(lags: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, train_seed
-from membench.runners import metrics
+from membench.runners import metrics, precision
 
 COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
@@ -155,7 +155,7 @@ def loss_fn(model, compile: str, device: torch.device):
     """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
     (see the module doc). Evaluation always runs eagerly (its lengths vary)."""
     if compile == "auto":
-        compile = "cuda_graphs" if device.type == "cuda" else "none"
+        compile = "cuda_graphs" if precision.graphs_supported(device) else "none"
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         with metrics.autocast(device):
@@ -166,8 +166,7 @@ def loss_fn(model, compile: str, device: torch.device):
     if compile == "torch_compile":
         return torch.compile(forward)
     if compile == "cuda_graphs":
-        if device.type != "cuda":
-            raise ConfigError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
+        precision.check_compile(compile, device)
         return torch.compile(forward, mode="reduce-overhead")
     raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
 

@@ -1,8 +1,9 @@
 """Reading a results directory: its tables, checked against the columns the reports need, and the few
 rules every report shares about their rows.
 
-    >>> results = read_results("results/smoke-cpu")          # doctest: +SKIP
-    >>> results.runs[is_plain_slice(results.runs)]           # doctest: +SKIP   the "L{eval_len}" rows
+    >>> runs = pd.DataFrame({"slice": ["L64", "L64-kv4", "L128"], "eval_len": [64, 64, 128]})
+    >>> is_plain_slice(runs).tolist()                        # "L{eval_len}" rows, not named slices
+    [True, False, True]
 
 Rules in one place:
 - a **plain slice** is a runs.csv row whose `slice` is "L{eval_len}" (a length of the sweep's own, not a
