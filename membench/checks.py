@@ -195,3 +195,12 @@ def limited(check: Checker, limit: str) -> Checker:
             check_limit(f"{label}[{i}]" if isinstance(value, list) else label, item, limit)
         return value
     return checked
+
+
+def cpu_workers(value: object, label: str) -> int | str:
+    """Worker processes of a sweep on the CPU: an integer in [1, 1024], or "cores" (one per core)."""
+    if value == "cores":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ConfigError(f"{label} must be an integer in [1, 1024] or \"cores\" (one worker per core), got {value!r}")
+    return value

@@ -84,6 +84,7 @@ SETTINGS = {
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
             "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
+            "cpu_workers": checks.cpu_workers,
             "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
@@ -104,6 +105,7 @@ class SweepSpec:
     compile: str = "none"
     executor: str = "local"
     cpu_threads: int | None = None
+    cpu_workers: int | str = 1  # worker processes of a CPU sweep: a number, or "cores" (one per core)
     notes: tuple[str, ...] = ()
 
 
@@ -345,7 +347,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
             raise ConfigError(f"{task.where}: every training length was skipped ({why})")
         trials += task_trials
-    spec_keys = ("description", "device", "compile", "executor", "cpu_threads")  # absent: SweepSpec's defaults
+    spec_keys = ("description", "device", "compile", "executor", "cpu_threads", "cpu_workers")  # absent: SweepSpec's defaults
     return SweepSpec(name=checks.text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
                      notes=tuple(notes), **{k: top[k] for k in spec_keys if k in top})
 

@@ -42,7 +42,8 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
         raise UsageError("--out is empty; give a directory")
     out = Path(out_dir)
     check_out_dir(out)
-    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads)
+    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads,
+                           spec.cpu_workers)
     try:
         _make_dirs(out)
         with DirectoryLock(out):
