@@ -26,7 +26,7 @@ _BASE_ARGS = ("vocab_size", "d_model", "n_layers")
 
 
 def register_model(name: str, order: int = 100):
-    """Class decorator: registers a MemoryModel subclass under `name` and sets its `family`. A sequence mixer
+    """Class decorator: registers a MemoryModel subclass under `name` (its `name`). A sequence mixer
     class (an nn.Module built as Mixer(d_model, ...), as in a plugin folder) is registered wrapped in the shared
     blocks, as an import path would be (membench.plugins); the decorated class itself is returned unchanged."""
 
@@ -37,7 +37,6 @@ def register_model(name: str, order: int = 100):
 
             model = plugins.adapt("model", name, cls)
         MODELS.register(name, order)(model)
-        model.family = name
         return cls
 
     return decorator
