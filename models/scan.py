@@ -186,11 +186,11 @@ def delta_rule_chunked(
     scores P_ij = exp(L_i - L_j) q_i . k_j (j <= i):
 
         Y_c = P U' + (g q - P W) S_0                   # outputs of the chunk (C, P)
-        S_C = (g_C I - K~^T W) S_0 + K~^T U'           # the state handed to the next chunk (N, P)
+        S_C = g_C S_0 + K~^T (U' - W S_0)              # the state handed to the next chunk (N, P)
 
-    Everything but the last line's loop over chunks is batched over all chunks. Only causal differences of
-    log-decays are exponentiated (every factor in [0, 1]). T need not be a multiple of C: the tail is padded
-    with beta = 0 and log_decay = 0, positions that leave the state as it is.
+    Everything but the last line (a loop over the chunks, two small matmuls each) is batched over all
+    chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T need not
+    be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is.
     """
     check_int("chunk_size", chunk_size)
     dtype = carry_dtype(v)
@@ -209,7 +209,7 @@ def delta_rule_chunked(
     bc = to_chunks(beta.unsqueeze(-1))  # (B, H, nC, C, 1)
     causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
     if log_decay is None:  # every decay is 1: the mask is the causal mask alone
-        decay, g, g_last, k_out = causal.to(dtype), 1.0, 1.0, kc
+        decay, g, g_last, k_out = causal.to(dtype), 1.0, None, kc
     else:
         cum = to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (B, H, nC, C)
         decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (B, H, nC, C, C)
@@ -217,29 +217,33 @@ def delta_rule_chunked(
         g_last = cum[..., -1:].exp().unsqueeze(-1)  # (B, H, nC, 1, 1): over the whole chunk
         k_out = kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (B, H, nC, C, N): K~, decayed to the chunk's end
 
-    # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular;
-    #    the decayed scores P come out of the same matmul as A (rows [q; beta k] against the keys)
-    rows = torch.cat([qc, bc * kc], dim=-2)  # (B, H, nC, 2C, N)
-    scores, a = ((rows @ kc.transpose(-1, -2)).unflatten(-2, (2, size)) * decay.unsqueeze(-3)).unbind(-3)
-    # scores P and A (B, H, nC, C, C), zero above the diagonal; the solve reads only the strictly lower
-    # triangle of A (its diagonal is taken as 1)
+    # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
+    #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
+    kc_t = kc.transpose(-1, -2)  # (B, H, nC, N, C)
+    a = ((bc * kc) @ kc_t) * decay  # (B, H, nC, C, C)
     rhs = torch.cat([bc * vc, bc * g * kc], dim=-1)  # (B, H, nC, C, P + N)
-    u_w = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)  # [U' | W] (B, H, nC, C, P + N)
+    # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
+    u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., C, P + N)
 
-    # 3. inside each chunk: the outputs from U', how the state entering it is read and carried across it
+    # 3. inside each chunk: the decayed scores P (zero above the diagonal), the outputs from U', how the
+    #    state entering the chunk is read
+    scores = (qc @ kc_t) * decay  # (B, H, nC, C, C)
     intra, scores_w = (scores @ u_w).split([p, n], dim=-1)  # P U' (B, H, nC, C, P), P W (B, H, nC, C, N)
     q_in = g * qc - scores_w  # (B, H, nC, C, N): what reads S_0
-    local, k_w = (k_out.transpose(-1, -2) @ u_w).split([p, n], dim=-1)  # K~^T U' (.., N, P), K~^T W (.., N, N)
-    eye = torch.eye(n, dtype=dtype, device=v.device)
-    transition = g_last * eye - k_w  # (B, H, nC, N, N)
+    u0, w = u_w.split([p, n], dim=-1)  # U' (B, H, nC, C, P), W (B, H, nC, C, N)
 
-    # 4. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off)
+    # 4. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off):
+    #    the chunk writes U = U' - W S_0, and S_C = g_C S_0 + K~^T U
+    chunk_decays = [None] * chunks if log_decay is None else g_last.unbind(2)  # (B, H, 1, 1) each
     with torch.autocast(v.device.type, enabled=False):
-        state = local.new_zeros(batch, heads, n, p, dtype=dtype)  # (B, H, N, P)
+        state = vc.new_zeros(batch, heads, n, p, dtype=dtype)  # (B, H, N, P)
         states = []
-        for transition_c, local_c in zip(transition.to(dtype).unbind(2), local.to(dtype).unbind(2)):
+        for u0_c, w_c, k_c, g_c in zip(*(t.to(dtype).unbind(2) for t in (u0, w, k_out)), chunk_decays):
             states.append(state)
-            state = transition_c @ state + local_c  # (B, H, N, N) @ (B, H, N, P) -> (B, H, N, P)
+            written = torch.baddbmm(u0_c.flatten(0, 1), w_c.flatten(0, 1), state.flatten(0, 1), alpha=-1)
+            written = written.view_as(u0_c)  # (B, H, C, P): U' - W S_0 = (B, H, C, P) - (B, H, C, N) @ (B, H, N, P)
+            decayed = state if g_c is None else g_c * state  # (B, H, N, P)
+            state = decayed + k_c.transpose(-1, -2) @ written  # (B, H, N, C) @ (B, H, C, P) -> (B, H, N, P)
         entering = torch.stack(states, dim=2)  # (B, H, nC, N, P)
 
     # 5. outputs: the chunk's own writes plus the read of the state entering it
