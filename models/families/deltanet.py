@@ -114,7 +114,7 @@ class DeltaNetModel(MemoryModel):
         *,
         n_heads: int = 4,
         short_conv: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int = 32,
         mlp_ratio: int = 4,
     ) -> None:
         check_delta_params(d_model, n_heads, short_conv, chunk_size)

@@ -68,7 +68,7 @@ class GatedDeltaNetModel(MemoryModel):
         *,
         n_heads: int = 4,
         short_conv: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int = 32,
         mlp_ratio: int = 4,
     ) -> None:
         check_delta_params(d_model, n_heads, short_conv, chunk_size)
