@@ -95,7 +95,7 @@ def test_delta_rule_worked_examples():
     torch.testing.assert_close(delta_rule_chunked(ones, ones, ones, half, log_half, chunk_size=4), expected)
 
 
-def test_delta_rule_differs_from_linear_attention_only_by_the_recall():
+def test_delta_rule_with_a_tiny_beta_is_linear_attention():
     """beta -> 0 with v scaled by 1/beta is linear attention: S_t = S_{t-1} + k v^T (to first order in beta)."""
     q, k, v, _, _ = delta_inputs(1, 20, 2, 4, 3, decay=False)
     beta = torch.full((1, 20, 2), 1e-7, dtype=torch.float64)
