@@ -119,3 +119,10 @@ def list_of(item: Checker, allow_empty: bool = False) -> Checker:
             raise ConfigError(f"{label} must be a {'' if allow_empty else 'non-empty '}list, got {value!r}")
         return [item(v, f"{label}[{i}]") for i, v in enumerate(value)]
     return check
+
+
+def one_or_list(item: Checker) -> Checker:
+    """A single value or a non-empty list of them (a sweep over the list), each checked by `item`."""
+    def check(value, label):
+        return list_of(item)(value, label) if isinstance(value, list) else item(value, label)
+    return check

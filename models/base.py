@@ -41,7 +41,14 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
-        """The part of `flops` spent on token-to-token attention scores and their weighted sum."""
+        """The part of `flops` spent on token-to-token attention: softmax scores q.k over past tokens and
+        their weighted sum of values (the O(n^2) or O(n*w) part). 0 for a mixer without attention."""
+        return 0
+
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
+        """The part of `flops` spent on a recurrent or external memory: a scan's state update and read-out,
+        an external memory's addressing, read and write. Attention is counted in `attention_flops`, not here;
+        dense projections and gates in neither."""
         return 0
 
 
@@ -94,7 +101,7 @@ class MemoryModel(nn.Module):
     """
 
     family: ClassVar[str] = "model"  # set by @register_model
-    cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n^2)
+    cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n log n), O(n^2)
     memory_mechanism: ClassVar[str] = ""  # one line for the model table
     # bump whenever a change to the family changes what it computes or learns (architecture, init): it is
     # part of every trial's id and stored with every result, so old results are never mistaken for new ones
@@ -164,5 +171,9 @@ class MemoryModel(nn.Module):
         return linear_flops(rows, self.d_model, self.vocab_size)
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
-        """The part of `flops` spent on token-to-token attention."""
+        """The part of `flops` spent on token-to-token attention (see Mixer.attention_flops)."""
         return sum(m.attention_flops(batch_size, seq_len) for m in self.mixers())
+
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
+        """The part of `flops` spent on a recurrent or external memory (see Mixer.memory_flops)."""
+        return sum(m.memory_flops(batch_size, seq_len) for m in self.mixers())

@@ -32,6 +32,17 @@ def carry_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def read_state(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """The readout q @ S in the state's precision: (..., M, N) @ (..., N, P) -> (..., M, P), float32 at least.
+
+    Autocast is off for it: under bf16 autocast the matmul would round the float32 state to bf16 first
+    (8 bits of mantissa), and the state of linear attention sums thousands of terms at long lengths (its
+    normaliser z is a sum over every earlier token), so the readout keeps float32.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        return q.to(state.dtype) @ state
+
+
 def scan_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -44,7 +55,7 @@ def scan_reference(
     for q_t, k_t, v_t, a_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decay.unbind(1)):
         update = k_t.unsqueeze(-1) @ v_t.unsqueeze(-2)  # (B, H, N, 1) @ (B, H, 1, P) -> (B, H, N, P)
         state = a_t[..., None, None] * state + update  # (B, H, N, P)
-        outputs.append((q_t.unsqueeze(-2) @ state.to(q_t.dtype)).squeeze(-2))  # (B, H, 1, N) @ (B, H, N, P)
+        outputs.append(read_state(q_t.unsqueeze(-2), state).squeeze(-2))  # (B, H, 1, N) @ (B, H, N, P)
     return torch.stack(outputs, dim=1)  # (B, T, H, P)
 
 
@@ -67,6 +78,9 @@ def scan_chunked(
     Only differences L_i - L_j with j <= i are exponentiated (the rest are masked to -inf first),
     so every factor lies in [0, 1] and nothing overflows. T need not be a multiple of C: the tail is
     zero-padded (zero keys and values add nothing to the state).
+
+    Four stages, numbered in the code as in mamba's ssd_minimal.py: (1) the output of each chunk from its
+    own tokens, (2) the state each chunk adds, (3) the recurrence across chunks, (4) the state read out.
     """
     check_int("chunk_size", chunk_size)
     batch, seq_len, heads, p = v.shape
@@ -80,31 +94,38 @@ def scan_chunked(
 
     qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, h, nC, C, N), (B, h, nC, C, N), (B, H, nC, C, P)
     causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
+    if log_decay is not None:  # L: the cumulative log-decay within each chunk
+        log_a = F.pad(log_decay.to(carry_dtype(log_decay)), (0, 0, 0, pad))  # (B, T', H)
+        cum = log_a.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumsum(-1)  # (B, H, nC, C)
+
+    # 1. the output of each chunk from its own tokens (the diagonal blocks): masked, decayed q_i . k_j
     scores = qc @ kc.transpose(-1, -2)  # (B, h, nC, C, C)
     if log_decay is None:
         scores = scores.masked_fill(~causal, 0.0)
-        q_in, k_out = qc, kc  # decay from chunk start to i, and from j to chunk end, are all 1
-        chunk_decay = None
     else:
-        log_a = F.pad(log_decay.to(carry_dtype(log_decay)), (0, 0, 0, pad))  # (B, T', H)
-        cum = log_a.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumsum(-1)  # (B, H, nC, C)
         diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))  # (B, H, nC, C, C)
         scores = scores * diff.exp().to(scores.dtype)
-        q_in = qc * cum.exp().unsqueeze(-1).to(qc.dtype)  # (B, H, nC, C, N)
-        k_out = kc * (cum[..., -1:] - cum).exp().unsqueeze(-1).to(kc.dtype)  # (B, H, nC, C, N)
-        chunk_decay = cum[..., -1].exp()  # (B, H, nC)
     intra = scores @ vc  # (B, H, nC, C, P)
-    local = (k_out.transpose(-1, -2) @ vc).to(carry_dtype(v))  # (B, H, nC, N, P): what each chunk adds
-    if chunk_decay is None:  # undecayed: the state entering chunk c is the sum of the chunks before it
+
+    # 2. the state each chunk adds, its keys decayed to the chunk's end: sum_j exp(L_last - L_j) k_j v_j^T
+    k_out = kc if log_decay is None else kc * (cum[..., -1:] - cum).exp().unsqueeze(-1).to(kc.dtype)  # (B, H, nC, C, N)
+    local = (k_out.transpose(-1, -2) @ vc).to(carry_dtype(v))  # (B, H, nC, N, P)
+
+    # 3. the state entering each chunk, carried across chunks: S_c = exp(L_last) S_{c-1} + local_c
+    if log_decay is None:  # undecayed: the sum of the chunks before it
         entering = torch.cat([torch.zeros_like(local[:, :, :1]), local[:, :, :-1]], dim=2).cumsum(2)
     else:
+        chunk_decay = cum[..., -1].exp()  # (B, H, nC)
         state = torch.zeros_like(local[:, :, 0])  # (B, H, N, P)
         states = []
         for c in range(chunks):
             states.append(state)
             state = chunk_decay[:, :, c, None, None] * state + local[:, :, c]
         entering = torch.stack(states, dim=2)  # (B, H, nC, N, P)
-    out = intra + q_in @ entering.to(q_in.dtype)  # (B, H, nC, C, P)
+
+    # 4. the entering state read out at each position, its queries decayed from the chunk's start: exp(L_i) q_i
+    q_in = qc if log_decay is None else qc * cum.exp().unsqueeze(-1).to(qc.dtype)  # (B, H, nC, C, N)
+    out = intra + read_state(q_in, entering)  # (B, H, nC, C, P), float32 at least
     return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len]  # (B, T, H, P)
 
 

@@ -5,64 +5,10 @@ are named with `--preset NAME`. Recipes reproduce one published setup (they set 
 zoology_mqar) and are named with `--spec NAME`; `--spec` takes a file path too, and a path to an existing
 file wins over a shipped name.
 
-Schema. Every key is optional (the values shown are the defaults, except where a comment says
-"example"); an unknown key anywhere is an error naming the closest valid keys.
-
-    name = "my-sweep"              # label (default: the preset or file name)
-    description = "..."
-    recipe = "..."                 # example; the published setup a shipped recipe reproduces (see above)
-    device = "auto"                # auto (cuda when available) | cpu | cuda | cuda:N
-    compile = "none"               # none | torch_compile | cuda_graphs (CUDA only) | auto (cuda_graphs on
-                                   # CUDA, none elsewhere); what is captured: runners/train.py
-    executor = "local"             # local | ray
-    cpu_threads = 1                # example; torch threads of a CPU trial (default: torch's choice); tiny
-                                   # models run fastest on one, and several threads fight over busy cores
-    tasks = "all"                  # "all" | ["copy", ...] | tables [tasks.NAME] (below); default "all"
-    models = "all"                 # "all" | ["lstm", ...] | tables [models.NAME] (below); default "all"
-
-    # settings: at the top level, and as overrides in a task, model or cost-class table
-    lengths = [64, 128, 256]       # training lengths (one trial each)
-    seeds = [0]                    # seeds (model init, data, eval sets)
-    learning_rates = [1e-3]        # peak learning rates (one trial each)
-    steps = 1000                   # budget: at most this many steps ...
-    time_cap = 600.0               # ... and this many seconds per trial (status timeout after)
-    batch_size = 32
-    threshold = 0.99               # early stop at this eval accuracy ...
-    early_stop = "train_len"       # ... of the slices at the train length, or of "all_slices"
-    eval_multipliers = [2, 4]      # also evaluate at these multiples of the train length
-    eval_sequences = 256           # held-out sequences per eval slice
-    eval_every = 100               # steps between evaluations (early stop, time-to-accuracy)
-    log_every = 25                 # steps between reads of the loss from the device
-    warmup = 0.1                   # fraction of steps of linear warm-up; then cosine decay to lr/10
-    weight_decay = 0.1
-    grad_clip = 1.0
-    target_params = 100000         # models are width-matched to this many parameters, or
-    d_model = 64                   # example; a fixed width instead (the more specific of the two wins)
-    match_tolerance = 0.10         # the matched count must be within this fraction of target_params
-    n_layers = 2
-    max_length = 4096              # example; skip training lengths above this (default: no limit)
-
-    [tasks.associative_recall]     # example; one table per task; the key is the task's name ...
-    task = "associative_recall"    # ... unless given here (to sweep one task with two param sets)
-    params = { num_kv_pairs = 8 }  # task params (see `membench tasks`)
-    steps = 2000                   # any setting above, for this task only
-    [[tasks.associative_recall.train_mixture]]   # optional: train on a mixture instead of `lengths`;
-    seq_len = 64                   # each step draws one segment in proportion to `weight`
-    params = { num_kv_pairs = 4 }  # merged over the task's params
-    weight = 1.0
-    [[tasks.associative_recall.eval_slices]]     # optional: named eval slices instead of multipliers
-    name = "L256-kv64"             # default: "L<seq_len>" plus "-<param><value>" for each param
-    seq_len = 256
-    params = { num_kv_pairs = 64 }
-    n_sequences = 1000             # default: eval_sequences
-
-    [models.lstm]                  # example; one table per model family; the key is its name unless
-    model = "lstm"                 # given here
-    params = { mlp_ratio = 2 }     # family params (see `membench models`)
-    learning_rates = [3e-3]        # any setting, for this family only
-
-    [cost_classes."O(n^2)"]        # example; settings for every family of a cost class (O(n), O(n*w), O(n^2))
-    max_length = 4096
+Schema: the README's "Run the leaderboard" section lists every key with its default, one place for
+users and code alike: tests/test_spec.py checks each default written there against `SETTINGS` below, whose
+defaults are in turn `TrialConfig`'s own field defaults wherever the setting is a field of a trial. An
+unknown key anywhere is an error naming the closest valid keys.
 
 Precedence (later wins): defaults < top level < task table < cost-class table < model table < command-line
 flags (tasks, models, lengths, seeds, device, executor). With a train_mixture, the trial's train length is
@@ -77,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import tomllib
 from dataclasses import dataclass
@@ -105,30 +52,34 @@ RECIPES: tuple[str, ...] = tuple(n for n in SPECS if "recipe" in tomllib.loads(_
 PRESETS: tuple[str, ...] = tuple(n for n in SPECS if n not in RECIPES)  # --preset NAME
 
 
-# settings: key -> (check, default)
+# settings: key -> (check, default). A setting that is a field of TrialConfig takes that field's default; the
+# others (what a sweep expands into trials: lengths, seeds, sizes, ...) have theirs only here.
+_TRIAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig)
+                   if f.default is not dataclasses.MISSING}
 SETTINGS = {
     "lengths": (checks.list_of(checks.integer(1)), [64, 128, 256]),
     "seeds": (checks.list_of(checks.integer(0)), [0]),
     "learning_rates": (checks.list_of(checks.number(0, low_open=True)), [1e-3]),
     "steps": (checks.integer(1), 1000),
-    "time_cap": (checks.number(0, low_open=True), 600.0),
+    "time_cap": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["time_cap"]),
     "batch_size": (checks.integer(1), 32),
-    "threshold": (checks.number(0, 1, low_open=True), 0.99),
-    "early_stop": (checks.choice(EARLY_STOPS), "train_len"),
+    "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),
+    "early_stop": (checks.choice(EARLY_STOPS), _TRIAL_DEFAULTS["early_stop"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
     "eval_sequences": (checks.integer(1), 256),
-    "eval_every": (checks.integer(1), 100),
-    "log_every": (checks.integer(1), 25),
-    "warmup": (checks.number(0, 1, high_open=True), 0.1),
-    "weight_decay": (checks.number(0), 0.1),
-    "grad_clip": (checks.number(0, low_open=True), 1.0),
-    "target_params": (checks.integer(1), 100_000),
+    "eval_every": (checks.integer(1), _TRIAL_DEFAULTS["eval_every"]),
+    "log_every": (checks.integer(1), _TRIAL_DEFAULTS["log_every"]),
+    "warmup": (checks.number(0, 1, high_open=True), _TRIAL_DEFAULTS["warmup"]),
+    "weight_decay": (checks.number(0), _TRIAL_DEFAULTS["weight_decay"]),
+    "grad_clip": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["grad_clip"]),
+    "target_params": (checks.one_or_list(checks.integer(1)), 100_000),
     "match_tolerance": (checks.number(0, low_open=True), 0.10),
     "d_model": (checks.integer(1), None),
+    "d_models": (checks.list_of(checks.integer(1)), None),
     "n_layers": (checks.integer(1), 2),
     "max_length": (checks.integer(1), None),
 }
-_SIZE_KEYS = ("target_params", "d_model")  # one excludes the other; the most specific wins
+_SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
             "executor": checks.choice(EXECUTORS), "cpu_threads": checks.integer(1), "tasks": None, "models": None,
             "cost_classes": checks.table}
@@ -162,8 +113,9 @@ def _check_keys(table: dict, valid: list[str], where: str) -> None:
 def _settings(table: dict, where: str) -> dict:
     """The settings of one table, checked; d_model and target_params may not both be set in one table."""
     found = {k: SETTINGS[k][0](v, f"{where} {k}") for k, v in table.items() if k in SETTINGS}
-    if all(k in found for k in _SIZE_KEYS):
-        raise ConfigError(f"{where}: set d_model (fixed width) or target_params (matched width), not both")
+    if sum(k in found for k in _SIZE_KEYS) > 1:
+        raise ConfigError(f"{where}: set one of d_model (a fixed width), d_models (a sweep of widths) or "
+                          f"target_params (matched widths), not several")
     return found
 
 
@@ -234,6 +186,16 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
             matches = {name: {}}
         chosen.update(matches)
     return chosen
+
+
+def param_grid(params: dict, where: str) -> list[dict]:
+    """A family's params with lists swept: {"window": [8, 16], "d_state": 8} -> two param sets, one per point
+    of the grid (the product of every list, in the order given)."""
+    axes = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"{where} params {key}: an empty list sweeps nothing; give at least one value")
+    return [dict(zip(axes, point)) for point in itertools.product(*axes.values())]
 
 
 def _check_params(params: dict, valid: list[str], where: str) -> dict:
@@ -334,7 +296,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         cls = model_class(name)
         params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
         cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
-        models.append((name, params, cost, _settings(table, where)))
+        models += [(name, point, cost, _settings(table, where)) for point in param_grid(params, where)]
     if not tasks or not models:
         raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
 
@@ -348,14 +310,13 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
             raise ConfigError(f"{task.where}: every training length was skipped ({why})")
         trials += task_trials
+    spec_keys = ("description", "device", "compile", "executor", "cpu_threads")  # absent: SweepSpec's defaults
     return SweepSpec(name=checks.text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
-                     description=top.get("description", ""), device=top.get("device", "auto"),
-                     compile=top.get("compile", "none"), executor=top.get("executor", "local"), cpu_threads=top.get("cpu_threads"),
-                     notes=tuple(notes))
+                     notes=tuple(notes), **{k: top[k] for k in spec_keys if k in top})
 
 
 def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str]) -> list[TrialConfig]:
-    """The trials of one (task, model) pair: lengths x seeds x learning rates."""
+    """The trials of one (task, model) pair: lengths x widths x learning rates x seeds."""
     if task.segments is not None:
         segments = tuple(Segment(p["seq_len"], p["params"], p.get("weight", 1.0)) for p in task.segments)
         lengths = [max(seg.seq_len for seg in segments)]
@@ -375,23 +336,36 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
     for length in lengths:
         slices = _slices(task, length, s)
         vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in (task.segments or []) + (task.slices or [])])
-        try:
-            d_model = s["d_model"] or _matched_width(model, s["target_params"], vocab, s["n_layers"],
-                                                     s["match_tolerance"], json.dumps(model_params, sort_keys=True))
-        except ConfigError as err:
-            raise ConfigError(f"{task.where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
-                             f"or give this model a fixed d_model") from None
-        for lr in s["learning_rates"]:
-            for seed in s["seeds"]:
-                trials.append(TrialConfig(
-                    task=task.name, task_params=task.params, model=model, model_params=model_params,
-                    d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
-                    batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
-                    threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
-                    warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
-                    segments=segments, task_version=task_class(task.name).version, early_stop=s["early_stop"],
-                ))
+        for d_model in _widths(model, model_params, s, vocab, task.where):
+            for lr in s["learning_rates"]:
+                for seed in s["seeds"]:
+                    trials.append(TrialConfig(
+                        task=task.name, task_params=task.params, model=model, model_params=model_params,
+                        d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
+                        batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
+                        threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
+                        warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
+                        segments=segments, task_version=task_class(task.name).version,
+                        early_stop=s["early_stop"],
+                    ))
     return trials
+
+
+def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> list[int]:
+    """The widths of a (task, model) pair: d_models, d_model, or the widths matched to each target_params."""
+    if s["d_models"] is not None:
+        return list(dict.fromkeys(s["d_models"]))
+    if s["d_model"] is not None:
+        return [s["d_model"]]
+    targets = s["target_params"] if isinstance(s["target_params"], list) else [s["target_params"]]
+    try:
+        return list(dict.fromkeys(
+            _matched_width(model, target, vocab, s["n_layers"], s["match_tolerance"],
+                           json.dumps(model_params, sort_keys=True))
+            for target in targets))
+    except ConfigError as err:
+        raise ConfigError(f"{where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
+                          f"or give this model a fixed d_model") from None
 
 
 def _slices(task: _Task, train_len: int, s: dict) -> tuple[EvalSlice, ...]:

@@ -12,6 +12,7 @@ directory can collect several sweeps and a killed sweep resumes where it stopped
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ import pandas as pd
 from membench.runners import tables
 from membench.runners.errors import UsageError
 from membench.runners.executors import make_executor
+from membench.runners.reporting.results import failure_status
+from membench.runners.reporting.text import count, text_table
 from membench.runners.spec import SweepSpec
 from membench.runners.trial import STATUSES
 
@@ -47,6 +50,10 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
                        position=0)
         try:
             for payload in runner.run(pending):
+                if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
+                    print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
+                          f"raised an exception, recorded as status error:\n{payload['traceback']}",
+                          file=sys.stderr, end="")
                 tables.write_trial(out, payload)
                 finished[payload["trial_id"]] = payload
                 tables.write_tables(out, tables.frames(finished))
@@ -84,13 +91,13 @@ def format_summary(runs: pd.DataFrame) -> str:
     by_lr = runs.groupby([*keys, "slice", "lr"], sort=False)["accuracy"].mean()
     best = by_lr.groupby(level=[0, 1, 2, 3, 4], sort=False).max()
     first = runs.groupby(keys, sort=False).agg(params=("params", "first"), steps=("steps", "mean"),
-                                               status=("status", _worst))
+                                               status=("status", failure_status))
     header = [*keys, "params", "steps", *slices]
     lines = [header]
     for key, row in first.iterrows():
         cells = [str(k) for k in key]
-        cells.append(_count(row["params"]))
-        cells.append(_count(row["steps"]))
+        cells.append(count(row["params"], missing="-"))
+        cells.append(count(row["steps"], missing="-"))
         for name in slices:
             value = best.get((*key, name), None)
             if value is None:
@@ -98,19 +105,8 @@ def format_summary(runs: pd.DataFrame) -> str:
             else:
                 cells.append(f"{value:.3f}" if not math.isnan(value) else row["status"])
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text = [text_table(header, lines[1:])]
     per_trial = runs.drop_duplicates("trial_id")["status"].value_counts()
     counts = ", ".join(f"{int(per_trial[s])} {s}" for s in STATUSES if s in per_trial)
     text.append(f"{runs['trial_id'].nunique()} trials: {counts}")
     return "\n".join(text)
-
-
-def _worst(statuses: pd.Series) -> str:
-    """The first failure status among a group's rows, else ok."""
-    failed = [s for s in statuses if s != "ok"]
-    return failed[0] if failed else "ok"
-
-
-def _count(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(round(value)):,}"

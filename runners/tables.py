@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 RUNS_COLUMNS = [
-    "trial_id", "task", "task_version", "task_params", "model", "model_version", "d_model", "n_layers", "params",
-    "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
+    "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
+    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
     "loss", "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
-    "attention_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
+    "attention_flops_share", "memory_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
     "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
 ]
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]

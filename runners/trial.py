@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import subprocess
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,7 +191,7 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     """
     device = torch.device(device)
     git_commit()  # read now, before training, not when the result is written
-    model, outcome, memory, failure = None, None, metrics.PeakMemory(device), None
+    model, outcome, memory, failure, trace = None, None, metrics.PeakMemory(device), None, ""
     try:
         with _cpu_threads(threads if device.type == "cpu" else None):
             model = config.build_model().to(device)
@@ -200,9 +201,12 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
         failure = ("diverged", str(err))
     except Exception as err:  # noqa: BLE001 - every failure is a recorded result
         failure = ("oom" if metrics.is_oom(err) else "error", metrics.short_error(err))
+        if failure[0] == "error":  # a bug, most likely: keep its traceback for the user (trial file, stderr)
+            trace = traceback.format_exc()
     if failure is not None:  # outside the except block, so the traceback's tensors are already freed
         metrics.release_memory(device)
-        return _payload(config, model, None, *failure, math.nan, device)
+        payload = _payload(config, model, None, *failure, math.nan, device)
+        return {**payload, "traceback": trace} if trace else payload
     return _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb, device)
 
 
@@ -245,18 +249,23 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
                  + model.head_flops(rows if rows is not None else config.batch_size * s.seq_len))
             for s, rows in zip(config.segments, head_rows)
         ]
-        attn_flops = [3 * model.attention_flops(config.batch_size, s.seq_len) for s in config.segments]
         # per step: the mean over the steps taken, or over the mixture's weights before any step
         counts = outcome.segment_steps if outcome is not None and outcome.steps else [s.weight for s in config.segments]
+
+        def mean_per_step(flops_of) -> float:
+            return sum(c * 3 * flops_of(config.batch_size, s.seq_len) for c, s in zip(counts, config.segments)) / sum(counts)
+
         mean_flops = sum(c * f for c, f in zip(counts, step_flops)) / sum(counts)
-        attention_share = sum(c * f for c, f in zip(counts, attn_flops)) / sum(counts) / mean_flops
+        attention_share = mean_per_step(model.attention_flops) / mean_flops
+        memory_share = mean_per_step(model.memory_flops) / mean_flops
         params = model.num_params()
     else:
-        mean_flops = attention_share = params = nan
+        mean_flops = attention_share = memory_share = params = nan
     common = {
         "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
         "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
-        "model": config.model, "model_version": config.model_version, "d_model": config.d_model,
+        "model": config.model, "model_version": config.model_version,
+        "model_params": json.dumps(config.model_params, sort_keys=True), "d_model": config.d_model,
         "n_layers": config.n_layers, "params": params,
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }
@@ -290,6 +299,7 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "exact_match": result.exact_match if scored else nan,
             "loss": result.loss if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
+            "memory_flops_share": memory_share,
             "state_size": model.state_size(s.seq_len) if model is not None else nan,
             "status": row_status, "error": row_error,
         }

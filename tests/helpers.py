@@ -1,5 +1,8 @@
 """Helpers shared by test modules."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,3 +23,58 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def outputs_and_grads(forward, inputs, params=()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`forward(*inputs)` and the gradients, for a fixed cotangent (a ramp over the output), of every float
+    input that requires grad and every tensor in `params` (None inputs are passed through)."""
+    out = forward(*inputs)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad] + list(params)
+    grads = torch.autograd.grad((out * weight).sum(), leaves, allow_unused=True)
+    return out.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+
+
+def assert_same_outputs_and_grads(forward_a, forward_b, inputs, params=(), atol=1e-9, rtol=1e-7) -> None:
+    """Two computations of one function agree in outputs and in every gradient (see outputs_and_grads)."""
+    out_a, grads_a = outputs_and_grads(forward_a, inputs, params)
+    out_b, grads_b = outputs_and_grads(forward_b, inputs, params)
+    torch.testing.assert_close(out_a, out_b, atol=atol, rtol=rtol)
+    for g_a, g_b in zip(grads_a, grads_b):
+        torch.testing.assert_close(g_a, g_b, atol=atol, rtol=rtol)
+
+
+def assert_paths_agree(module: torch.nn.Module, *inputs, atol=1e-9, rtol=1e-7) -> None:
+    """A mixer's or model's fast and reference paths agree in outputs and in the gradients of its float
+    inputs and of every parameter. Float inputs are made leaves that require grad; token inputs are not."""
+    inputs = [t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in inputs]
+
+    def on(path):
+        def forward(*args):
+            for m in module.modules():
+                if hasattr(m, "path"):
+                    m.path = path
+            return module(*args)
+        return forward
+
+    assert_same_outputs_and_grads(on("fast"), on("reference"), inputs, list(module.parameters()), atol, rtol)
+
+
+TINY = {"lengths": [8], "seeds": [0], "d_model": 16, "n_layers": 1, "steps": 10, "batch_size": 8,
+        "eval_every": 5, "eval_multipliers": [2], "eval_sequences": 16}  # a sweep that runs in seconds
+
+
+def tiny_spec(directory, task_tables: dict | None = None, file: str = "spec.toml", **settings) -> str:
+    """Write a tiny sweep spec into `directory` and return its path: TINY's settings overridden by
+    `settings` (None drops a key), and one table per entry of `task_tables` ({"copy": {"params": {...}}})."""
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in {**TINY, **settings}.items() if v is not None]
+    for name, table in (task_tables or {}).items():
+        lines += [f"[tasks.{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    path = Path(directory) / file
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

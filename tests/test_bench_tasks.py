@@ -7,7 +7,9 @@
 - the acceptance case: associative_recall, vocab_size=8192, num_kv_pairs=64, 20,000 sequences of 256
   tokens (target <= 150 ms on a 2-core CPU), timed beside a per-row numpy generator in the style of the
   field's (a Python loop over rows, np.random.choice per row), so the speed-up is measured in one run;
-- the same case on CUDA (target >= 1e9 tokens/s), skipped when there is no GPU.
+- the same case on CUDA (target >= 1e9 tokens/s), skipped when there is no GPU;
+- the recall variants (key overwrite, noisy_recall, fuzzy_recall) at 256 x 256 on the CPU, each timed beside
+  multi_turn_qa, the slowest generator before them, in the same run (target: ratio <= 1).
 
 Timings are printed (tokens/s) and stored in the benchmark's extra_info; nothing is asserted about them.
 """
@@ -112,3 +114,37 @@ def test_associative_recall_20k_cuda(benchmark, capsys):
     benchmark.group = "associative_recall 20,000 x 256, V=8192, k=64"
     benchmark.pedantic(sample, rounds=20, warmup_rounds=2)
     report(benchmark, capsys, "associative_recall (torch, CUDA)", MQAR_BATCH * MQAR_LENGTH)
+
+
+RECALL_VARIANTS = {  # label -> (task, params): the generators built on associative_recall's
+    "associative_recall[num_updates=8]": ("associative_recall", {"num_updates": 8}),
+    "noisy_recall": ("noisy_recall", {}),
+    "fuzzy_recall": ("fuzzy_recall", {}),
+}
+
+
+def best_seconds(fn, rounds: int = 10) -> float:
+    """Best wall time of `rounds` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@pytest.mark.parametrize("label", list(RECALL_VARIANTS))
+def test_recall_variant_vs_multi_turn_qa_cpu(benchmark, capsys, label):
+    """A recall variant at 256 x 256 (default params otherwise) and multi_turn_qa at the same shape, both timed
+    in this run; the ratio of their best times is recorded (target <= 1)."""
+    name, params = RECALL_VARIANTS[label]
+    task, reference = get_task(name, **params), get_task("multi_turn_qa")
+    benchmark.group = f"recall variants vs multi_turn_qa, CPU, {CPU_BATCH} x {CPU_LENGTH}"
+    benchmark.pedantic(task.sample, args=(CPU_BATCH, CPU_LENGTH), kwargs={"seed": 0}, rounds=10, warmup_rounds=1)
+    best = report(benchmark, capsys, label, CPU_BATCH * CPU_LENGTH)
+    baseline = best_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0))
+    if best is not None:
+        benchmark.extra_info.update(multi_turn_qa_seconds=baseline, ratio=best / baseline)
+        with capsys.disabled():
+            print(f"multi_turn_qa: {baseline * 1e3:.1f} ms; {label} / multi_turn_qa = {best / baseline:.2f}")

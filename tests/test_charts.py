@@ -3,17 +3,16 @@ one colour per family everywhere, optional tables skipped cleanly, and one-line 
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import pytest
 
 from membench.runners.cli import main
 from membench.runners.reporting.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
 from membench.runners.reporting.figures import count_label, family_styles
-from membench.runners.reporting.leaderboard import read_results
+from membench.runners.reporting.results import read_results
+from membench.runners.tables import RUNS_COLUMNS
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+from tests.sweeps import known_runs, trial, write_sweep
 
 STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
          "training_curves"]
@@ -64,7 +63,7 @@ def test_regenerating_gives_identical_leaderboard_and_svgs(drawn, capsys):
     names = ["leaderboard.md", "leaderboard.csv", *[f"charts/{s}.svg" for s in STEMS]]
     before = {name: (drawn / name).read_bytes() for name in names}
     code, out, _ = run_cli(capsys, "charts", str(drawn))
-    assert code == 0 and "| 1 | lstm |" in out
+    assert code == 0 and "| 1= | lstm |" in out
     assert {name: (drawn / name).read_bytes() for name in names} == before
 
 
@@ -85,17 +84,6 @@ def test_missing_lag_and_curve_tables_skip_only_their_charts(tmp_path):
     assert sorted({p.stem for p in paths}) == sorted(set(STEMS) - {"accuracy_vs_lag", "training_curves"})
 
 
-def test_cost_charts_are_skipped_when_their_module_is_absent(tmp_path, monkeypatch):
-    directory = write_sweep(tmp_path, pd.DataFrame(trial("copy", "gru", 64, 0.95), columns=RUNS_COLUMNS))
-    pd.DataFrame({"model": ["gru"], "seq_len": [64], "batch_size": [8], "ms_per_step": [1.0],
-                  "peak_memory_mb": [1.0], "flops": [1e6], "attention_flops": [0.0], "tflops_per_s": [1e-3],
-                  "tokens_per_second": [1e5], "state_size": [64], "status": ["ok"], "device": ["cpu"]}
-                 ).to_csv(directory / "cost.csv", index=False)
-    monkeypatch.setitem(sys.modules, "membench.runners.reporting.cost_charts", None)  # as if the module were not there yet
-    paths = draw_charts(read_results(directory), directory / "charts")
-    assert {p.stem for p in paths} == set(STEMS)
-
-
 @pytest.mark.parametrize("case", ["missing", "empty", "no_runs"])
 def test_bad_directory_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
     target = tmp_path / "results"
@@ -110,8 +98,7 @@ def test_bad_directory_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, c
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_cost_charts_are_drawn_from_cost_csv_when_their_module_is_there(tmp_path):
-    pytest.importorskip("membench.runners.reporting.cost_charts")
+def test_cost_charts_are_drawn_from_cost_csv(tmp_path):
     directory = write_sweep(tmp_path, pd.DataFrame(trial("copy", "gru", 64, 0.95), columns=RUNS_COLUMNS))
     pd.DataFrame({"model": ["gru"] * 3, "seq_len": [64, 128, 256], "batch_size": [8] * 3,
                   "ms_per_step": [1.0, 2.0, 4.0], "peak_memory_mb": [1.0, 2.0, 4.0], "flops": [1e6, 2e6, 4e6],
@@ -128,3 +115,16 @@ def test_cost_charts_are_drawn_from_cost_csv_when_their_module_is_there(tmp_path
 def test_count_labels_are_short():
     assert [count_label(v) for v in (512, 50_000, 150_000, 1_250_000, 3e9, 0)] == [
         "512", "50k", "150k", "1.25M", "3B", "0"]
+
+
+def test_accuracy_vs_length_draws_the_seed_interval_when_cells_have_seeds(tmp_path):
+    rows = [row for seed, acc in enumerate((0.8, 0.9, 0.85)) for row in trial("copy", "lstm", 64, acc, seed=seed)]
+    rows += [row for seed, acc in enumerate((0.8, 0.9)) for row in trial("copy", "lstm", 128, acc, seed=seed)]
+    sweep = Sweep.from_results(read_results(write_sweep(tmp_path / "seeds", pd.DataFrame(rows, columns=RUNS_COLUMNS))))
+    assert sweep.cells["ci_low"].notna().all() and (sweep.cells["ci_low"] < sweep.cells["ci_high"]).all()
+    (tmp_path / "charts").mkdir()
+    (svg,) = [p for p in accuracy_vs_length(sweep, tmp_path / "charts") if p.suffix == ".svg"]
+    assert "95 % bootstrap interval over seeds" in svg.read_text()
+    one_seed = Sweep.from_results(read_results(write_sweep(tmp_path / "one", pd.DataFrame(rows[:4], columns=RUNS_COLUMNS))))
+    (svg,) = [p for p in accuracy_vs_length(one_seed, tmp_path / "charts") if p.suffix == ".svg"]
+    assert "bootstrap" not in svg.read_text()

@@ -54,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
 
 
 def test_console_entry_point_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "runners", "show", "nope"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "membench.runners", "show", "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("membench: error:")
 
 
@@ -82,3 +82,24 @@ def test_membench_lives_beside_a_users_own_top_level_models_package(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 0
+
+
+def test_a_bug_outside_a_trial_keeps_its_traceback_and_bad_config_is_one_line(capsys, monkeypatch):
+    """Only ConfigError and UsageError are printed as one-line errors; any other exception is a bug and
+    propagates (the interpreter prints its traceback and exits 1)."""
+    import membench.runners.commands.tasks as tasks_command
+    from membench.checks import ConfigError
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(tasks_command, "run", bug)
+    with pytest.raises(ValueError, match="internal invariant"):
+        run_cli(capsys, "tasks")
+
+    def bad_config(args):
+        raise ConfigError("num_kv_pairs must be an integer >= 1, got 0")
+
+    monkeypatch.setattr(tasks_command, "run", bad_config)
+    code, _, err = run_cli(capsys, "tasks")
+    assert code == 2 and err == "membench: error: num_kv_pairs must be an integer >= 1, got 0\n"

@@ -81,7 +81,7 @@ def test_out_must_be_a_directory(tmp_path, capsys):
 
 
 def test_the_installed_command_exits_2():
-    done = subprocess.run([sys.executable, "-m", "runners", "cost", "--models", "transformr", "--out", "unused"],
+    done = subprocess.run([sys.executable, "-m", "membench.runners", "cost", "--models", "transformr", "--out", "unused"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("membench: error: unknown model 'transformr'") and done.stderr.count("\n") == 1

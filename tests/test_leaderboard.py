@@ -5,104 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import re
 
 import pandas as pd
 import pytest
 
 from membench.runners.errors import UsageError
-from membench.runners.reporting.leaderboard import (
-    build_leaderboard,
-    horizon,
-    read_results,
-    task_labels,
-    write_leaderboard,
-)
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
-
-PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}
-STATE = {"mlp": 0, "lstm": 256, "gru": 128}
-NAN = float("nan")
-
-
-def trial(task, model, train_len, accuracy, seed=0, status="ok", lr=1e-3, generalisation=(0.5, 0.25),
-          task_params="{}", train_seconds=2.0):
-    """Runs rows of one trial: its trained length, and 2x and 4x that length scaled by `generalisation`."""
-    trial_id = f"{task}-{model}-{train_len}-{seed}-{lr}-{task_params}"
-    failed = status != "ok"
-    rows = []
-    for factor, scale in ((1, 1.0), (2, generalisation[0]), (4, generalisation[1])):
-        if failed and factor > 1:
-            break
-        eval_len = train_len * factor
-        steps = 100 + seed  # the steps taken (early stopping) differ between seeds of one config
-        flops = 6.0 * PARAMS[model] * 8 * train_len
-        rows.append({
-            "trial_id": trial_id, "task": task, "task_version": 1, "task_params": task_params, "model": model,
-            "d_model": 32, "n_layers": 2, "params": PARAMS[model], "train_len": train_len, "eval_len": eval_len,
-            "slice": f"L{eval_len}", "is_train_len": factor == 1, "seed": seed, "lr": lr, "batch_size": 8,
-            "steps": NAN if failed else steps, "accuracy": NAN if failed else accuracy * scale,
-            "exact_match": NAN if failed else (accuracy * scale) ** 4, "loss": NAN if failed else 1 - accuracy,
-            "train_seconds": NAN if failed else train_seconds, "ms_per_step": 10.0 * train_len / 64,
-            "tokens_per_second": 1e4, "peak_memory_mb": 10.0 + train_len / 64, "flops_per_step": flops,
-            "tflops_per_s": 1e-3, "attention_flops_share": 0.0, "state_size": STATE[model],
-            "time_to_accuracy_seconds": NAN, "time_to_accuracy_steps": NAN, "time_to_accuracy_tokens": NAN,
-            "status": status, "error": "" if not failed else "out of memory", "device": "cpu",
-            "git_commit": "abc1234", "torch_version": "2.13.0",
-        })
-    if not failed:  # a sliced evaluation beside the plain one: it must not enter the leaderboard
-        rows.append({**rows[0], "slice": f"L{train_len}-kv4", "accuracy": 0.0})
-    return rows
-
-
-def known_runs() -> pd.DataFrame:
-    """Two tasks, three families; the expected leaderboard is worked out in `test_values_computed_by_hand`."""
-    rows = []
-    for model, accs in (("lstm", (1.0, 0.95, 0.5)), ("gru", (0.9, 0.89, 0.95)), ("mlp", (0.1, 0.1, 0.1))):
-        for length, acc in zip((64, 128, 256), accs):
-            rows += trial("copy", model, length, acc)
-    rows += trial("recall", "lstm", 64, 1.0, seed=0) + trial("recall", "lstm", 64, 0.8, seed=1)
-    rows += trial("recall", "lstm", 128, 0.6, seed=0) + trial("recall", "lstm", 128, NAN, seed=1, status="oom")
-    rows += trial("recall", "gru", 64, 0.7, seed=0) + trial("recall", "gru", 64, 0.7, seed=1)
-    rows += trial("recall", "gru", 64, 0.95, seed=0, lr=3e-3) + trial("recall", "gru", 64, 0.85, seed=1, lr=3e-3)
-    # gru at recall 128: missing from the sweep
-    rows += trial("recall", "mlp", 64, 0.2) + trial("recall", "mlp", 128, 0.2)
-    return pd.DataFrame(rows, columns=RUNS_COLUMNS)
-
-
-def lags_for(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per ok row: accuracy falling with lag from the row's accuracy, buckets 1 .. eval_len/2."""
-    rows = []
-    for _, r in runs[(runs["status"] == "ok") & ~runs["slice"].str.contains("-")].iterrows():
-        bucket = 1
-        while bucket < r["eval_len"]:
-            acc = r["accuracy"] * (1.0 if bucket <= 16 else 16 / bucket)
-            rows.append([r["trial_id"], r["task"], r["model"], r["train_len"], r["eval_len"], r["seed"], bucket,
-                         acc, 10 * bucket])
-            bucket *= 2
-    return pd.DataFrame(rows, columns=LAGS_COLUMNS)
-
-
-def curves_for(runs: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    trials = runs[(runs["status"] == "ok") & (runs["eval_len"] == runs["train_len"])].drop_duplicates("trial_id")
-    for _, r in trials.iterrows():
-        for step in range(0, 101, 20):
-            evaluated = step % 40 == 0 or step == 100
-            rows.append([r["trial_id"], r["task"], r["model"], r["train_len"], r["seed"], step, step * 0.02,
-                         step * 8 * r["train_len"], 3.0 * (1 - step / 120),
-                         r["accuracy"] * step / 100 if evaluated else NAN])
-    return pd.DataFrame(rows, columns=CURVES_COLUMNS)
-
-
-def write_sweep(directory: Path, runs: pd.DataFrame | None = None) -> Path:
-    """A sweep directory with runs.csv, lags.csv and curves.csv made from `runs` (default: known_runs)."""
-    runs = known_runs() if runs is None else runs
-    directory.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(directory / "runs.csv", index=False)
-    lags_for(runs).to_csv(directory / "lags.csv", index=False)
-    curves_for(runs).to_csv(directory / "curves.csv", index=False)
-    return directory
+from membench.runners.reporting.leaderboard import build_leaderboard, horizon, write_leaderboard
+from membench.runners.reporting.results import read_results, task_labels
+from membench.runners.tables import RUNS_COLUMNS
+from tests.sweeps import NAN, PARAMS, known_runs, trial, write_sweep
 
 
 def test_horizon_is_the_longest_length_at_or_above_threshold():
@@ -169,8 +81,9 @@ def test_a_timed_out_trial_counts_with_its_accuracy_and_is_flagged(tmp_path):
     assert row.loc["gru", "copy mean_accuracy"] == pytest.approx(0.5)
     assert (row.loc["gru", "failed_trials"], row.loc["gru", "timeout_trials"]) == (1, 1)
     assert row.loc["lstm", "score"] == 0 and row.loc["lstm", "timeout_trials"] == 1
-    md, _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
-    assert "| 0.500 | - / 0.500 | 4,000 | 4.0 | 1 failed trial(s); 1 timed-out trial(s) |" in md.read_text()
+    (md, _), _ = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
+    assert re.search(r"\| 0\.500 ±0\.\d{3} \| - / 0\.500 ±0\.\d{3} \| 4,000 \| 4\.0 \| 1 failed trial\(s\); "
+                     r"1 timed-out trial\(s\) \|", md.read_text())
 
 
 def test_a_slice_failing_alone_does_not_fail_its_trial():
@@ -195,12 +108,13 @@ def test_task_variants_get_their_own_columns():
 
 def test_files_are_written_and_stable(tmp_path):
     results = read_results(write_sweep(tmp_path))
-    md, csv = write_leaderboard(results)
+    (md, csv), _ = write_leaderboard(results)
     first = md.read_bytes(), csv.read_bytes()
     write_leaderboard(read_results(tmp_path))
     assert (md.read_bytes(), csv.read_bytes()) == first
     text = md.read_text()
-    assert "| 1 | lstm | 0.708 | 128 / 0.817 | 64 / 0.600 | 5,000 | 12.0 | 1 failed trial(s) |" in text
+    assert "| 1= | lstm | 0.708 ±0.100 | 128 / 0.817 | 64 / 0.600 ±0.200 | 5,000 | 12.0 | 1 failed trial(s) |" in text
+    assert "| 1= | gru | 0.682 ±0.013 |" in text  # its interval overlaps lstm's: tied
     assert "| 3 | mlp | 0.150 | - / 0.100 | - / 0.200 |" in text
     table = pd.read_csv(csv)
     assert table.columns[:3].tolist() == ["rank", "model", "score"]
@@ -233,6 +147,39 @@ def test_bad_directories_raise_a_usage_error(tmp_path, case):
 def test_nan_safe_number_formatting_in_csv(tmp_path):
     rows = trial("copy", "gru", 64, 0.95) + trial("copy", "lstm", 64, NAN, status="timeout")
     directory = write_sweep(tmp_path, pd.DataFrame(rows, columns=RUNS_COLUMNS))
-    _, csv = write_leaderboard(read_results(directory))
+    (_, csv), _ = write_leaderboard(read_results(directory))
     assert "nan" not in csv.read_text().lower()
     assert math.isclose(pd.read_csv(csv).set_index("model").loc["gru", "score"], 0.95)
+
+
+# --- seeds and intervals -------------------------------------------------------------------------------
+def seeded(model: str, accuracies) -> list[dict]:
+    return [row for seed, acc in enumerate(accuracies) for row in trial("copy", model, 64, acc, seed=seed)]
+
+
+def test_intervals_over_seeds_are_reproducible_and_contain_the_mean():
+    runs = pd.DataFrame(seeded("lstm", [0.90, 0.94, 0.98]) + seeded("gru", [0.2, 0.3, 0.25]), columns=RUNS_COLUMNS)
+    board, _ = build_leaderboard(runs)
+    again, _ = build_leaderboard(runs.sample(frac=1.0, random_state=1))  # row order changes nothing
+    lstm = board.set_index("model").loc["lstm"]
+    assert lstm["seeds"] == 3 and lstm["score_ci_low"] < lstm["score"] < lstm["score_ci_high"]
+    assert 0.89 <= lstm["score_ci_low"] <= 0.92 and 0.96 <= lstm["score_ci_high"] <= 0.98
+    pd.testing.assert_frame_equal(board, again)
+    assert list(board["tied_rank"]) == [1, 2]  # far apart: ranked apart
+
+
+def test_families_whose_score_intervals_overlap_are_tied(tmp_path):
+    runs = pd.DataFrame(seeded("lstm", [0.5, 0.9, 0.7]) + seeded("gru", [0.6, 0.8, 0.65]) + seeded("mlp", [0.1, 0.1]),
+                        columns=RUNS_COLUMNS)
+    board, _ = build_leaderboard(runs)
+    assert list(board["model"]) == ["lstm", "gru", "mlp"] and list(board["tied_rank"]) == [1, 1, 3]
+    (md, _), table = write_leaderboard(read_results(write_sweep(tmp_path, runs)))
+    assert "| 1= | lstm |" in table and "| 1= | gru |" in table and "| 3 | mlp |" in table
+    assert "bootstrap interval over seeds" in md.read_text()
+
+
+def test_one_seed_has_no_interval_and_says_so(tmp_path):
+    board, _ = build_leaderboard(known_runs().query("seed == 0"))
+    assert board["score_ci_low"].isna().all() and (board["tied_rank"] == board["rank"]).all()
+    (md, _), _ = write_leaderboard(read_results(write_sweep(tmp_path, known_runs().query("seed == 0"))))
+    assert "One seed per cell: no confidence intervals" in md.read_text() and "±" not in md.read_text()

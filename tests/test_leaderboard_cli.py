@@ -7,33 +7,15 @@ import pandas as pd
 import pytest
 
 from membench.runners.commands import leaderboard as command
-from tests.helpers import run_cli
-
-TINY_SPEC = """
-name = "tiny"
-device = "cpu"
-tasks = ["copy", "associative_recall"]
-models = ["mlp", "lstm"]
-lengths = [8, 16]
-seeds = [0]
-learning_rates = [3e-3]
-steps = 6
-time_cap = 20.0
-batch_size = 4
-eval_multipliers = [2]
-eval_sequences = 4
-eval_every = 3
-log_every = 3
-d_model = 8
-n_layers = 1
-"""
+from tests.helpers import run_cli, tiny_spec
 
 
 def test_a_tiny_sweep_produces_the_leaderboard_and_charts(tmp_path, capsys):
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(TINY_SPEC)
+    spec = tiny_spec(tmp_path, name="tiny", device="cpu", tasks=["copy", "associative_recall"],
+                     models=["mlp", "lstm"], lengths=[8, 16], learning_rates=[3e-3], steps=6, time_cap=20.0,
+                     batch_size=4, eval_sequences=4, eval_every=3, log_every=3, d_model=8)
     out = tmp_path / "out"
-    code, stdout, err = run_cli(capsys, "leaderboard", "--spec", str(spec), "--out", str(out), "--quiet")
+    code, stdout, err = run_cli(capsys, "leaderboard", "--spec", spec, "--out", str(out), "--quiet")
     assert code == 0, err
     board = pd.read_csv(out / "leaderboard.csv")
     assert sorted(board["model"]) == ["lstm", "mlp"] and board["rank"].tolist() == [1, 2]

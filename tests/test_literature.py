@@ -31,7 +31,8 @@ import torch
 
 from membench.memtasks import get_task, list_tasks
 from membench.models import list_models
-from membench.runners.reporting.leaderboard import THRESHOLD, cell_table, read_results, trial_table
+from membench.runners.reporting.leaderboard import THRESHOLD, cell_table, trial_table
+from membench.runners.reporting.results import read_results
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
 
@@ -209,6 +210,11 @@ def test_the_memoryless_ceiling_is_chance_on_uniform_answers():
     assert memoryless_accuracy(get_task("copy", content_vocab=4), 32) == pytest.approx(0.25, abs=0.02)
     assert memoryless_accuracy(get_task("associative_recall", vocab_size=16), 32) == pytest.approx(0.125, abs=0.02)
     assert memoryless_accuracy(get_task("delayed_match"), 32) == pytest.approx(0.5, abs=0.03)
+    # the smoke vocabularies of the recall variants: 8 values; 4 value tokens, one per scored position of a motif
+    assert memoryless_accuracy(get_task("noisy_recall", vocab_size=24, noise_vocab_size=8), 32) == pytest.approx(
+        0.125, abs=0.02)
+    assert memoryless_accuracy(get_task("fuzzy_recall", vocab_size=8, k_motif_size=2, v_motif_size=2), 32) == (
+        pytest.approx(0.25, abs=0.03))
 
 
 # --- the claims ------------------------------------------------------------------------------------------

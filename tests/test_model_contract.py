@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from membench.models import UnknownNameError, build_model, family_params, list_models, model_class, params_matched
-from tests.helpers import DEVICES
+from tests.helpers import DEVICES, assert_paths_agree
 
 MODELS = list_models()
 FAMILIES = {
@@ -16,6 +16,8 @@ FAMILIES = {
     "sliding_window", "memory_transformer",
 }
 VOCAB = 16
+COST_CLASSES = ("O(n)", "O(n*w)", "O(n log n)", "O(n^2)")
+GROWING_STATE = ("O(n log n)", "O(n^2)")  # attention keeps every key, a long convolution every input
 
 
 def small(name: str, device="cpu", d_model: int = 32, **kw):
@@ -39,7 +41,7 @@ def test_shape_dtype_and_interface(name, device):
         assert model.features(tokens).shape == (batch, seq_len, model.d_model)
     assert model.family == name
     assert model.num_params() == sum(p.numel() for p in model.parameters()) > 0
-    assert model.cost_class in ("O(n)", "O(n*w)", "O(n^2)") and model.memory_mechanism
+    assert model.cost_class in COST_CLASSES and model.memory_mechanism
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -99,7 +101,7 @@ def test_state_size_follows_the_cost_class(name):
     model = small(name)
     sizes = {n: model.state_size(n) for n in (64, 256, 4096, 8192)}
     assert all(isinstance(s, int) and s >= 0 for s in sizes.values())
-    if model.cost_class == "O(n^2)":
+    if model.cost_class in GROWING_STATE:
         assert sizes[64] < sizes[256] < sizes[4096] < sizes[8192]
     else:
         assert sizes[4096] == sizes[8192], f"{name}: a bounded-memory family's state grows: {sizes}"
@@ -118,9 +120,18 @@ def test_flops_match_flop_counter_on_the_reference_path(name, batch, seq_len):
         model(tokens)
     counted, analytic = counter.get_total_flops(), model.flops(batch, seq_len)
     assert abs(analytic - counted) <= 0.05 * counted, f"{name}: analytic {analytic} vs counted {counted}"
-    assert 0 <= model.attention_flops(batch, seq_len) <= analytic
+    attention, memory = model.attention_flops(batch, seq_len), model.memory_flops(batch, seq_len)
+    assert attention >= 0 and memory >= 0 and attention + memory <= analytic
     if model.cost_class == "O(n^2)":
-        assert model.attention_flops(batch, seq_len) > 0
+        assert attention > 0
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "ssm", "external_memory"])
+def test_a_scan_or_external_memory_is_memory_flops_not_attention(name):
+    """Token-to-token attention FLOPs are attention's alone: a scan or a memory read/write is memory FLOPs."""
+    model = small(name)
+    assert model.attention_flops(2, 64) == 0
+    assert model.memory_flops(2, 64) > 0
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -142,17 +153,7 @@ def test_the_named_fast_paths_have_references():
 @pytest.mark.parametrize("batch,seq_len", [(2, 1), (2, 37), (1, 130)], ids=lambda v: str(v))
 def test_fast_and_reference_paths_agree(name, device, batch, seq_len):
     model = small(name, device).double()
-    tokens = torch.randint(0, VOCAB, (batch, seq_len), device=device)
-    outputs, grads = [], []
-    for path in ("fast", "reference"):
-        model.set_path(path).zero_grad()
-        out = model(tokens)
-        (out * torch.linspace(-1, 1, VOCAB, device=device, dtype=out.dtype)).sum().backward()
-        outputs.append(out.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-5)
-    for g_fast, g_ref in zip(*grads):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-5)
+    assert_paths_agree(model, torch.randint(0, VOCAB, (batch, seq_len), device=device), atol=1e-6, rtol=1e-5)
 
 
 def test_unknown_names_and_params_are_rejected():
@@ -171,4 +172,17 @@ def test_params_matched_lands_within_ten_percent(name):
     target = 60_000
     model = params_matched(name, target, vocab_size=VOCAB, n_layers=2)
     assert abs(model.num_params() - target) <= 0.10 * target
-    assert isinstance(family_params(name), dict)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_family_params_are_the_constructors_own_and_build_as_given(name):
+    """What `membench models` lists and a spec may set: every keyword of the family's constructor beyond the
+    three base arguments, with its default; building with every default given explicitly changes nothing."""
+    params = family_params(name)
+    assert not {"self", "vocab_size", "d_model", "n_layers"} & set(params)
+    torch.manual_seed(0)
+    explicit = build_model(name, VOCAB, d_model=32, n_layers=2, **params)
+    torch.manual_seed(0)
+    implicit = build_model(name, VOCAB, d_model=32, n_layers=2)
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    torch.testing.assert_close(explicit(tokens), implicit(tokens))

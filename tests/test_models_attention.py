@@ -27,32 +27,11 @@ from membench.models.layers import (
     causal_attention,
     causal_mask,
 )
-from tests.helpers import DEVICES
+from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads
 
 SHAPES = [(2, 64, 4, 16), (1, 1, 2, 8), (3, 37, 2, 8), (2, 100, 1, 4), (1, 130, 4, 8)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-D{d}" for b, t, h, d in SHAPES]
 VOCAB = 16
-
-
-def paths_agree(module: nn.Module, x: torch.Tensor, atol: float = 1e-9) -> None:
-    """The module's fast and reference paths give the same outputs and the same gradients (input and
-    every parameter) for a fixed random cotangent."""
-    results = []
-    weight = torch.randn_like(module(x))
-    for path in ("fast", "reference"):
-        for m in module.modules():
-            if hasattr(m, "path"):
-                m.path = path
-        module.zero_grad()
-        xi = x.clone().requires_grad_(True)
-        out = module(xi)
-        (out * weight).sum().backward()
-        results.append((out.detach(), xi.grad, [p.grad.clone() for p in module.parameters()]))
-    (out_f, dx_f, g_f), (out_r, dx_r, g_r) = results
-    torch.testing.assert_close(out_f, out_r, atol=atol, rtol=1e-7)
-    torch.testing.assert_close(dx_f, dx_r, atol=atol, rtol=1e-7)
-    for a, b in zip(g_f, g_r):
-        torch.testing.assert_close(a, b, atol=atol, rtol=1e-7)
 
 
 def counted_flops(module: nn.Module, *args) -> int:
@@ -116,7 +95,7 @@ def test_causal_attention_sdpa_matches_explicit(batch, seq_len, heads, head_dim,
 def test_self_attention_paths_agree(batch, seq_len, heads, head_dim, rope):
     torch.manual_seed(0)
     mixer = SelfAttention(heads * head_dim, heads, rope=rope).double()
-    paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
 
 
 def test_conv_attention_hybrid_is_built_from_the_pattern():
@@ -171,13 +150,13 @@ def test_rope_head_width_must_be_even():
 def test_window_attention_paths_agree(batch, seq_len, heads, head_dim, window):
     torch.manual_seed(0)
     mixer = WindowAttention(heads * head_dim, heads, window).double()
-    paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
 
 
 def test_window_of_one_reads_only_the_current_token():
     mixer = WindowAttention(8, 2, 1).double()
     x = torch.randn(2, 11, 8, dtype=torch.float64)
-    paths_agree(mixer, x)
+    assert_paths_agree(mixer, x)
     _, _, v = mixer.qkv(x).chunk(3, dim=-1)  # a single key: the weights are 1, the output is W_o v_t
     torch.testing.assert_close(mixer(x), mixer.out(v))
 
@@ -231,16 +210,7 @@ def small_rmt(**params) -> MemoryTransformerModel:
 @pytest.mark.parametrize("seq_len", [1, 3, 4, 9, 16, 30])
 def test_memory_transformer_paths_agree(seq_len):
     model = small_rmt(segment_len=4, num_memory=2)
-    tokens = torch.randint(0, VOCAB, (2, seq_len))
-    outputs = []
-    for path in ("fast", "reference"):
-        model.set_path(path).zero_grad()
-        out = model(tokens)
-        out.square().mean().backward()
-        outputs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(outputs[0][0], outputs[1][0])
-    for a, b in zip(outputs[0][1], outputs[1][1]):
-        torch.testing.assert_close(a, b)
+    assert_paths_agree(model, torch.randint(0, VOCAB, (2, seq_len)), atol=1e-7, rtol=1e-7)
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
@@ -292,7 +262,7 @@ def test_memory_transformer_rejects_bad_params(param):
 def test_lstm_attention_paths_agree(batch, seq_len, heads, head_dim):
     torch.manual_seed(0)
     mixer = LSTMAttention(heads * head_dim, heads).double()
-    paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * head_dim, dtype=torch.float64))
 
 
 def test_lstm_attention_state_and_flops():
@@ -308,18 +278,8 @@ def test_recurrent_reference_equals_torch_layer(kind, module, batch, seq_len, wi
     torch.manual_seed(0)
     rnn = module(width, width, batch_first=True).double()
     x = torch.randn(batch, seq_len, width, dtype=torch.float64)
-    weight = torch.randn(batch, seq_len, width, dtype=torch.float64)
-    grads = []
-    for forward in (lambda t: rnn(t)[0], lambda t: recurrent_reference(kind, rnn, t)):
-        rnn.zero_grad()
-        xi = x.clone().requires_grad_(True)
-        out = forward(xi)
-        (out * weight).sum().backward()
-        grads.append((out.detach(), xi.grad, [p.grad.clone() for p in rnn.parameters()]))
-    torch.testing.assert_close(grads[0][0], grads[1][0])
-    torch.testing.assert_close(grads[0][1], grads[1][1])
-    for a, b in zip(grads[0][2], grads[1][2]):
-        torch.testing.assert_close(a, b)
+    assert_same_outputs_and_grads(lambda t: rnn(t)[0], lambda t: recurrent_reference(kind, rnn, t),
+                                  [x.requires_grad_(True)], list(rnn.parameters()), atol=1e-7, rtol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])

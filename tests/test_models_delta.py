@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from membench.checks import ConfigError
 from membench.models import build_model
 from membench.models import scan as scan_module
+from membench.models.families.deltanet import DeltaNet
+from membench.models.families.gated_deltanet import GatedDeltaNet
 from membench.models.scan import delta_rule_chunked, delta_rule_reference
-from tests.helpers import DEVICES
+from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads, outputs_and_grads
 
 SHAPES = [(2, 64, 4, 16, 16), (1, 1, 2, 8, 8), (3, 37, 2, 8, 4), (2, 100, 1, 4, 8), (1, 130, 4, 8, 8), (2, 5, 3, 4, 4)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-N{n}-P{p}" for b, t, h, n, p in SHAPES]
@@ -41,26 +43,19 @@ def delta_inputs(batch, seq_len, heads, n, p, decay: bool, device="cpu"):
     return q, k, v, beta, log_decay
 
 
-def outputs_and_grads(fn, inputs):
-    out = fn(*inputs)
-    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
-    leaves = [t for t in inputs if t is not None]
-    return out.detach(), torch.autograd.grad((out * weight).sum(), leaves)
-
-
 # --- the delta rule -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
 @pytest.mark.parametrize("batch,seq_len,heads,n,p", SHAPES, ids=SHAPE_IDS)
 def test_chunked_delta_rule_matches_the_recurrence(batch, seq_len, heads, n, p, decay, device):
     inputs = delta_inputs(batch, seq_len, heads, n, p, decay, device)
-    out_ref, grads_ref = outputs_and_grads(delta_rule_reference, inputs)
-    out_fast, grads_fast = outputs_and_grads(lambda *a: delta_rule_chunked(*a, chunk_size=CHUNK), inputs)
-    assert out_fast.shape == (batch, seq_len, heads, p) and out_fast.dtype == torch.float64
-    torch.testing.assert_close(out_fast, out_ref, atol=1e-9, rtol=1e-7)
-    assert len(grads_fast) == (5 if decay else 4)
-    for g_fast, g_ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-9, rtol=1e-7)
+    out = delta_rule_chunked(*inputs, chunk_size=CHUNK)
+    assert out.shape == (batch, seq_len, heads, p) and out.dtype == torch.float64
+    assert_same_outputs_and_grads(lambda *a: delta_rule_chunked(*a, chunk_size=CHUNK), delta_rule_reference, inputs)
+    _, grads = outputs_and_grads(delta_rule_reference, inputs)
+    assert len(grads) == (5 if decay else 4)
+    # every input matters (the decay from the second token on: the first one decays the empty state)
+    assert all(g.abs().sum() > 0 for g in grads[:4]) and (not decay or seq_len == 1 or grads[4].abs().sum() > 0)
 
 
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
@@ -164,6 +159,23 @@ def test_state_size_is_what_the_reference_path_carries(name, short_conv, n_heads
     conv_window = (short_conv - 1) * 3 * 32 if short_conv else 0  # the last k - 1 inputs of q, k, v
     assert model.state_size(100) == model.state_size(10_000) == carried_floats(model, monkeypatch)
     assert model.state_size(100) == 2 * (n_heads * d * d + conv_window)  # 2 layers
+
+
+@pytest.mark.parametrize("mixer_class", [DeltaNet, GatedDeltaNet])
+@pytest.mark.parametrize("batch,seq_len,heads,n,p", SHAPES, ids=SHAPE_IDS)
+def test_delta_mixer_paths_agree(batch, seq_len, heads, n, p, mixer_class):
+    """Here N is the head width (keys and values alike): the mixer's width is H * N."""
+    torch.manual_seed(0)
+    mixer = mixer_class(heads * n, heads, short_conv=4, chunk_size=CHUNK).double()
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_the_delta_rule_is_memory_flops(name):
+    """The delta rule is a memory (recall, write, read: 6 B T D d), not token-to-token attention."""
+    model = small(name)
+    assert model.attention_flops(2, 64) == 0
+    assert model.memory_flops(2, 64) == 2 * 6 * 2 * 64 * 32 * 8  # 2 layers, D = 32, d = 8
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])

@@ -18,7 +18,7 @@ from membench.models.families.external_memory import content_addressing, write_m
 from membench.models.families.linear_attention import LinearAttention
 from membench.models.families.ssm import SelectiveSSM
 from membench.models.scan import scan_chunked, scan_reference
-from tests.helpers import DEVICES
+from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads
 
 SHAPES = [(2, 64, 4, 16), (1, 1, 2, 8), (3, 37, 2, 8), (2, 100, 1, 4), (1, 130, 4, 8), (2, 5, 3, 4)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-D{d}" for b, t, h, d in SHAPES]
@@ -41,13 +41,6 @@ def scan_inputs(batch, seq_len, heads, dim, shared_qk: bool, decay: bool, device
     return q, k, v, log_decay
 
 
-def outputs_and_grads(fn, inputs):
-    out = fn(*inputs)
-    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
-    leaves = [t for t in inputs if t is not None]
-    return out.detach(), torch.autograd.grad((out * weight).sum(), leaves)
-
-
 # --- the scan ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("decay,shared_qk", [(False, False), (True, True), (True, False)],
@@ -55,12 +48,8 @@ def outputs_and_grads(fn, inputs):
 @pytest.mark.parametrize("batch,seq_len,heads,dim", SHAPES, ids=SHAPE_IDS)
 def test_chunked_scan_matches_the_recurrence(batch, seq_len, heads, dim, decay, shared_qk, device):
     inputs = scan_inputs(batch, seq_len, heads, dim, shared_qk, decay, device)
-    out_ref, grads_ref = outputs_and_grads(scan_reference, inputs)
-    out_fast, grads_fast = outputs_and_grads(lambda *a: scan_chunked(*a, chunk_size=CHUNK), inputs)
-    assert out_fast.shape == (batch, seq_len, heads, dim)
-    torch.testing.assert_close(out_fast, out_ref, atol=1e-9, rtol=1e-7)
-    for g_fast, g_ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-9, rtol=1e-7)
+    assert scan_chunked(*inputs, chunk_size=CHUNK).shape == (batch, seq_len, heads, dim)
+    assert_same_outputs_and_grads(lambda *a: scan_chunked(*a, chunk_size=CHUNK), scan_reference, inputs)
 
 
 @pytest.mark.parametrize("decay", [False, True], ids=["no-decay", "decay"])
@@ -102,26 +91,11 @@ def test_scan_rejects_a_bad_chunk_size():
 
 
 # --- the mixers ---------------------------------------------------------------------------------------
-def mixer_paths_agree(mixer, x):
-    results = []
-    for path in ("fast", "reference"):
-        mixer.path = path
-        xi = x.clone().requires_grad_(True)
-        out = mixer(xi)
-        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-        grads = torch.autograd.grad((out * weight).sum(), [xi, *mixer.parameters()])
-        results.append((out.detach(), grads))
-    (out_fast, grads_fast), (out_ref, grads_ref) = results
-    torch.testing.assert_close(out_fast, out_ref, atol=1e-9, rtol=1e-7)
-    for g_fast, g_ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(g_fast, g_ref, atol=1e-9, rtol=1e-7)
-
-
 @pytest.mark.parametrize("batch,seq_len,heads,dim", SHAPES, ids=SHAPE_IDS)
 def test_linear_attention_paths_agree(batch, seq_len, heads, dim):
     torch.manual_seed(0)
     mixer = LinearAttention(heads * dim, heads, chunk_size=CHUNK).double()
-    mixer_paths_agree(mixer, torch.randn(batch, seq_len, heads * dim, dtype=torch.float64))
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * dim, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dim", SHAPES, ids=SHAPE_IDS)
@@ -130,7 +104,7 @@ def test_ssm_paths_agree(batch, seq_len, heads, dim):
     torch.manual_seed(0)
     mixer = SelectiveSSM(heads * dim // 2, d_state=8, expand=2, n_heads=heads, short_conv=4, chunk_size=CHUNK)
     mixer = mixer.double()
-    mixer_paths_agree(mixer, torch.randn(batch, seq_len, heads * dim // 2, dtype=torch.float64))
+    assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * dim // 2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", ["linear_attention", "ssm"])

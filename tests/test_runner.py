@@ -26,6 +26,7 @@ from membench.runners.sweep import run_sweep
 from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from membench.runners.train import lr_at, segment_schedule
 from membench.runners.trial import EvalSlice, Segment, TrialConfig, describe_checkout, run_trial
+from tests.helpers import tiny_spec
 
 
 @dataclass
@@ -218,6 +219,17 @@ def test_failures_are_recorded_results(model, status, message):
     assert runs["accuracy"].isna().all() and runs["params"].notna().all()
 
 
+def test_a_bug_inside_training_is_recorded_and_shown_with_its_traceback(tmp_path, capsys):
+    """A ValueError from a model's forward is a bug, not bad input: the trial is recorded as `error` and the
+    sweep prints the whole traceback to stderr (the trial file keeps it too)."""
+    payload = run_trial(trial(model="broken"))
+    assert "Traceback" in payload["traceback"] and 'raise ValueError("boom")' in payload["traceback"]
+    code = main(["run", "--spec", echo_spec(tmp_path, models=["broken"], lengths=[8], steps=5), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
+    assert (pd.read_csv(tmp_path / "out" / "runs.csv")["status"] == "error").all()
+
+
 def test_oom_in_one_eval_slice_marks_only_that_slice():
     runs = rows(run_trial(trial(model="oom", model_params={"max_len": 8})))
     assert runs.loc["L8", "status"] == "ok" and runs.loc["L8", "accuracy"] >= 0
@@ -305,26 +317,14 @@ def test_torch_compile_on_cuda():
 
 
 # --- sweeps ------------------------------------------------------------------------------------
-SPEC = """
-lengths = [8, 12]
-models = ["mlp", "lstm"]
-d_model = 16
-n_layers = 1
-steps = 12
-batch_size = 8
-eval_every = 6
-log_every = 3
-eval_multipliers = [2]
-eval_sequences = 16
-learning_rates = [1e-2]
-[tasks.echo]
-params = { vocab = 4 }
-"""
+def echo_spec(tmp_path, **settings) -> str:
+    return tiny_spec(tmp_path, {"echo": {"params": {"vocab": 4}}}, **{
+        "lengths": [8, 12], "models": ["mlp", "lstm"], "steps": 12, "eval_every": 6, "log_every": 3,
+        "learning_rates": [1e-2], **settings})
 
 
 def test_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, monkeypatch):
-    (tmp_path / "spec.toml").write_text(SPEC)
-    spec = load_spec(None, str(tmp_path / "spec.toml"), {})
+    spec = load_spec(None, echo_spec(tmp_path), {})
     out = tmp_path / "out"
     runs = run_sweep(spec, out, progress=False)
     assert len(spec.trials) == 4 and len(runs) == 8 and runs["trial_id"].nunique() == 4
@@ -345,19 +345,19 @@ def test_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, monkeypatch):
 
 
 def test_failed_trials_do_not_stop_the_sweep(tmp_path):
-    (tmp_path / "spec.toml").write_text(SPEC.replace('["mlp", "lstm"]', '["nan", "mlp", "broken"]'))
-    runs = run_sweep(load_spec(None, str(tmp_path / "spec.toml"), {"lengths": [8]}), tmp_path / "out",
+    runs = run_sweep(load_spec(None, echo_spec(tmp_path, models=["nan", "mlp", "broken"]), {"lengths": [8]}),
+                     tmp_path / "out",
                      progress=False)
     assert runs.groupby("model")["status"].first().to_dict() == {"broken": "error", "mlp": "ok", "nan": "diverged"}
 
 
 def test_cli_run_and_compare(tmp_path, capsys):
-    (tmp_path / "spec.toml").write_text(SPEC)
-    assert main(["run", "--spec", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "a"), "--quiet",
+    spec = echo_spec(tmp_path)
+    assert main(["run", "--spec", spec, "--out", str(tmp_path / "a"), "--quiet",
                  "--models", "mlp", "--lengths", "8"]) == 0
     out = capsys.readouterr().out
     assert "echo  mlp    8" in out and "1 trials: 1 ok" in out
-    assert main(["compare", "mlp", "lstm", "--task", "echo", "--spec", str(tmp_path / "spec.toml"), "--out",
+    assert main(["compare", "mlp", "lstm", "--task", "echo", "--spec", spec, "--out",
                  str(tmp_path / "b"), "--quiet", "--lengths", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("mlp: d_model=16") and "lstm: d_model=16" in out[0]
@@ -386,8 +386,7 @@ def test_local_worker_pool_gives_the_same_rows(tmp_path):
 
 def test_parquet_beside_csv_when_pyarrow_is_importable(tmp_path):
     pytest.importorskip("pyarrow")
-    (tmp_path / "spec.toml").write_text(SPEC)
-    run_sweep(load_spec(None, str(tmp_path / "spec.toml"), {"models": ["mlp"], "lengths": [8]}), tmp_path,
+    run_sweep(load_spec(None, echo_spec(tmp_path), {"models": ["mlp"], "lengths": [8]}), tmp_path,
               progress=False)
     for name in ("runs", "lags", "curves"):
         csv, parquet = pd.read_csv(tmp_path / f"{name}.csv"), pd.read_parquet(tmp_path / f"{name}.parquet")

@@ -11,29 +11,18 @@ import torch
 from membench.runners.cli import main
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
+from tests.helpers import tiny_spec
 
-SPEC = """
-models = ["mlp", "gru"]
-lengths = [8]
-seeds = [0]
-d_model = 16
-n_layers = 1
-steps = 10
-batch_size = 8
-eval_every = 5
-eval_multipliers = [2]
-eval_sequences = 16
-[tasks.copy]
-params = { content_vocab = 4 }
-"""
+
+def ray_spec(tmp_path) -> str:
+    return tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp", "gru"])
 METRICS = ["trial_id", "slice", "params", "steps", "accuracy", "exact_match", "loss", "flops_per_step",
            "state_size", "status"]
 
 
 def test_ray_executor_matches_local(tmp_path):
     ray = pytest.importorskip("ray")
-    (tmp_path / "spec.toml").write_text(SPEC)
-    spec = load_spec(None, str(tmp_path / "spec.toml"), {"device": "cpu"})
+    spec = load_spec(None, ray_spec(tmp_path), {"device": "cpu"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a Ray worker holding one CPU
     try:

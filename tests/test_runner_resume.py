@@ -12,28 +12,18 @@ import pandas as pd
 
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
+from tests.helpers import tiny_spec
 
-SPEC = """
-models = ["mlp"]
-lengths = [8]
-seeds = [0, 1, 2, 3, 4, 5]
-d_model = 16
-n_layers = 1
-steps = 30
-batch_size = 8
-eval_every = 20
-eval_multipliers = [2]
-eval_sequences = 16
-[tasks.copy]
-params = { content_vocab = 4 }
-"""
+
+def resume_spec(tmp_path) -> str:
+    return tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp"], seeds=[0, 1, 2, 3, 4, 5],
+                     steps=30, eval_every=20)
 
 
 def test_kill_and_resume(tmp_path):
-    spec_file, out = tmp_path / "spec.toml", tmp_path / "out"
-    spec_file.write_text(SPEC)
+    spec_file, out = resume_spec(tmp_path), tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runners", "run", "--spec", str(spec_file), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "membench.runners", "run", "--spec", spec_file, "--out", str(out),
                              "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials_dir = out / "trials"
     deadline = time.monotonic() + 120

@@ -8,9 +8,9 @@ import pandas as pd
 
 from membench.runners.reporting.leaderboard import build_leaderboard
 from membench.runners.reporting.slices import named_slice_rows, slice_table, write_slices
-from membench.runners.tables import SLICE_CURVES_COLUMNS
+from membench.runners.tables import RUNS_COLUMNS, SLICE_CURVES_COLUMNS
 from tests.helpers import run_cli
-from tests.test_leaderboard import RUNS_COLUMNS, known_runs, trial, write_sweep
+from tests.sweeps import known_runs, trial, write_sweep
 
 
 def sliced_only(trial_rows: list[dict], accuracies: dict[str, float], steps_to_threshold: float) -> list[dict]:
@@ -44,14 +44,14 @@ def test_plain_rows_are_not_slices():
 
 
 def test_markdown_shows_time_to_accuracy_only_when_reached(tmp_path):
-    md, csv = write_slices(recipe_runs(), tmp_path)
+    (md, csv), _ = write_slices(recipe_runs(), tmp_path)
     text = md.read_text()
     lstm = next(line for line in text.splitlines() if "| lstm |" in line)
     gru = next(line for line in text.splitlines() if "| gru |" in line)
     assert "| 1.0000 | 0.9950 | 0.9700 | 0.9700 | 12.5 / 200 / 1,000,000 |" in lstm
     assert "| 0.9990 | 0.9950 |  |" in gru  # min 0.995, never reached the threshold
     assert len(pd.read_csv(csv)) == 2
-    assert write_slices(known_runs().query("slice == 'L64'"), tmp_path / "none") == []
+    assert write_slices(known_runs().query("slice == 'L64'"), tmp_path / "none") == ([], "")
 
 
 def test_the_leaderboard_flags_trials_with_no_plain_evaluation(tmp_path, capsys):

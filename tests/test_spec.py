@@ -3,12 +3,17 @@ error (exit 2 from the CLI) that leaves no results directory behind."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from membench.memtasks import list_tasks
 from membench.models import list_models
 from membench.runners.cli import main
-from membench.runners.spec import PRESETS, load_spec
+from membench.runners.spec import PRESETS, SETTINGS, TOP_KEYS, SweepSpec, load_spec
 from membench.runners.trial import EvalSlice, TrialConfig
 
 CHEAP = {"models": ["mlp"]}  # parameter matching of one family keeps loading fast
@@ -177,7 +182,7 @@ def test_trial_id_is_stable_and_sensitive():
     ('device = "gpu"', "device must be auto, cpu, cuda or cuda:N"),
     ('executor = "dask"', "executor must be one of local, ray"),
     ("steps = ", "is not valid TOML"),
-    ("d_model = 16\ntarget_params = 1000", "not both"),
+    ("d_model = 16\ntarget_params = 1000", "not several"),
 ])
 def test_bad_specs_name_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError) as err:
@@ -214,3 +219,71 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv):
     assert code == 2
     assert err.startswith("membench: error: ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def readme_schema() -> str:
+    """The spec schema block of the README (the TOML block that documents `name = "my-sweep"`)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if b.startswith('name = "my-sweep"'))
+
+
+def test_the_readme_schema_states_the_defaults_the_code_uses():
+    """Every top-level key of the README schema not marked "example" shows its real default, and every
+    setting and top-level key of the spec is documented there: the docs cannot drift from the code."""
+    text = readme_schema().split("\n[")[0]  # the top-level keys (the tables below are examples)
+    documented = tomllib.loads(text)
+    examples = {line.split("=")[0].strip() for line in text.splitlines() if "# example" in line}
+    spec_defaults = {f.name: f.default for f in dataclasses.fields(SweepSpec) if f.default is not dataclasses.MISSING}
+    for key, value in documented.items():
+        if key in examples or isinstance(value, dict):
+            continue
+        if key in SETTINGS:
+            assert SETTINGS[key][1] == value, f"README says {key} = {value!r}, the code's default is {SETTINGS[key][1]!r}"
+        elif key in spec_defaults:
+            assert spec_defaults[key] == value, f"README says {key} = {value!r}, SweepSpec's is {spec_defaults[key]!r}"
+        else:
+            assert key in ("tasks", "models", "name") and value in ("all", "my-sweep"), key
+    assert (set(SETTINGS) | set(TOP_KEYS)) - {"cost_classes"} <= set(documented), "undocumented spec keys"
+    assert "[cost_classes." in readme_schema()
+
+
+def test_trial_settings_take_the_trial_configs_own_defaults():
+    fields = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
+    shared = set(SETTINGS) & set(fields)
+    assert {"time_cap", "threshold", "early_stop", "warmup"} <= shared
+    assert all(SETTINGS[key][1] == fields[key] for key in shared)
+
+
+def test_width_sweeps_and_param_grids_become_one_trial_config_each(tmp_path):
+    """d_models and a list of target_params sweep widths; a list-valued family param sweeps its grid."""
+    spec = load_spec(None, write(tmp_path, '''
+tasks = ["copy"]
+lengths = [16]
+[models.lstm]
+d_models = [16, 32, 48]
+[models.sliding_window]
+d_model = 16
+params = { window = [4, 8], n_heads = [2, 4] }
+[models.gru]
+target_params = [3000, 12000]
+'''), {})
+    by_model = {}
+    for t in spec.trials:
+        by_model.setdefault(t.model, []).append(t)
+    assert [t.d_model for t in by_model["lstm"]] == [16, 32, 48]
+    assert [(t.model_params["window"], t.model_params["n_heads"]) for t in by_model["sliding_window"]] == [
+        (4, 2), (4, 4), (8, 2), (8, 4)]
+    gru = [t.d_model for t in by_model["gru"]]
+    assert len(gru) == 2 and gru[0] < gru[1]
+    assert len({t.trial_id for t in spec.trials}) == len(spec.trials) == 9
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[models.lstm]\nd_models = []', "d_models must be a non-empty list"),
+    ('[models.sliding_window]\nparams = { window = [] }', "an empty list sweeps nothing"),
+    ('[models.lstm]\nd_models = [16]\nd_model = 8', "not several"),
+    ('target_params = [1000, "x"]', "target_params[1] must be an integer"),
+])
+def test_bad_sweeps_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_spec(None, write(tmp_path, 'tasks = ["copy"]\nlengths = [16]\n' + text), {})

@@ -16,6 +16,25 @@ Keys are distinct within a sequence (one (B, k) sort and a few redraws, never a 
 `distinct_randint`); values are drawn independently (they may repeat, unlike Zoology's, so no answer can
 be had by elimination). For even seq_len the query slots and their law are Zoology's; an odd seq_len
 adds one slot at the last position.
+
+Key overwrite (num_updates = u, Zoology's `forgetting_mqar`): after the k pairs come u more, which bind u
+of the keys again, to a new value; the query region starts at 2(k + u) and a query must return the latest
+value:
+
+    k_1 v_1 k_2 v_2 k_3 v_3 | k_3 v_3' | f k_3 f k_1 f k_2    -> v_3' at k_3 (not v_3), v_1 at k_1, ...
+
+The re-bound keys are u of the k, drawn without replacement and in random order (a uniformly random ordered
+u-tuple of distinct pair indices); each new value is uniform among the values other than the key's first one,
+so an update always changes the answer. num_updates=0 draws nothing more: its bytes are version 1's.
+
+Building blocks. The generator is written as pieces that `noisy_recall` (noise tokens among the pairs) and
+`fuzzy_recall` (keys and values of several tokens) reuse through the hooks of `AssociativeRecall`
+(`key_size`, `value_size`, `kv_vocab`, `noise_tokens`, `_context`, `tokens_per_pair`):
+    distinct_randint, power_law_slots  the random draws (distinct keys, power-law query slots)
+    motif_tokens, motif_codes          a motif of a tokens <-> its code, a base-K number
+    rebind                             the update draws: which bindings are re-bound, to what
+    place_recall                       write bindings and queries onto a background; targets and lags
+    solve_recall                       the reference: the latest binding of each key motif wins
 """
 
 from __future__ import annotations
@@ -29,7 +48,8 @@ import torch
 from membench.checks import ConfigError, check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
-_TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs
+_TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs (4 tokens per token of a pair)
+MAX_KEY_MOTIFS = 2**18  # distinct key motifs drawn off the CPU take a (B, K^a) float tensor: bounded here
 
 
 def distinct_randint_reference(
@@ -99,6 +119,117 @@ def power_law_slots(
     return arrival.topk(k, dim=1).indices  # (B, k): earliest arrival first
 
 
+# --- motifs: a key or value of `size` tokens, and its code --------------------------------------------
+def motif_tokens(codes: torch.Tensor, base: int, size: int) -> torch.Tensor:
+    """(...) codes in [0, base^size) -> (..., size) digits in [0, base), most significant first.
+
+    Example: base=8, size=3: code 83 = 1 * 64 + 2 * 8 + 3 -> [1, 2, 3].
+    """
+    powers = base ** torch.arange(size - 1, -1, -1, device=codes.device)  # (size,)
+    return torch.div(codes[..., None], powers, rounding_mode="floor") % base  # (..., size)
+
+
+def motif_codes(digits: torch.Tensor, base: int) -> torch.Tensor:
+    """(..., size) digits in [0, base) -> (...) codes: the inverse of `motif_tokens`."""
+    code = torch.zeros_like(digits[..., 0])
+    for i in range(digits.shape[-1]):  # over the motif's few tokens, not the sequence
+        code = code * base + digits[..., i]
+    return code
+
+
+def rebind(
+    values: torch.Tensor, num_updates: int, low: int, high: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The update draws of key overwrite. values (B, k, b): each binding's value motif, tokens in [low, high).
+
+    Returns which (B, u): the bindings re-bound, a uniformly random ordered u-tuple of distinct indices of
+    [0, k), and fresh (B, u, b): their new value motifs, each uniform among the (high - low)^b - 1 motifs
+    other than the old one (old code + 1 + r, r uniform in [0, n - 1), modulo n = (high - low)^b).
+
+    Example: k=3, u=1, values [[v2], [v0], [v5]] of 8 values: which [[2]], and fresh [[v(5 + 1 + r) % 8]]
+    with r in [0, 7): any value but v5.
+    """
+    B, k, b = values.shape
+    which = distinct_randint(B, num_updates, k, gen, values.device)  # (B, u)
+    old = values.gather(1, which[..., None].expand(B, num_updates, b))  # (B, u, b)
+    n = (high - low) ** b
+    step = torch.randint(1, n, (B, num_updates), generator=gen, device=values.device)  # (B, u) in [1, n)
+    fresh = motif_tokens((motif_codes(old - low, high - low) + step) % n, high - low, b) + low  # (B, u, b)
+    return which, fresh
+
+
+# --- writing a batch -------------------------------------------------------------------------------
+def place_recall(
+    background: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pair_pos: torch.Tensor,
+    query_pos: torch.Tensor, latest: torch.Tensor,
+) -> Batch:
+    """Write n bindings and q queries onto `background` (B, T), which holds every other token (fillers,
+    noise) and becomes the inputs.
+
+    keys (B, n, a), values (B, n, b): binding i's key motif and value motif, in order of position;
+    pair_pos (B, n): where binding i's key starts, its value follows at pair_pos + a;
+    query_pos (B, q): where query j's key starts; latest (B, q): the binding it asks for (its key's latest).
+
+    A query is its key's a tokens, then the first b - 1 tokens of the value fed back (teacher forcing):
+    targets v_0 .. v_{b-1} are scored at query_pos + a - 1 + i, each with the lag back to the same token of
+    the binding (query_pos - pair_pos[latest] - 1, the same for every token of the value). With a = b = 1:
+    the key is repeated and its value scored at the query itself, the lag points at the value.
+    """
+    B, n, a = keys.shape
+    b, q, device = values.shape[2], query_pos.shape[1], keys.device
+    key_offsets, value_offsets = torch.arange(a, device=device), torch.arange(b, device=device)
+    inputs = background
+    inputs.scatter_(1, (pair_pos[..., None] + key_offsets).reshape(B, n * a), keys.reshape(B, n * a))
+    inputs.scatter_(1, (pair_pos[..., None] + a + value_offsets).reshape(B, n * b), values.reshape(B, n * b))
+    asked_keys = keys.gather(1, latest[..., None].expand(B, q, a))  # (B, q, a)
+    asked_values = values.gather(1, latest[..., None].expand(B, q, b))  # (B, q, b)
+    inputs.scatter_(1, (query_pos[..., None] + key_offsets).reshape(B, q * a), asked_keys.reshape(B, q * a))
+    if b > 1:  # the value's first b - 1 tokens follow the key, fed back
+        fed = (query_pos[..., None] + a + value_offsets[:-1]).reshape(B, q * (b - 1))
+        inputs.scatter_(1, fed, asked_values[..., :-1].reshape(B, q * (b - 1)))
+    answer_pos = (query_pos[..., None] + (a - 1) + value_offsets).reshape(B, q * b)  # (B, q * b)
+    lag = (query_pos - pair_pos.gather(1, latest) - 1)[..., None].expand(B, q, b).reshape(B, q * b)
+    targets = torch.full_like(inputs, IGNORE).scatter_(1, answer_pos, asked_values.reshape(B, q * b))
+    lags = torch.full_like(inputs, NO_LAG).scatter_(1, answer_pos, lag)
+    return Batch(inputs, targets, lags)
+
+
+def solve_recall(inputs: torch.Tensor, num_keys: int, key_size: int, value_size: int, context_len: int) -> torch.Tensor:
+    """Reference answers (B, T) from the inputs alone: every key motif in the query region is answered with
+    the value of its latest binding in the context [0, context_len).
+
+    1. motifs: a run of key tokens (< num_keys) starting at t is one key motif of `key_size` tokens; its code
+       is the base-K number of inputs[t : t + a].
+    2. bindings and queries: motif starts before context_len bind (the value follows the key), later ones ask.
+    3. latest binding: sort every start by (code, position); in that order the last binding at or before a
+       query (a running max) has the query's code when its key was bound, and is its latest binding.
+    4. answers: token i of the value, inputs[binding + a + i], is the answer at query + a - 1 + i.
+    Shapes: inputs (B, T) -> (B, T) int64, IGNORE where nothing is asked.
+    """
+    B, T = inputs.shape
+    a, b, device = key_size, value_size, inputs.device
+    is_key = inputs < num_keys  # (B, T)
+    starts = is_key.clone()
+    starts[:, 1:] &= ~is_key[:, :-1]  # (B, T): first token of a key motif
+    padded = torch.nn.functional.pad(inputs, (0, a + b), value=num_keys)  # windows past the end read a non-key
+    code = motif_codes(padded.unfold(1, a, 1)[:, :T].clamp(max=num_keys - 1), num_keys)  # (B, T): motif at t
+    pos = torch.arange(T, device=device)  # (T,)
+    binding, query = starts & (pos < context_len), starts & (pos >= context_len)  # (B, T) each
+    order = code * T + pos  # (B, T): sorts by code, then position
+    ranked, perm = order.masked_fill(~starts, -1).sort(dim=1)  # (B, T); non-starts first
+    is_binding = binding.gather(1, perm)  # (B, T) in sorted order
+    last_binding = ranked.masked_fill(~is_binding, -1).cummax(dim=1).values  # (B, T): latest binding so far
+    found = torch.empty_like(last_binding).scatter_(1, perm, last_binding)  # (B, T) back in position order
+    bound = torch.where(found // T == code, found % T, -1).masked_fill(~query, -1)  # (B, T): binding start
+    answers = torch.full_like(inputs, IGNORE)
+    for i in range(b):  # over the value's few tokens, not the sequence
+        token = padded.gather(1, (bound + a + i).clamp(min=0))  # (B, T): value token i of that binding
+        shift = a - 1 + i
+        answers[:, shift:] = torch.where(query[:, :T - shift] & (bound[:, :T - shift] >= 0),
+                                         token[:, :T - shift], answers[:, shift:])
+    return answers
+
+
 @register_task("associative_recall", order=10)
 @dataclass
 class AssociativeRecall(Task):
@@ -106,15 +237,17 @@ class AssociativeRecall(Task):
 
     Params (Zoology's names):
         vocab_size:   total tokens; keys are [0, vocab_size // 2), values and fillers the rest (>= 4).
-        num_kv_pairs: k, pairs per sequence (1 .. vocab_size // 2, and seq_len >= 4k - 1);
+        num_kv_pairs: k, pairs per sequence (1 .. vocab_size // 2, and seq_len >= 4k + 2u - 1);
                       None: grows with seq_len as seq_len // 8, at least 1, at most vocab_size // 2.
         power_a:      a > 0; slot g of the query region is drawn with weight (g + 1)^(a - 1).
+        num_updates:  u (0 .. k), keys bound again to a new value after the k pairs (Zoology's
+                      forgetting_mqar); queries ask for the latest value. 0: plain MQAR.
 
     What grows with seq_len (num_kv_pairs=None): the number of pairs to hold, and with it the distance
     from each pair to its query. With num_kv_pairs set, only the spread of the queries grows.
 
-    Lag: at a query for key j, the distance back to v_j (position 2j - 1, counting pairs from 1),
-    so inputs[t - lag] = v_j = target.
+    Lag: at a query for key j, the distance back to the value of its latest binding (v_j at position
+    2j - 1, counting pairs from 1, unless re-bound), so inputs[t - lag] = that value = target.
 
     Worked example (vocab_size=8: keys k0..k3, values v0..v3; num_kv_pairs=2, seq_len=9, seed=2;
     `.` = not scored). The pairs are k1:v2 and k3:v3; S = 3 query slots at t = 4, 6, 8; k3 is queried
@@ -130,105 +263,206 @@ class AssociativeRecall(Task):
         pairs:   k1=v2 k3=v3
         queries: [k3 -> v3] v2 [k1 -> v2] v3 v3
 
+    With num_updates=1 (same params, seq_len=11, seed=3) k3 is bound to v0, then again to v2 (t = 4, 5);
+    its query answers v2, with the lag back to the update, not to the first binding:
+
+        t        0   1   2   3   4   5   6   7   8   9   10
+        inputs   k0  v0  k3  v0  k3  v2  k3  v1  k0  v1  v3
+        targets  .   .   .   .   .   .   v2  .   v0  .   .
+        lags     .   .   .   .   .   .   1   .   7   .   .
+
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
     vocab_size: int = 64
     num_kv_pairs: int | None = None
     power_a: float = 0.01
+    num_updates: int = 0
 
     description: ClassVar[str] = (
         "Zoology's multi-query associative recall: k key-value pairs, then each key queried once (power-law gaps)"
     )
-    version: ClassVar[int] = 1
+    # 2: num_updates (key overwrite); its default 0 keeps version 1's bytes. noisy_recall and fuzzy_recall draw
+    # through this generator: a change to its draws changes their data too, so bump their versions with it.
+    version: ClassVar[int] = 2
 
     def check_params(self) -> None:
         check_int("vocab_size", self.vocab_size, 4)
+        check_int("num_updates", self.num_updates, 0)
+        if self.num_key_motifs > MAX_KEY_MOTIFS and self.key_size > 1:
+            raise ConfigError(
+                f"{self.num_keys} key tokens in motifs of {self.key_size} make {self.num_key_motifs} distinct keys; "
+                f"at most {MAX_KEY_MOTIFS} are supported (lower vocab_size or k_motif_size)"
+            )
         if self.num_kv_pairs is not None:
             check_int("num_kv_pairs", self.num_kv_pairs, 1)
-            if self.num_kv_pairs > self.num_keys:
+            if self.num_kv_pairs > self.num_key_motifs:
+                more = (f"raise vocab_size to >= {self.vocab_size - self.kv_vocab + 2 * self.num_kv_pairs}"
+                        if self.key_size == 1 else "raise vocab_size or k_motif_size")
                 raise ConfigError(
                     f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="
-                    f"{self.vocab_size} has {self.num_keys}; the maximum is {self.num_keys} (or raise vocab_size "
-                    f"to >= {2 * self.num_kv_pairs})"
+                    f"{self.vocab_size} has {self.num_key_motifs}; the maximum is {self.num_key_motifs} (or {more})"
                 )
+        if self.num_updates > (self.num_kv_pairs or self.num_key_motifs):
+            raise ConfigError(
+                f"num_updates={self.num_updates} re-binds that many of the {self.num_kv_pairs or self.num_key_motifs} "
+                f"keys; the maximum is {self.num_kv_pairs or self.num_key_motifs}"
+            )
+        if self.num_updates and self.num_values ** self.value_size >= 2**62:
+            raise ConfigError(f"num_updates needs fewer than 2^62 value motifs, got {self.num_values}^{self.value_size}")
         a = self.power_a
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
             raise ConfigError(f"power_a must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
 
+    # --- hooks of the variants (noisy_recall, fuzzy_recall) ---------------------------------------------
+    @property
+    def key_size(self) -> int:
+        """a: tokens per key."""
+        return 1
+
+    @property
+    def value_size(self) -> int:
+        """b: tokens per value."""
+        return 1
+
+    @property
+    def kv_vocab(self) -> int:
+        """Keys, values and fillers are tokens [0, kv_vocab); tokens above are the variant's own (noise)."""
+        return self.vocab_size
+
+    @property
+    def tokens_per_pair(self) -> float:
+        """num_kv_pairs=None: seq_len // tokens_per_pair pairs (8 for one-token keys and values)."""
+        return _TOKENS_PER_PAIR // 2 * self.pair_width
+
+    def noise_tokens(self, bindings: int) -> int:
+        """m: noise tokens among `bindings` pairs of the context."""
+        return 0
+
+    def _context(
+        self, batch_size: int, bindings: int, gen: torch.Generator, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(noise (B, c) or None, pair_pos (B, n)): the context's background and where binding i starts.
+        Here: no noise, the pairs back to back."""
+        pair_pos = self.pair_width * torch.arange(bindings, device=device)  # (n,)
+        return None, pair_pos.expand(batch_size, bindings)
+
     # --- layout ----------------------------------------------------------------------------
     @property
     def num_keys(self) -> int:
-        """K: keys are tokens [0, K), values and fillers tokens [K, vocab_size)."""
-        return self.vocab_size // 2
+        """K: keys are tokens [0, K), values and fillers tokens [K, kv_vocab)."""
+        return self.kv_vocab // 2
+
+    @property
+    def num_values(self) -> int:
+        return self.kv_vocab - self.num_keys
+
+    @property
+    def num_key_motifs(self) -> int:
+        """Distinct keys: K^a."""
+        return self.num_keys ** self.key_size
+
+    @property
+    def pair_width(self) -> int:
+        return self.key_size + self.value_size
 
     def pairs(self, seq_len: int) -> int:
         """k used at `seq_len`, with num_kv_pairs=None derived."""
         if self.num_kv_pairs is not None:
             return self.num_kv_pairs
-        return max(1, min(seq_len // _TOKENS_PER_PAIR, self.num_keys))
+        return max(1, min(math.floor(seq_len / self.tokens_per_pair), self.num_key_motifs))
 
-    @staticmethod
-    def num_slots(seq_len: int, k: int) -> int:
-        """S: query slots, at the even offsets of the query region [2k, seq_len)."""
-        return (seq_len - 2 * k + 1) // 2
+    def context_len(self, seq_len: int, k: int | None = None) -> int:
+        """c: the bindings (k pairs and u updates) and their noise; the query region is [c, seq_len)."""
+        n = (self.pairs(seq_len) if k is None else k) + self.num_updates
+        return n * self.pair_width + self.noise_tokens(n)
+
+    def num_slots(self, seq_len: int, k: int | None = None) -> int:
+        """S: query slots, every pair_width tokens of the query region, each with room for a whole query."""
+        room = seq_len - self.context_len(seq_len, k) - (self.pair_width - 1)
+        return room // self.pair_width + 1 if room >= 0 else 0
+
+    def _fits(self, seq_len: int, k: int | None = None) -> bool:
+        k = self.pairs(seq_len) if k is None else k
+        return self.num_updates <= k and self.num_slots(seq_len, k) >= k
 
     def min_length(self) -> int:
-        return 4 * (self.num_kv_pairs or 1) - 1  # S >= k
+        if self.num_kv_pairs is not None:
+            k = self.num_kv_pairs  # S >= k
+            return self.context_len(0, k) + k * self.pair_width - 1
+        seq_len = 1
+        while not self._fits(seq_len):  # k grows with seq_len: the first length that fits (a short walk)
+            seq_len += 1
+        return seq_len
 
     def check_length(self, seq_len: int) -> None:
-        if seq_len < self.min_length():
-            k = self.num_kv_pairs or 1
+        if self._fits(seq_len):
+            return
+        if self.num_kv_pairs is None:
             raise ConfigError(
-                f"seq_len={seq_len} is too short for associative_recall with num_kv_pairs={k}: k pairs and k "
-                f"query slots need seq_len >= {4 * k - 1}; at seq_len={seq_len} the maximum num_kv_pairs is "
-                f"{max(0, (seq_len + 1) // 4)}"
+                f"seq_len={seq_len} is too short for {self.name} with {self.describe_params()}: "
+                f"the minimum is {self.min_length()}"
             )
+        k, most = self.num_kv_pairs, 0
+        for fewer in range(max(1, self.num_updates), self.num_key_motifs + 1):  # fits less and less as k grows
+            if not self._fits(seq_len, fewer):
+                break
+            most = fewer
+        updates = f" and {self.num_updates} updates" if self.num_updates else ""
+        raise ConfigError(
+            f"seq_len={seq_len} is too short for {self.name} with num_kv_pairs={k}{updates}: k pairs and k query "
+            f"slots need seq_len >= {self.min_length()}; at seq_len={seq_len} the maximum num_kv_pairs is {most}"
+        )
 
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
-        B, T, K, k = batch_size, seq_len, self.num_keys, self.pairs(seq_len)
-        keys = distinct_randint(B, k, K, gen, device)  # (B, k)
-        values = torch.randint(K, self.vocab_size, (B, k), generator=gen, device=device)  # (B, k)
-        slots = power_law_slots(B, k, self.num_slots(T, k), self.power_a, gen, device)  # (B, k)
-        query_pos = 2 * k + 2 * slots  # (B, k): key j is queried here
-        value_pos = 2 * torch.arange(k, device=device) + 1  # (k,): v_j sits here
+        B, T, K, k, u = batch_size, seq_len, self.num_keys, self.pairs(seq_len), self.num_updates
+        a, b, c = self.key_size, self.value_size, self.context_len(seq_len)
+        key_codes = distinct_randint(B, k, self.num_key_motifs, gen, device)  # (B, k)
+        keys = motif_tokens(key_codes, K, a)  # (B, k, a)
+        values = torch.randint(K, self.kv_vocab, (B, k, b), generator=gen, device=device)  # (B, k, b)
+        latest = torch.arange(k, device=device).expand(B, k)  # (B, k): query j asks for binding j ...
+        if u:
+            which, fresh = rebind(values, u, K, self.kv_vocab, gen)  # (B, u), (B, u, b)
+            keys = torch.cat([keys, keys.gather(1, which[..., None].expand(B, u, a))], dim=1)  # (B, k + u, a)
+            values = torch.cat([values, fresh], dim=1)  # (B, k + u, b)
+            latest = latest.scatter(1, which, k + torch.arange(u, device=device).expand(B, u))  # ... or its update
+        slots = power_law_slots(B, k, self.num_slots(T), self.power_a, gen, device)  # (B, k)
+        noise, pair_pos = self._context(B, k + u, gen, device)  # (B, c) or None, (B, k + u)
 
-        inputs = torch.empty((B, T), dtype=torch.long, device=device)
-        inputs[:, 0:2 * k:2], inputs[:, 1:2 * k:2] = keys, values  # the pairs
+        background = torch.empty((B, T), dtype=torch.long, device=device)
+        if noise is not None:
+            background[:, :c] = noise
         # fillers, drawn as int32 (several times faster than int64 on CPU) and widened on the copy
-        inputs[:, 2 * k:] = torch.randint(
-            K, self.vocab_size, (B, T - 2 * k), generator=gen, device=device, dtype=torch.int32
-        )
-        inputs.scatter_(1, query_pos, keys)  # the queries
-        targets = torch.full((B, T), IGNORE, dtype=torch.long, device=device).scatter_(1, query_pos, values)
-        lags = torch.full((B, T), NO_LAG, dtype=torch.long, device=device).scatter_(1, query_pos, query_pos - value_pos)
-        return Batch(inputs, targets, lags)
+        background[:, c:] = torch.randint(K, self.kv_vocab, (B, T - c), generator=gen, device=device, dtype=torch.int32)
+        return place_recall(background, keys, values, pair_pos, c + self.pair_width * slots, latest)
 
     # --- reference -------------------------------------------------------------------------
     def solve(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Look each key of the query region up in the pairs: a (B, K) key -> value table. (B, T) -> (B, T)."""
-        B, T = inputs.shape
-        K, k = self.num_keys, self.pairs(T)
-        table = torch.full((B, K), IGNORE, dtype=torch.long, device=inputs.device)
-        table.scatter_(1, inputs[:, 0:2 * k:2], inputs[:, 1:2 * k:2])  # table[b, key] = value
-        looked_up = table.gather(1, inputs.clamp(max=K - 1))  # (B, T)
-        in_queries = torch.arange(T, device=inputs.device) >= 2 * k  # (T,)
-        is_query = (inputs < K) & in_queries
-        return torch.where(is_query, looked_up, torch.full_like(inputs, IGNORE))
+        """Each key of the query region answered with its latest binding's value (`solve_recall`). (B, T) -> (B, T)."""
+        T = inputs.shape[1]
+        return solve_recall(inputs, self.num_keys, self.key_size, self.value_size, self.context_len(T))
 
     # --- display ---------------------------------------------------------------------------
     def token_name(self, token: int) -> str:
         return f"k{token}" if token < self.num_keys else f"v{token - self.num_keys}"
 
     def render(self, batch: Batch, i: int = 0) -> str:
-        """Two lines: the pairs as `k1=v3`, then the query region with queries marked [key -> value]."""
+        """Two lines: the context with each binding as `k1=v3` (a motif's names run together: `k1k0=v2v3`),
+        then the query region with each scored position marked [token -> answer]."""
         inputs, targets = batch.inputs[i].tolist(), batch.targets[i].tolist()
-        k = self.pairs(len(inputs))
+        a, w, c = self.key_size, self.pair_width, self.context_len(len(inputs))
         names = [self.token_name(t) for t in inputs]
-        pairs = " ".join(f"{names[2 * j]}={names[2 * j + 1]}" for j in range(k))
+        cells, t = [], 0
+        while t < c:  # a binding starts at a key token; anything else in the context is noise
+            if inputs[t] < self.num_keys:
+                cells.append("".join(names[t:t + a]) + "=" + "".join(names[t + a:t + w]))
+                t += w
+            else:
+                cells.append(names[t])
+                t += 1
         queries = " ".join(
             f"[{name} -> {self.token_name(tgt)}]" if tgt != IGNORE else name
-            for name, tgt in zip(names[2 * k:], targets[2 * k:])
+            for name, tgt in zip(names[c:], targets[c:])
         )
-        return f"pairs:   {pairs}\nqueries: {queries}"
+        return f"pairs:   {' '.join(cells)}\nqueries: {queries}"

@@ -86,9 +86,9 @@ class DeltaNet(Mixer):
         tokens = batch_size * seq_len
         dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
         conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
-        return dense + conv + self.attention_flops(batch_size, seq_len)
+        return dense + conv + self.memory_flops(batch_size, seq_len)
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token
         return 3 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 

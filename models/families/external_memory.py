@@ -103,11 +103,11 @@ class ExternalMemory(Mixer):
             linear_flops(tokens, d, 4 * d)  # input gates
             + linear_flops(tokens, d + read_width, 4 * d)  # recurrent gates
             + linear_flops(tokens, d, sum(self.head_sizes))  # head parameters
-            + self.attention_flops(batch_size, seq_len)
+            + self.memory_flops(batch_size, seq_len)
             + linear_flops(tokens, d + read_width, d)  # output
         )
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # memory access per token: similarities of 1 + R keys to N slots, and R reads (the write is element-wise)
         return 2 * batch_size * seq_len * self.num_slots * self.slot_size * (1 + 2 * self.num_reads)
 

@@ -77,9 +77,9 @@ class LinearAttention(Mixer):
             tokens, self.d_model, self.d_model
         )
         conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
-        return projections + conv + self.attention_flops(batch_size, seq_len)
+        return projections + conv + self.memory_flops(batch_size, seq_len)
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the recurrence: the update phi(k) [v, 1]^T and the read-out phi(q)^T [S | z], per head and token
         return 2 * 2 * batch_size * seq_len * self.n_heads * self.d_head * (self.d_head + 1)
 

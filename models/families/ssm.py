@@ -76,11 +76,11 @@ class SelectiveSSM(Mixer):
         return (
             linear_flops(tokens, self.d_model, self.in_proj.out_features)
             + (0 if self.conv is None else self.conv.flops(batch_size, seq_len))
-            + self.attention_flops(batch_size, seq_len)
+            + self.memory_flops(batch_size, seq_len)
             + linear_flops(tokens, self.d_inner, self.d_model)
         )
 
-    def attention_flops(self, batch_size: int, seq_len: int) -> int:
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the scan: the update B (dt x)^T and the read-out S^T C, per head and token
         return 2 * 2 * batch_size * seq_len * self.d_inner * self.d_state
 

@@ -9,6 +9,8 @@ import pandas as pd
 
 from membench.runners.commands.run import add_sweep_flags, overrides
 from membench.runners.errors import UsageError
+from membench.runners.reporting.results import failure_status
+from membench.runners.reporting.text import text_table
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
 
@@ -40,13 +42,13 @@ def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
     failure status. A header line gives each model's width and parameter count."""
     acc = runs.groupby(["train_len", "eval_len", "slice", "model", "lr"])["accuracy"].mean()
     best = acc.groupby(level=[0, 1, 2, 3]).max()
-    status = runs.groupby(["train_len", "slice", "model"])["status"].agg(lambda s: next((x for x in s if x != "ok"), "ok"))
+    status = runs.groupby(["train_len", "slice", "model"])["status"].agg(failure_status)
     sizes = runs.drop_duplicates("model").set_index("model")
     lines = ["  ".join(f"{m}: d_model={sizes.loc[m, 'd_model']}, {int(sizes.loc[m, 'params']):,} params"
                        if m in sizes.index and sizes.loc[m, "params"] == sizes.loc[m, "params"] else f"{m}: -"
                        for m in models)]
     header = ["train_len", "eval_len", "slice", *models]
-    table = [header]
+    table = []
     for (train_len, eval_len, name), group in best.groupby(level=[0, 1, 2]):
         cells = [str(train_len), str(eval_len), name]
         for m in models:
@@ -58,7 +60,5 @@ def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
             else:
                 cells.append(f"{value:.3f}")
         table.append(cells)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines += ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-              for row in table]
+    lines.append(text_table(header, table, right=range(3, len(header))))
     return "\n".join(lines)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from membench.runners.commands.charts import publish
 from membench.runners.commands.run import add_sweep_flags, overrides
+from membench.runners.reporting.publish import publish
 from membench.runners.spec import PRESETS, load_spec
 from membench.runners.sweep import run_sweep
 
@@ -42,5 +42,5 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
-    publish(args.out)
+    print(publish(args.out).summary())
     return 0

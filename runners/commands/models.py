@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from membench.models import build_model, family_params, list_models, model_class
 from membench.runners.parsing import positive_int
+from membench.runners.reporting.text import text_table
 
 HELP = "list the model families: params, parameter count, state size, cost class, memory mechanism"
 
@@ -25,8 +26,6 @@ def run(args) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in family_params(name).items()) or "-"
         rows.append((name, model_class(name).cost_class, f"{model.num_params():,}",
                      f"{model.state_size(length):,}", params, model.memory_mechanism))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     print(f"d_model={d_model}, n_layers={n_layers}, vocab_size={vocab}; state = floats carried per sequence")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths)) + "  " + row[5])
+    print(text_table(header, rows))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from membench.memtasks import list_tasks, task_class
+from membench.runners.reporting.text import text_table
 
 HELP = "list the tasks: name, version, params with defaults, description"
 
@@ -20,7 +21,5 @@ def run(args) -> int:
         params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
         rows.append((name, str(cls.version), params or "-", cls.description))
     header = ("task", "version", "params (defaults)", "description")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    print(text_table(header, rows))
     return 0

@@ -16,7 +16,8 @@ For every family and every length n, on random tokens (no task: cost does not de
                               kernel workspaces only, not the Python heap nor memory the C library
                               caches after a free. The profiled step is separate from the timed ones.
     flops           = 3 * model.flops(batch_size, n)     # forward + backward ~ 3x forward (analytic)
-    attention_flops = 3 * model.attention_flops(batch_size, n)
+    attention_flops = 3 * model.attention_flops(batch_size, n)   # token-to-token attention only
+    memory_flops    = 3 * model.memory_flops(batch_size, n)      # a scan's or external memory's update and read
     tflops_per_s    = flops / step seconds / 1e12;  tokens_per_second = batch_size * n / step seconds
     state_size      = model.state_size(n)                # floats per sequence
 
@@ -24,7 +25,7 @@ A family stops at its first failure: an out-of-memory ("oom"), two consecutive s
 timed) each slower than `time_cap` seconds ("timeout", the faster of the two kept in ms_per_step; one
 slow step alone can be a stall of a shared machine), or any other exception ("error"). That row is
 kept and no longer length is run for the family. Analytic columns (flops, attention_flops,
-state_size) are filled in every row; measured ones are NaN where unknown.
+memory_flops, state_size) are filled in every row; measured ones are NaN where unknown.
 
 CPU timings are only as good as the machine is quiet: on a machine shared with other jobs, torch's
 worker threads wait on each other and a step can take 10x longer; `threads=1` avoids that.
@@ -56,7 +57,7 @@ from membench.runners.reporting import cost_charts
 from membench.runners.tables import write_tables
 
 COST_COLUMNS = [
-    "model", "seq_len", "batch_size", "ms_per_step", "peak_memory_mb", "flops", "attention_flops",
+    "model", "seq_len", "batch_size", "ms_per_step", "peak_memory_mb", "flops", "attention_flops", "memory_flops",
     "tflops_per_s", "tokens_per_second", "state_size", "status", "device",
 ]
 VOCAB_SIZE = 64  # cost hardly depends on it: the head is one (D, V) matmul per token
@@ -206,7 +207,8 @@ def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) 
     return {
         "model": name, "seq_len": seq_len, "batch_size": batch_size, "ms_per_step": nan,
         "peak_memory_mb": nan, "flops": 3 * model.flops(batch_size, seq_len),
-        "attention_flops": 3 * model.attention_flops(batch_size, seq_len), "tflops_per_s": nan,
+        "attention_flops": 3 * model.attention_flops(batch_size, seq_len),
+        "memory_flops": 3 * model.memory_flops(batch_size, seq_len), "tflops_per_s": nan,
         "tokens_per_second": nan, "state_size": model.state_size(seq_len), "status": "ok",
         "device": device_name(device),
     }

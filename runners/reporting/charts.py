@@ -26,18 +26,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from membench.runners.reporting.cost_charts import draw_cost_charts
 from membench.runners.reporting.figures import RC, count_label, family_styles, save_figure
+from membench.runners.reporting.intervals import with_cell_intervals
 from membench.runners.reporting.leaderboard import (
     THRESHOLD,
-    Results,
     cell_table,
     chosen_trials,
     model_order,
     task_order,
     trial_table,
 )
+from membench.runners.reporting.results import Results, is_plain_slice
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 PANEL = (4.0, 3.0)  # inches per task panel
@@ -59,8 +62,9 @@ class Sweep:
     def from_results(cls, results: Results) -> "Sweep":
         trials = trial_table(results.runs)
         cells = cell_table(trials)
+        chosen = chosen_trials(trials, cells)
         models = model_order(cells["model"])
-        return cls(results, cells, chosen_trials(trials, cells), task_order(cells["task"]), models,
+        return cls(results, with_cell_intervals(chosen, cells), chosen, task_order(cells["task"]), models,
                    family_styles(models))
 
 
@@ -130,7 +134,7 @@ def _note(ax, text: str) -> None:
 def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Accuracy at the trained length against that length (log x), one line per family, a panel per task."""
     fig, axes = _panels(len(sweep.tasks), "Accuracy at the trained length")
-    any_failed = any_capped = False
+    any_failed = any_capped = any_spread = False
     for ax, task in zip(axes, sweep.tasks):
         cells = sweep.cells[(sweep.cells["task"] == task) & (sweep.cells["status"] != "missing")]
         for model in sweep.models:
@@ -138,6 +142,11 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
             if mine.empty:
                 continue
             ax.plot(mine["train_len"], mine["accuracy"], **_line(sweep, model))
+            spread = mine.dropna(subset=["ci_low"])
+            if not spread.empty:  # the 95 % bootstrap interval over seeds, where a cell has 2 or more
+                ax.fill_between(spread["train_len"], spread["ci_low"], spread["ci_high"], alpha=0.15, linewidth=0,
+                                color=sweep.styles[model]["color"])
+                any_spread = True
             failed = mine[mine["failed"] > 0]
             ax.scatter(failed["train_len"], failed["accuracy"], marker="x", s=60, color="black", zorder=5)
             any_failed |= not failed.empty
@@ -154,6 +163,8 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     if any_capped:
         extra.append((Line2D([], [], marker="o", markerfacecolor="none", color="black", linestyle=""),
                       "a seed stopped by its time cap (counted at its accuracy)"))
+    if any_spread:
+        extra.append((Patch(color="grey", alpha=0.3, linewidth=0), "95 % bootstrap interval over seeds"))
     _family_legend(fig, sweep, sweep.models, extra)
     return save_figure(fig, out_dir, "accuracy_vs_length")
 
@@ -227,7 +238,7 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
     same trained lengths: those at which it was evaluated (status ok) at every k of the task."""
     runs = sweep.results.runs
     runs = runs[runs["trial_id"].isin(sweep.chosen["trial_id"]) & (runs["status"] == "ok")]
-    runs = runs[runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)]
+    runs = runs[is_plain_slice(runs)]
     runs = runs.assign(ratio=runs["eval_len"] / runs["train_len"])
     runs = runs[(runs["ratio"] >= 1) & (runs["ratio"] == runs["ratio"].round())]
     fig, axes = _panels(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
@@ -326,14 +337,8 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
 
 
 def cost_charts(results: Results, out_dir: Path) -> list[Path]:
-    """The cost curves of `runners.reporting.cost_charts` when cost.csv is present and that module is installed."""
+    """The cost curves (runners/reporting/cost_charts.py) when the directory holds cost.csv."""
     if results.cost is None or results.cost.empty:
-        return []
-    try:
-        from membench.runners.reporting.cost_charts import draw_cost_charts
-    except ModuleNotFoundError as err:
-        if err.name != "membench.runners.reporting.cost_charts":
-            raise
         return []
     fits = results.cost_fit if results.cost_fit is not None else pd.DataFrame()
     return [Path(p) for p in draw_cost_charts(results.cost, fits, out_dir)]

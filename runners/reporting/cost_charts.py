@@ -22,12 +22,13 @@ import math
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
-from membench.runners.reporting.figures import family_styles, save_figure
+from membench.runners.reporting.figures import RC, family_styles, save_figure
 
 SAVE = {"dpi": 150, "bbox_inches": "tight"}  # the footnote sits below the axes
 # (file stem, cost column divided by batch_size, cost_fit column, y label, title)
@@ -167,7 +168,7 @@ def attention_share_chart(cost: pd.DataFrame) -> Figure | None:
     _length_axis(ax, cost["seq_len"])
     ax.set_ylim(0, 100)
     ax.set_ylabel("attention share of FLOPs (%)")
-    ax.set_title("Share of FLOPs spent on token-to-token attention")
+    ax.set_title("Share of FLOPs in token-to-token attention (scans and memory reads excluded)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
@@ -181,9 +182,11 @@ def draw_cost_charts(cost: pd.DataFrame, fits: pd.DataFrame, out_dir: str | os.P
     paths: list[Path] = []
     if cost.empty:
         return paths
-    for stem, column, fit_column, ylabel, title in LOG_LOG_CHARTS:
-        paths += save_figure(log_log_chart(cost, fits, column, fit_column, ylabel, title), out_dir, stem, **SAVE)
-    share = attention_share_chart(cost)
-    if share is not None:
-        paths += save_figure(share, out_dir, "cost_attention_share", **SAVE)
+    with matplotlib.rc_context(RC):  # the sweep charts' style, whichever command draws them
+        for stem, column, fit_column, ylabel, title in LOG_LOG_CHARTS:
+            paths += save_figure(log_log_chart(cost, fits, column, fit_column, ylabel, title), out_dir, stem,
+                                 **SAVE)
+        share = attention_share_chart(cost)
+        if share is not None:
+            paths += save_figure(share, out_dir, "cost_attention_share", **SAVE)
     return paths

@@ -29,117 +29,25 @@ rebuilding it from the same tables gives identical bytes.
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from membench.runners.errors import UsageError
+from membench.runners.reporting.intervals import family_intervals, tie_groups
+from membench.runners.reporting.results import (
+    CONFIG_COLUMNS,
+    Results,
+    failure_status,
+    is_plain_slice,
+    with_model_params,
+)
+from membench.runners.reporting.text import fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
 SCORED = ("ok", "timeout")  # trial statuses whose measured accuracy counts; any other counts 0
-CONFIG_COLUMNS = ["d_model", "n_layers", "lr", "batch_size"]  # not steps: the steps taken vary by seed
-# the columns of each table that the leaderboard and charts read (the full schema: runners.tables)
-REQUIRED = {
-    "runs": ["trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len",
-             "slice", "seed", *CONFIG_COLUMNS, "steps", "accuracy", "train_seconds", "peak_memory_mb",
-             "flops_per_step", "state_size", "status"],
-    "lags": ["trial_id", "task", "model", "train_len", "eval_len", "lag_bucket", "accuracy", "count"],
-    "curves": ["trial_id", "task", "model", "train_len", "step", "tokens", "eval_accuracy"],
-    "slice_curves": ["trial_id", "task", "slice", "step", "tokens", "accuracy"],
-}
-_STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model": str, "slice": str, "status": str,
-                   "error": str, "device": str, "git_commit": str, "torch_version": str}
 CELL_KEY = ["task", "model", "train_len"]
-
-
-# --- reading ---------------------------------------------------------------------------------------
-@dataclass
-class Results:
-    """The tables of one sweep directory. `runs` always has rows; the others are None when absent."""
-
-    directory: Path
-    runs: pd.DataFrame
-    lags: pd.DataFrame | None = None
-    curves: pd.DataFrame | None = None
-    slice_curves: pd.DataFrame | None = None
-    cost: pd.DataFrame | None = None
-    cost_fit: pd.DataFrame | None = None
-
-
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    """The table at `path`, or None when the file is absent or holds nothing."""
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, dtype=_STRING_COLUMNS)
-    except pd.errors.EmptyDataError:
-        return None
-
-
-def read_results(directory: str | os.PathLike) -> Results:
-    """Read a sweep's tables; raise UsageError when the directory holds no usable runs.csv."""
-    directory = Path(directory)
-    if not directory.exists():
-        raise UsageError(f"results directory {directory} does not exist; give the --out directory of a sweep")
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory; give the --out directory of a sweep")
-    if not (directory / "runs.csv").is_file():
-        raise UsageError(f"{directory} has no runs.csv; give the --out directory of `membench run` or "
-                         f"`membench leaderboard`")
-    runs = _read_csv(directory / "runs.csv")
-    if runs is None or runs.empty:
-        raise UsageError(f"runs.csv in {directory} has no rows; run the sweep first")
-    tables = {name: _read_csv(directory / f"{name}.csv")
-              for name in ("lags", "curves", "slice_curves", "cost", "cost_fit")}
-    for name, table in (("runs", runs), *((n, tables[n]) for n in ("lags", "curves", "slice_curves"))):
-        missing = [c for c in REQUIRED[name] if table is not None and c not in table.columns]
-        if missing:
-            raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
-                             f"it must follow the membench {name} schema")
-    runs = runs.assign(task=task_labels(runs))
-    label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
-    for name in ("lags", "curves", "slice_curves"):  # these carry the bare task name: take the label from runs
-        if tables[name] is not None:
-            tables[name]["task"] = tables[name]["trial_id"].map(label).fillna(tables[name]["task"])
-    return Results(directory, runs, **tables)
-
-
-def task_labels(runs: pd.DataFrame) -> pd.Series:
-    """The task column, made unique per (version, params): a sweep may train one task with several params.
-
-    A task with one (version, params) combination keeps its bare name; otherwise each variant becomes
-    "name[k=v,...]" with the params that differ between variants ("name[v2,k=v,...]" when versions differ
-    too), e.g. "associative_recall[num_kv_pairs=16]".
-    """
-
-    def parse(text: object) -> dict:
-        try:
-            params = json.loads(text) if isinstance(text, str) and text else {}
-        except json.JSONDecodeError:
-            return {"params": text}
-        return params if isinstance(params, dict) else {"params": params}
-
-    labels = runs["task"].astype(str).copy()
-    variants = runs[["task", "task_version", "task_params"]].astype(str).drop_duplicates()
-    for task, group in variants.groupby("task"):
-        if len(group) < 2:
-            continue
-        parsed = {text: parse(text) for text in group["task_params"]}
-        keys = sorted({k for p in parsed.values() for k in p})
-        differing = [k for k in keys if len({repr(p.get(k)) for p in parsed.values()}) > 1]
-        tags = {text: ",".join(f"{k}={p.get(k)}" for k in differing) for text, p in parsed.items()}
-        rows = runs["task"].astype(str) == task
-        tag = runs.loc[rows, "task_params"].astype(str).map(tags)
-        if group["task_version"].nunique() > 1:
-            tag = "v" + runs.loc[rows, "task_version"].astype(str) + tag.map(lambda t: f",{t}" if t else "")
-        labels[rows] = f"{task}[" + tag + "]"
-    return labels
 
 
 # --- trials, cells, leaderboard -------------------------------------------------------------------
@@ -172,19 +80,17 @@ def task_order(names) -> list[str]:
 def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its cell, config, params, costs, status and accuracy at the trained length.
 
-    A trial's status is that of its plain row at the trained length (or its first non-ok status when it has
-    no such row); a trial whose status is not in SCORED (ok, timeout) gets accuracy 0, and so does a trial
+    A trial's status is that of its plain row at the trained length (or the failure status of its rows,
+    see runners/reporting/results.py, when it has no such row); a trial whose status is not in SCORED (ok, timeout) gets accuracy 0, and so does a trial
     without that row or without an accuracy in it (`evaluated` False).
     """
-    plain = (runs["eval_len"] == runs["train_len"]) & (
-        runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)
-    )
+    plain = (runs["eval_len"] == runs["train_len"]) & is_plain_slice(runs)
     at_train = runs[plain].drop_duplicates("trial_id").set_index("trial_id")
     # the trial's status is its trained-length row's (a slice at 4x the length may fail on its own)
-    status = runs.groupby("trial_id")["status"].agg(lambda s: next((v for v in s if v != "ok"), "ok"))
+    status = runs.groupby("trial_id")["status"].agg(failure_status)
     status.update(at_train["status"])
     at_train = at_train.loc[at_train["status"].isin(SCORED), "accuracy"].dropna()
-    first = runs.drop_duplicates("trial_id").set_index("trial_id")
+    first = with_model_params(runs).drop_duplicates("trial_id").set_index("trial_id")
     keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
@@ -201,14 +107,14 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     The grid is every family crossed with every (task, trained length) that any family was trained at.
     Columns: task, model, train_len, accuracy (the best config's seed mean; 0 when missing), config (the
     chosen config), seeds (its trials), failed (its trials counted 0: status not in SCORED), timeouts (its
-    timed-out trials, counted at their accuracy), status ("ok", the first non-ok status of the chosen config
-    in alphabetical order, or "missing").
+    timed-out trials, counted at their accuracy), status (the failure status of the chosen config's trials,
+    or "missing").
     """
     by_config = trials.groupby([*CELL_KEY, "config"]).agg(
         accuracy=("accuracy", "mean"), seeds=("trial_id", "size"),
         failed=("status", lambda s: int((~s.isin(SCORED)).sum())),
         timeouts=("status", lambda s: int((s == "timeout").sum())),
-        status=("status", lambda s: min((v for v in s if v != "ok"), default="ok")),
+        status=("status", failure_status),
     ).reset_index()
     # the best config per cell; equal accuracies resolve to the first config, so the choice is stable
     by_config = by_config.sort_values([*CELL_KEY, "accuracy", "config"], ascending=[True, True, True, False, True])
@@ -250,7 +156,10 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy".
+    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy",
+    then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and per task
+    "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
+    runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
@@ -279,20 +188,20 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     board = pd.DataFrame(rows)
     board = board.sort_values(["score", "_horizons", "params", "model"], ascending=[False, False, True, True])
     board.insert(0, "rank", range(1, len(board) + 1))
-    return board.drop(columns="_horizons").reset_index(drop=True), tasks
+    board = board.drop(columns="_horizons").reset_index(drop=True)
+    seeds = cells[cells["status"] != "missing"].groupby("model")["seeds"].max()
+    board["seeds"] = board["model"].map(seeds).fillna(0).astype(int)
+    board = board.merge(family_intervals(chosen_trials(trials, cells), cells, tasks), on="model", how="left")
+    board["tied_rank"] = tie_groups(board)
+    return board, tasks
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def fixed(value: float, digits: int) -> str:
-    """`value` with `digits` decimals; '' for a missing value (None or NaN)."""
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def leaderboard_csv(board: pd.DataFrame) -> str:
     """CSV text with fixed float precision (4 digits for accuracies, 2 for seconds)."""
     out = board.copy()
     for column in out.columns:
-        if column == "score" or column.endswith("mean_accuracy"):
+        if column.startswith("score") or column.endswith(("mean_accuracy", "_ci_low", "_ci_high")):
             out[column] = out[column].map(lambda v: fixed(v, 4))
         elif column == "train_seconds":
             out[column] = out[column].map(lambda v: fixed(v, 2))
@@ -327,33 +236,57 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "Trained lengths: " + _lengths_line(lengths, tasks) + ". **params** is the family's largest model "
         "(vocabularies differ by task); **train time** sums train_seconds over its trials.",
         "",
+        seeds_line(board),
+        "",
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",
     ]
+    return "\n".join(lines) + "\n" + leaderboard_table(board, tasks) + "\n"
+
+
+def with_interval(value: float, low: float, high: float) -> str:
+    """'0.940 ±0.040' (the interval's half-width), or '0.940' without an interval."""
+    return f"{value:.3f}" if np.isnan(low) else f"{value:.3f} ±{(high - low) / 2:.3f}"
+
+
+def seeds_line(board: pd.DataFrame) -> str:
+    """What the intervals mean, or that there are none."""
+    if board["score_ci_low"].isna().all():
+        return ("One seed per cell: no confidence intervals, so a small gap between two families may be noise "
+                "(run several seeds to see the spread).")
+    return ("± is the half-width of the 95 % bootstrap interval over seeds (runners/reporting/intervals.py); "
+            "families whose score intervals overlap share a rank marked \"=\": these seeds cannot tell them apart.")
+
+
+def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
+    """The ranked table alone, in Markdown (what `membench leaderboard` prints)."""
     header = ["rank", "model", "score", *[f"{t} (horizon / acc)" for t in tasks], "params", "train time (s)",
               "flags"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" if h in ("model", "flags") else "---:" for h in header) + "|")
+    rows = []
     for _, row in board.iterrows():
         flags = [f"{row[key]} {label}" for key, label in
                  (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
                   ("missing_cells", "missing cell(s)"),
                   ("unevaluated_trials", "trial(s) with no plain evaluation at the trained length: see slices.md"))
                  if row[key]]
-        per_task = [f"{int(row[f'{t} horizon']) or '-'} / {row[f'{t} mean_accuracy']:.3f}" for t in tasks]
-        lines.append("| " + " | ".join([
-            str(row["rank"]), str(row["model"]), f"{row['score']:.3f}", *per_task, f"{int(row['params']):,}",
-            f"{row['train_seconds']:.1f}", "; ".join(flags),
-        ]) + " |")
-    return "\n".join(lines) + "\n"
+        per_task = [f"{int(row[f'{t} horizon']) or '-'} / " + with_interval(
+            row[f"{t} mean_accuracy"], row[f"{t} mean_accuracy_ci_low"], row[f"{t} mean_accuracy_ci_high"])
+            for t in tasks]
+        tied = (board["tied_rank"] == row["tied_rank"]).sum() > 1
+        rank = f"{row['tied_rank']}=" if tied else str(row["rank"])
+        score = with_interval(row["score"], row["score_ci_low"], row["score_ci_high"])
+        rows.append([rank, str(row["model"]), score, *per_task,
+                     f"{int(row['params']):,}", f"{row['train_seconds']:.1f}", "; ".join(flags)])
+    return markdown_table(header, rows, left=["model", "flags"])
 
 
-def write_leaderboard(results: Results) -> list[Path]:
-    """Write leaderboard.md and leaderboard.csv into the results directory; return their paths."""
+def write_leaderboard(results: Results) -> tuple[list[Path], str]:
+    """Write leaderboard.md and leaderboard.csv into the results directory; return their paths and the
+    ranked table (Markdown) for the terminal."""
     board, tasks = build_leaderboard(results.runs)
     md = results.directory / "leaderboard.md"
     csv = results.directory / "leaderboard.csv"
     atomic_write_bytes(csv, leaderboard_csv(board).encode())
     atomic_write_bytes(md, leaderboard_markdown(board, tasks, results.runs).encode())
-    return [md, csv]
+    return [md, csv], leaderboard_table(board, tasks)

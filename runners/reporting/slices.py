@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from membench.runners.reporting.figures import RC, count_label, save_figure
-from membench.runners.reporting.leaderboard import fixed
+from membench.runners.reporting.results import is_plain_slice
+from membench.runners.reporting.text import count, fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
@@ -35,8 +36,7 @@ TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "se
 
 def named_slice_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """The rows of runs.csv evaluated on a named slice (not the plain "L{eval_len}")."""
-    plain = runs["slice"].astype(str) == "L" + runs["eval_len"].astype("Int64").astype(str)
-    return runs[~plain]
+    return runs[~is_plain_slice(runs)]
 
 
 def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -55,15 +55,8 @@ def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _count(value) -> str:
-    return "" if pd.isna(value) else f"{int(value):,}"
-
-
 def slices_markdown(table: pd.DataFrame) -> str:
-    """The slice table as Markdown: a row per trial, the slice accuracies, time-to-accuracy and speed."""
-    slices = [c for c in table.columns if c not in ("trial_id", *TRIAL_COLUMNS, "min")]
-    header = ["task", "model", "d_model", "layers", "lr", "seed", "params", "status", *slices, "min",
-              "to threshold: s / steps / tokens", "steps", "ms/step", "tokens/s"]
+    """The slice table as a Markdown page: what it shows, then the table."""
     lines = [
         "# membench slices",
         "",
@@ -71,30 +64,37 @@ def slices_markdown(table: pd.DataFrame) -> str:
         "trained length only). **to threshold**: training seconds (evaluation excluded), steps and tokens until "
         "every slice first reached the trial's `threshold` (0.99 in zoology_mqar); empty when it never did.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if h in ("task", "model", "status") else "---:" for h in header) + "|",
     ]
+    return "\n".join(lines) + "\n" + slices_table_markdown(table) + "\n"
+
+
+def slices_table_markdown(table: pd.DataFrame) -> str:
+    """A row per trial: the slice accuracies, time-to-accuracy and speed (what `membench charts` prints)."""
+    slices = [c for c in table.columns if c not in ("trial_id", *TRIAL_COLUMNS, "min")]
+    header = ["task", "model", "d_model", "layers", "lr", "seed", "params", "status", *slices, "min",
+              "to threshold: s / steps / tokens", "steps", "ms/step", "tokens/s"]
+    rows = []
     for _, row in table.iterrows():
-        reached = " / ".join([fixed(row["time_to_accuracy_seconds"], 1), _count(row["time_to_accuracy_steps"]),
-                              _count(row["time_to_accuracy_tokens"])])
-        cells = [row["task"], row["model"], _count(row["d_model"]), _count(row["n_layers"]), f"{row['lr']:g}",
-                 _count(row["seed"]), _count(row["params"]), row["status"],
-                 *[fixed(row[s], 4) for s in slices], fixed(row["min"], 4),
-                 reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
-                 _count(row["steps"]), fixed(row["ms_per_step"], 1), _count(row["tokens_per_second"])]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        reached = " / ".join([fixed(row["time_to_accuracy_seconds"], 1), count(row["time_to_accuracy_steps"]),
+                              count(row["time_to_accuracy_tokens"])])
+        rows.append([row["task"], row["model"], count(row["d_model"]), count(row["n_layers"]), f"{row['lr']:g}",
+                     count(row["seed"]), count(row["params"]), row["status"],
+                     *[fixed(row[s], 4) for s in slices], fixed(row["min"], 4),
+                     reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
+                     count(row["steps"]), fixed(row["ms_per_step"], 1), count(row["tokens_per_second"])])
+    return markdown_table(header, rows, left=["task", "model", "status"])
 
 
-def write_slices(runs: pd.DataFrame, directory: Path) -> list[Path]:
-    """Write slices.md and slices.csv into `directory` when runs.csv has named slices; return their paths."""
+def write_slices(runs: pd.DataFrame, directory: Path) -> tuple[list[Path], str]:
+    """Write slices.md and slices.csv into `directory` when runs.csv has named slices; return their paths
+    and the table (Markdown) for the terminal; ([], "") when there are none."""
     table = slice_table(runs)
     if table.empty:
-        return []
+        return [], ""
     md, csv = Path(directory) / "slices.md", Path(directory) / "slices.csv"
     atomic_write_bytes(csv, table.to_csv(index=False, lineterminator="\n").encode())
     atomic_write_bytes(md, slices_markdown(table).encode())
-    return [md, csv]
+    return [md, csv], slices_table_markdown(table)
 
 
 def slice_curves_chart(slice_curves: pd.DataFrame | None, named: pd.DataFrame, out_dir: Path) -> list[Path]:
