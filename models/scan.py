@@ -149,10 +149,10 @@ def delta_rule_step(
     """
     if a_t is not None:
         state = a_t[..., None, None] * state  # (B, H, N, P)
-    recalled = (k_t.unsqueeze(-2) @ state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P): S^T k
+    recalled = read_state(k_t.unsqueeze(-2), state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P): S^T k
     error = beta_t.unsqueeze(-1) * (v_t - recalled)  # (B, H, P)
     state = state + k_t.unsqueeze(-1) @ error.unsqueeze(-2)  # (B, H, N, 1) @ (B, H, 1, P) -> (B, H, N, P)
-    return state, (q_t.unsqueeze(-2) @ state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P)
+    return state, read_state(q_t.unsqueeze(-2), state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P)
 
 
 def delta_rule_reference(
@@ -206,12 +206,14 @@ def delta_rule_chunked(
     transform; U' and W are the WY factors). Then, with K~_j = exp(L_C - L_j) k_j and the masked decayed
     scores P_ij = exp(L_i - L_j) q_i . k_j (j <= i):
 
-        Y_c = P U' + (g q - P W) S_0                   # outputs of the chunk (C, P)
-        S_C = g_C S_0 + K~^T (U' - W S_0)              # the state handed to the next chunk (N, P)
+        U_c = U' - W S_0                               # what the chunk writes (C, P)
+        S_C = g_C S_0 + K~^T U_c                       # the state handed to the next chunk (N, P)
+        Y_c = P U_c + (g q) S_0                        # outputs of the chunk (C, P)
 
-    Everything but the last line (a loop over the chunks, two small matmuls each) is batched over all
-    chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T need not
-    be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is.
+    The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
+    over all chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
+    need not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state
+    as it is.
     """
     check_int("chunk_size", chunk_size)
     dtype = carry_dtype(v)
@@ -246,27 +248,24 @@ def delta_rule_chunked(
     # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
     u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., C, P + N)
 
-    # 3. inside each chunk: the decayed scores P (zero above the diagonal), the outputs from U', how the
-    #    state entering the chunk is read
-    scores = (qc @ kc_t) * decay  # (B, H, nC, C, C)
-    intra, scores_w = (scores @ u_w).split([p, n], dim=-1)  # P U' (B, H, nC, C, P), P W (B, H, nC, C, N)
-    q_in = g * qc - scores_w  # (B, H, nC, C, N): what reads S_0
+    # 3. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off); the chunk
+    #    entered with S_0 writes U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
     u0, w = u_w.split([p, n], dim=-1)  # U' (B, H, nC, C, P), W (B, H, nC, C, N)
-
-    # 4. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off):
-    #    the chunk writes U = U' - W S_0, and S_C = g_C S_0 + K~^T U
     chunk_decays = [None] * chunks if log_decay is None else g_last.unbind(2)  # (B, H, 1, 1) each
     with torch.autocast(v.device.type, enabled=False):
         state = vc.new_zeros(batch, heads, n, p, dtype=dtype)  # (B, H, N, P)
-        states = []
+        states, writes = [], []
         for u0_c, w_c, k_c, g_c in zip(*(t.to(dtype).unbind(2) for t in (u0, w, k_out)), chunk_decays):
             states.append(state)
+            # U' - W S_0: (B, H, C, P) - (B, H, C, N) @ (B, H, N, P), as one fused multiply-add
             written = torch.baddbmm(u0_c.flatten(0, 1), w_c.flatten(0, 1), state.flatten(0, 1), alpha=-1)
-            written = written.view_as(u0_c)  # (B, H, C, P): U' - W S_0 = (B, H, C, P) - (B, H, C, N) @ (B, H, N, P)
+            writes.append(written.view_as(u0_c))  # (B, H, C, P)
             decayed = state if g_c is None else g_c * state  # (B, H, N, P)
-            state = decayed + k_c.transpose(-1, -2) @ written  # (B, H, N, C) @ (B, H, C, P) -> (B, H, N, P)
-        entering = torch.stack(states, dim=2)  # (B, H, nC, N, P)
+            state = decayed + k_c.transpose(-1, -2) @ writes[-1]  # (B, H, N, C) @ (B, H, C, P) -> (B, H, N, P)
+        entering, written = torch.stack(states, dim=2), torch.stack(writes, dim=2)  # (B, H, nC, N, P), (.., C, P)
 
-    # 5. outputs: the chunk's own writes plus the read of the state entering it
-    out = intra + q_in @ entering.to(q_in.dtype)  # (B, H, nC, C, P)
+    # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
+    #    entering it:  Y_c = P U + (g q) S_0
+    scores = (qc @ kc_t) * decay  # (B, H, nC, C, C), zero above the diagonal
+    out = scores @ written.to(scores.dtype) + read_state(g * qc, entering)  # (B, H, nC, C, P)
     return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len].to(v.dtype)
