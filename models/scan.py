@@ -17,6 +17,9 @@ Shapes (time on dim 1, as in the mixers): q, k (B, T, H, N), where H may be 1 fo
 by all heads; v (B, T, H, P); log_decay (B, T, H) with values <= 0, or None for no decay.
 Output (B, T, H, P). Both paths cost O(T) time; `scan_reference` loops over tokens,
 `scan_chunked` over chunks of `chunk_size` tokens only.
+
+Below it, in the same layout, the delta rule of deltanet and gated_deltanet, two ways:
+`delta_rule_reference` (per token) and `delta_rule_chunked` (the WY / UT-transform form, per chunk).
 """
 
 from __future__ import annotations
