@@ -1,6 +1,6 @@
 # membench: `make test` and `make leaderboard` each set everything up on a fresh machine.
 #   TORCH_SPEC  which torch to install first (CI asks for the CPU build: TORCH_SPEC=torch==2.13.0)
-#   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet)
+#   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet, hf)
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch>=2.4

@@ -18,7 +18,7 @@ from membench.checks import ConfigError
 from membench.memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, train_seed
 from membench.registry import Registry, UnknownNameError
 
-TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks")
+TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks", plugins=True)
 register_task = TASKS.register
 
 

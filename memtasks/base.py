@@ -79,6 +79,9 @@ class Task:
     # inputs[b, t - lags[b, t]] == targets[b, t]; tasks whose answer is computed (MATCH/NONMATCH) set False
     # and document what their lag points at.
     recalls_token: ClassVar[bool] = True
+    # True when rare errors matter more than the mean (flip_flop): the reports then give errors per scored
+    # prediction with an exact interval (runners/reporting/error_rates.py)
+    reports_error_rate: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.check_params()

@@ -17,16 +17,23 @@ from membench.checks import ConfigError
 from membench.models.base import MLP, Block, MemoryModel, Mixer, linear_flops
 from membench.registry import Registry, UnknownNameError
 
-MODELS: Registry[type[MemoryModel]] = Registry("model", package="membench.models.families")
+MODELS: Registry[type[MemoryModel]] = Registry("model", package="membench.models.families", plugins=True)
 _BASE_ARGS = ("vocab_size", "d_model", "n_layers")
 
 
 def register_model(name: str, order: int = 100):
-    """Class decorator: registers a MemoryModel subclass under `name` and sets its `family`."""
+    """Class decorator: registers a MemoryModel subclass under `name` and sets its `family`. A sequence mixer
+    class (an nn.Module built as Mixer(d_model, ...), as in a plugin folder) is registered wrapped in the shared
+    blocks, as an import path would be (membench.plugins); the decorated class itself is returned unchanged."""
 
     def decorator(cls: type[MemoryModel]) -> type[MemoryModel]:
-        MODELS.register(name, order)(cls)
-        cls.family = name
+        model = cls
+        if not (isinstance(cls, type) and issubclass(cls, MemoryModel)):
+            from membench import plugins
+
+            model = plugins.adapt("model", name, cls)
+        MODELS.register(name, order)(model)
+        model.family = name
         return cls
 
     return decorator

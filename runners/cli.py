@@ -2,8 +2,8 @@
 `HELP`, `add_arguments(parser)` and `run(args) -> int`; modules are discovered by name.
 
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
-spec setting) raised while handling a command are printed as one line `membench: error: ...` and the exit
-code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
+spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
+and the exit code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import pkgutil
 import sys
 
+from membench import plugins
 from membench.checks import ConfigError
 from membench.runners import commands
 from membench.runners.errors import UsageError
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for folder in getattr(args, "include", None) or []:  # plugin folders, before the command looks anything up
+            plugins.include(folder)
         return int(args.handler(args) or 0)
     except (UsageError, ConfigError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held

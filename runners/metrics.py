@@ -5,6 +5,7 @@ Accuracy counts only scored positions. For one slice of N sequences with scored 
     accuracy    = sum_i #{t in S_i : argmax logits_it = target_it} / sum_i |S_i|
     exact_match = #{i : every t in S_i is right} / N
     loss        = mean over all scored positions of the cross-entropy (natural log)
+    scored      = sum_i |S_i|, the scored positions (the denominator of accuracy; runs.csv keeps it)
     by lag      = the same token accuracy, split by bucket b = 2^floor(log2(lag)), covering lags [b, 2b)
 
 Example: lags 1, 2, 3, 5, 8 fall in buckets 1, 2, 2, 4, 8.
@@ -40,6 +41,7 @@ class SliceResult:
     accuracy: float = math.nan
     exact_match: float = math.nan
     loss: float = math.nan
+    scored: int = 0  # scored positions evaluated: the denominator of accuracy
     lags: dict[int, tuple[int, int]] = field(default_factory=dict)
     error: str = ""
 
@@ -105,6 +107,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
         accuracy=hits / n if n else math.nan,
         exact_match=int(exact) / n_sequences,
         loss=float(loss_sum) / n if n else math.nan,
+        scored=n,
         lags={1 << k: (corrects[k], counts[k]) for k in range(n_buckets) if counts[k]},
     )
 

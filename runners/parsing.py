@@ -1,4 +1,4 @@
-"""Parsing of command-line values: comma lists, positive integers, KEY=VALUE params."""
+"""Parsing of command-line values: comma lists, positive integers, KEY=VALUE params; the shared --include flag."""
 
 from __future__ import annotations
 
@@ -76,3 +76,10 @@ def _matches(value: object, expected: object) -> bool:
 def _type_name(expected: object) -> str:
     args = typing.get_args(expected) or (expected,)
     return " or ".join(getattr(a, "__name__", str(a)).replace("NoneType", "none") for a in args)
+
+
+def add_include_flag(parser) -> None:
+    """`--include DIR` (repeatable): plugin folders whose *.py files the CLI imports before the command runs."""
+    parser.add_argument("--include", action="append", metavar="DIR", default=[],
+                        help="import every *.py file in DIR first (its @register_model/@register_task run); "
+                             "repeatable")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from membench import checks
+from membench import checks, plugins
 from membench.checks import ConfigError
 from membench.memtasks import get_task, list_tasks, task_class
 from membench.models import family_params, list_models, model_class, params_matched
@@ -82,7 +82,7 @@ SETTINGS = {
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
             "executor": checks.choice(EXECUTORS), "cpu_threads": checks.integer(1), "tasks": None, "models": None,
-            "cost_classes": checks.table}
+            "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
 SEGMENT_KEYS = {"seq_len": checks.integer(1), "params": checks.table, "weight": checks.number(0, low_open=True)}
@@ -181,7 +181,7 @@ def _select(entries: dict[str, dict], wanted: list[str] | None, kind: str, regis
     for name in wanted:
         matches = {k: v for k, v in entries.items() if name in (k, v.get(key, k))}
         if not matches:
-            if name not in registered:
+            if name not in registered and not plugins.is_import_path(name):
                 raise ConfigError(unknown_name_message(kind, name, sorted({*registered, *entries})))
             matches = {name: {}}
         chosen.update(matches)
@@ -273,6 +273,12 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     raw, default_name, label = _read_source(preset, spec_file)
     _check_keys(raw, [*TOP_KEYS, *SETTINGS], label)
     top = {k: check(raw[k], f"{label} {k}") for k, check in TOP_KEYS.items() if check and k in raw}
+    home = Path(spec_file).parent if spec_file is not None and Path(spec_file).is_file() else Path.cwd()
+    for folder in top.get("include", []):  # plugin folders first: they register tasks and models
+        try:
+            plugins.include(home / folder)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
     for key in ("device", "executor"):
         if key in overrides:
             top[key] = TOP_KEYS[key](overrides[key], f"--{key}")

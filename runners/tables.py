@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,9 +30,10 @@ import pandas as pd
 
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
-    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy", "exact_match",
-    "loss", "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb", "flops_per_step", "tflops_per_s",
-    "attention_flops_share", "memory_flops_share", "state_size", "time_to_accuracy_seconds", "time_to_accuracy_steps",
+    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy",
+    "exact_match", "loss", "scored", "train_seconds", "ms_per_step", "tokens_per_second", "peak_memory_mb",
+    "flops_per_step", "tflops_per_s", "attention_flops_share", "memory_flops_share", "state_size",
+    "time_to_accuracy_seconds", "time_to_accuracy_steps",
     "time_to_accuracy_tokens", "status", "error", "device", "git_commit", "torch_version",
 ]
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
@@ -44,6 +46,12 @@ TRIALS_DIR = "trials"
 _TMP = ".tmp-"
 # row order of every table: by these columns where present, then trial order within a trial
 _SORT = ["task", "model", "d_model", "train_len", "seed", "lr", "trial_id"]
+
+
+def state_cell(size: int | None) -> float | int:
+    """The state_size column's value: NaN (an empty cell, "unknown" in tables and charts) for a model that
+    declares no state size, never 0, which would claim a memoryless model."""
+    return math.nan if size is None else size
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -35,7 +35,7 @@ from membench.checks import ConfigError
 from membench.memtasks import get_task, task_class
 from membench.models import build_model, model_class
 from membench.runners import metrics
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS, state_cell
 from membench.runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
@@ -298,9 +298,10 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "accuracy": result.accuracy if scored else nan,
             "exact_match": result.exact_match if scored else nan,
             "loss": result.loss if scored else nan,
+            "scored": result.scored if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
             "memory_flops_share": memory_share,
-            "state_size": model.state_size(s.seq_len) if model is not None else nan,
+            "state_size": state_cell(model.state_size(s.seq_len)) if model is not None else nan,
             "status": row_status, "error": row_error,
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})

@@ -1,6 +1,8 @@
 """Helpers shared by test modules."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,17 @@ def tiny_spec(directory, task_tables: dict | None = None, file: str = "spec.toml
     path = Path(directory) / file
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def undo_plugin_side_effects(monkeypatch):
+    """Plugins put folders on sys.path and in the environment (so worker processes see them too): a test module
+    that imports this autouse fixture gets both restored after each test."""
+    from membench.plugins import INCLUDE_ENV
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for var in ("PYTHONPATH", INCLUDE_ENV):
+        old = os.environ.get(var)
+        monkeypatch.setenv(var, old or "")  # records the value to restore, absent included
+        if old is None:
+            monkeypatch.delenv(var)

@@ -148,3 +148,26 @@ def test_recall_variant_vs_multi_turn_qa_cpu(benchmark, capsys, label):
         benchmark.extra_info.update(multi_turn_qa_seconds=baseline, ratio=best / baseline)
         with capsys.disabled():
             print(f"multi_turn_qa: {baseline * 1e3:.1f} ms; {label} / multi_turn_qa = {best / baseline:.2f}")
+
+
+# --- the state and working-memory tasks against the slowest existing generator -------------------------------
+NEW_TASKS = ("flip_flop", "state_tracking", "n_back")
+REFERENCE_TASK = "multi_turn_qa"  # the slowest generator before them
+
+
+@pytest.mark.parametrize("name", NEW_TASKS)
+def test_new_generator_within_the_time_of_multi_turn_qa(benchmark, capsys, name):
+    """flip_flop, state_tracking (S5, its parallel prefix over 256 tokens) and n_back at 256 x 256 on the CPU,
+    each timed in the same run as multi_turn_qa at the same shape: target ratio <= 1."""
+    task, reference = get_task(name), get_task(REFERENCE_TASK)
+    benchmark.group = f"state tasks vs {REFERENCE_TASK}, {CPU_BATCH} x {CPU_LENGTH}, CPU"
+    benchmark.pedantic(task.sample, args=(CPU_BATCH, CPU_LENGTH), kwargs={"seed": 0}, rounds=10, warmup_rounds=1)
+    mine = report(benchmark, capsys, f"{name} {CPU_BATCH} x {CPU_LENGTH}", CPU_BATCH * CPU_LENGTH)
+    if mine is None:
+        return
+    ours = best_seconds(lambda: task.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
+    theirs = best_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
+    benchmark.extra_info.update(reference_seconds=theirs, ratio=ours / theirs)
+    with capsys.disabled():
+        print(f"{name}: {ours * 1e3:.2f} ms, {REFERENCE_TASK}: {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}")
+    assert ours <= theirs, f"{name} takes {ours / theirs:.2f}x the time of {REFERENCE_TASK}"

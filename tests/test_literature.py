@@ -17,6 +17,20 @@ The four claims, on the smoke preset's tasks, lengths and budgets:
 
 Example of (d) with the smoke preset (window 8, 2 layers, copy lags 7, 14, 28 at lengths 8, 16, 32): the
 window copies at 8 (lag 7 <= 7), may still copy at 16 through two hops (14 <= 2 * 7), and must fail at 32.
+
+State and working memory (flip_flop, state_tracking with group parity, n_back):
+
+(e) the LSTM solves flip-flop (>= 0.99 at every smoke length; Liu et al., 2023: a 1-layer LSTM reaches
+    100 %), while the mlp control stays at chance there (checked by (a)).
+(f) the LSTM solves parity at the lengths it is trained on (>= 0.99): one bit of state, flipped by every 1
+    (Deletang et al., 2023; Merrill et al., 2024: recurrences track state at any length).
+(g) the transformer's parity accuracy drops when evaluated at 2x and 4x its trained length (Anil et al.,
+    2022; Deletang et al., 2023): at every trained length it falls from 1x to 2x and from 2x to 4x, at the
+    shortest by at least PARITY_DROP at each step.
+(h) n-back with sliding-window attention: solved when n is within one window (n <= w - 1) and at chance once
+    n exceeds the reach of its stacked windows, n_layers * (w - 1); the full transformer solves the longer
+    n-back at the same length and budget, so the failure is the window's. A run of its own (n = 4 and 20 at
+    length 32), as the smoke preset's n-back grows with length and stays within the window.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ import torch
 from membench.memtasks import get_task, list_tasks
 from membench.models import list_models
 from membench.runners.reporting.leaderboard import THRESHOLD, cell_table, trial_table
-from membench.runners.reporting.results import read_results
+from membench.runners.reporting.results import is_plain_slice, read_results
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
 
@@ -40,6 +54,7 @@ COMMITTED = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 CEILING_SEQUENCES = 4096  # sequences sampled (twice) to estimate the memoryless ceiling of a (task, length)
 STANDARD_ERRORS = 4.0  # how far above the ceiling (in standard errors of its eval set) "near chance" reaches
 RNN_GAP = 0.3  # the transformer's least lead over the rnn on recall at the longest smoke length
+PARITY_DROP = 0.02  # (g): the least fall of the transformer's parity accuracy from 1x to 2x and from 2x to 4x
 # the (task, model) pairs of the smoke preset that the small run trains: every task for the control,
 # recall for the transformer and the rnn, copy for the window and the transformer
 SMALL_RUN = {(task, "mlp") for task in list_tasks()} | {
@@ -85,6 +100,7 @@ class Sweep:
     tasks: dict  # task -> its Task (built from the runs' task_params)
     scored: dict  # (task, model, train_len) -> scored positions in the eval set at the trained length
     n_layers: int
+    at_length: dict = dataclasses.field(default_factory=dict)  # (task, model, train_len, eval_len) -> accuracy
 
     @classmethod
     def read(cls, directory: Path) -> "Sweep":
@@ -98,10 +114,14 @@ class Sweep:
             row.task: get_task(row.task, **json.loads(row.task_params))
             for row in results.runs.drop_duplicates("task").itertuples()
         }
+        runs = results.runs[results.runs["status"].isin(["ok", "timeout"])]
+        plain = runs[is_plain_slice(runs)]  # plain lengths, not named slices
+        at_length = plain.groupby(["task", "model", "train_len", "eval_len"])["accuracy"].mean()
         return cls(
             cells={(r.task, r.model, int(r.train_len)): float(r.accuracy) for r in cells.itertuples()},
             tasks=tasks, scored={k: int(v) for k, v in scored.items()},
             n_layers=int(results.runs["n_layers"].max()),
+            at_length={(t, m, int(n), int(e)): float(a) for (t, m, n, e), a in at_length.items()},
         )
 
     def lengths(self, task: str, model: str) -> list[int]:
@@ -180,9 +200,50 @@ def window_fails_copy_beyond_its_reach(sweep: Sweep, window: int) -> list[str]:
     return failures
 
 
+def solves_at_every_length(sweep: Sweep, task: str, model: str) -> list[str]:
+    """(e) and (f): `model` reaches the threshold on `task` at every trained length of the sweep."""
+    lengths = sweep.lengths(task, model)
+    failures = [] if len(lengths) >= 2 else [f"{model} needs {task} at two lengths or more"]
+    for length in lengths:
+        accuracy = sweep.cells[(task, model, length)]
+        if accuracy < 0.99:
+            failures.append(f"{model} on {task} at {length}: {accuracy:.3f} < 0.99")
+    return failures
+
+
+def lstm_solves_flip_flop(sweep: Sweep) -> list[str]:
+    return solves_at_every_length(sweep, "flip_flop", "lstm")
+
+
+def lstm_solves_parity(sweep: Sweep) -> list[str]:
+    if sweep.tasks["state_tracking"].group != "parity":
+        return ["the smoke preset's state_tracking is not parity"]
+    return solves_at_every_length(sweep, "state_tracking", "lstm")
+
+
+def parity_accuracy(sweep: Sweep, model: str, length: int) -> list[float]:
+    """Accuracy on state_tracking at 1x, 2x and 4x the trained `length` (NaN where not evaluated)."""
+    return [sweep.at_length.get(("state_tracking", model, length, k * length), math.nan) for k in (1, 2, 4)]
+
+
+def transformer_parity_drops_beyond_its_length(sweep: Sweep) -> list[str]:
+    lengths = sweep.lengths("state_tracking", "transformer")
+    if not lengths:
+        return ["the transformer has no state_tracking trials"]
+    failures = []
+    for length in lengths:
+        one, two, four = parity_accuracy(sweep, "transformer", length)
+        least = PARITY_DROP if length == lengths[0] else 0.0
+        if not (one - two > least and two - four > least):
+            failures.append(f"transformer parity at {length} x1, x2, x4: {one:.3f}, {two:.3f}, {four:.3f} does not "
+                            f"fall {'by ' + str(least) + ' ' if least else ''}at each step")
+    return failures
+
+
 def all_failures(sweep: Sweep) -> list[str]:
     return (mlp_near_chance(sweep) + transformer_solves_recall(sweep) + rnn_falls_behind_on_recall(sweep)
-            + window_fails_copy_beyond_its_reach(sweep, smoke_window()))
+            + window_fails_copy_beyond_its_reach(sweep, smoke_window()) + lstm_solves_flip_flop(sweep)
+            + lstm_solves_parity(sweep) + transformer_parity_drops_beyond_its_length(sweep))
 
 
 # --- the preset itself ---------------------------------------------------------------------------------
@@ -243,6 +304,73 @@ def test_literature_on_the_committed_smoke_results():
     spec = load_spec("smoke")
     assert set(sweep.cells) == {(t.task, t.model, t.train_len) for t in spec.trials}, "results/smoke-cpu is stale"
     assert all_failures(sweep) == []
+
+
+# --- state and working memory: (e) - (h) ------------------------------------------------------------------
+STATE_RUN = {("flip_flop", "lstm"), ("state_tracking", "lstm"), ("state_tracking", "transformer")}
+
+
+@pytest.fixture(scope="module")
+def state_run(tmp_path_factory) -> Sweep:
+    """The smoke preset's own trials for the pairs in STATE_RUN (about 30 s on 2 cores)."""
+    spec = load_spec("smoke", overrides={"device": "cpu"})
+    spec = dataclasses.replace(spec, trials=tuple(t for t in spec.trials if (t.task, t.model) in STATE_RUN))
+    out = tmp_path_factory.mktemp("state")
+    runs = run_sweep(spec, out, progress=False)
+    assert (runs["status"] == "ok").all(), runs.loc[runs["status"] != "ok", ["task", "model", "error"]]
+    return Sweep.read(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", [lstm_solves_flip_flop, lstm_solves_parity,
+                                   transformer_parity_drops_beyond_its_length])
+def test_state_literature_on_a_small_run(state_run, check):
+    assert check(state_run) == []
+
+
+N_BACK_SPEC = """
+device = "cpu"
+cpu_threads = 1
+lengths = [32]
+learning_rates = [1e-2]
+steps = 200
+batch_size = 32
+eval_multipliers = []
+eval_sequences = 128
+eval_every = 50
+target_params = 16000
+match_tolerance = 0.25
+n_layers = 2
+[tasks.within]
+task = "n_back"
+params = { num_symbols = 4, n = 4 }
+[tasks.beyond]
+task = "n_back"
+params = { num_symbols = 4, n = 20 }
+[models.sliding_window]
+params = { window = 8 }
+[models.transformer]
+"""
+
+
+@pytest.mark.slow
+def test_n_back_falls_for_the_sliding_window_once_n_exceeds_its_reach(tmp_path):
+    spec_file = tmp_path / "n_back.toml"
+    spec_file.write_text(N_BACK_SPEC)
+    spec = load_spec(spec_file=str(spec_file))
+    spec = dataclasses.replace(spec, trials=tuple(t for t in spec.trials
+                                                  if t.model == "sliding_window" or t.task_params["n"] == 20))
+    window = next(t.model_params["window"] for t in spec.trials if t.model == "sliding_window")
+    runs = run_sweep(spec, tmp_path / "out", progress=False).set_index(["model", "task_params"])
+    accuracy = {(model, json.loads(params)["n"]): a for (model, params), a in runs["accuracy"].items()}
+    n_layers = spec.trials[0].n_layers
+    assert 4 <= window - 1 < n_layers * (window - 1) < 20
+    assert accuracy[("sliding_window", 4)] >= 0.95, accuracy  # within one window
+    task = get_task("n_back", num_symbols=4, n=20)
+    chance, scored = memoryless_accuracy(task, 32), 128 * (32 - 20)
+    bound = chance + STANDARD_ERRORS * math.sqrt(chance * (1 - chance) / scored)
+    assert accuracy[("sliding_window", 20)] <= bound, accuracy  # beyond the reach of both windows
+    assert accuracy[("transformer", 20)] >= 0.8, accuracy  # the same n-back is learnable at this budget
 
 
 # --- the delta rule's advantage (issue 14) ---------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from membench.runners.errors import UsageError
-from membench.runners.parsing import int_list, name_list
+from membench.runners.parsing import add_include_flag, int_list, name_list
 from membench.runners.spec import PRESETS, RECIPES, load_spec
 from membench.runners.sweep import format_summary, run_sweep
 
@@ -26,11 +26,13 @@ def add_sweep_flags(parser, tasks: bool = True) -> None:
     parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
     if tasks:
         parser.add_argument("--tasks", metavar="A,B", help="only these tasks")
-        parser.add_argument("--models", metavar="A,B", help="only these model families")
+        parser.add_argument("--models", metavar="A,B", help="only these model families (or import paths "
+                                                            "pkg.mod:Class, hf:TYPE)")
     parser.add_argument("--lengths", metavar="64,128", help="training lengths")
     parser.add_argument("--seeds", metavar="0,1", help="seeds")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_include_flag(parser)
 
 
 def overrides(args) -> dict:

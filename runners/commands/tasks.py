@@ -1,17 +1,18 @@
-"""`membench tasks`: the registered tasks with version, params and a one-line description."""
+"""`membench tasks`: the registered tasks with version, source, params and a one-line description."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from membench.memtasks import list_tasks, task_class
+from membench.memtasks import TASKS, list_tasks, task_class
+from membench.runners.parsing import add_include_flag
 from membench.runners.reporting.text import text_table
 
-HELP = "list the tasks: name, version, params with defaults, description"
+HELP = "list the tasks: name, version, source, params with defaults, description"
 
 
 def add_arguments(parser) -> None:
-    pass
+    add_include_flag(parser)
 
 
 def run(args) -> int:
@@ -19,7 +20,7 @@ def run(args) -> int:
     for name in list_tasks():
         cls = task_class(name)
         params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
-        rows.append((name, str(cls.version), params or "-", cls.description))
-    header = ("task", "version", "params (defaults)", "description")
+        rows.append((name, str(cls.version), TASKS.source(name), params or "-", cls.description))
+    header = ("task", "version", "source", "params (defaults)", "description")
     print(text_table(header, rows))
     return 0

@@ -54,7 +54,7 @@ from membench.models import build_model
 from membench.runners.cost.fit import fit_costs
 from membench.runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
 from membench.runners.reporting import cost_charts
-from membench.runners.tables import write_tables
+from membench.runners.tables import state_cell, write_tables
 
 COST_COLUMNS = [
     "model", "seq_len", "batch_size", "ms_per_step", "peak_memory_mb", "flops", "attention_flops", "memory_flops",
@@ -209,7 +209,7 @@ def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) 
         "peak_memory_mb": nan, "flops": 3 * model.flops(batch_size, seq_len),
         "attention_flops": 3 * model.attention_flops(batch_size, seq_len),
         "memory_flops": 3 * model.memory_flops(batch_size, seq_len), "tflops_per_s": nan,
-        "tokens_per_second": nan, "state_size": model.state_size(seq_len), "status": "ok",
+        "tokens_per_second": nan, "state_size": state_cell(model.state_size(seq_len)), "status": "ok",
         "device": device_name(device),
     }
 

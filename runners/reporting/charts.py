@@ -303,6 +303,10 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
     sizes = sorted({biggest, biggest / 4, 0.0}, reverse=True)
     extra = [(Line2D([], [], marker="o", linestyle="", color="grey", alpha=0.6, markersize=math.sqrt(area(v))),
               f"{v:,.0f} {size_unit}") for v in sizes]
+    unknown = [m for m in sweep.models if size_column == "state_size" and m in chosen["model"].values
+               and chosen.loc[chosen["model"] == m, "state_size"].isna().all()]
+    if unknown:  # a model that declares no state size is drawn at the smallest size, and said so
+        extra.append((Line2D([], [], linestyle=""), f"state size unknown: {', '.join(unknown)}"))
     _family_legend(fig, sweep, sweep.models, extra)
     return save_figure(fig, out_dir, "accuracy_vs_cost")
 

@@ -1,7 +1,8 @@
 """Publishing a sweep: every report its tables allow, written into its directory.
 
 `publish(DIR)` reads the tables once and writes leaderboard.md / leaderboard.csv, slices.md / slices.csv
-(when the sweep evaluates named slices), frontier.md / frontier.csv (when it sweeps sizes or state settings
+(when the sweep evaluates named slices), error_rates.md / error_rates.csv (for tasks that report error
+rates with intervals: flip_flop), frontier.md / frontier.csv (when it sweeps sizes or state settings
 of a family: runners/reporting/frontier.py) and charts/. A sweep evaluated on named slices only (a recipe such
 as zoology_mqar) gets its slice table and slice chart alone: a leaderboard of plain evaluations would be
 all zeros. The result says what was written and carries the tables to show, so the command line prints
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from membench.runners.reporting.charts import draw_charts
+from membench.runners.reporting.error_rates import write_error_rates
 from membench.runners.reporting.frontier import write_frontier
 from membench.runners.reporting.leaderboard import write_leaderboard
 from membench.runners.reporting.results import read_results
@@ -58,6 +60,7 @@ def publish(directory: str | Path) -> Published:
     if slice_files:
         out.reports += slice_files + slice_curves_chart(results.slice_curves, named, results.directory / "charts")
         out.tables.append(slice_table)
+    out.reports += write_error_rates(results.directory)  # for tasks that report error rates (flip_flop)
     if len(named) == len(results.runs):
         out.slices_only = True
         return out
