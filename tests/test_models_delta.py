@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from membench.checks import ConfigError
-from membench.models import build_model
+from membench.models import build_model, family_params, list_models, model_class
 from membench.models import scan as scan_module
 from membench.models.families.deltanet import DeltaNet
 from membench.models.families.gated_deltanet import GatedDeltaNet
 from membench.models.scan import delta_rule_chunked, delta_rule_reference
-from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads, outputs_and_grads
+from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads, outputs_and_grads, run_cli
 
 SHAPES = [(2, 64, 4, 16, 16), (1, 1, 2, 8, 8), (3, 37, 2, 8, 4), (2, 100, 1, 4, 8), (1, 130, 4, 8, 8), (2, 5, 3, 4, 4)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-N{n}-P{p}" for b, t, h, n, p in SHAPES]
@@ -127,6 +127,13 @@ def test_delta_rule_rejects_a_bad_chunk_size():
 
 
 # --- the families ---------------------------------------------------------------------------------------
+def test_the_delta_families_are_registered_with_reference_paths(capsys):
+    for name in ("deltanet", "gated_deltanet"):
+        assert name in list_models() and model_class(name).has_reference_path
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "deltanet" in out and "gated_deltanet" in out
+
+
 def small(name, **params):
     torch.manual_seed(0)
     return build_model(name, VOCAB, d_model=32, n_layers=2, **params)
@@ -210,8 +217,6 @@ def test_delta_family_params_are_validated(name):
 def test_short_conv_is_causal_and_changes_the_output(name, default):
     """With every other weight equal, an identity convolution (last tap 1) gives the model without it; other taps
     change the output, causally. The default is each family's own (off for linear_attention)."""
-    from membench.models import family_params
-
     assert family_params(name)["short_conv"] == default
     off, on = small(name, short_conv=0), small(name, short_conv=4)
     on.load_state_dict(off.state_dict(), strict=False)  # everything but the convolutions
