@@ -1,6 +1,6 @@
 """memtasks: seeded, vectorised generators of short-term-memory tasks.
 
-    >>> from memtasks import get_task, list_tasks
+    >>> from membench.memtasks import get_task, list_tasks
     >>> task = get_task("associative_recall", num_kv_pairs=8)
     >>> batch = task.sample(batch_size=4, seq_len=64, seed=0)
     >>> bool((task.solve(batch.inputs)[batch.scored] == batch.targets[batch.scored]).all())

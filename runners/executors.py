@@ -1,7 +1,9 @@
 """Where trials run. An executor takes trials and yields each one's payload (see runners.trial) as it finishes;
 the sweep writes them, so every executor produces the same files.
 
-    local  one process on one device; with several GPUs, one worker process per GPU (spawned)
+    local  one process on one device; with several GPUs, one worker process per GPU (spawned, its GPU set
+           as its current device); a worker that dies or hits a sticky CUDA error is replaced by a fresh
+           pool, and the sweep goes on (see LocalExecutor)
     ray    each trial a Ray task holding one GPU, or `threads` CPUs (default 1) when the cluster has none
            (`pip install membench[ray]`; `--address` joins a running cluster, else a local one starts)
 
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 import torch
@@ -22,10 +25,10 @@ import torch
 from membench.checks import check_device
 from membench.registry import unknown_name_message
 from membench.runners.errors import UsageError
+from membench.runners.precision import check_compile
 from membench.runners.trial import TrialConfig, failed_trial, run_trial
 
 EXECUTORS = ("local", "ray")
-_NO_GRAPHS = "compile cuda_graphs needs a CUDA device; on the CPU use none or torch_compile"
 
 
 def local_devices(device: str) -> list[str]:
@@ -45,27 +48,95 @@ def local_devices(device: str) -> list[str]:
     return [device]
 
 
+class WorkerDied(RuntimeError):
+    """The worker process running a trial ended without reporting (killed, crashed, out of host memory)."""
+
+
+# Messages of CUDA errors after which the process's CUDA context is unusable: every later kernel fails too
+STICKY_CUDA_ERRORS = ("device-side assert", "illegal memory access", "unspecified launch failure",
+                      "misaligned address", "illegal instruction", "cudaErrorLaunchFailure")
+
+
+def is_sticky(payload: dict) -> bool:
+    """True when a trial failed with a CUDA error that poisons its process (see STICKY_CUDA_ERRORS)."""
+    return any(row["status"] == "error" and any(m.lower() in str(row["error"]).lower() for m in STICKY_CUDA_ERRORS)
+               for row in payload["runs"])
+
+
 class LocalExecutor:
-    """Trials one after another in this process, or on a pool of one spawned worker per device."""
+    """Trials one after another in this process, or on a pool of one spawned worker per device.
+
+    Failures of a process, not of a trial:
+    - a worker that dies (`BrokenProcessPool`) takes the pool down with it. The trials in flight are then
+      run again, each alone on a fresh pool; one that kills its worker alone gets an `error` row, and the
+      rest of the sweep goes on on a fresh pool;
+    - a sticky CUDA error (`is_sticky`) poisons the process it happened in: no more trials are given to
+      that pool, those in flight finish, and the rest run on a fresh pool (fresh processes, fresh CUDA
+      contexts). In this process (one device), the rest move to a one-worker pool.
+
+    `worker` is the function a pool runs for each trial (tests replace it with one that crashes).
+    """
 
     def __init__(self, devices: list[str], compile: str = "none", progress: bool = False,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, worker=None) -> None:
         self.devices, self.compile, self.progress, self.threads = devices, compile, progress, threads
+        self.worker = worker or _worker_trial
 
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
-        if len(self.devices) == 1:
-            for config in trials:
-                yield run_trial(config, self.devices[0], self.compile, self.progress, self.threads)
-            return
+        trials = list(trials)
+        if len(self.devices) == 1 and self.worker is _worker_trial:
+            while trials:
+                payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads)
+                yield payload
+                if is_sticky(payload):
+                    break  # this process's CUDA context is poisoned: the rest run in a fresh worker
+        yield from self._run_pooled(trials)
+
+    def _run_pooled(self, trials: list[TrialConfig]) -> Iterator[dict]:
+        queue = [(config, False) for config in trials]  # (trial, alone): suspects of a crash run alone
+        while queue:
+            yield from self._one_pool(queue)
+
+    def _one_pool(self, queue: list) -> Iterator[dict]:
+        """Run trials from the front of `queue` on one fresh pool until it is done, broken or poisoned."""
         ctx = multiprocessing.get_context("spawn")
         free = ctx.Queue()
         for device in self.devices:
             free.put(device)
+        in_flight: dict = {}  # future -> (config, alone)
+        crashed: list = []  # (config, alone) of the trials whose worker died
+        stop = False  # no more submissions to this pool (broken or poisoned)
         with ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_claim_device,
                                  initargs=(free, len(self.devices))) as pool:
-            futures = [pool.submit(_worker_trial, config, self.compile, self.threads) for config in trials]
-            for future in as_completed(futures):
-                yield future.result()
+            def fill() -> None:
+                while queue and not stop and len(in_flight) < len(self.devices):
+                    config, alone = queue[0]
+                    if (alone and in_flight) or any(a for _, a in in_flight.values()):
+                        return  # a suspect runs with nothing beside it
+                    queue.pop(0)
+                    in_flight[pool.submit(self.worker, config, self.compile, self.threads)] = (config, alone)
+
+            fill()
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    config, alone = in_flight.pop(future)
+                    try:
+                        payload = future.result()
+                    except BrokenProcessPool:
+                        crashed.append((config, alone))
+                        stop = True
+                        continue
+                    yield payload
+                    stop = stop or is_sticky(payload)
+                fill()
+        if len(crashed) == 1 or any(alone for _, alone in crashed):
+            for config, _ in crashed:  # the one trial in flight when its worker died: that trial's fault
+                err = WorkerDied("the worker process died while running this trial (killed, crashed or out "
+                                 "of host memory); the sweep went on without it")
+                yield failed_trial(config, "error", err, self.devices[0])
+        else:  # several in flight: any of them may be the culprit, so each runs again alone
+            queue[:0] = [(config, True) for config, _ in crashed]
 
     def close(self) -> None:
         """Nothing to release (the pool closes with its run)."""
@@ -75,11 +146,14 @@ _worker_device = "cpu"  # the device of this worker process, claimed once when i
 
 
 def _claim_device(free, workers: int) -> None:
-    """Pool initializer: take one device; CPU workers share the cores evenly."""
+    """Pool initializer: take one device and make it this process's current CUDA device (so that kernels,
+    caches and `torch.cuda` calls without an index use it); CPU workers share the cores evenly."""
     global _worker_device
     _worker_device = free.get()
     if _worker_device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    else:
+        torch.cuda.set_device(torch.device(_worker_device))
 
 
 def _worker_trial(config: TrialConfig, compile: str, threads: int | None) -> dict:
@@ -106,7 +180,7 @@ class RayExecutor:
         self.use_gpu = gpus >= 1 and device != "cpu"
         if compile == "cuda_graphs" and not self.use_gpu:
             self.close()
-            raise UsageError(_NO_GRAPHS)
+            check_compile(compile, torch.device("cpu"))  # raises: no GPU (the workers check theirs)
 
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         ray = self.ray
@@ -140,6 +214,6 @@ def make_executor(name: str, device: str = "auto", compile: str = "none", addres
     if address is not None:
         raise UsageError("--address is only for --executor ray")
     devices = local_devices(device)
-    if compile == "cuda_graphs" and devices == ["cpu"]:
-        raise UsageError(_NO_GRAPHS)
+    for each in devices:  # cuda_graphs on the CPU or on a pre-Ampere GPU: a one-line ConfigError
+        check_compile(compile, torch.device(each))
     return LocalExecutor(devices, compile, progress, threads)

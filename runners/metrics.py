@@ -23,6 +23,7 @@ import gc
 import math
 import platform
 import resource
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from membench.memtasks import eval_seed
+from membench.runners.precision import choose_precision
 
 
 @dataclass
@@ -47,10 +49,10 @@ class SliceResult:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """Autocast to the precision chosen for `device` (runners.precision: bf16 on CUDA GPUs that have it),
+    or plain fp32 (no autocast) elsewhere."""
+    dtype = choose_precision(device)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
@@ -61,8 +63,11 @@ def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
-             device: torch.device) -> SliceResult:
-    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once."""
+             device: torch.device, deadline: float | None = None) -> SliceResult:
+    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once.
+
+    `deadline` (a time.perf_counter() value): no batch starts after it, so a trial's time cap also bounds
+    its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
     was_training = model.training
     model.eval()
     n_buckets = 64
@@ -72,8 +77,12 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     lag_correct = torch.zeros(n_buckets, dtype=torch.long, device=device)
     lag_count = torch.zeros(n_buckets, dtype=torch.long, device=device)
+    scored_sequences = 0
     try:
         for i, start in enumerate(range(0, n_sequences, batch_size)):
+            if i and deadline is not None and time.perf_counter() > deadline:
+                break
+            scored_sequences += min(batch_size, n_sequences - start)
             batch = task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), device)
             scored = batch.scored  # (B, T)
             with autocast(device):
@@ -105,7 +114,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     counts, corrects = lag_count.tolist(), lag_correct.tolist()
     return SliceResult(
         accuracy=hits / n if n else math.nan,
-        exact_match=int(exact) / n_sequences,
+        exact_match=int(exact) / scored_sequences,
         loss=float(loss_sum) / n if n else math.nan,
         scored=n,
         lags={1 << k: (corrects[k], counts[k]) for k in range(n_buckets) if counts[k]},

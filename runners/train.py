@@ -31,7 +31,9 @@ every eval slice is scored on held-out seeds. Training stops early when the slic
 Clocks: `train_seconds` and time-to-accuracy count training only, from the first step (compilation by the
 `compile` option included) to the evaluation; evaluation pauses the clock, so the eval frequency does
 not change them, except through their resolution of `eval_every` steps. The time cap counts the
-trial's whole wall time.
+trial's whole wall time, evaluation included: no training step and no eval batch starts after it (an
+evaluation cut short ends training with status timeout), and the final evaluation may take one more cap,
+so a trial ends within about 2 x time_cap.
 
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, train_seed
-from membench.runners import metrics
+from membench.runners import metrics, precision
 
 COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
@@ -153,7 +155,7 @@ def loss_fn(model, compile: str, device: torch.device):
     """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
     (see the module doc). Evaluation always runs eagerly (its lengths vary)."""
     if compile == "auto":
-        compile = "cuda_graphs" if device.type == "cuda" else "none"
+        compile = "cuda_graphs" if precision.graphs_supported(device) else "none"
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         with metrics.autocast(device):
@@ -164,8 +166,7 @@ def loss_fn(model, compile: str, device: torch.device):
     if compile == "torch_compile":
         return torch.compile(forward)
     if compile == "cuda_graphs":
-        if device.type != "cuda":
-            raise ConfigError(f"compile='cuda_graphs' needs a CUDA device, got {device}; use none, auto or torch_compile")
+        precision.check_compile(compile, device)
         return torch.compile(forward, mode="reduce-overhead")
     raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
 
@@ -211,14 +212,18 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
         return points.setdefault(step, {"step": step, "seconds": seconds, "tokens": out.tokens,
                                         "train_loss": math.nan, "eval_accuracy": math.nan})
 
-    def evaluate(step: int) -> bool:
-        """Score every slice; record the curve and time-to-accuracy; True when training should stop."""
+    def evaluate(step: int, final: bool = False) -> bool:
+        """Score every slice; record the curve and time-to-accuracy; True when training should stop.
+        Scoring stops at the time cap (the final evaluation may take one more time cap)."""
         seconds = clock.pause()
+        deadline = started + config.time_cap * (2 if final else 1)
         out.slices = {
             s.name: metrics.evaluate(model, eval_tasks[s.name], s.seq_len, s.n_sequences, config.batch_size,
-                                     config.seed, device)
+                                     config.seed, device, deadline)
             for s in config.eval_slices
         }
+        if not final and time.perf_counter() > deadline:
+            out.timed_out = True  # this evaluation was cut short: the final one (with its grace) replaces it
         clock.resume()
         accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
         out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
@@ -297,8 +302,8 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
             read_loss(out.steps)
         out.train_seconds = clock.pause()
         clock.resume()
-        if last_eval != out.steps:
-            evaluate(out.steps)
+        if last_eval != out.steps or out.timed_out:
+            evaluate(out.steps, final=True)
     finally:
         if bar is not None:
             bar.close()

@@ -13,6 +13,10 @@ The fast path is torch's fused layer (cuDNN on GPU); the reference path is `recu
 plain loop over time with the same weights: one matmul for the input projections of all steps, then
 h_{t-1} @ U^T + b_hh and the gate equations at each step.
 
+Under autocast the fused layer runs in float32 with autocast switched off (`fused_recurrence`): ATen's
+autocast casts cuDNN's RNN to fp16 whatever dtype autocast was asked for, so under bf16 autocast it would
+train in fp16 with no gradient scaler. Outside autocast nothing changes.
+
 Shapes: (B, T, D) -> (B, T, D). State: D floats per layer (2D for the LSTM's h and c), constant in
 length. Cost: O(n) time, sequential in n.
 """
@@ -55,6 +59,16 @@ def recurrent_reference(kind: str, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Te
     return torch.stack(outs, dim=1)  # (B, T, D)
 
 
+def fused_recurrence(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, T, D): the outputs of torch's fused layer `rnn`; under autocast, in float32 with
+    autocast off (see the module doc), so the layer never sees fp16 (nor bf16) inputs or weights."""
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind):
+        return rnn(x)[0]
+    with torch.autocast(kind, enabled=False):
+        return rnn(x.float())[0]
+
+
 def recurrent_flops(kind: str, batch_size: int, seq_len: int, d_model: int) -> int:
     """Input and recurrent projections of every gate, at every step."""
     gates = _GATES[kind] * d_model
@@ -84,7 +98,7 @@ class RecurrentMixer(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.path == "reference":
             return recurrent_reference(self.kind, self.rnn, x)
-        return self.rnn(x)[0]
+        return fused_recurrence(self.rnn, x)
 
     def state_size(self, seq_len: int) -> int:
         return _STATES[self.kind] * self.d_model

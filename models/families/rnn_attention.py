@@ -8,7 +8,8 @@ Each layer runs an LSTM, then lets every step look back over the hidden states s
     y_t      = W_o [h_t; a_t]                                      # (B, T, D): concat -> linear
 
 The recurrence carries order, so there is no position embedding. Paths: fast = torch's fused LSTM and
-scaled_dot_product_attention(is_causal=True); reference = the per-step LSTM loop of
+scaled_dot_product_attention(is_causal=True) (the LSTM in float32 under autocast, as in
+models/families/recurrent.py); reference = the per-step LSTM loop of
 `recurrent_reference` and the explicit masked attention.
 
 Shapes: tokens (B, T) int64 -> logits (B, T, V).
@@ -24,7 +25,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.families.recurrent import recurrent_flops, recurrent_reference, unit_forget_bias
+from membench.models.families.recurrent import fused_recurrence, recurrent_flops, recurrent_reference, unit_forget_bias
 from membench.models.layers import attention_flops, causal_attention, check_heads, merge_heads, split_heads
 
 
@@ -40,7 +41,8 @@ class LSTMAttention(Mixer):
         self.out = nn.Linear(2 * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        h = recurrent_reference("lstm", self.lstm, x) if self.path == "reference" else self.lstm(x)[0]  # (B, T, D)
+        fast = self.path != "reference"
+        h = fused_recurrence(self.lstm, x) if fast else recurrent_reference("lstm", self.lstm, x)  # (B, T, D)
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(h).chunk(3, dim=-1))  # (B, H, T, hd)
         a = merge_heads(causal_attention(q, k, v, self.path))  # (B, T, D)
         return self.out(torch.cat((h, a), dim=-1))  # (B, T, 2D) -> (B, T, D)

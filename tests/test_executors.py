@@ -1,0 +1,95 @@
+"""The worker per device: its CUDA device is set, a crashed worker costs only its own trial, a sticky CUDA
+error gets a fresh process. Exercised with CPU workers (spawned, so the worker functions live at module level).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+
+import pytest
+import torch
+
+from membench.runners import executors
+from membench.runners.executors import LocalExecutor, is_sticky
+from membench.runners.trial import EvalSlice, TrialConfig, failed_trial
+
+
+def tiny(seed: int) -> TrialConfig:
+    return TrialConfig(task="copy", task_params={"content_vocab": 4}, model="mlp", model_params={}, d_model=8,
+                       n_layers=1, train_len=8, seed=seed, lr=1e-2, batch_size=4, steps=2, eval_every=2, log_every=1,
+                       eval_slices=(EvalSlice("L8", 8, 4),))
+
+
+def dies_on_seed_1(config, compile, threads):
+    """A worker that kills its own process (no exception, no report) for the trial of seed 1."""
+    if config.seed == 1:
+        os._exit(3)
+    return executors._worker_trial(config, compile, threads)
+
+
+_poisoned = False  # per worker process: set by a (simulated) device-side assert, as CUDA's context would be
+
+
+def poisons_on_seed_1(config, compile, threads):
+    """After the trial of seed 1, every later trial in the same process fails, like a CUDA context after a
+    device-side assert."""
+    global _poisoned
+    if config.seed == 1 or _poisoned:
+        _poisoned = True
+        return failed_trial(config, "error", RuntimeError("CUDA error: device-side assert triggered"), "cpu")
+    return executors._worker_trial(config, compile, threads)
+
+
+def statuses(payloads) -> dict[int, str]:
+    return {p["config"]["seed"]: p["runs"][0]["status"] for p in payloads}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_dies_costs_only_its_own_trial(workers):
+    payloads = list(LocalExecutor(["cpu"] * workers, worker=dies_on_seed_1).run([tiny(s) for s in range(4)]))
+    assert statuses(payloads) == {0: "ok", 1: "error", 2: "ok", 3: "ok"}
+    (dead,) = [p for p in payloads if p["config"]["seed"] == 1]
+    assert "worker process died" in dead["runs"][0]["error"]
+
+
+@pytest.mark.slow
+def test_a_sticky_cuda_error_gets_a_fresh_process():
+    payloads = list(LocalExecutor(["cpu"], worker=poisons_on_seed_1).run([tiny(s) for s in range(4)]))
+    assert statuses(payloads) == {0: "ok", 1: "error", 2: "ok", 3: "ok"}
+
+
+def test_sticky_errors_are_told_by_their_message():
+    config = tiny(0)
+    assert is_sticky(failed_trial(config, "error", RuntimeError("CUDA error: an illegal memory access"), "cpu"))
+    assert not is_sticky(failed_trial(config, "error", RuntimeError("shape mismatch"), "cpu"))
+    assert not is_sticky(failed_trial(config, "oom", RuntimeError("CUDA out of memory"), "cpu"))
+
+
+def test_the_worker_initialiser_sets_its_cuda_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(executors, "_worker_device", "cpu")
+    free = queue.Queue()
+    free.put("cuda:1")
+    executors._claim_device(free, 2)
+    assert executors._worker_device == "cuda:1" and calls == [torch.device("cuda:1")]
+
+
+@pytest.mark.slow
+def test_after_a_sticky_error_in_this_process_the_rest_runs_in_a_fresh_worker(monkeypatch):
+    """One device: trials run in this process until one poisons it; the rest go to a spawned worker (where
+    the real run_trial runs), so they are ok although this process would now fail them all."""
+    real, here = executors.run_trial, []
+
+    def in_this_process(config, *args):
+        here.append(config.seed)
+        if config.seed == 1 or len(here) > 2:  # seed 1 poisons this process: every later trial here fails
+            return failed_trial(config, "error", RuntimeError("CUDA error: device-side assert triggered"), "cpu")
+        return real(config, "cpu")
+
+    monkeypatch.setattr(executors, "run_trial", in_this_process)
+    payloads = list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(4)]))
+    assert statuses(payloads) == {0: "ok", 1: "error", 2: "ok", 3: "ok"}
+    assert here == [0, 1]  # trials 2 and 3 never ran in this process
