@@ -25,11 +25,22 @@ _here = _os.path.dirname(_os.path.abspath(__file__))
 if not _os.path.isdir(_os.path.join(_here, "runners")):
     __path__.append(_os.path.dirname(_here))  # noqa: F821 (the package's own __path__)
 
-from membench.checks import ConfigError  # noqa: E402
-from membench.memtasks import Batch, Task, get_task, list_tasks, register_task  # noqa: E402
-from membench.models import MemoryModel, build_model, list_models, params_matched, register_model  # noqa: E402
+# The public names load on first use (PEP 562), so that `import membench.runners.cli` does not import torch
+# before the CLI can turn a Ctrl-C at start-up into one line.
+_EXPORTS = {
+    "ConfigError": "membench.checks", "Batch": "membench.memtasks", "Task": "membench.memtasks",
+    "get_task": "membench.memtasks", "list_tasks": "membench.memtasks", "register_task": "membench.memtasks",
+    "MemoryModel": "membench.models", "build_model": "membench.models", "list_models": "membench.models",
+    "params_matched": "membench.models", "register_model": "membench.models",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Batch", "ConfigError", "MemoryModel", "Task", "build_model", "get_task", "list_models", "list_tasks",
-    "params_matched", "register_model", "register_task",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'membench' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

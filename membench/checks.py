@@ -126,3 +126,81 @@ def one_or_list(item: Checker) -> Checker:
     def check(value, label):
         return list_of(item)(value, label) if isinstance(value, list) else item(value, label)
     return check
+
+
+# --- limits on sizes ----------------------------------------------------------------------------------------
+# Stated ceilings, checked when a spec or a flag is read (before anything trains or is written), so an
+# impossible size fails in a second with one line instead of allocating gigabytes or running for days.
+# Each is far above what a sweep on one GPU can use; where a real run needs more, raise the constant.
+LIMITS = {
+    "seed": 2**32 - 1,             # a seed is one torch generator seed: 0 <= seed < 2^32
+    "length": 2**20,               # tokens per sequence (train, eval, show)
+    "batch_tokens": 2**24,         # batch_size x length of one training step (16M tokens)
+    "eval_tokens": 2**30,          # n_sequences x seq_len of one eval slice
+    "eval_sequences": 2**20,       # held-out sequences of one eval slice
+    "vocab_size": 2**20,           # tokens of a task's vocabulary (one output row each)
+    "params": 10**9,               # parameters of one model (float32 weights + AdamW state: 16 bytes each)
+    "d_model": 2**16,              # model width
+    "n_layers": 256,               # model depth (a deeper model takes seconds to count even on the meta device)
+    "learning_rate": 10.0,         # peak learning rate
+    "cpu_threads": 1024,           # torch threads of a CPU trial
+    "steps": 10**9,                # optimizer steps of a trial
+    "repeats": 10**4,              # timed steps per point of `membench cost`
+}
+
+
+def check_limit(label: str, value: int | float, limit: str) -> None:
+    """`value` must not exceed LIMITS[limit]: a one-line error naming the ceiling otherwise.
+
+        >>> check_limit("lengths[0]", 10**9, "length")
+        Traceback (most recent call last):
+        membench.checks.ConfigError: lengths[0] = 1000000000 is above the limit of 1048576 (tokens per sequence); ...
+    """
+    ceiling = LIMITS[limit]
+    if value > ceiling:
+        raise ConfigError(f"{label} = {_show(value)} is above the limit of {_show(ceiling)} ({_LIMIT_TEXT[limit]}); "
+                          f"see LIMITS in membench/checks.py")
+
+
+def _show(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+_LIMIT_TEXT = {
+    "seed": "seeds are below 2^32", "length": "tokens per sequence", "batch_tokens": "batch_size x length tokens "
+    "per step", "eval_tokens": "n_sequences x seq_len tokens per eval slice", "eval_sequences": "sequences per eval "
+    "slice", "vocab_size": "tokens of a vocabulary", "params": "parameters of one model", "d_model": "model width",
+    "n_layers": "layers", "learning_rate": "peak learning rate", "cpu_threads": "CPU threads",
+    "steps": "steps of a trial", "repeats": "timed steps per point",
+}
+
+
+def check_name(label: str, value: object) -> str:
+    """A display name (an eval slice's): a non-empty string without control characters (newlines, tabs)."""
+    check_text(label, value)
+    if not value.strip() or any(not ch.isprintable() for ch in value):
+        raise ConfigError(f"{label} must be a non-empty name without newlines or control characters, got {value!r}")
+    return value
+
+
+def name(value: object, label: str) -> str:
+    return check_name(label, value)
+
+
+def limited(check: Checker, limit: str) -> Checker:
+    """`check`, then the ceiling LIMITS[limit] (on each item of a list)."""
+    def checked(value, label):
+        value = check(value, label)
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            check_limit(f"{label}[{i}]" if isinstance(value, list) else label, item, limit)
+        return value
+    return checked
+
+
+def cpu_workers(value: object, label: str) -> int | str:
+    """Worker processes of a sweep on the CPU: an integer in [1, 1024], or "cores" (one per core)."""
+    if value == "cores":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ConfigError(f"{label} must be an integer in [1, 1024] or \"cores\" (one worker per core), got {value!r}")
+    return value

@@ -15,7 +15,7 @@ What an import path may name, for models: a `MemoryModel` subclass (used as it i
 `nn.Module` class whose constructor takes `d_model`, optionally `layer_idx`, plus params; forward (B, T, D) ->
 (B, T, D)), wrapped as membench's own families are (models/imported.py). For tasks: a `Task` subclass.
 
-    >>> resolve("model", "membench.models.base:MLP").family
+    >>> resolve("model", "membench.models.base:MLP").name
     'membench.models.base:MLP'
     >>> resolve("model", "membench.models.base:no_such")
     Traceback (most recent call last):
@@ -168,7 +168,7 @@ def adapt(kind: str, path: str, obj: object) -> type:
                                                "__doc__": obj.__doc__})
         raise ConfigError(f"task {path!r} names {describe(obj)}, not a task (a subclass of membench.Task)")
     if inspect.isclass(obj) and issubclass(obj, MemoryModel):
-        return type(obj.__name__, (obj,), {"name": path, "family": path, "__module__": obj.__module__,
+        return type(obj.__name__, (obj,), {"name": path, "__module__": obj.__module__,
                                            "__doc__": obj.__doc__})
     if inspect.isclass(obj) and issubclass(obj, nn.Module):
         if "d_model" not in inspect.signature(obj.__init__).parameters:
@@ -239,7 +239,7 @@ def load_entry_points(registry) -> None:
                 cls = adapt(kind, ep.value, obj)
                 registry.register(ep.name)(cls)
                 if kind == "model":
-                    cls.family = ep.name
+                    cls.name = ep.name
             except Exception as err:  # noqa: BLE001 - a broken plugin must not stop membench
                 warn(f"plugin {ep.name} ({ep.value}, from {dist}) failed to load: {type(err).__name__}: {err}")
 

@@ -100,7 +100,7 @@ class MemoryModel(nn.Module):
     (beyond vocab_size, d_model, n_layers) are the family's params accepted by `build_model`.
     """
 
-    family: ClassVar[str] = "model"  # set by @register_model
+    name: ClassVar[str] = "model"  # set by @register_model (the registry name)
     cost_class: ClassVar[str] = "O(n)"  # time per sequence as length n grows: O(n), O(n*w), O(n log n), O(n^2)
     memory_mechanism: ClassVar[str] = ""  # one line for the model table
     # bump whenever a change to the family changes what it computes or learns (architecture, init): it is

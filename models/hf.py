@@ -298,7 +298,6 @@ def hf_model_class(model_type: str) -> type[HFModel]:
     attention = any(n in config_params(config_cls) for n in HEADS)
     return type(f"HF_{model_type}", (HFModel,), {
         "__init__": __init__, "__module__": __name__, "model_type": model_type, "name": f"hf:{model_type}",
-        "family": f"hf:{model_type}",
         "cost_class": "O(n)" if model_type in RECURRENT else ("O(n^2)" if attention else "unknown"),
         "has_reference_path": attention and model_type not in RECURRENT,
         "memory_mechanism": f"Hugging Face {config_cls.__name__.removesuffix('Config')} (transformers, random init)",

@@ -160,7 +160,7 @@ def mixer_model_class(path: str, mixer: type[nn.Module]) -> type[ImportedMixerMo
     doc = (inspect.getdoc(mixer) or "").strip().splitlines()
     return type(mixer.__name__, (ImportedMixerModel,), {
         "__init__": __init__, "__module__": mixer.__module__, "__doc__": inspect.getdoc(mixer),
-        "name": path, "family": path, "mixer_class": mixer,
+        "name": path, "mixer_class": mixer,
         "cost_class": getattr(mixer, "cost_class", "unknown"), "version": getattr(mixer, "version", 1),
         "memory_mechanism": doc[0] if doc else f"imported mixer {path}",
     })

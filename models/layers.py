@@ -61,6 +61,29 @@ class ShortConv(nn.Module):
         return 2 * batch_size * seq_len * self.d_model * self.kernel_size
 
 
+def optional_short_conv(channels: int, kernel_size: object) -> ShortConv | None:
+    """The `short_conv` param of a family: a ShortConv of `kernel_size` taps over `channels`, or None when
+    it is 0 (off). Callers count `conv.state_size()` and `conv.flops(...)` only when it is not None.
+
+        >>> optional_short_conv(8, 0) is None, optional_short_conv(8, 4).kernel_size
+        (True, 4)
+    """
+    return ShortConv(channels, kernel_size) if check_int("short_conv", kernel_size, 0) else None
+
+
+def mamba_decay_params(n_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Mamba-2's data-dependent decay per head, as (A_log, dt_bias) initialised as Mamba does: A_h =
+    exp(A_log_h) uniform in [1, 16], softplus(dt_bias_h) log-uniform in [1e-3, 1e-1]. A token's decay is
+
+        dt_t = softplus(dt_raw_t + dt_bias_h) > 0,    log a_t = -A_h dt_t <= 0,    a_t in (0, 1]
+
+    with dt_raw_t a projection of the input (ssm, gated_deltanet).
+    """
+    a_log = nn.Parameter(torch.empty(n_heads).uniform_(1.0, 16.0).log())
+    dt = torch.empty(n_heads).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+    return a_log, nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # dt_bias: the inverse softplus of dt
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates (..., T, hd) queries or keys by their positions offset, offset+1, ...; no parameters.
 

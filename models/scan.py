@@ -17,6 +17,9 @@ Shapes (time on dim 1, as in the mixers): q, k (B, T, H, N), where H may be 1 fo
 by all heads; v (B, T, H, P); log_decay (B, T, H) with values <= 0, or None for no decay.
 Output (B, T, H, P). Both paths cost O(T) time; `scan_reference` loops over tokens,
 `scan_chunked` over chunks of `chunk_size` tokens only.
+
+Below it, in the same layout, the delta rule of deltanet and gated_deltanet, two ways:
+`delta_rule_reference` (per token) and `delta_rule_chunked` (the WY / UT-transform form, per chunk).
 """
 
 from __future__ import annotations
@@ -127,3 +130,145 @@ def scan_chunked(
     q_in = qc if log_decay is None else qc * cum.exp().unsqueeze(-1).to(qc.dtype)  # (B, H, nC, C, N)
     out = intra + read_state(q_in, entering)  # (B, H, nC, C, P), float32 at least
     return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len]  # (B, T, H, P)
+
+
+# --- the delta rule ----------------------------------------------------------------------------------
+# DeltaNet (Schlag et al. 2021; Yang et al. 2024) and Gated DeltaNet (Yang et al. 2025) carry the same
+# (N, P) state per head, but the write first removes what the key already recalls:
+#
+#     S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T        a_t = exp(log_decay_t) in (0, 1]
+#         = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T          # write the error of the recall
+#     y_t = S_t^T q_t
+
+
+def delta_rule_step(
+    state: torch.Tensor, q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, beta_t: torch.Tensor,
+    a_t: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of the (gated) delta rule: (S_{t-1}, q_t, k_t, v_t, beta_t, a_t) -> (S_t, y_t).
+
+    state (B, H, N, P); q_t, k_t (B, H, N); v_t (B, H, P); beta_t and a_t (B, H), a_t None for no decay.
+    The state is everything the recurrence carries from one token to the next.
+    """
+    if a_t is not None:
+        state = a_t[..., None, None] * state  # (B, H, N, P)
+    recalled = read_state(k_t.unsqueeze(-2), state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P): S^T k
+    error = beta_t.unsqueeze(-1) * (v_t - recalled)  # (B, H, P)
+    state = state + k_t.unsqueeze(-1) @ error.unsqueeze(-2)  # (B, H, N, 1) @ (B, H, 1, P) -> (B, H, N, P)
+    return state, read_state(q_t.unsqueeze(-2), state).squeeze(-2)  # (B, H, 1, N) @ (B, H, N, P) -> (B, H, P)
+
+
+def delta_rule_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, log_decay: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The (gated) delta rule one token at a time (`delta_rule_step`): readable, slow, the ground truth.
+
+    q, k (B, T, H, N), v (B, T, H, P), beta (B, T, H) in [0, 1], log_decay (B, T, H) <= 0 or None.
+    Output (B, T, H, P) in v's dtype; the state (B, H, N, P) is carried in float32 at least. The keys are
+    used as given (DeltaNet L2-normalises them first, which keeps I - beta k k^T a contraction).
+
+    Worked example (N = 2, P = 1, beta = 1, no decay): write value 3 under key e1, 5 under e2, then 7
+    under e1 again. The third write replaces the first (linear attention would add it: 3 + 7 = 10):
+
+        k = e1, e2, e1   v = 3, 5, 7   q = e1, e2, e1   ->   y = 3, 5, 7
+
+    With beta = 1/2, N = P = 1 and k = q = v = 1, each write moves the memory halfway to the value:
+    S_t = S_{t-1} + (1 - S_{t-1}) / 2, so y = 1/2, 3/4, 7/8, ... = 1 - 2^-t.
+    """
+    dtype = carry_dtype(v)
+    batch, seq_len, heads, n = k.shape
+    q, k, v, beta = q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype)
+    decay = [None] * seq_len if log_decay is None else log_decay.to(dtype).exp().unbind(1)
+    state = v.new_zeros(batch, heads, n, v.shape[-1])  # (B, H, N, P)
+    outputs = []
+    for q_t, k_t, v_t, beta_t, a_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), beta.unbind(1), decay):
+        state, y_t = delta_rule_step(state, q_t, k_t, v_t, beta_t, a_t)
+        outputs.append(y_t)
+    return torch.stack(outputs, dim=1).to(v.dtype)  # (B, T, H, P)
+
+
+def delta_rule_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """The same output as `delta_rule_reference`, with matmuls inside chunks of C tokens and a loop over
+    the T / C chunks only (the WY / UT-transform form of Yang et al. 2024, with the decays of Gated DeltaNet).
+
+    Inside a chunk entered with state S_0, with L_i the cumulative log-decay from the chunk's start to i
+    and g_i = exp(L_i), the state after position i is  S_i = g_i S_0 + sum_{j <= i} exp(L_i - L_j) k_j u_j^T,
+    where u_j = beta_j (v_j - recalled_j) is the error actually written at j. Substituting S_{i-1} into the
+    recall gives a unit lower-triangular system for all u of the chunk at once:
+
+        u_i + sum_{j < i} A_ij u_j = beta_i v_i - beta_i g_i S_0^T k_i,   A_ij = beta_i exp(L_i - L_j) k_i . k_j
+
+    so U = U' - W S_0 with (I + A) [U' | W] = [beta v | beta g k] (one triangular solve per chunk: the UT
+    transform; U' and W are the WY factors). Then, with K~_j = exp(L_C - L_j) k_j and the masked decayed
+    scores P_ij = exp(L_i - L_j) q_i . k_j (j <= i):
+
+        U_c = U' - W S_0                               # what the chunk writes (C, P)
+        S_C = g_C S_0 + K~^T U_c                       # the state handed to the next chunk (N, P)
+        Y_c = P U_c + (g q) S_0                        # outputs of the chunk (C, P)
+
+    The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
+    over all chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
+    need not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state
+    as it is.
+    """
+    check_int("chunk_size", chunk_size)
+    dtype = carry_dtype(v)
+    batch, seq_len, heads, n = k.shape
+    p = v.shape[-1]
+    size = min(chunk_size, seq_len)
+    pad = -seq_len % size
+    chunks = (seq_len + pad) // size
+
+    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (B, H, nC, C, d)
+        x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
+        return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
+
+    # 1. chunk the inputs; the cumulative log-decay L inside each chunk, g = exp(L), the decay mask
+    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, H, nC, C, N), (B, H, nC, C, N), (B, H, nC, C, P)
+    bc = to_chunks(beta.unsqueeze(-1))  # (B, H, nC, C, 1)
+    causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
+    if log_decay is None:  # every decay is 1: the mask is the causal mask alone
+        decay, g, g_last, k_out = causal.to(dtype), 1.0, None, kc
+    else:
+        cum = to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (B, H, nC, C)
+        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (B, H, nC, C, C)
+        g = cum.exp().unsqueeze(-1)  # (B, H, nC, C, 1): decay from the chunk's start to i
+        g_last = cum[..., -1:].exp().unsqueeze(-1)  # (B, H, nC, 1, 1): over the whole chunk
+        k_out = kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (B, H, nC, C, N): K~, decayed to the chunk's end
+
+    # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
+    #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
+    kc_t = kc.transpose(-1, -2)  # (B, H, nC, N, C)
+    a = ((bc * kc) @ kc_t) * decay  # (B, H, nC, C, C)
+    rhs = torch.cat([bc * vc, bc * g * kc], dim=-1)  # (B, H, nC, C, P + N)
+    # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
+    u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., C, P + N)
+
+    # 3. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off); the chunk
+    #    entered with S_0 writes U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
+    u0, w = u_w.split([p, n], dim=-1)  # U' (B, H, nC, C, P), W (B, H, nC, C, N)
+    chunk_decays = [None] * chunks if log_decay is None else g_last.unbind(2)  # (B, H, 1, 1) each
+    with torch.autocast(v.device.type, enabled=False):
+        state = vc.new_zeros(batch, heads, n, p, dtype=dtype)  # (B, H, N, P)
+        states, writes = [], []
+        for u0_c, w_c, k_c, g_c in zip(*(t.to(dtype).unbind(2) for t in (u0, w, k_out)), chunk_decays):
+            states.append(state)
+            # U' - W S_0: (B, H, C, P) - (B, H, C, N) @ (B, H, N, P), as one fused multiply-add
+            written = torch.baddbmm(u0_c.flatten(0, 1), w_c.flatten(0, 1), state.flatten(0, 1), alpha=-1)
+            writes.append(written.view_as(u0_c))  # (B, H, C, P)
+            decayed = state if g_c is None else g_c * state  # (B, H, N, P)
+            state = decayed + k_c.transpose(-1, -2) @ writes[-1]  # (B, H, N, C) @ (B, H, C, P) -> (B, H, N, P)
+        entering, written = torch.stack(states, dim=2), torch.stack(writes, dim=2)  # (B, H, nC, N, P), (.., C, P)
+
+    # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
+    #    entering it:  Y_c = P U + (g q) S_0
+    scores = (qc @ kc_t) * decay  # (B, H, nC, C, C), zero above the diagonal
+    out = scores @ written.to(scores.dtype) + read_state(g * qc, entering)  # (B, H, nC, C, P)
+    return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len].to(v.dtype)

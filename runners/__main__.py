@@ -1,5 +1,9 @@
 import sys
 
-from membench.runners.cli import main
+try:
+    from membench.runners.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the first modules import
+    sys.stderr.write("membench: interrupted\n")
+    sys.exit(130)
 
 sys.exit(main())

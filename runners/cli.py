@@ -3,15 +3,20 @@
 
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
 spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
-and the exit code is 2. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be reported.
+and the exit code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated"
+(exit 143), at start-up too. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be
+reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from membench import plugins
 from membench.checks import ConfigError
@@ -38,9 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (locks released, one line)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse, run, and turn bad input, Ctrl-C and SIGTERM into one line: exit 2, 130 and 143."""
+    previous = _install(signal.SIGTERM, _terminate)
     try:
+        args = build_parser().parse_args(argv)  # imports every command (torch): Ctrl-C may land here
         for folder in getattr(args, "include", None) or []:  # plugin folders, before the command looks anything up
             plugins.include(folder)
         return int(args.handler(args) or 0)
@@ -51,6 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("membench: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("membench: terminated\n")
+        return 143
+    except BrokenPipeError:  # the reader of stdout went away (`membench models | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _install(signum: int, handler):
+    """signal.signal where it is allowed (the main thread); the previous handler, or None."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

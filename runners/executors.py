@@ -2,7 +2,7 @@
 the sweep writes them, so every executor produces the same files.
 
     local  one process on one device; with several GPUs, one worker process per GPU (spawned, its GPU set
-           as its current device); a worker that dies or hits a sticky CUDA error is replaced by a fresh
+           as its current device); on the CPU, `cpu_workers` worker processes (one per core with "cores"); a worker that dies or hits a sticky CUDA error is replaced by a fresh
            pool, and the sweep goes on (see LocalExecutor)
     ray    each trial a Ray task holding one GPU, or `threads` CPUs (default 1) when the cluster has none
            (`pip install membench[ray]`; `--address` joins a running cluster, else a local one starts)
@@ -204,8 +204,12 @@ class RayExecutor:
 
 
 def make_executor(name: str, device: str = "auto", compile: str = "none", address: str | None = None,
-                  progress: bool = False, threads: int | None = None):
-    """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray."""
+                  progress: bool = False, threads: int | None = None, cpu_workers: int | str = 1):
+    """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray.
+
+    `cpu_workers`: on the CPU, that many worker processes (or "cores": one per core) each run trials with
+    `threads` torch threads; a trial's rows do not depend on which worker ran it (its seeds fix its data,
+    weights and evaluation), only its timings do."""
     if name not in EXECUTORS:
         raise UsageError(unknown_name_message("executor", name, list(EXECUTORS)))
     check_device("device", device)
@@ -216,4 +220,7 @@ def make_executor(name: str, device: str = "auto", compile: str = "none", addres
     devices = local_devices(device)
     for each in devices:  # cuda_graphs on the CPU or on a pre-Ampere GPU: a one-line ConfigError
         check_compile(compile, torch.device(each))
+    if devices == ["cpu"]:
+        workers = (os.cpu_count() or 1) if cpu_workers == "cores" else cpu_workers
+        devices = ["cpu"] * max(1, workers)
     return LocalExecutor(devices, compile, progress, threads)

@@ -25,6 +25,7 @@ import gc
 import math
 import platform
 import resource
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,13 +113,19 @@ def _score_batch(model, batch, device: torch.device, counts: _Counts) -> None:
 
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
-             device: torch.device) -> SliceResult:
-    """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once."""
+             device: torch.device, deadline: float | None = None) -> SliceResult:
+    """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once.
+
+    `deadline` (a time.perf_counter() value): no batch is scored after it, so a trial's time cap also bounds
+    its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
     was_training = model.training
     model.eval()
-    counts, batch = _Counts.zeros(device), None
+    counts, batch, scored_sequences = _Counts.zeros(device), None, 0
     try:
-        for batch in eval_batches(task, seq_len, n_sequences, batch_size, seed, device):
+        for i, batch in enumerate(eval_batches(task, seq_len, n_sequences, batch_size, seed, device)):
+            if i and deadline is not None and time.perf_counter() > deadline:
+                break
+            scored_sequences += len(batch.inputs)
             _score_batch(model, batch, device, counts)
     except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
         if not is_oom(err):
@@ -136,7 +143,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     lag_counts, lag_corrects = counts.lag_count.tolist(), counts.lag_correct.tolist()
     return SliceResult(
         accuracy=hits / n if n else math.nan,
-        exact_match=int(counts.exact) / n_sequences,
+        exact_match=int(counts.exact) / scored_sequences,
         loss=float(counts.loss_sum) / n if n else math.nan,
         scored=n,
         lags={1 << k: (lag_corrects[k], lag_counts[k]) for k in range(len(lag_counts)) if lag_counts[k]},

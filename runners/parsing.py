@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import typing
 
+from membench.checks import check_limit
 from membench.runners.errors import UsageError
 
 
-def positive_int(text: str, label: str = "value") -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise UsageError(f"{label} must be a positive integer, got {text!r}") from None
+def positive_int(text: str, label: str = "value", limit: str | None = None) -> int:
+    """'64' -> 64; with `limit`, also at most membench.checks.LIMITS[limit] (a one-line error naming it)."""
+    if not isinstance(text, str) or not text.strip().isascii() or not text.strip().isdigit():
+        raise UsageError(f"{label} must be a positive integer, got {text!r}")
+    value = int(text)
     if value < 1:
         raise UsageError(f"{label} must be a positive integer, got {text!r}")
+    if limit is not None:
+        check_limit(label, value, limit)
     return value
 
 
-def int_list(text: str, label: str) -> list[int]:
-    """'64,128' -> [64, 128]; every item a positive integer."""
+def out_dir(text: str) -> str:
+    """argparse type of every --out (and DIR) flag: a non-empty path (an empty one would mean the current
+    directory, whose files a sweep would overwrite)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty; give a directory, e.g. --out results/mine")
+    return text
+
+
+def seed_list(text: str) -> list[int]:
+    """'0,1' -> [0, 1]; every item an integer in [0, 2^32)."""
+    seeds = []
+    for item in name_list(text):
+        if not (item.isascii() and item.isdigit()):
+            raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {text!r}")
+        seeds.append(int(item))
+        check_limit("--seeds", seeds[-1], "seed")
+    if not seeds:
+        raise UsageError("--seeds needs at least one value, e.g. --seeds 0,1")
+    return seeds
+
+
+def int_list(text: str, label: str, limit: str | None = None) -> list[int]:
+    """'64,128' -> [64, 128]; every item a positive integer (at most LIMITS[limit] with `limit`)."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise UsageError(f"{label} needs at least one value, e.g. {label}=64,128")
-    return [positive_int(t, label) for t in items]
+    return [positive_int(t, label, limit) for t in items]
 
 
 def name_list(text: str) -> list[str]:

@@ -15,8 +15,10 @@ flags (tasks, models, lengths, seeds, device, executor). With a train_mixture, t
 the longest segment and `lengths` does not apply. Eval lengths the task cannot do (too short or too long)
 are skipped; training lengths it cannot do are skipped with a note, and a task left with none is an error.
 
-Validation builds every task, model and size (parameter matching) before anything runs, so a bad spec
-fails with one line and writes nothing.
+Validation builds every task, model and size (parameter matching, on the meta device) before anything
+runs, so a bad spec fails with one line and writes nothing. Sizes are bounded by membench.checks.LIMITS
+(seeds < 2^32, tokens per sequence, batch_size x length, eval slice tokens, vocabulary, parameters of a
+model, ...); eval slice names must be unique and non-empty, and cost-class tables must name a cost class.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from importlib import resources
 from pathlib import Path
 
 from membench import checks, plugins
-from membench.checks import ConfigError
+from membench.checks import LIMITS, ConfigError, check_limit
 from membench.memtasks import get_task, list_tasks, task_class
-from membench.models import family_params, list_models, model_class, params_matched
+from membench.models import count_params, family_params, fast_attention_width, list_models, matched_width, model_class
 from membench.registry import unknown_name_message
 from membench.runners.executors import EXECUTORS
 from membench.runners.train import COMPILE_MODES
@@ -57,36 +59,38 @@ PRESETS: tuple[str, ...] = tuple(n for n in SPECS if n not in RECIPES)  # --pres
 _TRIAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig)
                    if f.default is not dataclasses.MISSING}
 SETTINGS = {
-    "lengths": (checks.list_of(checks.integer(1)), [64, 128, 256]),
-    "seeds": (checks.list_of(checks.integer(0)), [0]),
-    "learning_rates": (checks.list_of(checks.number(0, low_open=True)), [1e-3]),
-    "steps": (checks.integer(1), 1000),
+    "lengths": (checks.list_of(checks.limited(checks.integer(1), "length")), [64, 128, 256]),
+    "seeds": (checks.list_of(checks.limited(checks.integer(0), "seed")), [0]),
+    "learning_rates": (checks.list_of(checks.number(0, LIMITS["learning_rate"], low_open=True)), [1e-3]),
+    "steps": (checks.limited(checks.integer(1), "steps"), 1000),
     "time_cap": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["time_cap"]),
     "batch_size": (checks.integer(1), 32),
     "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),
     "early_stop": (checks.choice(EARLY_STOPS), _TRIAL_DEFAULTS["early_stop"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
-    "eval_sequences": (checks.integer(1), 256),
+    "eval_sequences": (checks.limited(checks.integer(1), "eval_sequences"), 256),
     "eval_every": (checks.integer(1), _TRIAL_DEFAULTS["eval_every"]),
     "log_every": (checks.integer(1), _TRIAL_DEFAULTS["log_every"]),
     "warmup": (checks.number(0, 1, high_open=True), _TRIAL_DEFAULTS["warmup"]),
     "weight_decay": (checks.number(0), _TRIAL_DEFAULTS["weight_decay"]),
     "grad_clip": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["grad_clip"]),
-    "target_params": (checks.one_or_list(checks.integer(1)), 100_000),
+    "target_params": (checks.one_or_list(checks.limited(checks.integer(1), "params")), 100_000),
     "match_tolerance": (checks.number(0, low_open=True), 0.10),
-    "d_model": (checks.integer(1), None),
-    "d_models": (checks.list_of(checks.integer(1)), None),
-    "n_layers": (checks.integer(1), 2),
+    "d_model": (checks.limited(checks.integer(1), "d_model"), None),
+    "d_models": (checks.list_of(checks.limited(checks.integer(1), "d_model")), None),
+    "n_layers": (checks.limited(checks.integer(1), "n_layers"), 2),
     "max_length": (checks.integer(1), None),
 }
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
-            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.integer(1), "tasks": None, "models": None,
-            "cost_classes": checks.table, "include": checks.list_of(checks.text)}
+            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
+            "cpu_workers": checks.cpu_workers,
+            "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
-SEGMENT_KEYS = {"seq_len": checks.integer(1), "params": checks.table, "weight": checks.number(0, low_open=True)}
-SLICE_KEYS = {"name": checks.text, "seq_len": checks.integer(1), "params": checks.table, "n_sequences": checks.integer(1)}
+SEGMENT_KEYS = {"seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table, "weight": checks.number(0, low_open=True)}
+SLICE_KEYS = {"name": checks.name, "seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table,
+              "n_sequences": checks.limited(checks.integer(1), "eval_sequences")}
 OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor")
 
 
@@ -101,6 +105,7 @@ class SweepSpec:
     compile: str = "none"
     executor: str = "local"
     cpu_threads: int | None = None
+    cpu_workers: int | str = 1  # worker processes of a CPU sweep: a number, or "cores" (one per core)
     notes: tuple[str, ...] = ()
 
 
@@ -144,9 +149,13 @@ def _read_source(preset: str | None, spec_file: str | None) -> tuple[dict, str, 
         text, label, name = _SHIPPED[spec_file], f"spec {spec_file}", spec_file
     elif path.suffix or len(path.parts) > 1 or path.exists():  # a file path
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as err:
             raise ConfigError(f"cannot read spec file {spec_file}: {err.strerror or err}") from None
+        try:
+            text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is accepted
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"spec file {spec_file} is not UTF-8 text (byte {err.start}): give a TOML file") from None
         label, name = f"spec {path.name}", path.stem
     else:
         raise ConfigError(unknown_name_message("shipped spec", spec_file, list(SPECS))
@@ -207,8 +216,18 @@ def _check_params(params: dict, valid: list[str], where: str) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _matched_width(model: str, target: int, vocab: int, n_layers: int, tolerance: float, params_json: str) -> int:
-    return params_matched(model, target, vocab, n_layers=n_layers, tolerance=tolerance,
-                          **json.loads(params_json)).d_model
+    return matched_width(model, target, vocab, n_layers=n_layers, tolerance=tolerance, **json.loads(params_json))
+
+
+@functools.lru_cache(maxsize=None)
+def _check_model_size(model: str, vocab: int, d_model: int, n_layers: int, params_json: str) -> None:
+    """The model must fit the size ceiling (counted on the meta device: nothing is allocated)."""
+    try:
+        n = count_params(model, vocab, d_model, n_layers, **json.loads(params_json))
+    except ConfigError as err:
+        raise ConfigError(f"model {model} cannot be built with d_model {d_model}, n_layers {n_layers}: {err}") from None
+    check_limit(f"model {model} at d_model {d_model}, n_layers {n_layers}, vocab_size {vocab}: its parameter count",
+                n, "params")
 
 
 def _slice_name(seq_len: int, params: dict) -> str:
@@ -259,6 +278,14 @@ class _Task:
                 raise ConfigError(f"{at}: {err}") from None
             checked["task"] = task
             parts.append(checked)
+        if key == "eval_slices":  # one column per slice name: a second slice of a name would hide the first
+            seen: dict[str, int] = {}
+            for i, part in enumerate(parts):
+                name = part.get("name", _slice_name(part["seq_len"], part["params"]))
+                if name in seen:
+                    raise ConfigError(f"{where}[{seen[name]}] and {where}[{i}] are both named {name!r}; "
+                                      f"give each slice its own name")
+                seen[name] = i
         return parts
 
 
@@ -305,6 +332,10 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         models += [(name, point, cost, _settings(table, where)) for point in param_grid(params, where)]
     if not tasks or not models:
         raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
+    classes = sorted({model_class(m).cost_class for m in [*list_models(), *(m[0] for m in models)]})
+    for cost_class in cost_tables:  # a misspelt class would silently apply to no family
+        if cost_class not in classes:
+            raise ConfigError(f"{label}: {unknown_name_message('cost class', cost_class, classes)}")
 
     trials, notes = [], []
     for task in tasks:
@@ -316,7 +347,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
             raise ConfigError(f"{task.where}: every training length was skipped ({why})")
         trials += task_trials
-    spec_keys = ("description", "device", "compile", "executor", "cpu_threads")  # absent: SweepSpec's defaults
+    spec_keys = ("description", "device", "compile", "executor", "cpu_threads", "cpu_workers")  # absent: SweepSpec's defaults
     return SweepSpec(name=checks.text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
                      notes=tuple(notes), **{k: top[k] for k in spec_keys if k in top})
 
@@ -342,7 +373,15 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
     for length in lengths:
         slices = _slices(task, length, s)
         vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in (task.segments or []) + (task.slices or [])])
+        check_limit(f"{task.where} vocab_size", vocab, "vocab_size")
+        for seg_len in [seg.seq_len for seg in segments] or [length]:
+            check_limit(f"{task.where} batch_size x length ({s['batch_size']} x {seg_len})",
+                        s["batch_size"] * seg_len, "batch_tokens")
+        for sl in slices:
+            check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
+                        sl.n_sequences * sl.seq_len, "eval_tokens")
         for d_model in _widths(model, model_params, s, vocab, task.where):
+            _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
             for lr in s["learning_rates"]:
                 for seed in s["seeds"]:
                     trials.append(TrialConfig(
@@ -372,6 +411,15 @@ def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> 
     except ConfigError as err:
         raise ConfigError(f"{where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
                           f"or give this model a fixed d_model") from None
+
+
+def _check_size(model: str, model_params: dict, vocab: int, d_model: int, n_layers: int, notes: list[str]) -> None:
+    """The model must fit the size ceiling; a softmax-attention width off the fast-kernel grid gets a note."""
+    _check_model_size(model, vocab, d_model, n_layers, json.dumps(model_params, sort_keys=True))
+    if not fast_attention_width(model, d_model, **model_params):
+        _note(notes, f"{model}: d_model {d_model} gives a head width that is not a multiple of 8, so a GPU's "
+                     f"attention may fall back to its slow math kernel (choose n_heads or target_params so "
+                     f"that d_model / n_heads is a multiple of 8)")
 
 
 def _slices(task: _Task, train_len: int, s: dict) -> tuple[EvalSlice, ...]:

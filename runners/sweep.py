@@ -4,14 +4,17 @@
     >>> runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
     >>> runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
 
-Trials already in the directory (by trial_id) are skipped; after each finished trial its file is written
-and the tables are rebuilt from every trial file in the directory (see runners.tables), so a
-directory can collect several sweeps and a killed sweep resumes where it stopped.
+Trials already in the directory (by trial_id, with every row their config implies) are skipped; after
+each finished trial its file is written and the tables are rebuilt from every trial file in the directory,
+keeping the rows of trials that have no file (see runners.tables), so a directory can collect several
+sweeps, a killed sweep resumes where it stopped, and no row is ever dropped. One process writes a
+directory at a time (runners.lock).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pandas as pd
 from membench.runners import tables
 from membench.runners.errors import UsageError
 from membench.runners.executors import make_executor
+from membench.runners.lock import DirectoryLock
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import count, text_table
 from membench.runners.spec import SweepSpec
@@ -33,45 +37,106 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     `retry_failed`: also re-run the finished trials whose status is "error" (e.g. after an upgrade that fixes
     what raised); their new result replaces the old one.
 
-    Everything is validated (executor, device, Ray) before `out_dir` is created.
+    Everything is validated (executor, device, Ray) before `out_dir` is created; then the directory is
+    locked for this process (runners.lock: one writer per directory) and checked writable, before any
+    trial trains. Notes (trial files that will re-run) go to stderr.
     """
+    if not str(out_dir).strip():
+        raise UsageError("--out is empty; give a directory")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a directory")
-    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads)
+    check_out_dir(out)
+    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads,
+                           spec.cpu_workers)
     try:
-        (out / tables.TRIALS_DIR).mkdir(parents=True, exist_ok=True)
-        tables.remove_temporaries(out)
-        finished = tables.read_trials(out)
-        configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
-        pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(configs), initial=len(configs) - len(pending), desc=spec.name, unit="trial",
-                       position=0)
-        try:
-            for payload in runner.run(pending):
-                if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
-                    print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
-                          f"raised an exception, recorded as status error:\n{payload['traceback']}",
-                          file=sys.stderr, end="")
-                tables.write_trial(out, payload)
-                finished[payload["trial_id"]] = payload
-                tables.write_tables(out, tables.frames(finished))
-                if bar is not None:
-                    bar.set_postfix_str(f"{configs[payload['trial_id']].label()}: {_status(payload)}")
-                    bar.update()
-        finally:
-            if bar is not None:
-                bar.close()
-        if not pending:  # nothing ran: make sure the tables exist and match the trial files
-            tables.write_tables(out, tables.frames(finished))
+        _make_dirs(out)
+        with DirectoryLock(out):
+            finished = _run(spec, out, runner, progress, retry_failed)
     finally:
         runner.close()
+    configs = {t.trial_id for t in spec.trials}
     runs = tables.frames(finished)["runs"]
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
+
+
+def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool) -> dict[str, dict]:
+    tables.remove_temporaries(out)
+    notes: list[str] = []
+    configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
+    finished = {}  # trial files holding every row their config implies
+    for trial_id, payload in tables.read_trials(out, notes).items():
+        slices = [s.name for s in configs[trial_id].eval_slices] if trial_id in configs else None
+        lacking = tables.missing_rows(payload, slices)
+        if not lacking:
+            finished[trial_id] = payload
+        else:
+            notes.append(f"trial file {out / tables.TRIALS_DIR / trial_id}.json is incomplete ({lacking}); "
+                         + ("its trial will re-run" if trial_id in configs else "its rows in the tables are kept"))
+    kept = tables.kept_rows(out, finished)  # rows of trials without a (complete) file: never dropped
+    pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if kept:
+        n = len(kept.get("runs", ()))
+        print(f"note: {out} holds {n} runs rows of trials without a complete file in {tables.TRIALS_DIR}/: "
+              f"they are kept", file=sys.stderr)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(configs), initial=len(configs) - len(pending), desc=spec.name, unit="trial",
+                   position=0)
+    try:
+        for payload in runner.run(pending):
+            if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
+                print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
+                      f"raised an exception, recorded as status error:\n{payload['traceback']}",
+                      file=sys.stderr, end="")
+            _write(out, lambda: tables.write_trial(out, payload))
+            finished[payload["trial_id"]] = payload
+            _write(out, lambda: tables.write_tables(out, tables.frames(finished, kept)))
+            if bar is not None:
+                bar.set_postfix_str(f"{configs[payload['trial_id']].label()}: {_status(payload)}")
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    if not pending:  # nothing ran: make sure the tables exist and match the trial files
+        _write(out, lambda: tables.write_tables(out, tables.frames(finished, kept)))
+    return finished
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot be a results directory, before anything is created: a file, a dangling
+    symbolic link, or a directory whose trials/ or tables are of the wrong kind."""
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory")
+    if (out / tables.TRIALS_DIR).exists() and not (out / tables.TRIALS_DIR).is_dir():
+        raise UsageError(f"{out / tables.TRIALS_DIR} is a file, not a directory of trial files; move it away")
+    for name in tables.TABLES:
+        for suffix in (".csv", ".parquet"):
+            path = out / f"{name}{suffix}"
+            if path.exists() and not path.is_file():
+                raise UsageError(f"{path} is not a file (a directory?); move it away")
+
+
+def _make_dirs(out: Path) -> None:
+    try:
+        (out / tables.TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create {out / tables.TRIALS_DIR}: {err.strerror or err}; give a writable --out") \
+            from None
+
+
+def _write(out: Path, write) -> None:
+    """Run a write into `out`; a failed write (disk full, permissions changed) is one line, not a traceback."""
+    try:
+        write()
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise UsageError(f"cannot write in {out}{where}: {err.strerror or err}; the trials already written are "
+                         f"kept, and re-running resumes") from None
 
 
 def _errored(payload: dict) -> bool:

@@ -53,7 +53,7 @@ def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):
         (["--batch-tokens", "0"], "--batch-tokens must be a positive integer"),
         (["--repeats", "none"], "--repeats must be a positive integer"),
         (["--time-cap", "-1"], "--time-cap must be a positive number"),
-        (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
         (["--threads", "0"], "--threads must be a positive integer"),
         (["--d-model", "10", "--models", "transformer"], "model transformer cannot be built with --d-model 10"),
     ],

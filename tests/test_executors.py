@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 
+import pandas as pd
 import pytest
 import torch
 
@@ -93,3 +94,24 @@ def test_after_a_sticky_error_in_this_process_the_rest_runs_in_a_fresh_worker(mo
     payloads = list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(4)]))
     assert statuses(payloads) == {0: "ok", 1: "error", 2: "ok", 3: "ok"}
     assert here == [0, 1]  # trials 2 and 3 never ran in this process
+
+
+@pytest.mark.slow
+def test_cpu_workers_give_the_rows_of_a_sequential_run(tmp_path):
+    """Two CPU worker processes (one per core) produce the same rows as one process, timings aside."""
+    from membench.runners.spec import load_spec
+    from membench.runners.sweep import run_sweep
+    from tests.helpers import tiny_spec
+
+    spec_file = tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp", "lstm"],
+                          lengths=[8, 12], cpu_threads=1)
+    sequential = run_sweep(load_spec(None, spec_file, {}), tmp_path / "one", progress=False)
+    parallel_spec = load_spec(None, tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, file="two.toml",
+                                              models=["mlp", "lstm"], lengths=[8, 12], cpu_threads=1,
+                                              cpu_workers=2), {})
+    assert parallel_spec.cpu_workers == 2
+    parallel = run_sweep(parallel_spec, tmp_path / "two", progress=False)
+    same = ["trial_id", "slice", "params", "steps", "accuracy", "exact_match", "loss", "flops_per_step", "status"]
+    key = ["trial_id", "slice"]
+    pd.testing.assert_frame_equal(sequential[same].sort_values(key).reset_index(drop=True),
+                                  parallel[same].sort_values(key).reset_index(drop=True))

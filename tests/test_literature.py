@@ -371,3 +371,32 @@ def test_n_back_falls_for_the_sliding_window_once_n_exceeds_its_reach(tmp_path):
     bound = chance + STANDARD_ERRORS * math.sqrt(chance * (1 - chance) / scored)
     assert accuracy[("sliding_window", 20)] <= bound, accuracy  # beyond the reach of both windows
     assert accuracy[("transformer", 20)] >= 0.8, accuracy  # the same n-back is learnable at this budget
+
+
+# --- the delta rule's advantage (issue 14) ---------------------------------------------------------------
+DELTA_PAIR = ("deltanet", "linear_attention")
+
+
+def deltanet_recalls_at_least_as_well(sweep: Sweep) -> list[str]:
+    """On associative recall, deltanet's accuracy is at least linear attention's at every trained length: a key
+    written again replaces its value instead of adding to it (Schlag et al., 2021; Yang et al., 2024)."""
+    lengths = sweep.lengths("associative_recall", "deltanet")
+    failures = [] if lengths else ["deltanet has no recall trials"]
+    for length in lengths:
+        delta = sweep.cells[("associative_recall", "deltanet", length)]
+        linear = sweep.cells[("associative_recall", "linear_attention", length)]
+        if delta < linear:
+            failures.append(f"recall at {length}: deltanet {delta:.3f} < linear_attention {linear:.3f}")
+    return failures
+
+
+@pytest.mark.slow
+def test_deltanet_recalls_at_least_as_well_as_linear_attention(tmp_path):
+    """The smoke preset's recall trials of the two families (the same parameter budget), trained on the CPU."""
+    spec = load_spec("smoke", overrides={"device": "cpu"})
+    trials = tuple(t for t in spec.trials if t.task == "associative_recall" and t.model in DELTA_PAIR)
+    runs = run_sweep(dataclasses.replace(spec, trials=trials), tmp_path, progress=False)
+    assert (runs["status"] == "ok").all(), runs.loc[runs["status"] != "ok", ["model", "error"]]
+    params = runs.groupby("model")["params"].first()  # width-matched to the preset's budget (16k)
+    assert abs(params["deltanet"] - params["linear_attention"]) <= 0.25 * params.max(), params.to_dict()
+    assert deltanet_recalls_at_least_as_well(Sweep.read(tmp_path)) == []

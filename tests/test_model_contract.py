@@ -39,7 +39,7 @@ def test_shape_dtype_and_interface(name, device):
         assert logits.shape == (batch, seq_len, VOCAB) and logits.dtype == torch.float32
         assert torch.isfinite(logits).all()
         assert model.features(tokens).shape == (batch, seq_len, model.d_model)
-    assert model.family == name
+    assert model.name == name
     assert model.num_params() == sum(p.numel() for p in model.parameters()) > 0
     assert model.cost_class in COST_CLASSES and model.memory_mechanism
 

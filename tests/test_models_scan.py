@@ -102,7 +102,7 @@ def test_linear_attention_paths_agree(batch, seq_len, heads, dim):
 def test_ssm_paths_agree(batch, seq_len, heads, dim):
     """Here D is the SSM head width (d_inner / n_heads), with expand 2 and d_state 8."""
     torch.manual_seed(0)
-    mixer = SelectiveSSM(heads * dim // 2, d_state=8, expand=2, n_heads=heads, conv_kernel=4, chunk_size=CHUNK)
+    mixer = SelectiveSSM(heads * dim // 2, d_state=8, expand=2, n_heads=heads, short_conv=4, chunk_size=CHUNK)
     mixer = mixer.double()
     assert_paths_agree(mixer, torch.randn(batch, seq_len, heads * dim // 2, dtype=torch.float64))
 
@@ -134,7 +134,7 @@ def test_linear_attention_output_is_a_convex_combination_of_the_values():
 
 
 def test_ssm_state_size_and_validation():
-    model = build_model("ssm", 16, d_model=64, n_layers=2, d_state=16, expand=2, conv_kernel=4)
+    model = build_model("ssm", 16, d_model=64, n_layers=2, d_state=16, expand=2, short_conv=4)
     # per layer: d_inner * N = 128 * 16 SSM states + (K - 1) * (d_inner + 2N) = 3 * 160 conv inputs
     assert model.state_size(100) == 2 * (128 * 16 + 3 * 160)
     with pytest.raises(ValueError, match="n_heads"):

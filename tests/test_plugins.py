@@ -108,7 +108,7 @@ def test_a_mixer_path_builds_a_family_that_matches_parameters(user_dir):
     _, mixers, _ = user_dir
     path = f"{mixers}:ShiftMixer"
     model = build_model(path, vocab_size=16, d_model=32, n_layers=3, gain=0.5, mlp_ratio=2)
-    assert model.family == path and model_class(path) is model_class(path)
+    assert model.name == path and model_class(path) is model_class(path)
     assert [b.mixer.inner.layer_idx for b in model.blocks] == [0, 1, 2]  # layer_idx passed when taken
     assert model.blocks[0].mixer.inner.gain == 0.5 and model.blocks[0].mlp.up.out_features == 64
     assert model(torch.zeros(2, 7, dtype=torch.long)).shape == (2, 7, 16)
@@ -134,7 +134,7 @@ def test_state_size_is_unknown_and_flops_are_counted_when_not_declared(user_dir)
 def test_a_memory_model_subclass_and_a_task_subclass_by_path(user_dir):
     _, _, tasks = user_dir
     model = build_model("membench.models.families.recurrent:LSTMModel", vocab_size=8, d_model=16)
-    assert model.family == "membench.models.families.recurrent:LSTMModel" and model_class("lstm").family == "lstm"
+    assert model.name == "membench.models.families.recurrent:LSTMModel" and model_class("lstm").name == "lstm"
     task = get_task(f"{tasks}:EchoPrevious", vocab=5)
     batch = task.sample(4, 9, seed=0)
     assert task.vocab_size == 5 and torch.equal(task.solve(batch.inputs)[batch.scored], batch.targets[batch.scored])
@@ -270,7 +270,7 @@ def test_spec_include_is_relative_to_the_spec_file(tmp_path, capsys):
         spec = load_spec(spec_file=str(tmp_path / "sweep.toml"))
         assert {t.model for t in spec.trials} == {f"shift_{n}"}
         model = build_model(f"shift_{n}", vocab_size=8, d_model=16, gain=2.0)
-        assert model.family == f"shift_{n}" and model.blocks[0].mixer.inner.gain == 2.0
+        assert model.name == f"shift_{n}" and model.blocks[0].mixer.inner.gain == 2.0
         assert type(model.blocks[0].mixer.inner).__name__ == "ShiftMixer"  # the decorator returned the mixer
     finally:
         MODELS.unregister(f"shift_{n}")
@@ -305,7 +305,7 @@ def test_entry_points_register_models_and_tasks_with_their_source(tmp_path, monk
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"plugin ep_broken_{n} (mbplug_{n}.missing:Thing, from mbplug-{n}) failed" in err
         assert f"ep_shift_{n}" in list_models() and MODELS.source(f"ep_shift_{n}") == f"entry point mbplug-{n}"
-        assert build_model(f"ep_shift_{n}", vocab_size=8, d_model=16).family == f"ep_shift_{n}"
+        assert build_model(f"ep_shift_{n}", vocab_size=8, d_model=16).name == f"ep_shift_{n}"
         assert TASKS.source(f"ep_echo_{n}") == f"entry point mbplug-{n}"
         assert get_task(f"ep_echo_{n}").sample(2, 5, seed=0).inputs.shape == (2, 5)
     finally:

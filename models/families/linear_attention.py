@@ -2,7 +2,7 @@
 
 Per head (d = d_model / n_heads), with the positive feature map phi(x) = elu(x) + 1:
 
-    q_t, k_t, v_t = W_q x_t, W_k x_t, W_v x_t          # (d,) each
+    q_t, k_t, v_t = conv_K(W_q x, W_k x, W_v x)_t      # (d,) each; conv_K: the optional short convolution
     S_t = S_{t-1} + phi(k_t) v_t^T                     # (d, d)   the memory
     z_t = z_{t-1} + phi(k_t)                           # (d,)     the normaliser
     o_t = S_t^T phi(q_t) / (z_t . phi(q_t) + eps)      # (d,)
@@ -14,10 +14,14 @@ so the output stays on the scale of one value however long the sequence grows (w
 and o_t grow linearly in t and the next layer sees inputs of ever larger scale). It is computed by
 the same scan as S, by appending a constant 1 to every value: [S_t | z_t] = sum_j phi(k_j) [v_j, 1]^T.
 
+`short_conv` = K > 0 puts a depthwise causal convolution of K taps (`models.layers.ShortConv`) on q, k
+and v before the feature map, as Mamba, DeltaNet and GLA do; the default 0 is the plain layer above.
+
 Shapes: (B, T, D) -> (B, T, D). Fast path: `models.scan.scan_chunked` (masked quadratic inside
 chunks of `chunk_size`, state carried by matmuls between chunks); reference: the per-token
 recurrence `models.scan.scan_reference`.
-State per layer: n_heads * d * (d + 1) floats (S and z), constant in length. Cost: O(n).
+State per layer: n_heads * d * (d + 1) floats (S and z), plus (K - 1) * 3D for the convolution's last
+K - 1 inputs when it is on; constant in length. Cost: O(n).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.layers import check_heads
+from membench.models.layers import check_heads, optional_short_conv
 from membench.models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6
@@ -42,16 +46,19 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
 class LinearAttention(Mixer):
     """Multi-head causal linear attention with the normaliser; see the module docstring."""
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int) -> None:
+    def __init__(self, d_model: int, n_heads: int, chunk_size: int, short_conv: int = 0) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.chunk_size = d_model, n_heads, chunk_size
         self.d_head = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = optional_short_conv(3 * d_model, short_conv)  # on q, k, v together, or None
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)  # (B, T, H, d) each
+        qkv = self.qkv(x)  # (B, T, 3D)
+        qkv = qkv if self.conv is None else self.conv(qkv)
+        q, k, v = qkv.view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)  # (B, T, H, d) each
         v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, d + 1): [v, 1]
         if self.path == "reference":
             o1 = scan_reference(feature_map(q), feature_map(k), v1)
@@ -61,14 +68,16 @@ class LinearAttention(Mixer):
         return self.out(o.reshape(batch, seq_len, self.d_model))
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.d_head * (self.d_head + 1)
+        conv = 0 if self.conv is None else self.conv.state_size()
+        return self.n_heads * self.d_head * (self.d_head + 1) + conv
 
     def flops(self, batch_size: int, seq_len: int) -> int:
         tokens = batch_size * seq_len
         projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
             tokens, self.d_model, self.d_model
         )
-        return projections + self.memory_flops(batch_size, seq_len)
+        conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
+        return projections + conv + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the recurrence: the update phi(k) [v, 1]^T and the read-out phi(q)^T [S | z], per head and token
@@ -89,10 +98,12 @@ class LinearAttentionModel(MemoryModel):
         *,
         n_heads: int = 4,
         chunk_size: int = 64,
+        short_conv: int = 0,
         mlp_ratio: int = 4,
     ) -> None:
         check_int("chunk_size", chunk_size)
+        check_int("short_conv", short_conv, 0)
         check_heads(check_int("d_model", d_model), n_heads, rope=False)
         super().__init__(
-            vocab_size, d_model, n_layers, lambda i: LinearAttention(d_model, n_heads, chunk_size), mlp_ratio=mlp_ratio
+            vocab_size, d_model, n_layers, lambda i: LinearAttention(d_model, n_heads, chunk_size, short_conv), mlp_ratio=mlp_ratio
         )

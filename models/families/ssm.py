@@ -18,13 +18,12 @@ only causal differences are exponentiated, so every factor lies in [0, 1].
 
 Shapes: (B, T, D) -> (B, T, D). Fast path: chunked scan (loop over chunks of `chunk_size`, none over
 tokens); reference: the per-token recurrence `models.scan.scan_reference`. Both share projections
-and the convolution. State per layer: d_inner * N (the SSM states) + (K - 1) * (d_inner + 2N)
-(the last K - 1 conv inputs), constant in length. Cost: O(n).
+and the convolution. K is the `short_conv` param (Mamba's default 4; 0 = no convolution, x, B, C =
+split(SiLU(xBC_t))). State per layer: d_inner * N (the SSM states) + (K - 1) * (d_inner + 2N)
+(the last K - 1 conv inputs; none when K = 0), constant in length. Cost: O(n).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from torch import nn
 
 from membench.checks import ConfigError, check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.layers import ShortConv
+from membench.models.layers import mamba_decay_params, optional_short_conv
 from membench.models.scan import scan_chunked, scan_reference
 
 
@@ -40,7 +39,7 @@ class SelectiveSSM(Mixer):
     """One Mamba-2-style selective SSM layer; see the module docstring."""
 
     def __init__(
-        self, d_model: int, d_state: int, expand: int, n_heads: int, conv_kernel: int, chunk_size: int
+        self, d_model: int, d_state: int, expand: int, n_heads: int, short_conv: int, chunk_size: int
     ) -> None:
         super().__init__()
         self.d_model, self.d_state, self.n_heads, self.chunk_size = d_model, d_state, n_heads, chunk_size
@@ -48,18 +47,16 @@ class SelectiveSSM(Mixer):
         self.head_dim = self.d_inner // n_heads
         self.conv_channels = self.d_inner + 2 * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_channels + n_heads, bias=False)
-        self.conv = ShortConv(self.conv_channels, conv_kernel)  # over x, B and C together
-        # Mamba's initialisation: A_h uniform in [1, 16], softplus(dt_bias) log-uniform in [1e-3, 1e-1]
-        self.A_log = nn.Parameter(torch.empty(n_heads).uniform_(1.0, 16.0).log())
-        dt = torch.empty(n_heads).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.conv = optional_short_conv(self.conv_channels, short_conv)  # over x, B and C together, or None
+        self.A_log, self.dt_bias = mamba_decay_params(n_heads)  # Mamba's initialisation
         self.D = nn.Parameter(torch.ones(n_heads))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = u.shape
         z, xbc, dt_raw = self.in_proj(u).split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
-        x, b, c = F.silu(self.conv(xbc)).split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        xbc = xbc if self.conv is None else self.conv(xbc)
+        x, b, c = F.silu(xbc).split([self.d_inner, self.d_state, self.d_state], dim=-1)
         x = x.view(batch, seq_len, self.n_heads, self.head_dim)  # (B, T, H, P)
         dt = F.softplus(dt_raw + self.dt_bias)  # (B, T, H)
         log_decay = -self.A_log.exp() * dt  # (B, T, H): dt A <= 0
@@ -72,13 +69,13 @@ class SelectiveSSM(Mixer):
         return self.out_proj(y.reshape(batch, seq_len, self.d_inner) * F.silu(z))
 
     def state_size(self, seq_len: int) -> int:
-        return self.d_inner * self.d_state + self.conv.state_size()
+        return self.d_inner * self.d_state + (0 if self.conv is None else self.conv.state_size())
 
     def flops(self, batch_size: int, seq_len: int) -> int:
         tokens = batch_size * seq_len
         return (
             linear_flops(tokens, self.d_model, self.in_proj.out_features)
-            + self.conv.flops(batch_size, seq_len)
+            + (0 if self.conv is None else self.conv.flops(batch_size, seq_len))
             + self.memory_flops(batch_size, seq_len)
             + linear_flops(tokens, self.d_inner, self.d_model)
         )
@@ -103,21 +100,21 @@ class SSMModel(MemoryModel):
         d_state: int = 16,
         expand: int = 2,
         n_heads: int = 4,
-        conv_kernel: int = 4,
+        short_conv: int = 4,
         chunk_size: int = 64,
         mlp_ratio: int = 0,
     ) -> None:
         for label, value in (
-            ("d_state", d_state), ("expand", expand), ("n_heads", n_heads), ("conv_kernel", conv_kernel),
-            ("chunk_size", chunk_size),
+            ("d_state", d_state), ("expand", expand), ("n_heads", n_heads), ("chunk_size", chunk_size),
         ):
             check_int(label, value)
+        check_int("short_conv", short_conv, 0)
         if isinstance(d_model, int) and (expand * d_model) % n_heads:
             raise ConfigError(f"expand * d_model ({expand * d_model}) must be a multiple of n_heads ({n_heads})")
         super().__init__(
             vocab_size,
             d_model,
             n_layers,
-            lambda i: SelectiveSSM(d_model, d_state, expand, n_heads, conv_kernel, chunk_size),
+            lambda i: SelectiveSSM(d_model, d_state, expand, n_heads, short_conv, chunk_size),
             mlp_ratio=mlp_ratio,
         )

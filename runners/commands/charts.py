@@ -8,15 +8,21 @@ No training happens: the files are a pure function of runs.csv, lags.csv, curves
 
 from __future__ import annotations
 
+from membench.runners.errors import UsageError
+from membench.runners.parsing import out_dir
 from membench.runners.reporting.publish import publish
 
 HELP = "rebuild the leaderboard and every chart of a sweep directory from its tables alone (no training)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="a sweep's output directory (holding runs.csv)")
+    parser.add_argument("dir", metavar="DIR", type=out_dir, help="a sweep's output directory (holding runs.csv)")
 
 
 def run(args) -> int:
-    print(publish(args.dir).summary())
+    try:
+        print(publish(args.dir).summary())
+    except OSError as err:  # a read-only or full directory
+        where = f" ({err.filename})" if err.filename else ""
+        raise UsageError(f"cannot write in {args.dir}{where}: {err.strerror or err}") from None
     return 0

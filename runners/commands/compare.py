@@ -9,6 +9,7 @@ import pandas as pd
 
 from membench.runners.commands.run import add_sweep_flags, overrides
 from membench.runners.errors import UsageError
+from membench.runners.parsing import out_dir
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import text_table
 from membench.runners.spec import load_spec
@@ -20,7 +21,8 @@ HELP = "train a few families on one task (parameter-matched) and print their acc
 def add_arguments(parser) -> None:
     parser.add_argument("compare_models", nargs="+", metavar="MODEL", help="two or more model families")
     parser.add_argument("--task", required=True, help="the task (see `membench tasks`)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="results directory (created; resumed if it exists)")
+    parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
+                        help="results directory (created; resumed if it exists)")
     parser.add_argument("--spec", metavar="FILE", help="a TOML spec for the settings (default: preset compare)")
     add_sweep_flags(parser, tasks=False)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from membench.runners.commands.run import add_sweep_flags, overrides
+from membench.runners.parsing import out_dir
 from membench.runners.reporting.publish import publish
 from membench.runners.spec import PRESETS, load_spec
 from membench.runners.sweep import run_sweep
@@ -25,7 +26,8 @@ def add_arguments(parser) -> None:
     source.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)} "
                                          f"(default: standard with CUDA, smoke without)")
     source.add_argument("--spec", metavar="FILE", help="a TOML sweep spec (schema: runners/spec.py)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="results directory (resumed if it exists)")
+    parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
+                        help="results directory (resumed if it exists)")
     add_sweep_flags(parser)
 
 

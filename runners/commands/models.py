@@ -6,6 +6,8 @@ a model that declares no state size shows "unknown".
 
 from __future__ import annotations
 
+import torch
+
 from membench.models import MODELS, build_model, family_params, list_models, model_class
 from membench.runners.parsing import add_include_flag, positive_int
 from membench.runners.reporting.text import count, text_table
@@ -22,13 +24,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    vocab, d_model = positive_int(args.vocab_size, "--vocab-size"), positive_int(args.d_model, "--d-model")
-    n_layers, length = positive_int(args.n_layers, "--n-layers"), positive_int(args.length, "--length")
+    vocab = positive_int(args.vocab_size, "--vocab-size", "vocab_size")
+    d_model = positive_int(args.d_model, "--d-model", "d_model")
+    n_layers = positive_int(args.n_layers, "--n-layers", "n_layers")
+    length = positive_int(args.length, "--length", "length")
     header = ("model", "cost", "params", f"state@{length}", "source", "family params (defaults)",
               "memory mechanism")
     rows = []
     for name in list_models():
-        model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
+        with torch.device("meta"):  # counts and sizes only: nothing is allocated, whatever the width
+            model = build_model(name, vocab, d_model=d_model, n_layers=n_layers)
         params = ", ".join(f"{k}={v!r}" for k, v in family_params(name).items()) or "-"
         rows.append((name, model_class(name).cost_class, f"{model.num_params():,}",
                      count(model.state_size(length), missing="unknown"), MODELS.source(name), params,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from membench.runners.errors import UsageError
-from membench.runners.parsing import add_include_flag, int_list, name_list
+from membench.runners.parsing import add_include_flag, int_list, name_list, out_dir, seed_list
 from membench.runners.spec import PRESETS, RECIPES, load_spec
 from membench.runners.sweep import format_summary, run_sweep
 
@@ -16,7 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
     parser.add_argument("--spec", metavar="FILE|NAME", help="a TOML sweep spec (schema: runners/spec.py), or a "
                                                          f"shipped recipe: {', '.join(RECIPES)}")
-    parser.add_argument("--out", required=True, metavar="DIR", help="results directory (created; resumed if it exists)")
+    parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
+                        help="results directory (created; resumed if it exists)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also re-run finished trials whose status is error (a resumed sweep skips them)")
     add_sweep_flags(parser)
@@ -42,23 +42,11 @@ def overrides(args) -> dict:
     return {
         "tasks": name_list(args.tasks) if getattr(args, "tasks", None) else None,
         "models": name_list(args.models) if getattr(args, "models", None) else None,
-        "lengths": int_list(args.lengths, "--lengths") if args.lengths else None,
+        "lengths": int_list(args.lengths, "--lengths", "length") if args.lengths else None,
         "seeds": seed_list(args.seeds) if args.seeds else None,
         "device": args.device,
         "executor": args.executor,
     }
-
-
-def seed_list(text: str) -> list[int]:
-    """'0,1' -> [0, 1]; every item an integer >= 0."""
-    seeds = []
-    for item in name_list(text):
-        if not item.isdigit():
-            raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {text!r}")
-        seeds.append(int(item))
-    if not seeds:
-        raise UsageError("--seeds needs at least one value, e.g. --seeds 0,1")
-    return seeds
 
 
 def run(args) -> int:

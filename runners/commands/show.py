@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 
-from membench.checks import ConfigError
+from membench.checks import ConfigError, check_limit
 from membench.memtasks import get_task, task_class
 from membench.runners.parsing import key_values, positive_int
 
@@ -22,11 +22,15 @@ def run(args) -> int:
     cls = task_class(args.task)
     params = key_values(args.param, typing.get_type_hints(cls))
     task = get_task(args.task, **params)
-    length = positive_int(args.length, "--length")
+    length = positive_int(args.length, "--length", "length")
+    check_limit(f"task {args.task} vocab_size (from its params)", task.vocab_size, "vocab_size")
     try:
         seed = int(args.seed)
     except ValueError:
         raise ConfigError(f"--seed must be an integer, got {args.seed!r}") from None
+    if seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0, got {args.seed!r}")
+    check_limit("--seed", seed, "seed")
     batch = task.sample(1, length, seed=seed)
     scored = int(batch.scored.sum())
     print(f"{task.name} v{task.version} ({task.describe_params()}), length {length}, seed {seed}, "

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -117,12 +118,17 @@ def length_ladder(max_length: int) -> list[int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'cpu' or 'cuda' -> a torch.device; ValueError when it is unknown or not present here."""
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    """'cpu', 'cuda' or 'cuda:N' -> a torch.device; ValueError when it is unknown or not present here."""
+    if not isinstance(name, str) or name == "auto" or not _DEVICE.fullmatch(name):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 # --- one step ------------------------------------------------------------------------------
@@ -289,4 +295,7 @@ def run_cost(config: CostConfig, out_dir: Path, log: Callable[[str], None] = pri
     finally:
         torch.set_num_threads(threads)
     tables = [out_dir / f"{name}.{fmt}" for name in ("cost", "cost_fit") for fmt in ("csv", "parquet")]
+    if not (cost["status"] == "ok").any():  # nothing was measured: the tables say why, there is nothing to draw
+        log(f"note: every point failed ({', '.join(sorted(set(cost['status'])))}): charts skipped")
+        return cost, fits, [p for p in tables if p.exists()]
     return cost, fits, [p for p in tables if p.exists()] + cost_charts.draw_cost_charts(cost, fits, out_dir)

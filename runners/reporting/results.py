@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from membench.runners.errors import UsageError
+from membench.runners.tables import STRING_COLUMNS, check_table
 
 # a trial's config: its family params and size, learning rate and batch (not steps: those taken vary by seed)
 CONFIG_COLUMNS = ["model_params", "d_model", "n_layers", "lr", "batch_size"]
@@ -35,9 +36,7 @@ REQUIRED = {
     "curves": ["trial_id", "task", "model", "train_len", "step", "tokens", "eval_accuracy"],
     "slice_curves": ["trial_id", "task", "slice", "step", "tokens", "accuracy"],
 }
-_STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
-                   "status": str, "error": str, "device": str, "git_commit": str, "torch_version": str}
-
+_STRING_COLUMNS = STRING_COLUMNS  # the text columns of the tables (runners.tables)
 
 def with_model_params(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with its model_params column, "{}" (the family's defaults) where absent: tables written before
@@ -81,6 +80,8 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path, dtype=_STRING_COLUMNS)
     except pd.errors.EmptyDataError:
         return None
+    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise UsageError(f"{path} is not a readable CSV table ({' '.join(str(err).split())[:120]})") from None
 
 
 def read_results(directory: str | os.PathLike) -> Results:
@@ -103,6 +104,7 @@ def read_results(directory: str | os.PathLike) -> Results:
         if missing:
             raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
                              f"it must follow the membench {name} schema")
+        check_table(name, table, directory / f"{name}.csv") if table is not None else None  # types, ranges
     runs = with_model_params(runs).assign(task=task_labels(runs))
     label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
     for name in ("lags", "curves", "slice_curves"):  # these carry the bare task name: take the label from runs

@@ -109,6 +109,12 @@ def slice_curves_chart(slice_curves: pd.DataFrame | None, named: pd.DataFrame, o
         return _draw_slice_curves(curves, named, Path(out_dir))
 
 
+def _plain(label: str) -> str:
+    """A matplotlib label shown as written: `$` escaped (no mathtext), never hidden by a leading `_`."""
+    label = label.replace("$", "\\$")
+    return " " + label if label.startswith("_") else label
+
+
 def _draw_slice_curves(curves: pd.DataFrame, named: pd.DataFrame, out_dir: Path) -> list[Path]:
     trials = named.drop_duplicates("trial_id").sort_values(["task", "model", "d_model", "seed", "trial_id"])
     slices = list(dict.fromkeys(named["slice"].astype(str)))
@@ -125,14 +131,14 @@ def _draw_slice_curves(curves: pd.DataFrame, named: pd.DataFrame, out_dir: Path)
             line = mine[mine["slice"] == name].sort_values("step")
             if not line.empty:
                 ax.plot(line["tokens"], line["accuracy"], marker="o", markersize=3, linewidth=1.4,
-                        color=colours(0.9 * i / max(1, len(slices) - 1)), label=name)
+                        color=colours(0.9 * i / max(1, len(slices) - 1)), label=_plain(name))
         ax.set(title=f"{trial['task']}: {trial['model']} d{int(trial['d_model'])} seed {int(trial['seed'])}",
                xlabel="training tokens", ylabel="accuracy", ylim=(-0.03, 1.03))
         ax.xaxis.set_major_formatter(FuncFormatter(count_label))
     handles = {}  # every slice any panel drew, in the spec's order
     for ax in axes[:len(trials)]:
         handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles})
-    ordered = [name for name in slices if name in handles]
+    ordered = [_plain(name) for name in slices if _plain(name) in handles]
     fig.legend([handles[n] for n in ordered], ordered, loc="outside right center", title="slice", fontsize=8)
     fig.suptitle("Accuracy on every named slice during training")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,124 @@
+"""deltanet: DeltaNet (Schlag et al. 2021; Yang et al. 2024), a matrix memory written by the delta rule.
+
+Linear attention only ever adds k v^T to its memory, so a key written twice recalls the sum of its values.
+DeltaNet first recalls what the key already holds and writes only the error, so the newer value replaces
+the older. Per head (H heads of width d = D / H), for every token t:
+
+    q_t, k_t, v_t = SiLU(conv_K(W_q x, W_k x, W_v x))_t        # (d,) each; K = short_conv (0: no conv)
+    q_t, k_t = q_t / |q_t|, k_t / |k_t|                        # L2-normalised
+    beta_t = sigmoid(w_h . x_t)                                # writing strength in (0, 1), per head
+    S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T    # (d, d): the memory, S_0 = 0
+        = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T         # write the error of the recall
+    o_t = RMSNorm(S_t^T q_t)                                   # (d,), one norm shared by the heads
+    y_t = W_o concat_heads(o_t)                                # (D,)
+
+Worked example (d = 2, beta = 1, keys e1, e2, e1 with values 3, 5, 7): S^T e1 = 3, then S^T e2 = 5, then
+the recall of e1 is 3, the error 7 - 3 = 4 is written and S^T e1 = 7 (linear attention: 3 + 7 = 10).
+
+Shapes: (B, T, D) -> (B, T, D). Fast path: `models.scan.delta_rule_chunked` (the WY / UT-transform form,
+matmuls inside chunks of `chunk_size`, a loop over chunks only); reference: the per-token recurrence
+`models.scan.delta_rule_reference`. Both share the projections, the convolution and the norm.
+State per layer: H d^2 = D^2 / H floats (the memories S) + (K - 1) * 3D (the convolution's last K - 1
+inputs of q, k, v), constant in length. With D = 64, H = 4, K = 4: 1,024 + 576 = 1,600.
+FLOPs per layer (forward, reference path): 2 BT D (3D + H) (q, k, v and beta) + 2 BT 3D K (conv) +
+2 BT D^2 (output) + the delta rule, three d x d matrix-vector products per head and token (the recall
+S^T k, the write k u^T, the read S^T q): 6 BT H d^2 = 6 BT D d. Cost: O(n).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membench.checks import check_int
+from membench.models import MemoryModel, Mixer, linear_flops, register_model
+from membench.models.layers import check_heads, optional_short_conv
+from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
+
+
+class DeltaNet(Mixer):
+    """One DeltaNet layer; see the module docstring. Subclasses add a decay (`log_decay`) and an output
+    gate (`gate`) and list their extra projections in `projections`."""
+
+    def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
+        super().__init__()
+        self.d_model, self.n_heads, self.chunk_size = d_model, n_heads, chunk_size
+        self.d_head = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = optional_short_conv(3 * d_model, short_conv)  # on q, k, v together, or None
+        self.beta = nn.Linear(d_model, n_heads, bias=False)
+        self.norm = nn.RMSNorm(self.d_head, eps=1e-6)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        batch, seq_len, _ = x.shape
+        qkv = self.qkv(x)  # (B, T, 3D)
+        qkv = F.silu(qkv if self.conv is None else self.conv(qkv))
+        q, k, v = qkv.view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)  # (B, T, H, d) each
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        beta = torch.sigmoid(self.beta(x))  # (B, T, H)
+        log_decay = self.log_decay(x)  # (B, T, H) or None
+        if self.path == "reference":
+            o = delta_rule_reference(q, k, v, beta, log_decay)
+        else:
+            o = delta_rule_chunked(q, k, v, beta, log_decay, chunk_size=self.chunk_size)
+        o = self.gate(x, self.norm(o.to(carry_dtype(o))))  # (B, T, H, d); the norm in float32 at least
+        return self.out(o.reshape(batch, seq_len, self.d_model))
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, D) -> the log-decays (B, T, H); DeltaNet does not decay (None)."""
+        return None
+
+    def gate(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The normed read-out o (B, T, H, d), gated by the input x (B, T, D); DeltaNet does not gate."""
+        return o
+
+    def projections(self) -> list[nn.Linear]:
+        """Every dense layer applied to each token (for `flops`)."""
+        return [self.qkv, self.beta, self.out]
+
+    def state_size(self, seq_len: int) -> int:
+        conv = 0 if self.conv is None else self.conv.state_size()
+        return self.n_heads * self.d_head * self.d_head + conv
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        tokens = batch_size * seq_len
+        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
+        conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
+        return dense + conv + self.memory_flops(batch_size, seq_len)
+
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
+        # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token
+        return 3 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
+
+
+def check_delta_params(d_model: object, n_heads: object, short_conv: object, chunk_size: object) -> None:
+    """The checks shared by deltanet and gated_deltanet."""
+    check_int("chunk_size", chunk_size)
+    check_int("short_conv", short_conv, 0)
+    check_heads(check_int("d_model", d_model), n_heads, rope=False)
+
+
+@register_model("deltanet", order=46)
+class DeltaNetModel(MemoryModel):
+    memory_mechanism = "matrix memory per head written by the delta rule: recall, then write the error"
+    cost_class = "O(n)"
+    has_reference_path = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        *,
+        n_heads: int = 4,
+        short_conv: int = 4,
+        chunk_size: int = 32,
+        mlp_ratio: int = 4,
+    ) -> None:
+        check_delta_params(d_model, n_heads, short_conv, chunk_size)
+        super().__init__(
+            vocab_size, d_model, n_layers, lambda i: DeltaNet(d_model, n_heads, short_conv, chunk_size),
+            mlp_ratio=mlp_ratio,
+        )

@@ -1,0 +1,66 @@
+"""Benchmark: the chunked delta rule against its per-token reference, forward + backward, on the CPU.
+
+    pytest -m benchmark --benchmark-enable tests/test_bench_delta.py -s
+
+Setting (issue 14): B = 8, H = 4, T = 4096, N = P = 32, float32, unit-norm keys, beta in (0, 1), with and
+without log-decays (gated_deltanet, deltanet), chunks of 32 and 64, one torch thread (tests/conftest.py).
+Both paths are timed in the same test, alternating, min of ROUNDS each, in CPU time of this process
+(`time.process_time`; with one thread it is the work done, which a busy shared machine inflates far less
+than wall time). The issue's target is a speed-up of SPEED_UP_TARGET; the test asserts SPEED_UP_FLOOR, the
+least speed-up measured so far (README, "Benchmarks"), so that a regression fails, and reports the ratio.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from membench.models.scan import delta_rule_chunked, delta_rule_reference
+
+pytestmark = pytest.mark.benchmark
+
+BATCH, LENGTH, HEADS, WIDTH = 8, 4096, 4, 32
+ROUNDS = 2
+SPEED_UP_TARGET = 10.0  # issue 14; not reached on the CPU so far (README)
+SPEED_UP_FLOOR = 3.5
+
+
+def make_inputs(decay: bool) -> list[torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (BATCH, LENGTH, HEADS, WIDTH)
+    q = torch.randn(shape, generator=gen)
+    k = F.normalize(torch.randn(shape, generator=gen), dim=-1)
+    v = torch.randn(shape, generator=gen)
+    beta = torch.rand(BATCH, LENGTH, HEADS, generator=gen)
+    log_decay = -0.1 * torch.rand(BATCH, LENGTH, HEADS, generator=gen) if decay else None
+    return [q, k, v, beta, log_decay]
+
+
+def forward_backward(fn, inputs: list[torch.Tensor | None]) -> float:
+    """CPU seconds for one forward + backward pass of `fn` on fresh leaves made from `inputs`."""
+    leaves = [None if x is None else x.clone().requires_grad_(True) for x in inputs]
+    start = time.process_time()
+    fn(*leaves).square().mean().backward()
+    return time.process_time() - start
+
+
+@pytest.mark.parametrize("chunk_size", [32, 64])
+@pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
+def test_chunked_delta_rule_against_the_reference(benchmark, decay, chunk_size):
+    inputs = make_inputs(decay)
+    chunked = lambda *a: delta_rule_chunked(*a, chunk_size=chunk_size)  # noqa: E731
+    forward_backward(chunked, inputs)  # warm-up: allocations
+    reference_s, chunked_s = [], []
+    for _ in range(ROUNDS):
+        reference_s.append(forward_backward(delta_rule_reference, inputs))
+        chunked_s.append(forward_backward(chunked, inputs))
+    ratio = min(reference_s) / min(chunked_s)
+    benchmark.extra_info.update(reference_s=min(reference_s), chunked_s=min(chunked_s), speed_up=ratio,
+                                target=SPEED_UP_TARGET, threads=torch.get_num_threads())
+    benchmark.pedantic(forward_backward, args=(chunked, inputs), rounds=1, warmup_rounds=0)
+    print(f"\ndelta rule, decay={decay}, chunk {chunk_size}: reference {min(reference_s):.2f} s, "
+          f"chunked {min(chunked_s):.3f} s (CPU time): {ratio:.1f}x (target {SPEED_UP_TARGET:.0f}x)")
+    assert ratio >= SPEED_UP_FLOOR, f"chunked {min(chunked_s):.3f} s vs reference {min(reference_s):.2f} s"
