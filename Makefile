@@ -3,7 +3,7 @@
 #   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet, hf)
 PYTHON     ?= python3
 VENV       ?= .venv
-TORCH_SPEC ?= torch>=2.4
+TORCH_SPEC ?= torch>=2.6
 EXTRAS     ?= dev
 comma      := ,
 PY         := $(VENV)/bin/python

@@ -108,6 +108,9 @@ class MemoryModel(nn.Module):
     version: ClassVar[int] = 1
     # True when the mixers have a separate readable reference path (set_path("reference")), tested equal
     has_reference_path: ClassVar[bool] = False
+    # False when capturing the training step (torch.compile, CUDA graphs) does not pay for this family: its
+    # graph breaks (cuDNN RNNs) or its trace unrolls every token; compile = "auto" then runs it eagerly
+    compile_friendly: ClassVar[bool] = True
 
     def __init__(
         self,

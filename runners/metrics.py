@@ -10,11 +10,13 @@ Accuracy counts only scored positions. For one slice of N sequences with scored 
 
 Example: lags 1, 2, 3, 5, 8 fall in buckets 1, 2, 2, 4, 8.
 
-Peak memory (`PeakMemory`, around a trial's training and evaluation): on CUDA the largest memory held by tensors (max_memory_allocated after
-reset_peak_memory_stats). On CPU there is no allocator counter, so it is the growth of the process's peak
-resident set size: VmHWM (reset through /proc/self/clear_refs on Linux) minus VmRSS at the start; where that
-is unavailable, the growth of getrusage's ru_maxrss, which only sees growth past the process's earlier peak.
-The CPU figure includes allocator caching and anything else the process allocated meanwhile.
+Peak memory (`PeakMemory`, around a trial's training and evaluation): on CUDA the largest memory held by
+tensors above what was held at entry (max_memory_allocated after reset_peak_memory_stats, minus
+memory_allocated at entry: neither the weights nor anything an earlier trial left is counted). On CPU there
+is no allocator counter, so it is the growth of the process's peak resident set size: VmHWM (reset through
+/proc/self/clear_refs on Linux) minus VmRSS at the start; where that is unavailable, the growth of
+getrusage's ru_maxrss, which only sees growth past the process's earlier peak. The CPU figure includes
+allocator caching and anything else the process allocated meanwhile.
 """
 
 from __future__ import annotations
@@ -61,44 +63,72 @@ def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
     return exponent.long() - 1
 
 
+def eval_batches(task, seq_len: int, n_sequences: int, batch_size: int, seed: int, device: torch.device,
+                 deadline: float | None = None):
+    """The held-out batches of one slice: batch i has seed eval_seed(seed, i), drawn on the CPU and then moved
+    to `device`, so the evaluation set is the same bytes on every device (seeded CUDA sampling of a large
+    tensor depends on the GPU model's SM count); training streams are drawn on the device itself. After
+    `deadline` (a time.perf_counter() value) no further batch is drawn; the first always is."""
+    for i, start in enumerate(range(0, n_sequences, batch_size)):
+        if i and deadline is not None and time.perf_counter() > deadline:
+            return
+        yield task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), "cpu").to(device)
+
+
+@dataclass
+class _Counts:
+    """What evaluating a slice sums on the device, read back once at the end."""
+
+    correct: torch.Tensor  # () int64: scored positions predicted right
+    total: torch.Tensor  # () int64: scored positions
+    exact: torch.Tensor  # () int64: sequences with every scored position right
+    loss_sum: torch.Tensor  # () float64: cross-entropy summed over scored positions
+    lag_correct: torch.Tensor  # (64,) int64 per lag bucket
+    lag_count: torch.Tensor  # (64,) int64 per lag bucket
+
+    @classmethod
+    def zeros(cls, device: torch.device, n_buckets: int = 64) -> "_Counts":
+        def count(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.long, device=device)
+
+        return cls(count(), count(), count(), torch.zeros((), dtype=torch.float64, device=device),
+                   count(n_buckets), count(n_buckets))
+
+
+def _score_batch(model, batch, device: torch.device, counts: _Counts) -> None:
+    """Add one batch's counts. A function of its own so that its tensors (features, logits) die when it
+    returns, or when it raises (an out-of-memory error frees them with this frame)."""
+    scored = batch.scored  # (B, T)
+    with autocast(device):
+        h = model.features(batch.inputs)  # (B, T, D)
+        logits = model.head(h[scored]).float()  # (N, V), N scored positions
+    targets = batch.targets[scored]  # (N,)
+    hit = logits.argmax(-1) == targets  # (N,)
+    counts.loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+    counts.correct += hit.sum()
+    counts.total += hit.numel()
+    wrong = torch.zeros_like(scored)  # (B, T)
+    wrong[scored] = ~hit
+    counts.exact += (~wrong.any(dim=1)).sum()
+    buckets = lag_buckets(batch.lags[scored])  # (N,)
+    counts.lag_count += torch.bincount(buckets, minlength=counts.lag_count.numel())
+    counts.lag_correct += torch.bincount(buckets, weights=hit.double(), minlength=counts.lag_count.numel()).long()
+
+
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
              device: torch.device, deadline: float | None = None) -> SliceResult:
-    """Score `n_sequences` held-out sequences (seeds eval_seed(seed, i) for batch i); counts are read back once.
+    """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once.
 
     `deadline` (a time.perf_counter() value): no batch starts after it, so a trial's time cap also bounds
     its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
     was_training = model.training
     model.eval()
-    n_buckets = 64
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = torch.zeros((), dtype=torch.long, device=device)
-    exact = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    lag_correct = torch.zeros(n_buckets, dtype=torch.long, device=device)
-    lag_count = torch.zeros(n_buckets, dtype=torch.long, device=device)
-    scored_sequences = 0
+    counts, batch, scored_sequences = _Counts.zeros(device), None, 0
     try:
-        for i, start in enumerate(range(0, n_sequences, batch_size)):
-            if i and deadline is not None and time.perf_counter() > deadline:
-                break
-            scored_sequences += min(batch_size, n_sequences - start)
-            batch = task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), device)
-            scored = batch.scored  # (B, T)
-            with autocast(device):
-                h = model.features(batch.inputs)  # (B, T, D)
-                logits = model.head(h[scored]).float()  # (N, V), N scored positions
-            targets = batch.targets[scored]  # (N,)
-            hit = logits.argmax(-1) == targets  # (N,)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
-            correct += hit.sum()
-            total += hit.numel()
-            wrong = torch.zeros_like(scored)  # (B, T)
-            wrong[scored] = ~hit
-            exact += (~wrong.any(dim=1)).sum()
-            buckets = lag_buckets(batch.lags[scored])  # (N,)
-            lag_count += torch.bincount(buckets, minlength=n_buckets)
-            lag_correct += torch.bincount(buckets, weights=hit.double(), minlength=n_buckets).long()
+        for batch in eval_batches(task, seq_len, n_sequences, batch_size, seed, device, deadline):
+            _score_batch(model, batch, device, counts)
+            scored_sequences += batch.inputs.shape[0]
     except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
         if not is_oom(err):
             raise
@@ -108,16 +138,17 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     finally:
         model.train(was_training)
     if oom:  # outside the except block, so the traceback's tensors are already freed
+        del batch, counts  # and the failed batch's, so that the release finds nothing of this slice alive
         release_memory(device)
         return SliceResult(status="oom", error=oom)
-    n, hits = int(total), int(correct)
-    counts, corrects = lag_count.tolist(), lag_correct.tolist()
+    n, hits = int(counts.total), int(counts.correct)
+    lag_counts, lag_corrects = counts.lag_count.tolist(), counts.lag_correct.tolist()
     return SliceResult(
         accuracy=hits / n if n else math.nan,
-        exact_match=int(exact) / scored_sequences,
-        loss=float(loss_sum) / n if n else math.nan,
+        exact_match=int(counts.exact) / scored_sequences,
+        loss=float(counts.loss_sum) / n if n else math.nan,
         scored=n,
-        lags={1 << k: (corrects[k], counts[k]) for k in range(n_buckets) if counts[k]},
+        lags={1 << k: (lag_corrects[k], lag_counts[k]) for k in range(len(lag_counts)) if lag_counts[k]},
     )
 
 
@@ -137,9 +168,19 @@ def short_error(err: BaseException, limit: int = 300) -> str:
 
 
 def release_memory(device: torch.device) -> None:
+    """Collect garbage (reference cycles holding tensors) and give the allocator's free blocks back."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def end_trial(device: torch.device) -> None:
+    """What every trial does last, on success and failure alike, so the next one starts clean: reset dynamo
+    (its caches are keyed by code object, shared by every trial's captured step: without a reset, the ninth
+    model class hits the recompile limit and silently runs eager, and each entry keeps its CUDA-graph
+    memory pool), then release memory."""
+    torch.compiler.reset()
+    release_memory(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -168,7 +209,11 @@ def _reset_peak_rss() -> bool:
 
 
 class PeakMemory:
-    """Context manager measuring the peak memory of its block in MB (see the module doc for CPU)."""
+    """Context manager measuring the peak memory of its block in MB (see the module doc for CPU).
+
+    On CUDA the peak is relative to what was allocated at entry (the weights, and whatever is still held),
+    as in runners.cost.measure, and the allocator's peak counter is reset at entry, so trials compare.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -177,7 +222,7 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = 0
+            self._start = torch.cuda.memory_allocated(self.device)
         elif _reset_peak_rss() and _proc_status_kb("VmRSS") is not None:
             self._start, self._source = _proc_status_kb("VmRSS"), "hwm"
         else:
@@ -186,7 +231,7 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb = max(0, torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
             return
         if self._source == "hwm":
             peak = _proc_status_kb("VmHWM")

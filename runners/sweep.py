@@ -31,8 +31,11 @@ from membench.runners.trial import STATUSES
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, retry_failed: bool = False) -> pd.DataFrame:
     """Run the unfinished trials of `spec` into `out_dir`; returns the runs rows of the spec's trials.
+
+    `retry_failed`: also re-run the finished trials whose status is "error" (e.g. after an upgrade that fixes
+    what raised); their new result replaces the old one.
 
     Everything is validated (executor, device, Ray) before `out_dir` is created; then the directory is
     locked for this process (runners.lock: one writer per directory) and checked writable, before any
@@ -47,7 +50,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     try:
         _make_dirs(out)
         with DirectoryLock(out):
-            finished = _run(spec, out, runner, progress)
+            finished = _run(spec, out, runner, progress, retry_failed)
     finally:
         runner.close()
     configs = {t.trial_id for t in spec.trials}
@@ -55,7 +58,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
 
 
-def _run(spec: SweepSpec, out: Path, runner, progress: bool) -> dict[str, dict]:
+def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False) -> dict[str, dict]:
     tables.remove_temporaries(out)
     notes: list[str] = []
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
@@ -69,7 +72,7 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool) -> dict[str, dict]:
             notes.append(f"trial file {out / tables.TRIALS_DIR / trial_id}.json is incomplete ({lacking}); "
                          + ("its trial will re-run" if trial_id in configs else "its rows in the tables are kept"))
     kept = tables.kept_rows(out, finished)  # rows of trials without a (complete) file: never dropped
-    pending = [t for i, t in configs.items() if i not in finished]
+    pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if kept:
@@ -134,6 +137,11 @@ def _write(out: Path, write) -> None:
         where = f" ({err.filename})" if err.filename else ""
         raise UsageError(f"cannot write in {out}{where}: {err.strerror or err}; the trials already written are "
                          f"kept, and re-running resumes") from None
+
+
+def _errored(payload: dict) -> bool:
+    """True when a finished trial failed with an exception (status "error" in its runs rows)."""
+    return any(row["status"] == "error" for row in payload["runs"])
 
 
 def _status(payload: dict) -> str:

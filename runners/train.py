@@ -28,16 +28,18 @@ every eval slice is scored on held-out seeds. Training stops early when the slic
 `config.early_stop` reach `threshold`: those at the train length ("train_len") or all of them
 ("all_slices"). Time-to-accuracy is the first evaluation at which EVERY slice reached it.
 
-Clocks: `train_seconds` and time-to-accuracy count training only, from the first step (compilation by the
-`compile` option included) to the evaluation; evaluation pauses the clock, so the eval frequency does
-not change them, except through their resolution of `eval_every` steps. The time cap counts the
-trial's whole wall time, evaluation included: no training step and no eval batch starts after it (an
-evaluation cut short ends training with status timeout), and the final evaluation may take one more cap,
-so a trial ends within about 2 x time_cap.
+Clocks: `train_seconds` and time-to-accuracy count training only, from the first step to the evaluation;
+evaluation pauses the clock, so the eval frequency does not change them, except through their resolution
+of `eval_every` steps. The time cap counts the trial's wall time from the first step, evaluation included:
+no training step and no eval batch starts after it (an evaluation cut short ends training with status
+timeout), and the final evaluation may take one more cap, so a trial ends within about 2 x time_cap.
+Compilation is neither: it happens in a warm-up before the first step (`warm_up`), timed as
+`compile_seconds`.
 
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
-which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA, none elsewhere).
+which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA for a family that declares capture
+helps it, `compile_friendly`; none elsewhere: `resolve_compile`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class CapacityExceeded(RuntimeError):
 @dataclass
 class TrainOutcome:
     steps: int = 0  # optimizer steps taken
-    train_seconds: float = 0.0  # wall seconds spent training (evaluation excluded)
+    train_seconds: float = 0.0  # wall seconds spent training (evaluation and the compile warm-up excluded)
+    compile_seconds: float = 0.0  # wall seconds of the warm-up that compiles the captured step (0: eager)
     tokens: int = 0  # training tokens seen (B * T summed over steps)
     segment_steps: list[int] = field(default_factory=list)  # steps drawn from each segment
     head_rows: list[int | None] = field(default_factory=list)  # rows the output head runs on, per segment
@@ -134,6 +137,7 @@ def scored_positions(targets: torch.Tensor, capacity: int) -> tuple[torch.Tensor
     """
     flat = targets.reshape(-1)  # (B*T,)
     scored = flat != IGNORE  # (B*T,)
+    # nonzero_static has a CUDA kernel from torch 2.6 on (hence pyproject's torch>=2.6)
     index = torch.nonzero_static(scored, size=capacity, fill_value=0).squeeze(1)  # (C,)
     count = scored.sum()  # (), stays on the device
     real = torch.arange(capacity, device=flat.device) < count  # (C,)
@@ -151,11 +155,27 @@ def scored_loss(model, h: torch.Tensor, index: torch.Tensor, picked: torch.Tenso
     return F.cross_entropy(logits.float(), picked)
 
 
+def resolve_compile(model, compile: str, device: torch.device) -> str:
+    """The capture a trial gets: `compile` itself, or for "auto" cuda_graphs where the device can replay CUDA
+    graphs (`precision.graphs_supported`: CUDA, sm_80+) and the family declares that capture helps it
+    (`compile_friendly`, see models.base), none otherwise.
+
+    Example: auto -> cuda_graphs for a transformer on an H100, none for an lstm there, none for both on a T4
+    or the CPU.
+    """
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
+    if compile != "auto":
+        return compile
+    helps = getattr(model, "compile_friendly", True)
+    return "cuda_graphs" if helps and precision.graphs_supported(device) else "none"
+
+
 def loss_fn(model, compile: str, device: torch.device):
     """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
-    (see the module doc). Evaluation always runs eagerly (its lengths vary)."""
-    if compile == "auto":
-        compile = "cuda_graphs" if precision.graphs_supported(device) else "none"
+    ("auto" resolved by `resolve_compile`; see the module doc). Evaluation always runs eagerly (its lengths
+    vary)."""
+    compile = resolve_compile(model, compile, device)
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         with metrics.autocast(device):
@@ -195,117 +215,199 @@ class _Clock:
         self._since = time.perf_counter()
 
 
-def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
-    """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it."""
-    train_tasks = [config.segment_task(s) for s in config.segments]
+@dataclass
+class _Run:
+    """What one trial's training loop reads and updates: its tasks, optimizer, counters and results so far."""
+
+    config: object  # runners.trial.TrialConfig
+    model: torch.nn.Module
+    device: torch.device
+    train_tasks: list  # one task per training segment
+    eval_tasks: dict  # slice name -> task
+    at_train_len: list[str]  # the slices whose mean is the curve's eval_accuracy
+    stop_names: list[str]  # the slices that must reach the threshold to stop early
+    schedule: list[int]  # segment of each step
+    optimizer: torch.optim.Optimizer
+    compile: str  # the capture of the step, "auto" resolved (see resolve_compile)
+    step_loss: object  # (inputs, index, picked) -> () loss, captured per `compile`
+    capacity: list[int | None]  # gather rows of each segment, set from its first batch
+    out: TrainOutcome
+    loss_sum: torch.Tensor  # () on the device: the loss summed since the last reading
+    excess: torch.Tensor  # () int64 on the device: scored positions dropped (must stay 0)
+    clock: _Clock | None = None
+    bar: object = None  # tqdm progress bar, or None
+    points: dict = field(default_factory=dict)  # step -> curve point
+    window: int = 0  # steps summed in loss_sum
+    loss_value: float = math.nan  # the last loss reading
+    last_eval: int = -1  # step of the last evaluation
+    started: float = 0.0  # time.perf_counter() at the first step: the time cap counts from it
+
+    def point(self, step: int, seconds: float) -> dict:
+        """The curve point of `step`, created at `seconds` on first use."""
+        return self.points.setdefault(step, {"step": step, "seconds": seconds, "tokens": self.out.tokens,
+                                             "train_loss": math.nan, "eval_accuracy": math.nan})
+
+
+def start(model, config, device: torch.device, compile: str) -> _Run:
+    """The state of a trial before its first step: tasks, schedule, optimizer, captured loss, empty counters."""
     eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}
+    compile = resolve_compile(model, compile, device)
     at_train_len = [s.name for s in config.eval_slices if s.seq_len == config.train_len] or list(eval_tasks)
-    stop_names = list(eval_tasks) if config.early_stop == "all_slices" else at_train_len
-    schedule = segment_schedule([s.weight for s in config.segments], config.steps, config.seed)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-    step_loss = loss_fn(model, compile, device)
-    capacity: list[int | None] = [None] * len(config.segments)  # gather rows of each segment, set on first use
-    out = TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments))
-    points: dict[int, dict] = {}  # step -> curve point
+    return _Run(
+        config=config, model=model, device=device,
+        train_tasks=[config.segment_task(s) for s in config.segments],
+        eval_tasks=eval_tasks, at_train_len=at_train_len,
+        stop_names=list(eval_tasks) if config.early_stop == "all_slices" else at_train_len,
+        schedule=segment_schedule([s.weight for s in config.segments], config.steps, config.seed),
+        optimizer=make_optimizer(model, config.lr, config.weight_decay, device),
+        compile=compile, step_loss=loss_fn(model, compile, device),
+        capacity=[None] * len(config.segments),
+        out=TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments)),
+        loss_sum=torch.zeros((), device=device),
+        excess=torch.zeros((), dtype=torch.long, device=device),
+    )
 
-    def point(step: int, seconds: float) -> dict:
-        return points.setdefault(step, {"step": step, "seconds": seconds, "tokens": out.tokens,
-                                        "train_loss": math.nan, "eval_accuracy": math.nan})
 
-    def evaluate(step: int, final: bool = False) -> bool:
-        """Score every slice; record the curve and time-to-accuracy; True when training should stop.
-        Scoring stops at the time cap (the final evaluation may take one more time cap)."""
-        seconds = clock.pause()
-        deadline = started + config.time_cap * (2 if final else 1)
-        out.slices = {
-            s.name: metrics.evaluate(model, eval_tasks[s.name], s.seq_len, s.n_sequences, config.batch_size,
-                                     config.seed, device, deadline)
-            for s in config.eval_slices
-        }
-        if not final and time.perf_counter() > deadline:
-            out.timed_out = True  # this evaluation was cut short: the final one (with its grace) replaces it
-        clock.resume()
-        accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
-        out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
-                            for name, a in accuracy.items()]
-        point(step, seconds)["eval_accuracy"] = sum(accuracy[n] for n in at_train_len) / len(at_train_len)
-        reached = {name for name, a in accuracy.items() if a >= config.threshold}
-        if not out.time_to_accuracy and reached == set(accuracy):
-            out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
-        if bar is not None:
-            bar.set_postfix_str(f"loss {loss_value:.3f} acc {point(step, seconds)['eval_accuracy']:.3f}")
-        return set(stop_names) <= reached
+def draw(run: _Run, step: int):
+    """The batch of step `step`, on the device, and its scored positions gathered to its segment's capacity
+    (set from the segment's first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
+    seg = run.schedule[step]
+    batch = run.train_tasks[seg].sample(run.config.batch_size, run.config.segments[seg].seq_len,
+                                        train_seed(run.config.seed, step), run.device)
+    if run.capacity[seg] is None:
+        run.capacity[seg] = gather_capacity(batch.targets)
+        run.out.head_rows[seg] = run.capacity[seg]
+    return (batch.inputs, *scored_positions(batch.targets, run.capacity[seg]))
 
-    def read_loss(step: int) -> None:
-        """Host sync: the mean loss since the last reading; raises Diverged when it is not finite and
-        CapacityExceeded when a step dropped scored positions."""
-        nonlocal window, loss_value
-        loss_value = float(loss_sum) / window
-        if int(excess):
-            raise CapacityExceeded(
-                f"{int(excess)} scored positions did not fit the gather capacity {capacity} (per segment, set "
-                f"from its first batch) in steps {step - window + 1}..{step}: this task's count of scored "
-                f"positions varies more than the margin of one sequence")
-        if not math.isfinite(loss_value):
-            raise Diverged(f"training loss is {loss_value} at step {step}")
-        point(step, clock.pause())["train_loss"] = loss_value
-        clock.resume()
-        loss_sum.zero_()
-        window = 0
-        if bar is not None:
-            bar.set_postfix_str(f"loss {loss_value:.3f}")
 
-    bar = None
+def warm_up(run: _Run) -> float:
+    """Compile the captured step before the clock starts; returns its wall seconds (0.0 when eager).
+
+    One forward and backward on the first batch of each segment (the batch its first step will draw, so the
+    capacities are the ones training uses; each segment's shapes compile now, not mid-run), twice under
+    cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped and the
+    optimizer is not stepped, so nothing is learnt and training's numbers are those of an eager run.
+    """
+    if run.compile == "none":
+        return 0.0
+    started = time.perf_counter()
+    first_steps = {}  # segment -> its first step
+    for step, seg in enumerate(run.schedule):
+        first_steps.setdefault(seg, step)
+    for step in first_steps.values():
+        inputs, index, picked, _ = draw(run, step)
+        for _ in range(2 if run.compile == "cuda_graphs" else 1):
+            run.step_loss(inputs, index, picked).backward()
+        run.model.zero_grad(set_to_none=True)
+    metrics.synchronize(run.device)
+    return time.perf_counter() - started
+
+
+def train_step(run: _Run, step: int) -> None:
+    """Step `step` (0-based): draw its batch, forward and backward, clip, update; the loss stays on the device."""
+    config, out = run.config, run.out
+    seg = run.schedule[step]
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+    inputs, index, picked, dropped = draw(run, step)  # (B, T), (C,), (C,), ()
+    loss = run.step_loss(inputs, index, picked)
+    run.excess += dropped
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.loss_sum += loss.detach()
+    run.window += 1
+    out.steps, out.tokens = step + 1, out.tokens + config.batch_size * config.segments[seg].seq_len
+    out.segment_steps[seg] += 1
+
+
+def read_loss(run: _Run, step: int) -> None:
+    """Host sync: the mean loss since the last reading, recorded on the curve; raises Diverged when it is
+    not finite and CapacityExceeded when a step dropped scored positions."""
+    run.loss_value = float(run.loss_sum) / run.window
+    if int(run.excess):
+        raise CapacityExceeded(
+            f"{int(run.excess)} scored positions did not fit the gather capacity {run.capacity} (per segment, "
+            f"set from its first batch) in steps {step - run.window + 1}..{step}: this task's count of scored "
+            f"positions varies more than the margin of one sequence")
+    if not math.isfinite(run.loss_value):
+        raise Diverged(f"training loss is {run.loss_value} at step {step}")
+    run.point(step, run.clock.pause())["train_loss"] = run.loss_value
+    run.clock.resume()
+    run.loss_sum.zero_()
+    run.window = 0
+    if run.bar is not None:
+        run.bar.set_postfix_str(f"loss {run.loss_value:.3f}")
+
+
+def evaluate(run: _Run, step: int, final: bool = False) -> bool:
+    """Score every slice (clock paused); record the curve and time-to-accuracy; True when training should stop.
+    Scoring stops at the time cap (the final evaluation may take one more cap); an evaluation cut short marks
+    the trial timed out, and the final one replaces it."""
+    config, out = run.config, run.out
+    seconds = run.clock.pause()
+    deadline = run.started + config.time_cap * (2 if final else 1)
+    out.slices = {
+        s.name: metrics.evaluate(run.model, run.eval_tasks[s.name], s.seq_len, s.n_sequences, config.batch_size,
+                                 config.seed, run.device, deadline)
+        for s in config.eval_slices
+    }
+    if not final and time.perf_counter() > deadline:
+        out.timed_out = True
+    run.clock.resume()
+    run.last_eval = step
+    accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
+    out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
+                        for name, a in accuracy.items()]
+    point = run.point(step, seconds)
+    point["eval_accuracy"] = sum(accuracy[n] for n in run.at_train_len) / len(run.at_train_len)
+    reached = {name for name, a in accuracy.items() if a >= config.threshold}
+    if not out.time_to_accuracy and reached == set(accuracy):
+        out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
+    if run.bar is not None:
+        run.bar.set_postfix_str(f"loss {run.loss_value:.3f} acc {point['eval_accuracy']:.3f}")
+    return set(run.stop_names) <= reached
+
+
+def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
+    """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it.
+
+    The loop, stage by stage: the compile warm-up (before the clocks start); steps until the budget, the
+    time cap or an early stop, the loss read every `log_every` steps and the slices scored every
+    `eval_every`; then the last loss reading, the training time, and a final evaluation unless the last
+    step was just evaluated.
+    """
+    run = start(model, config, device, compile)
+    out = run.out
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
-    loss_sum = torch.zeros((), device=device)
-    excess = torch.zeros((), dtype=torch.long, device=device)  # scored positions dropped (must stay 0)
-    window, loss_value, last_eval = 0, math.nan, -1
+        run.bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
     model.train()
-    started = time.perf_counter()
-    clock = _Clock(device)
     try:
+        out.compile_seconds = warm_up(run)
+        started = run.started = time.perf_counter()
+        run.clock = _Clock(device)
         for step in range(config.steps):
             if time.perf_counter() - started > config.time_cap:
                 out.timed_out = True
                 break
-            seg = schedule[step]
-            seq_len = config.segments[seg].seq_len
-            batch = train_tasks[seg].sample(config.batch_size, seq_len, train_seed(config.seed, step), device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-            if capacity[seg] is None:
-                capacity[seg] = gather_capacity(batch.targets)
-                out.head_rows[seg] = capacity[seg]
-            index, picked, dropped = scored_positions(batch.targets, capacity[seg])  # (C,), (C,), ()
-            loss = step_loss(batch.inputs, index, picked)
-            excess += dropped
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            window += 1
-            out.steps, out.tokens = step + 1, out.tokens + config.batch_size * seq_len
-            out.segment_steps[seg] += 1
-            if bar is not None:
-                bar.update()
+            train_step(run, step)
+            if run.bar is not None:
+                run.bar.update()
             if out.steps % config.log_every == 0:
-                read_loss(out.steps)
-            if out.steps % config.eval_every == 0:
-                last_eval = out.steps
-                if evaluate(out.steps):
-                    break
-        if window:
-            read_loss(out.steps)
-        out.train_seconds = clock.pause()
-        clock.resume()
-        if last_eval != out.steps or out.timed_out:
-            evaluate(out.steps, final=True)
+                read_loss(run, out.steps)
+            if out.steps % config.eval_every == 0 and evaluate(run, out.steps):
+                break
+        if run.window:
+            read_loss(run, out.steps)
+        out.train_seconds = run.clock.pause()
+        run.clock.resume()
+        if run.last_eval != out.steps or out.timed_out:
+            evaluate(run, out.steps, final=True)
     finally:
-        if bar is not None:
-            bar.close()
-    out.curve = [points[s] for s in sorted(points)]
+        if run.bar is not None:
+            run.bar.close()
+    out.curve = [run.points[s] for s in sorted(run.points)]
     return out

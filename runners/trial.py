@@ -35,6 +35,7 @@ from membench.checks import ConfigError
 from membench.memtasks import get_task, task_class
 from membench.models import build_model, model_class
 from membench.runners import metrics
+from membench.runners.precision import precision_name
 from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS, state_cell
 from membench.runners.train import Diverged, TrainOutcome, train
 
@@ -203,11 +204,18 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
         failure = ("oom" if metrics.is_oom(err) else "error", metrics.short_error(err))
         if failure[0] == "error":  # a bug, most likely: keep its traceback for the user (trial file, stderr)
             trace = traceback.format_exc()
-    if failure is not None:  # outside the except block, so the traceback's tensors are already freed
-        metrics.release_memory(device)
+    # outside the except block, so the traceback's tensors (and the optimizer, the batches) are already freed
+    if failure is not None:
+        if model is not None:
+            model.zero_grad(set_to_none=True)  # gradients of a failed step
         payload = _payload(config, model, None, *failure, math.nan, device)
-        return {**payload, "traceback": trace} if trace else payload
-    return _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb, device)
+        payload = {**payload, "traceback": trace} if trace else payload
+    else:
+        payload = _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb,
+                           device)
+    del model, outcome
+    metrics.end_trial(device)  # success or failure: reset dynamo, release memory (the next trial starts clean)
+    return payload
 
 
 @contextlib.contextmanager
@@ -270,12 +278,13 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }
     cost = dict.fromkeys(
-        ["steps", "train_seconds", "ms_per_step", "tokens_per_second", "tflops_per_s",
+        ["steps", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second", "tflops_per_s",
          "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens"], nan)
     if outcome is not None and outcome.steps > 0:
         seconds = outcome.train_seconds
         cost.update(
-            steps=outcome.steps, train_seconds=seconds, ms_per_step=1000 * seconds / outcome.steps,
+            steps=outcome.steps, train_seconds=seconds, compile_seconds=outcome.compile_seconds,
+            ms_per_step=1000 * seconds / outcome.steps,
             tokens_per_second=outcome.tokens / seconds,
             tflops_per_s=mean_flops * outcome.steps / seconds / 1e12,
             time_to_accuracy_seconds=outcome.time_to_accuracy.get("seconds", nan),
@@ -284,7 +293,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
         )
     elif outcome is not None:
         cost["steps"] = 0
-    tail = {"device": metrics.device_name(device), "git_commit": git_commit(), "torch_version": torch.__version__}
+    tail = {"device": metrics.device_name(device), "precision": _precision(device), "git_commit": git_commit(),
+            "torch_version": torch.__version__}
     rows = []
     for s in config.eval_slices:
         result = outcome.slices.get(s.name) if outcome is not None else None
@@ -306,6 +316,13 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
     return rows
+
+
+def _precision(device: torch.device) -> str:
+    """The `precision` of the trial's rows; '' when this process cannot see the device (a dead worker's GPU)."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return ""
+    return precision_name(device)
 
 
 def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:

@@ -116,6 +116,7 @@ class ExternalMemory(Mixer):
 class ExternalMemoryModel(MemoryModel):
     memory_mechanism = "LSTM controller writing to and reading from content-addressed memory slots (NTM/DNC)"
     cost_class = "O(n)"
+    compile_friendly = False  # a trace unrolls T steps per layer: minutes of compile at long lengths
 
     def __init__(
         self,

@@ -111,6 +111,7 @@ class _RecurrentModel(MemoryModel):
     kind = "lstm"
     cost_class = "O(n)"
     has_reference_path = True
+    compile_friendly = False  # the cuDNN RNN call is a graph break: capture gains nothing
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, mlp_ratio: int = 4) -> None:
         super().__init__(

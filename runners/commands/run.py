@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
                                                          f"shipped recipe: {', '.join(RECIPES)}")
     parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
                         help="results directory (created; resumed if it exists)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also re-run finished trials whose status is error (a resumed sweep skips them)")
     add_sweep_flags(parser)
 
 
@@ -51,7 +53,8 @@ def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
-    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
+    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
+                     retry_failed=args.retry_failed)
     print(format_summary(runs))
     print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv, slice_curves.csv")
     return 0
