@@ -120,7 +120,7 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
              device: torch.device, deadline: float | None = None) -> SliceResult:
     """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once.
 
-    `deadline` (a time.perf_counter() value): no batch starts after it, so a trial's time cap also bounds
+    `deadline` (a time.perf_counter() value): no batch is scored after it, so a trial's time cap also bounds
     its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
     was_training = model.training
     model.eval()

@@ -32,9 +32,9 @@ Clocks: `train_seconds` and time-to-accuracy count training only, from the first
 evaluation pauses the clock, so the eval frequency does not change them, except through their resolution
 of `eval_every` steps. The time cap counts the trial's wall time from the first step, evaluation included:
 no training step and no eval batch starts after it (an evaluation cut short ends training with status
-timeout), and the final evaluation may take one more cap, so a trial ends within about 2 x time_cap.
-Compilation is neither: it happens in a warm-up before the first step (`warm_up`), timed as
-`compile_seconds`.
+timeout), and the final evaluation may take one more cap, so a trial ends within about 2 x time_cap after
+its first step. Compilation is none of these: it happens in a warm-up before the first step (`warm_up`),
+timed as `compile_seconds`.
 
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
@@ -235,6 +235,7 @@ class _Run:
     loss_sum: torch.Tensor  # () on the device: the loss summed since the last reading
     excess: torch.Tensor  # () int64 on the device: scored positions dropped (must stay 0)
     clock: _Clock | None = None
+    started: float = 0.0  # time.perf_counter() at the first step: the time cap counts from it
     bar: object = None  # tqdm progress bar, or None
     points: dict = field(default_factory=dict)  # step -> curve point
     window: int = 0  # steps summed in loss_sum
@@ -343,8 +344,7 @@ def read_loss(run: _Run, step: int) -> None:
 
 def evaluate(run: _Run, step: int, final: bool = False) -> bool:
     """Score every slice (clock paused); record the curve and time-to-accuracy; True when training should stop.
-    Scoring stops at the time cap (the final evaluation may take one more cap); an evaluation cut short marks
-    the trial timed out, and the final one replaces it."""
+    Scoring stops at the time cap (the final evaluation may take one more time cap)."""
     config, out = run.config, run.out
     seconds = run.clock.pause()
     deadline = run.started + config.time_cap * (2 if final else 1)
@@ -354,7 +354,7 @@ def evaluate(run: _Run, step: int, final: bool = False) -> bool:
         for s in config.eval_slices
     }
     if not final and time.perf_counter() > deadline:
-        out.timed_out = True
+        out.timed_out = True  # this evaluation was cut short: the final one (with its grace) replaces it
     run.clock.resume()
     run.last_eval = step
     accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
@@ -387,10 +387,10 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
     model.train()
     try:
         out.compile_seconds = warm_up(run)
-        started = run.started = time.perf_counter()
+        run.started = time.perf_counter()
         run.clock = _Clock(device)
         for step in range(config.steps):
-            if time.perf_counter() - started > config.time_cap:
+            if time.perf_counter() - run.started > config.time_cap:
                 out.timed_out = True
                 break
             train_step(run, step)
