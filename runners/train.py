@@ -241,7 +241,6 @@ class _Run:
     window: int = 0  # steps summed in loss_sum
     loss_value: float = math.nan  # the last loss reading
     last_eval: int = -1  # step of the last evaluation
-    started: float = 0.0  # time.perf_counter() at the first step: the time cap counts from it
 
     def point(self, step: int, seconds: float) -> dict:
         """The curve point of `step`, created at `seconds` on first use."""
