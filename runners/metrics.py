@@ -63,12 +63,16 @@ def lag_buckets(lags: torch.Tensor) -> torch.Tensor:
     return exponent.long() - 1
 
 
-def eval_batch(task, size: int, seq_len: int, seed: int, index: int, device: torch.device):
-    """Held-out batch `index` of a run with seed `seed`: `size` sequences drawn with seed eval_seed(seed, index)
-    on the CPU and then moved to `device`, so the evaluation set is the same bytes on every device (seeded
-    CUDA sampling of a large tensor depends on the GPU model's SM count); training streams are drawn on the
-    device itself."""
-    return task.sample(size, seq_len, eval_seed(seed, index), "cpu").to(device)
+def eval_batches(task, seq_len: int, n_sequences: int, batch_size: int, seed: int, device: torch.device,
+                 deadline: float | None = None):
+    """The held-out batches of one slice: batch i has seed eval_seed(seed, i), drawn on the CPU and then moved
+    to `device`, so the evaluation set is the same bytes on every device (seeded CUDA sampling of a large
+    tensor depends on the GPU model's SM count); training streams are drawn on the device itself. After
+    `deadline` (a time.perf_counter() value) no further batch is drawn; the first always is."""
+    for i, start in enumerate(range(0, n_sequences, batch_size)):
+        if i and deadline is not None and time.perf_counter() > deadline:
+            return
+        yield task.sample(min(batch_size, n_sequences - start), seq_len, eval_seed(seed, i), "cpu").to(device)
 
 
 @dataclass
@@ -114,7 +118,7 @@ def _score_batch(model, batch, device: torch.device, counts: _Counts) -> None:
 @torch.no_grad()
 def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed: int,
              device: torch.device, deadline: float | None = None) -> SliceResult:
-    """Score `n_sequences` held-out sequences (batch i is `eval_batch` i); counts are read back once.
+    """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once.
 
     `deadline` (a time.perf_counter() value): no batch is scored after it, so a trial's time cap also bounds
     its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
@@ -122,13 +126,9 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     model.eval()
     counts, batch, scored_sequences = _Counts.zeros(device), None, 0
     try:
-        for i, start in enumerate(range(0, n_sequences, batch_size)):
-            if i and deadline is not None and time.perf_counter() > deadline:
-                break
-            size = min(batch_size, n_sequences - start)
-            scored_sequences += size
-            batch = eval_batch(task, size, seq_len, seed, i, device)
+        for batch in eval_batches(task, seq_len, n_sequences, batch_size, seed, device, deadline):
             _score_batch(model, batch, device, counts)
+            scored_sequences += batch.inputs.shape[0]
     except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
         if not is_oom(err):
             raise

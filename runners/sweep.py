@@ -58,7 +58,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
 
 
-def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool) -> dict[str, dict]:
+def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False) -> dict[str, dict]:
     tables.remove_temporaries(out)
     notes: list[str] = []
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice

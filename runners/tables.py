@@ -186,8 +186,9 @@ def kept_rows(out_dir: Path, trial_ids) -> dict[str, pd.DataFrame]:
     return kept
 
 
-STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str, "status": str,
-                  "error": str, "device": str, "precision": str, "git_commit": str, "torch_version": str}
+STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
+                  "status": str, "error": str, "device": str, "precision": str, "git_commit": str,
+                  "torch_version": str}
 
 
 def read_table(path: Path, name: str) -> pd.DataFrame | None:

@@ -221,17 +221,17 @@ def test_evaluation_sets_are_drawn_on_the_cpu_whatever_the_device(monkeypatch):
         return real_sample(self, batch_size, seq_len, seed, device)
 
     monkeypatch.setattr(type(task), "sample", spy)
-    on_meta = [metrics.eval_batch(task, 8, 32, 3, i, torch.device("meta")) for i in range(3)]  # a device with no data
+    on_meta = list(metrics.eval_batches(task, 32, 20, 8, 3, torch.device("meta")))  # a device with no data
     assert drawn_on == [torch.device("cpu")] * 3
     assert [b.inputs.device.type for b in on_meta] == ["meta"] * 3
-    assert [tuple(b.inputs.shape) for b in on_meta] == [(8, 32)] * 3
-    for i in range(3):  # batch i is eval seed i of the run, drawn on the CPU
-        batch, expected = metrics.eval_batch(task, 8, 32, 3, i, torch.device("cpu")), real_sample(task, 8, 32,
-                                                                                                 eval_seed(3, i))
+    assert [tuple(b.inputs.shape) for b in on_meta] == [(8, 32), (8, 32), (4, 32)]
+    on_cpu = list(metrics.eval_batches(task, 32, 20, 8, 3, torch.device("cpu")))
+    for i, batch in enumerate(on_cpu):  # batch i is eval seed i of the run, drawn on the CPU
+        expected = real_sample(task, len(batch.inputs), 32, eval_seed(3, i), "cpu")
         assert torch.equal(batch.inputs, expected.inputs) and torch.equal(batch.targets, expected.targets)
     drawn_on.clear()
     model = build_model("mlp", task.vocab_size, d_model=8, n_layers=1)
-    metrics.evaluate(model, task, 32, 20, 8, 3, torch.device("cpu"))  # evaluation draws through eval_batch
+    metrics.evaluate(model, task, 32, 20, 8, 3, torch.device("cpu"))  # evaluation draws through eval_batches
     assert drawn_on == [torch.device("cpu")] * 3
 
 
