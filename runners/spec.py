@@ -39,7 +39,7 @@ from membench.models import count_params, family_params, fast_attention_width, l
 from membench.registry import unknown_name_message
 from membench.runners.executors import EXECUTORS
 from membench.runners.train import COMPILE_MODES
-from membench.runners.trial import EARLY_STOPS, EvalSlice, Segment, TrialConfig
+from membench.runners.trial import BUDGETS, EARLY_STOPS, EvalSlice, Segment, TrialConfig
 
 
 def _shipped() -> dict[str, str]:
@@ -67,6 +67,9 @@ SETTINGS = {
     "batch_size": (checks.integer(1), 32),
     "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),
     "early_stop": (checks.choice(EARLY_STOPS), _TRIAL_DEFAULTS["early_stop"]),
+    "budget": (checks.choice(BUDGETS), _TRIAL_DEFAULTS["budget"]),
+    "patience": (checks.integer(1), _TRIAL_DEFAULTS["patience"]),
+    "min_delta": (checks.number(0, 1), _TRIAL_DEFAULTS["min_delta"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
     "eval_sequences": (checks.limited(checks.integer(1), "eval_sequences"), 256),
     "eval_every": (checks.integer(1), _TRIAL_DEFAULTS["eval_every"]),
@@ -91,7 +94,7 @@ MODEL_KEYS = {"model": checks.text, "params": checks.table}
 SEGMENT_KEYS = {"seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table, "weight": checks.number(0, low_open=True)}
 SLICE_KEYS = {"name": checks.name, "seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table,
               "n_sequences": checks.limited(checks.integer(1), "eval_sequences")}
-OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor")
+OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor", "steps", "budget")
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,8 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         if key in overrides:
             top[key] = TOP_KEYS[key](overrides[key], f"--{key}")
     top_settings = _settings(raw, label)
-    flag_settings = {k: SETTINGS[k][0](overrides[k], f"--{k}") for k in ("lengths", "seeds") if k in overrides}
+    flag_settings = {k: SETTINGS[k][0](overrides[k], f"--{k}") for k in ("lengths", "seeds", "steps", "budget")
+                     if k in overrides}
     cost_tables = top.get("cost_classes", {})
     for cost_class, table in cost_tables.items():
         _check_keys(checks.table(table, f"{label} [cost_classes.{cost_class}]"), list(SETTINGS),
@@ -391,7 +395,8 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
                         threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
                         segments=segments, task_version=task_class(task.name).version,
-                        early_stop=s["early_stop"],
+                        early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
+                        min_delta=s["min_delta"],
                     ))
     return trials
 

@@ -44,8 +44,8 @@ RUNS_COLUMNS = [
     "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy",
     "exact_match", "loss", "scored", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second",
     "peak_memory_mb", "flops_per_step", "tflops_per_s", "attention_flops_share", "memory_flops_share", "state_size",
-    "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "status", "error", "device",
-    "precision", "git_commit", "torch_version",
+    "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained",
+    "status", "error", "device", "precision", "git_commit", "torch_version",
 ]
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
 CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
@@ -187,7 +187,7 @@ def kept_rows(out_dir: Path, trial_ids) -> dict[str, pd.DataFrame]:
 
 
 STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
-                  "status": str, "error": str, "device": str, "precision": str, "git_commit": str,
+                  "status": str, "error": str, "device": str, "precision": str, "stop_reason": str, "git_commit": str,
                   "torch_version": str}
 
 

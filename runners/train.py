@@ -75,6 +75,8 @@ class TrainOutcome:
     segment_steps: list[int] = field(default_factory=list)  # steps drawn from each segment
     head_rows: list[int | None] = field(default_factory=list)  # rows the output head runs on, per segment
     timed_out: bool = False
+    stop_reason: str = "budget"  # threshold, plateau, budget or time_cap: what ended training
+    under_trained: bool = False  # stopped by the budget or the time cap below threshold while still improving
     slices: dict = field(default_factory=dict)  # slice name -> metrics.SliceResult (final evaluation)
     time_to_accuracy: dict = field(default_factory=dict)  # seconds, steps, tokens; empty if never reached
     curve: list[dict] = field(default_factory=list)  # step, seconds, tokens, train_loss, eval_accuracy
@@ -241,6 +243,8 @@ class _Run:
     window: int = 0  # steps summed in loss_sum
     loss_value: float = math.nan  # the last loss reading
     last_eval: int = -1  # step of the last evaluation
+    best: float = -math.inf  # the best mean accuracy of the early-stop slices so far
+    stale: int = 0  # evaluations since `best` last rose by at least config.min_delta
 
     def point(self, step: int, seconds: float) -> dict:
         """The curve point of `step`, created at `seconds` on first use."""
@@ -366,7 +370,32 @@ def evaluate(run: _Run, step: int, final: bool = False) -> bool:
         out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
     if run.bar is not None:
         run.bar.set_postfix_str(f"loss {run.loss_value:.3f} acc {point['eval_accuracy']:.3f}")
-    return set(run.stop_names) <= reached
+    return stop_check(run, accuracy, reached, final)
+
+
+def stop_check(run: _Run, accuracy: dict[str, float], reached: set[str], final: bool = False) -> bool:
+    """After an evaluation: update the plateau counters and say whether training stops, and why.
+
+    progress = the mean accuracy of the early-stop slices; it improves when it rises by at least min_delta
+    over the best so far. Training stops at the threshold (every early-stop slice reached it) or, with
+    budget "plateau", after `patience` evaluations without an improvement.
+    """
+    config, out = run.config, run.out
+    progress = sum(accuracy[n] for n in run.stop_names) / len(run.stop_names)
+    if progress >= run.best + config.min_delta:  # NaN (a slice that failed) never improves
+        run.best, run.stale = progress, 0
+    else:
+        run.stale += 1
+        run.best = progress if progress > run.best else run.best
+    if final:  # training has ended already: its reason stands
+        return False
+    if set(run.stop_names) <= reached:
+        out.stop_reason = "threshold"
+        return True
+    if config.budget == "plateau" and run.stale >= config.patience:
+        out.stop_reason = "plateau"
+        return True
+    return False
 
 
 def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
@@ -405,6 +434,10 @@ def train(model, config, device: torch.device, compile: str = "none", progress: 
         run.clock.resume()
         if run.last_eval != out.steps or out.timed_out:
             evaluate(run, out.steps, final=True)
+        if out.timed_out:
+            out.stop_reason = "time_cap"
+        out.under_trained = (out.stop_reason in ("budget", "time_cap") and run.best < config.threshold
+                             and run.stale < config.patience)
     finally:
         if run.bar is not None:
             run.bar.close()

@@ -41,6 +41,7 @@ from membench.runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
 EARLY_STOPS = ("train_len", "all_slices")  # which slices must reach the threshold to stop training early
+BUDGETS = ("fixed", "plateau")  # train to the step budget, or also stop when the accuracy stops improving
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,15 @@ class TrialConfig:
     task_version: int = 0  # 0: looked up in the task registry
     early_stop: str = "train_len"  # the slices at the train length, or "all_slices"
     model_version: int = 0  # 0: looked up in the model registry
+    budget: str = "fixed"  # "fixed": train to `steps`; "plateau": also stop once the accuracy stops improving
+    patience: int = 5  # plateau: evaluations without an improvement of at least `min_delta` ...
+    min_delta: float = 0.01  # ... of the early-stop slices' mean accuracy (also what "still improving" means)
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
             raise ConfigError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if not self.task_version:
             object.__setattr__(self, "task_version", task_class(self.task).version)
         if not self.model_version:
@@ -156,7 +162,8 @@ class TrialConfig:
                            **self.model_params)
 
 
-_LATER_FIELDS = {"early_stop": "train_len", "model_version": 1}  # field -> default, hashed only when set otherwise
+# field -> default: hashed only when set otherwise, so the ids of trials made before the field existed hold
+_LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01}
 
 
 CODE_PATHS = ("membench", "memtasks", "models", "runners", "pyproject.toml")  # what a result depends on
@@ -313,6 +320,8 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "memory_flops_share": memory_share,
             "state_size": state_cell(model.state_size(s.seq_len)) if model is not None else nan,
             "status": row_status, "error": row_error,
+            "stop_reason": outcome.stop_reason if outcome is not None else "",
+            "under_trained": outcome.under_trained if outcome is not None else False,
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
     return rows

@@ -61,3 +61,16 @@ def test_a_tiny_two_width_sweep_draws_the_frontier(tmp_path, capsys):
     assert run_cli(capsys, "charts", str(out))[0] == 0
     assert {p.name: p.read_bytes() for p in [out / "frontier.csv", out / "frontier.md",
                                               out / "charts" / "recall_vs_state.svg"]} == before
+
+
+def test_the_frontier_recipes_sweep_what_their_figures_need():
+    from membench.runners.spec import RECIPES, load_spec
+
+    assert {"zoology_fig2", "frontier_cpu"} <= set(RECIPES)
+    fig2 = load_spec(None, "zoology_fig2").trials
+    assert {t.d_model for t in fig2} == {64, 128, 256, 512} and len({t.lr for t in fig2}) == 4
+    assert {(t.train_len, t.task_params["num_kv_pairs"]) for t in fig2} == {(64, 4), (128, 8), (256, 16), (512, 64)}
+    assert {"transformer", "hyena", "based", "deltanet"} <= {t.model for t in fig2}
+    cpu = load_spec(None, "frontier_cpu").trials
+    assert {t.d_model for t in cpu} == {16, 32, 64} and all(t.budget == "plateau" for t in cpu)
+    assert {t.model_params["window"] for t in cpu if t.model == "sliding_window"} == {8, 16, 32}

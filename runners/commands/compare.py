@@ -9,11 +9,12 @@ import pandas as pd
 
 from membench.runners.commands.run import add_sweep_flags, overrides
 from membench.runners.errors import UsageError
-from membench.runners.parsing import out_dir
+from membench.runners.parsing import out_dir, positive_int
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import text_table
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
+from membench.runners.trial import BUDGETS
 
 HELP = "train a few families on one task (parameter-matched) and print their accuracy by length side by side"
 
@@ -24,13 +25,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
                         help="results directory (created; resumed if it exists)")
     parser.add_argument("--spec", metavar="FILE", help="a TOML spec for the settings (default: preset compare)")
+    parser.add_argument("--steps", help="the step budget of every trial (default: the preset's)")
+    parser.add_argument("--budget", choices=BUDGETS,
+                        help="fixed: train to --steps; plateau: also stop once accuracy stops improving (the "
+                             "compare preset's default)")
     add_sweep_flags(parser, tasks=False)
 
 
 def run(args) -> int:
     if len(set(args.compare_models)) < 2:
         raise UsageError("compare needs at least two different models, e.g. membench compare lstm transformer --task copy")
-    flags = {**overrides(args), "tasks": [args.task], "models": list(dict.fromkeys(args.compare_models))}
+    flags = {**overrides(args), "tasks": [args.task], "models": list(dict.fromkeys(args.compare_models)),
+             "steps": positive_int(args.steps, "--steps") if args.steps else None, "budget": args.budget}
     spec = load_spec(None if args.spec else "compare", args.spec, flags)
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -41,10 +47,12 @@ def run(args) -> int:
 
 def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
     """Rows: (train length, eval slice); columns: each model's accuracy (mean over seeds, best lr), or its
-    failure status. A header line gives each model's width and parameter count."""
+    failure status, marked * when under-trained. A header line gives each model's width and parameter count."""
     acc = runs.groupby(["train_len", "eval_len", "slice", "model", "lr"])["accuracy"].mean()
     best = acc.groupby(level=[0, 1, 2, 3]).max()
     status = runs.groupby(["train_len", "slice", "model"])["status"].agg(failure_status)
+    under = (runs.assign(u=runs["under_trained"].astype(str).str.lower().isin(["true", "1", "1.0"]))
+             .groupby(["train_len", "model"])["u"].any() if "under_trained" in runs.columns else pd.Series(dtype=bool))
     sizes = runs.drop_duplicates("model").set_index("model")
     lines = ["  ".join(f"{m}: d_model={sizes.loc[m, 'd_model']}, {int(sizes.loc[m, 'params']):,} params"
                        if m in sizes.index and sizes.loc[m, "params"] == sizes.loc[m, "params"] else f"{m}: -"
@@ -60,7 +68,10 @@ def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
             elif value != value:  # NaN: the trial failed
                 cells.append(status.get((train_len, name, m), "nan"))
             else:
-                cells.append(f"{value:.3f}")
+                cells.append(f"{value:.3f}" + ("*" if under.get((train_len, m), False) else ""))
         table.append(cells)
     lines.append(text_table(header, table, right=range(3, len(header))))
+    if under.any():
+        lines.append("* under-trained: stopped at the step budget or the time cap below the threshold while still "
+                     "improving, so this accuracy may understate the family's memory (give more --steps)")
     return "\n".join(lines)

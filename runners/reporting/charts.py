@@ -134,7 +134,7 @@ def _note(ax, text: str) -> None:
 def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Accuracy at the trained length against that length (log x), one line per family, a panel per task."""
     fig, axes = _panels(len(sweep.tasks), "Accuracy at the trained length")
-    any_failed = any_capped = any_spread = False
+    any_failed = any_capped = any_spread = any_under = False
     for ax, task in zip(axes, sweep.tasks):
         cells = sweep.cells[(sweep.cells["task"] == task) & (sweep.cells["status"] != "missing")]
         for model in sweep.models:
@@ -154,6 +154,10 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.scatter(capped["train_len"], capped["accuracy"], marker="o", s=110, facecolors="none",
                        edgecolors="black", zorder=5)
             any_capped |= not capped.empty
+            under = mine[mine["under_trained"] > 0]
+            ax.scatter(under["train_len"], under["accuracy"], marker="^", s=70, facecolors="none",
+                       edgecolors="dimgrey", zorder=5)
+            any_under |= not under.empty
         ax.axhline(THRESHOLD, color="grey", linestyle="--", linewidth=1)
         _log2_axis(ax, sweep.cells.loc[sweep.cells["task"] == task, "train_len"])
         ax.set(title=task, xlabel="trained length (tokens)", ylabel="accuracy", ylim=(-0.03, 1.03))
@@ -165,17 +169,20 @@ def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
                       "a seed stopped by its time cap (counted at its accuracy)"))
     if any_spread:
         extra.append((Patch(color="grey", alpha=0.3, linewidth=0), "95 % bootstrap interval over seeds"))
+    if any_under:
+        extra.append((Line2D([], [], marker="^", markerfacecolor="none", color="dimgrey", linestyle=""),
+                      "under-trained: stopped still improving"))
     _family_legend(fig, sweep, sweep.models, extra)
     return save_figure(fig, out_dir, "accuracy_vs_length")
 
 
 def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Family x trained length grid per task; each cell shows its accuracy ("*": a seed failed, "+": a seed
-    stopped by its time cap, "n/a": not run)."""
+    stopped by its time cap, "~": under-trained, "n/a": not run)."""
     n_models = len(sweep.models)
     width = max(3.0, 0.6 * sweep.cells.groupby("task")["train_len"].nunique().max() + 1.5)
     title = ("Accuracy at the trained length, per family and length\n"
-             "(*: a seed failed and counts 0;  +: a seed hit its time cap;  n/a: not run)")
+             "(*: a seed failed and counts 0;  +: a seed hit its time cap;  ~: under-trained;  n/a: not run)")
     fig, axes = _panels(len(sweep.tasks), title, extra_width=1.0, panel=(width, 0.32 * n_models + 1.3))
     image = None
     for ax, task in zip(axes, sweep.tasks):
@@ -185,6 +192,7 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
         status = cells.pivot(index="model", columns="train_len", values="status").reindex(sweep.models)
         failed = cells.pivot(index="model", columns="train_len", values="failed").reindex(sweep.models)
         capped = cells.pivot(index="model", columns="train_len", values="timeouts").reindex(sweep.models)
+        under = cells.pivot(index="model", columns="train_len", values="under_trained").reindex(sweep.models)
         values = np.ma.masked_where(status.to_numpy() == "missing", grid.to_numpy(dtype=float))
         image = ax.imshow(values, cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto")
         for i, model in enumerate(sweep.models):
@@ -194,6 +202,7 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
                 else:
                     value = grid.loc[model, length]
                     marks = ("*" if failed.loc[model, length] else "") + ("+" if capped.loc[model, length] else "")
+                    marks += "~" if under.loc[model, length] else ""
                     text = f"{value:.2f}{marks}"
                     colour = "white" if value < 0.6 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)

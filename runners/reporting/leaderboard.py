@@ -95,6 +95,8 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
     trials["status"] = status
+    under = first["under_trained"] if "under_trained" in first.columns else pd.Series(False, index=first.index)
+    trials["under_trained"] = under.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
     trials["evaluated"] = trials.index.isin(at_train.index) & trials["status"].isin(SCORED)
     trials["accuracy"] = np.where(trials["evaluated"], at_train.reindex(trials.index), 0.0)
     trials["config"] = trials[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1)
@@ -107,13 +109,15 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     The grid is every family crossed with every (task, trained length) that any family was trained at.
     Columns: task, model, train_len, accuracy (the best config's seed mean; 0 when missing), config (the
     chosen config), seeds (its trials), failed (its trials counted 0: status not in SCORED), timeouts (its
-    timed-out trials, counted at their accuracy), status (the failure status of the chosen config's trials,
-    or "missing").
+    timed-out trials, counted at their accuracy), under_trained (its trials stopped by the step budget or the
+    time cap below the threshold while still improving: see runners/train.py), status (the failure status of
+    the chosen config's trials, or "missing").
     """
     by_config = trials.groupby([*CELL_KEY, "config"]).agg(
         accuracy=("accuracy", "mean"), seeds=("trial_id", "size"),
         failed=("status", lambda s: int((~s.isin(SCORED)).sum())),
         timeouts=("status", lambda s: int((s == "timeout").sum())),
+        under_trained=("under_trained", lambda s: int(s.sum())),
         status=("status", failure_status),
     ).reset_index()
     # the best config per cell; equal accuracies resolve to the first config, so the choice is stable
@@ -127,9 +131,10 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     ]
     cells = best.reindex(pd.MultiIndex.from_tuples(grid, names=CELL_KEY))
     absent = cells["accuracy"].isna()
-    cells.loc[absent, ["accuracy", "seeds", "failed", "timeouts"]] = 0
+    cells.loc[absent, ["accuracy", "seeds", "failed", "timeouts", "under_trained"]] = 0
     cells.loc[absent, ["status", "config"]] = ["missing", ""]
-    cells = cells.reset_index().astype({"seeds": int, "failed": int, "timeouts": int, "train_len": int})
+    cells = cells.reset_index().astype({"seeds": int, "failed": int, "timeouts": int, "under_trained": int,
+                                        "train_len": int})
     return cells.sort_values(CELL_KEY).reset_index(drop=True)
 
 
@@ -156,7 +161,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/reporting/slices.py), then per task "<task> horizon" and "<task> mean_accuracy",
+    length, counted 0: see runners/reporting/slices.py), under_trained_cells (empty for tables written before
+    runs.csv had under_trained), then per task "<task> horizon" and "<task> mean_accuracy",
     then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and per task
     "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
     runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
@@ -181,6 +187,7 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         row["failed_trials"] = int((~mine_trials["status"].isin(SCORED)).sum())
         row["timeout_trials"] = int((mine_trials["status"] == "timeout").sum())
         row["missing_cells"] = int((mine["status"] == "missing").sum())
+        row["under_trained_cells"] = int((mine["under_trained"] > 0).sum())
         # scored, but without a plain row at the trained length (e.g. only named slices): counted 0
         row["unevaluated_trials"] = int((mine_trials["status"].isin(SCORED) & ~mine_trials["evaluated"]).sum())
         row["_horizons"] = sum(per_task[f"{t} horizon"] for t in tasks)
@@ -193,6 +200,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     board["seeds"] = board["model"].map(seeds).fillna(0).astype(int)
     board = board.merge(family_intervals(chosen_trials(trials, cells), cells, tasks), on="model", how="left")
     board["tied_rank"] = tie_groups(board)
+    if "under_trained" not in runs.columns:  # not recorded: unknown, not zero
+        board["under_trained_cells"] = np.nan
     return board, tasks
 
 
@@ -238,6 +247,8 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "",
         seeds_line(board),
         "",
+        under_trained_line(board),
+        "",
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",
@@ -248,6 +259,18 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
 def with_interval(value: float, low: float, high: float) -> str:
     """'0.940 ±0.040' (the interval's half-width), or '0.940' without an interval."""
     return f"{value:.3f}" if np.isnan(low) else f"{value:.3f} ±{(high - low) / 2:.3f}"
+
+
+def under_trained_line(board: pd.DataFrame) -> str:
+    """The footnote on under-trained cells: how many, and what it means."""
+    if board["under_trained_cells"].isna().all():
+        return "Under-training was not recorded for these trials (their tables predate the `under_trained` column)."
+    n = int(board["under_trained_cells"].sum())
+    if not n:
+        return "No cell is under-trained: every trial stopped at the threshold, on a plateau, or no longer improving."
+    return (f"**{n} cell(s) are under-trained**: their trials stopped at the step budget or the time cap below "
+            f"the threshold while their accuracy was still improving, so it may understate what the family can "
+            f"remember (flagged per family; more steps or `budget = \"plateau\"` with a larger cap would tell).")
 
 
 def seeds_line(board: pd.DataFrame) -> str:
@@ -265,11 +288,12 @@ def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
               "flags"]
     rows = []
     for _, row in board.iterrows():
-        flags = [f"{row[key]} {label}" for key, label in
+        flags = [f"{int(row[key])} {label}" for key, label in
                  (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
+                  ("under_trained_cells", "under-trained cell(s)"),
                   ("missing_cells", "missing cell(s)"),
                   ("unevaluated_trials", "trial(s) with no plain evaluation at the trained length: see slices.md"))
-                 if row[key]]
+                 if row[key] and row[key] == row[key]]  # NaN: not recorded
         per_task = [f"{int(row[f'{t} horizon']) or '-'} / " + with_interval(
             row[f"{t} mean_accuracy"], row[f"{t} mean_accuracy_ci_low"], row[f"{t} mean_accuracy_ci_high"])
             for t in tasks]

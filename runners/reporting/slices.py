@@ -31,7 +31,7 @@ from membench.runners.tables import atomic_write_bytes
 
 TRIAL_COLUMNS = ["task", "model", "d_model", "n_layers", "lr", "batch_size", "seed", "params", "status", "steps",
                  "ms_per_step", "tokens_per_second", "train_seconds", "time_to_accuracy_seconds",
-                 "time_to_accuracy_steps", "time_to_accuracy_tokens"]
+                 "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained"]
 
 
 def named_slice_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -48,6 +48,7 @@ def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
     slices = list(dict.fromkeys(named["slice"].astype(str)))
     accuracy = named.pivot_table(index="trial_id", columns="slice", values="accuracy", aggfunc="first",
                                  dropna=False).reindex(columns=slices)
+    named = named.assign(**{c: named.get(c, "") for c in ("stop_reason", "under_trained")})  # older tables
     trials = named.drop_duplicates("trial_id").set_index("trial_id")[TRIAL_COLUMNS]
     table = trials.join(accuracy)
     table["min"] = accuracy.reindex(table.index).min(axis=1)  # over the slices the trial was evaluated on
@@ -72,7 +73,7 @@ def slices_table_markdown(table: pd.DataFrame) -> str:
     """A row per trial: the slice accuracies, time-to-accuracy and speed (what `membench charts` prints)."""
     slices = [c for c in table.columns if c not in ("trial_id", *TRIAL_COLUMNS, "min")]
     header = ["task", "model", "d_model", "layers", "lr", "seed", "params", "status", *slices, "min",
-              "to threshold: s / steps / tokens", "steps", "ms/step", "tokens/s"]
+              "to threshold: s / steps / tokens", "steps", "stopped by", "ms/step", "tokens/s"]
     rows = []
     for _, row in table.iterrows():
         reached = " / ".join([fixed(row["time_to_accuracy_seconds"], 1), count(row["time_to_accuracy_steps"]),
@@ -81,8 +82,16 @@ def slices_table_markdown(table: pd.DataFrame) -> str:
                      count(row["seed"]), count(row["params"]), row["status"],
                      *[fixed(row[s], 4) for s in slices], fixed(row["min"], 4),
                      reached if row["time_to_accuracy_steps"] == row["time_to_accuracy_steps"] else "",
-                     count(row["steps"]), fixed(row["ms_per_step"], 1), count(row["tokens_per_second"])])
-    return markdown_table(header, rows, left=["task", "model", "status"])
+                     count(row["steps"]), stopped_by(row), fixed(row["ms_per_step"], 1),
+                     count(row["tokens_per_second"])])
+    return markdown_table(header, rows, left=["task", "model", "status", "stopped by"])
+
+
+def stopped_by(row) -> str:
+    """'threshold', 'plateau', 'budget', 'time_cap', with ' (under-trained)' when it stopped still improving."""
+    reason = "" if pd.isna(row["stop_reason"]) else str(row["stop_reason"])
+    under = str(row["under_trained"]).strip().lower() in ("true", "1", "1.0")
+    return reason + (" (under-trained)" if under else "")
 
 
 def write_slices(runs: pd.DataFrame, directory: Path) -> tuple[list[Path], str]:
