@@ -94,3 +94,12 @@ def undo_plugin_side_effects(monkeypatch):
         monkeypatch.setenv(var, old or "")  # records the value to restore, absent included
         if old is None:
             monkeypatch.delenv(var)
+
+
+def counted_flops(module: torch.nn.Module, *args) -> int:
+    """FLOPs that torch's FlopCounterMode counts for `module(*args)`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        module(*args)
+    return counter.get_total_flops()
