@@ -105,6 +105,7 @@ class DeltaNetModel(MemoryModel):
     memory_mechanism = "matrix memory per head written by the delta rule: recall, then write the error"
     cost_class = "O(n)"
     has_reference_path = True
+    mixer_class: type = DeltaNet  # gated_deltanet keeps these params and swaps the mixer
 
     def __init__(
         self,
@@ -119,6 +120,6 @@ class DeltaNetModel(MemoryModel):
     ) -> None:
         check_delta_params(d_model, n_heads, short_conv, chunk_size)
         super().__init__(
-            vocab_size, d_model, n_layers, lambda i: DeltaNet(d_model, n_heads, short_conv, chunk_size),
+            vocab_size, d_model, n_layers, lambda i: self.mixer_class(d_model, n_heads, short_conv, chunk_size),
             mlp_ratio=mlp_ratio,
         )

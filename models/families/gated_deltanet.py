@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.models import MemoryModel, register_model
-from membench.models.families.deltanet import DeltaNet, check_delta_params
+from membench.models import register_model
+from membench.models.families.deltanet import DeltaNet, DeltaNetModel
 from membench.models.layers import mamba_decay_params
 
 
@@ -55,24 +55,8 @@ class GatedDeltaNet(DeltaNet):
 
 
 @register_model("gated_deltanet", order=47)
-class GatedDeltaNetModel(MemoryModel):
-    memory_mechanism = "delta-rule matrix memory per head with a data-dependent decay (Mamba-2 gate) and output gate"
-    cost_class = "O(n)"
-    has_reference_path = True
+class GatedDeltaNetModel(DeltaNetModel):
+    """DeltaNetModel's params and blocks with the gated mixer."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 4,
-        short_conv: int = 4,
-        chunk_size: int = 32,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_delta_params(d_model, n_heads, short_conv, chunk_size)
-        super().__init__(
-            vocab_size, d_model, n_layers, lambda i: GatedDeltaNet(d_model, n_heads, short_conv, chunk_size),
-            mlp_ratio=mlp_ratio,
-        )
+    memory_mechanism = "delta-rule matrix memory per head with a data-dependent decay (Mamba-2 gate) and output gate"
+    mixer_class = GatedDeltaNet
