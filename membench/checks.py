@@ -63,16 +63,23 @@ def check_choice(label: str, value: object, valid: tuple[str, ...] | list[str]) 
     return value
 
 
-def check_text(label: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{label} must be a string, got {value!r}")
+def check_type(label: str, value: object, kind: type, what: str) -> object:
+    """`value` if it is an instance of `kind`; `what` names the kind in the message ("a string")."""
+    if not isinstance(value, kind):
+        raise ConfigError(f"{label} must be {what}, got {value!r}")
     return value
+
+
+def check_bool(label: str, value: object) -> bool:
+    return check_type(label, value, bool, "true or false")
+
+
+def check_text(label: str, value: object) -> str:
+    return check_type(label, value, str, "a string")
 
 
 def check_table(label: str, value: object) -> dict:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{label} must be a table, got {value!r}")
-    return value
+    return check_type(label, value, dict, "a table")
 
 
 def check_device(label: str, value: object) -> str:

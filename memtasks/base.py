@@ -94,13 +94,15 @@ class Task:
         """Shortest seq_len these params allow."""
         raise NotImplementedError
 
+    def length_rule(self) -> str:
+        """Why `min_length` is what it is, for the error `check_length` raises (a task may say more)."""
+        return f"the minimum is {self.min_length()}"
+
     def check_length(self, seq_len: int) -> None:
         """Raise ValueError if `seq_len` is impossible with these params (the message says why)."""
         if seq_len < self.min_length():
-            raise ConfigError(
-                f"seq_len={seq_len} is too short for task {self.name} with {self.describe_params()}; "
-                f"the minimum is {self.min_length()}"
-            )
+            raise ConfigError(f"seq_len={seq_len} is too short for task {self.name} with {self.describe_params()}; "
+                              f"{self.length_rule()}")
 
     @property
     def vocab_size(self) -> int:

@@ -120,15 +120,8 @@ def _softmax_attention(name: str, params: dict) -> bool:
     return _heads(name, params) is not None and model_class(name).cost_class != "O(n)"
 
 
-def matched_width(
-    name: str,
-    target_params: int,
-    vocab_size: int,
-    n_layers: int = 2,
-    multiple: int = 8,
-    tolerance: float = 0.10,
-    **params,
-) -> int:
+def matched_width(name: str, target_params: int, vocab_size: int, n_layers: int = 2, multiple: int = 8,
+                  tolerance: float = 0.10, **params) -> int:
     """The width whose parameter count is closest to `target_params` (see params_matched).
 
     Counts are taken on the meta device and the search is bounded (widths up to LIMITS["d_model"], about
@@ -207,15 +200,8 @@ def _closest_width(name: str, target: int, multiple: int, tolerance: float, head
     return best, counts
 
 
-def params_matched(
-    name: str,
-    target_params: int,
-    vocab_size: int,
-    n_layers: int = 2,
-    multiple: int = 8,
-    tolerance: float = 0.10,
-    **params,
-) -> MemoryModel:
+def params_matched(name: str, target_params: int, vocab_size: int, n_layers: int = 2, multiple: int = 8,
+                   tolerance: float = 0.10, **params) -> MemoryModel:
     """Build family `name` at the width whose parameter count is closest to `target_params`.
 
     A bisection over the family's width grid (width_step: multiples of `multiple`, or of 8 x n_heads for

@@ -17,12 +17,14 @@ counts), forward pass only; element-wise work (norms, activations, gates) is not
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
-from membench.checks import ConfigError, check_int
+from membench.checks import ConfigError, check_bool, check_int
 
 PATHS = ("fast", "reference")
 
@@ -93,6 +95,34 @@ class Block(nn.Module):
         return x
 
 
+# The rule for every model's params, applied before its __init__ body runs (every MemoryModel subclass gets it):
+# a param annotated `int` is an integer >= 1, or >= 0 for the names below (0 switches that part off); one
+# annotated `bool` is true or false. A family checks only what is its own (a choice of strings, head counts).
+ZERO_MEANS_OFF = ("mlp_ratio", "short_conv")
+
+
+def checks_params(init: Callable) -> Callable:
+    """`init` with its int and bool params checked first (the rule above), e.g. build_model("ssm", 32,
+    d_state=0) -> ConfigError: d_state must be an integer >= 1, got 0."""
+    signature = inspect.signature(init)
+    checks: dict[str, Callable[[object], object]] = {}
+    for param in signature.parameters.values():
+        if param.annotation in ("int", int):
+            minimum = 0 if param.name in ZERO_MEANS_OFF else 1
+            checks[param.name] = functools.partial(check_int, param.name, minimum=minimum)
+        elif param.annotation in ("bool", bool):
+            checks[param.name] = functools.partial(check_bool, param.name)
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs) -> None:
+        for name, value in signature.bind(self, *args, **kwargs).arguments.items():
+            if name in checks:
+                checks[name](value)
+        init(self, *args, **kwargs)
+
+    return checked_init
+
+
 class MemoryModel(nn.Module):
     """Embedding -> blocks -> norm -> head. Subclasses pass `make_mixer(layer_index) -> Mixer | None`.
 
@@ -112,18 +142,15 @@ class MemoryModel(nn.Module):
     # graph breaks (cuDNN RNNs) or its trace unrolls every token; compile = "auto" then runs it eagerly
     compile_friendly: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        n_layers: int,
-        make_mixer: Callable[[int], Mixer | None],
-        mlp_ratio: int = 4,
-    ) -> None:
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = checks_params(cls.__init__)
+
+    @checks_params
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, make_mixer: Callable[[int], Mixer | None],
+                 mlp_ratio: int = 4) -> None:  # mlp_ratio 0 = no MLP
         super().__init__()
-        for label, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
-            check_int(label, value)
-        check_int("mlp_ratio", mlp_ratio, 0)  # 0 = no MLP
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp_ratio) for i in range(n_layers))

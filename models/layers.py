@@ -71,6 +71,35 @@ def optional_short_conv(channels: int, kernel_size: object) -> ShortConv | None:
     return ShortConv(channels, kernel_size) if check_int("short_conv", kernel_size, 0) else None
 
 
+class ConvQKVMixer(Mixer):
+    """Base of the matrix-memory mixers over H heads (linear_attention, deltanet) whose q, k and v come from
+    one dense layer D -> 3D and the optional short convolution over those 3D channels:
+        q, k, v = split_heads(act(conv_K(W_qkv x)))       # (B, T, H, d) each, d = D / H
+    Subclasses add their memory and output layers after these (so the parameters are drawn in that order)."""
+
+    def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
+        super().__init__()
+        self.d_model, self.n_heads, self.chunk_size = d_model, n_heads, chunk_size
+        self.d_head = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = optional_short_conv(3 * d_model, short_conv)  # on q, k, v together, or None
+
+    def heads_qkv(self, x: torch.Tensor, activation=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q, k, v (B, T, H, d), `activation` applied after the convolution when given."""
+        batch, seq_len, _ = x.shape
+        qkv = self.qkv(x)  # (B, T, 3D)
+        qkv = qkv if self.conv is None else self.conv(qkv)
+        qkv = qkv if activation is None else activation(qkv)
+        return qkv.view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)
+
+    def conv_state_size(self) -> int:
+        """Floats of the short convolution's last K - 1 inputs (0 when it is off)."""
+        return 0 if self.conv is None else self.conv.state_size()
+
+    def conv_flops(self, batch_size: int, seq_len: int) -> int:
+        return 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
+
+
 def mamba_decay_params(n_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
     """Mamba-2's data-dependent decay per head, as (A_log, dt_bias) initialised as Mamba does: A_h =
     exp(A_log_h) uniform in [1, 16], softplus(dt_bias_h) log-uniform in [1e-3, 1e-1]. A token's decay is
@@ -149,6 +178,11 @@ def attention_flops(batch_size: int, seq_len: int, d_model: int) -> int:
     return 4 * batch_size * seq_len * seq_len * d_model
 
 
+def qkv_out_flops(tokens: int, d_model: int) -> int:
+    """FLOPs of the q, k, v projection (D -> 3D) and the output projection (D -> D) of `tokens` vectors."""
+    return linear_flops(tokens, d_model, 3 * d_model) + linear_flops(tokens, d_model, d_model)
+
+
 def check_heads(d_model: int, n_heads: object, rope: bool) -> int:
     """Validate n_heads against d_model (and an even head width for rotary positions)."""
     check_int("n_heads", n_heads)
@@ -182,9 +216,7 @@ class SelfAttention(Mixer):
 
     def flops(self, batch_size: int, seq_len: int) -> int:
         tokens = batch_size * seq_len
-        projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
-            tokens, self.d_model, self.d_model
-        )
+        projections = qkv_out_flops(tokens, self.d_model)
         return projections + self.attention_flops(batch_size, seq_len)
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:

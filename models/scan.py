@@ -62,13 +62,8 @@ def scan_reference(
     return torch.stack(outputs, dim=1)  # (B, T, H, P)
 
 
-def scan_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor | None = None,
-    chunk_size: int = 64,
-) -> torch.Tensor:
+def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,
+                 chunk_size: int = 64) -> torch.Tensor:
     """The same output, with matmuls: a masked quadratic form inside chunks of C tokens and the state
     carried from chunk to chunk (a Python loop over the T / C chunks, or a cumulative sum when there
     is no decay; no loop over tokens).
@@ -187,14 +182,8 @@ def delta_rule_reference(
     return torch.stack(outputs, dim=1).to(v.dtype)  # (B, T, H, P)
 
 
-def delta_rule_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    log_decay: torch.Tensor | None = None,
-    chunk_size: int = 64,
-) -> torch.Tensor:
+def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                       log_decay: torch.Tensor | None = None, chunk_size: int = 64) -> torch.Tensor:
     """The same output as `delta_rule_reference`, with matmuls inside chunks of C tokens and a loop over
     the T / C chunks only (the WY / UT-transform form of Yang et al. 2024, with the decays of Gated DeltaNet).
 

@@ -176,9 +176,7 @@ def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, d
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return {name: {} for name in value}
     if isinstance(value, dict):
-        everyone = value.get("all", False)
-        if not isinstance(everyone, bool):
-            raise ConfigError(f"{where}: [{kind}] all must be true or false, got {everyone!r}")
+        everyone = checks.check_bool(f"{where}: [{kind}] all", value.get("all", False))
         tables = {name: checks.table(table, f"{where} [{kind}.{name}]") for name, table in value.items() if name != "all"}
         return {**{name: {} for name in registered}, **tables} if everyone else tables
     raise ConfigError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")

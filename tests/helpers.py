@@ -66,6 +66,25 @@ TINY = {"lengths": [8], "seeds": [0], "d_model": 16, "n_layers": 1, "steps": 10,
         "eval_every": 5, "eval_multipliers": [2], "eval_sequences": 16}  # a sweep that runs in seconds
 
 
+# the same, smaller, as spec text, for tests that edit, corrupt or append to it: one mlp trial of 4 steps
+MICRO_SETTINGS = """
+models = ["mlp"]
+lengths = [8]
+seeds = [0]
+d_model = 16
+n_layers = 1
+steps = 4
+batch_size = 4
+eval_every = 4
+eval_multipliers = [2]
+eval_sequences = 8
+"""
+MICRO_COPY = """
+[tasks.copy]
+params = { content_vocab = 4 }
+"""
+
+
 def tiny_spec(directory, task_tables: dict | None = None, file: str = "spec.toml", **settings) -> str:
     """Write a tiny sweep spec into `directory` and return its path: TINY's settings overridden by
     `settings` (None drops a key), and one table per entry of `task_tables` ({"copy": {"params": {...}}})."""

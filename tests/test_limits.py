@@ -28,24 +28,9 @@ from membench.models import (
 )
 from membench.runners import metrics
 from membench.runners.spec import load_spec
-from tests.helpers import run_cli
+from tests.helpers import MICRO_COPY, MICRO_SETTINGS, run_cli
 
-BASE = """
-models = ["mlp"]
-lengths = [8]
-seeds = [0]
-d_model = 16
-n_layers = 1
-steps = 4
-batch_size = 4
-eval_every = 4
-eval_multipliers = [2]
-eval_sequences = 8
-"""
-COPY = """
-[tasks.copy]
-params = { content_vocab = 4 }
-"""
+BASE, COPY = MICRO_SETTINGS, MICRO_COPY
 
 
 def spec_text(top: str = "", tail: str = COPY) -> str:

@@ -279,15 +279,19 @@ def test_the_memoryless_ceiling_is_chance_on_uniform_answers():
 
 
 # --- the claims ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Sweep:
-    """The smoke preset's own trials for the pairs in SMALL_RUN, trained on the CPU (about 30 s on 2 cores)."""
+def smoke_trials(pairs: set[tuple[str, str]], out) -> Sweep:
+    """The smoke preset's own trials of these (task, model) pairs, trained on the CPU into `out`."""
     spec = load_spec("smoke", overrides={"device": "cpu"})
-    spec = dataclasses.replace(spec, trials=tuple(t for t in spec.trials if (t.task, t.model) in SMALL_RUN))
-    out = tmp_path_factory.mktemp("literature")
+    spec = dataclasses.replace(spec, trials=tuple(t for t in spec.trials if (t.task, t.model) in pairs))
     runs = run_sweep(spec, out, progress=False)
     assert (runs["status"] == "ok").all(), runs.loc[runs["status"] != "ok", ["task", "model", "error"]]
     return Sweep.read(out)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Sweep:
+    """The smoke preset's own trials for the pairs in SMALL_RUN, trained on the CPU (about 30 s on 2 cores)."""
+    return smoke_trials(SMALL_RUN, tmp_path_factory.mktemp("literature"))
 
 
 @pytest.mark.parametrize("check", [mlp_near_chance, transformer_solves_recall, rnn_falls_behind_on_recall])
@@ -313,12 +317,7 @@ STATE_RUN = {("flip_flop", "lstm"), ("state_tracking", "lstm"), ("state_tracking
 @pytest.fixture(scope="module")
 def state_run(tmp_path_factory) -> Sweep:
     """The smoke preset's own trials for the pairs in STATE_RUN (about 30 s on 2 cores)."""
-    spec = load_spec("smoke", overrides={"device": "cpu"})
-    spec = dataclasses.replace(spec, trials=tuple(t for t in spec.trials if (t.task, t.model) in STATE_RUN))
-    out = tmp_path_factory.mktemp("state")
-    runs = run_sweep(spec, out, progress=False)
-    assert (runs["status"] == "ok").all(), runs.loc[runs["status"] != "ok", ["task", "model", "error"]]
-    return Sweep.read(out)
+    return smoke_trials(STATE_RUN, tmp_path_factory.mktemp("state"))
 
 
 @pytest.mark.slow

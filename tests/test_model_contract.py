@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from membench.checks import ConfigError
 from membench.models import UnknownNameError, build_model, family_params, list_models, model_class, params_matched
 from tests.helpers import DEVICES, assert_paths_agree
 
@@ -186,3 +187,21 @@ def test_family_params_are_the_constructors_own_and_build_as_given(name):
     implicit = build_model(name, VOCAB, d_model=32, n_layers=2)
     tokens = torch.randint(0, VOCAB, (2, 9))
     torch.testing.assert_close(explicit(tokens), implicit(tokens))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_int_and_bool_param_is_checked_before_the_family_builds(name):
+    """The one rule of models/base.py: an int param below its minimum (1, or 0 where 0 switches a part off), a
+    float where an int belongs, or a number where a bool belongs is a one-line ConfigError naming the param."""
+    from membench.models.base import ZERO_MEANS_OFF
+
+    for param, default in family_params(name).items():
+        if isinstance(default, bool):
+            bad_values = [1]
+        elif isinstance(default, int):
+            bad_values = [(-1 if param in ZERO_MEANS_OFF else 0), 2.5, True]
+        else:
+            continue
+        for bad in bad_values:
+            with pytest.raises(ConfigError, match=f"^{param} must be"):
+                small(name, **{param: bad})

@@ -22,24 +22,11 @@ from membench.runners import tables
 from membench.runners.lock import LOCK_NAME, DirectoryLock
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
-from tests.helpers import run_cli
+from tests.helpers import MICRO_COPY, MICRO_SETTINGS, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "results" / "smoke-cpu"
-SPEC = """
-models = ["mlp"]
-lengths = [8]
-seeds = [0]
-d_model = 16
-n_layers = 1
-steps = 4
-batch_size = 4
-eval_every = 4
-eval_multipliers = [2]
-eval_sequences = 8
-[tasks.copy]
-params = { content_vocab = 4 }
-"""
+SPEC = MICRO_SETTINGS + MICRO_COPY
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from membench.checks import ConfigError, check_int
+from membench.checks import check_bool, check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
 
 BLANK, GO = range(2)
@@ -83,9 +83,8 @@ class Copy(Task):
         check_int("num_tokens", self.num_tokens, 1, none_means="grows with seq_len")
         check_int("content_vocab", self.content_vocab, 2)
         check_int("delay", self.delay, 0, none_means="the rest of the sequence")
-        for name in ("noise", "selective"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_bool("noise", self.noise)
+        check_bool("selective", self.selective)
 
     # --- layout ----------------------------------------------------------------------------
     def layout(self, seq_len: int) -> tuple[int, int]:
@@ -103,12 +102,8 @@ class Copy(Task):
         n, d = self.num_tokens, self.delay
         return 2 * (n or 1) + (d or 0)
 
-    def check_length(self, seq_len: int) -> None:
-        if seq_len < self.min_length():
-            raise ConfigError(
-                f"seq_len={seq_len} is too short for copy with num_tokens={self.num_tokens}, delay={self.delay}: "
-                f"n content tokens, d delay tokens and n outputs need seq_len >= 2n + d = {self.min_length()}"
-            )
+    def length_rule(self) -> str:
+        return f"n content tokens, d delay tokens and n outputs need seq_len >= 2n + d = {self.min_length()}"
 
     @property
     def _first_noise(self) -> int:

@@ -68,10 +68,7 @@ class FuzzyRecall(AssociativeRecall):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    vocab_size: int = 16
-    num_kv_pairs: int | None = None
-    power_a: float = 0.01
-    num_updates: int = 0
+    vocab_size: int = 16  # num_kv_pairs, power_a and num_updates as in associative_recall
     k_motif_size: int = 3
     v_motif_size: int = 3
 

@@ -65,10 +65,7 @@ class NoisyRecall(AssociativeRecall):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    vocab_size: int = 80
-    num_kv_pairs: int | None = None
-    power_a: float = 0.01
-    num_updates: int = 0
+    vocab_size: int = 80  # num_kv_pairs, power_a and num_updates as in associative_recall
     frac_noise: float = 0.2
     noise_vocab_size: int = 16
 

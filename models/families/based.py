@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from membench.checks import ConfigError, check_int
+from membench.checks import ConfigError
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.families.sliding_window import WindowAttention
 from membench.models.layers import ShortConv, check_heads
@@ -115,31 +115,18 @@ def parse_based_pattern(pattern: str, n_layers: int) -> list[str]:
 
 @register_model("based", order=80)
 class BasedModel(MemoryModel):
+    """Params: `mixer_pattern` (layer kinds), `n_heads` and `feature_dim` d' of the Taylor layers,
+    `window_heads` and `window` w of the window layers, `short_conv` k. Defaults: the Based paper's 360M recipe, scaled down."""
+
     memory_mechanism = "Taylor-feature linear attention (global summary) + sliding-window softmax (local, exact)"
     cost_class = "O(n*w)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 1,
-        feature_dim: int = 16,
-        window_heads: int = 4,
-        window: int = 64,
-        short_conv: int = 3,
-        mixer_pattern: str = "linear,window",
-        chunk_size: int = 64,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_int("feature_dim", feature_dim)
-        check_int("window", window)
-        check_int("short_conv", short_conv, 0)  # 0 = no short convolution
-        check_int("chunk_size", chunk_size)
-        kinds = parse_based_pattern(mixer_pattern, check_int("n_layers", n_layers))
-        check_heads(check_int("d_model", d_model), n_heads, rope=False)
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 1,
+                 feature_dim: int = 16, window_heads: int = 4, window: int = 64, short_conv: int = 3,
+                 mixer_pattern: str = "linear,window", chunk_size: int = 64, mlp_ratio: int = 4) -> None:
+        kinds = parse_based_pattern(mixer_pattern, n_layers)
+        check_heads(d_model, n_heads, rope=False)
         if "window" in kinds:
             check_heads(d_model, window_heads, rope=True)
 

@@ -31,31 +31,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import check_int
-from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.layers import check_heads, optional_short_conv
+from membench.models import MemoryModel, linear_flops, register_model
+from membench.models.layers import ConvQKVMixer, check_heads
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
 
-class DeltaNet(Mixer):
+class DeltaNet(ConvQKVMixer):
     """One DeltaNet layer; see the module docstring. Subclasses add a decay (`log_decay`) and an output
     gate (`gate`) and list their extra projections in `projections`."""
 
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
-        super().__init__()
-        self.d_model, self.n_heads, self.chunk_size = d_model, n_heads, chunk_size
-        self.d_head = d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.conv = optional_short_conv(3 * d_model, short_conv)  # on q, k, v together, or None
+        super().__init__(d_model, n_heads, short_conv, chunk_size)
         self.beta = nn.Linear(d_model, n_heads, bias=False)
         self.norm = nn.RMSNorm(self.d_head, eps=1e-6)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = x.shape
-        qkv = self.qkv(x)  # (B, T, 3D)
-        qkv = F.silu(qkv if self.conv is None else self.conv(qkv))
-        q, k, v = qkv.view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)  # (B, T, H, d) each
+        q, k, v = self.heads_qkv(x, F.silu)  # (B, T, H, d) each
         q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         beta = torch.sigmoid(self.beta(x))  # (B, T, H)
         log_decay = self.log_decay(x)  # (B, T, H) or None
@@ -79,47 +72,31 @@ class DeltaNet(Mixer):
         return [self.qkv, self.beta, self.out]
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.conv is None else self.conv.state_size()
-        return self.n_heads * self.d_head * self.d_head + conv
+        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
 
     def flops(self, batch_size: int, seq_len: int) -> int:
         tokens = batch_size * seq_len
         dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
-        conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
-        return dense + conv + self.memory_flops(batch_size, seq_len)
+        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token
         return 3 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
-def check_delta_params(d_model: object, n_heads: object, short_conv: object, chunk_size: object) -> None:
-    """The checks shared by deltanet and gated_deltanet."""
-    check_int("chunk_size", chunk_size)
-    check_int("short_conv", short_conv, 0)
-    check_heads(check_int("d_model", d_model), n_heads, rope=False)
-
-
 @register_model("deltanet", order=46)
 class DeltaNetModel(MemoryModel):
+    """Params: `n_heads` H (memory D^2 / H), `short_conv` K (4, as in the paper; 0 = off) and
+    `chunk_size` of the fast path."""
+
     memory_mechanism = "matrix memory per head written by the delta rule: recall, then write the error"
     cost_class = "O(n)"
     has_reference_path = True
     mixer_class: type = DeltaNet  # gated_deltanet keeps these params and swaps the mixer
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 4,
-        short_conv: int = 4,
-        chunk_size: int = 32,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_delta_params(d_model, n_heads, short_conv, chunk_size)
-        super().__init__(
-            vocab_size, d_model, n_layers, lambda i: self.mixer_class(d_model, n_heads, short_conv, chunk_size),
-            mlp_ratio=mlp_ratio,
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
+                 short_conv: int = 4, chunk_size: int = 32, mlp_ratio: int = 4) -> None:
+        check_heads(d_model, n_heads, rope=False)
+        mixer = self.mixer_class
+        super().__init__(vocab_size, d_model, n_layers, lambda i: mixer(d_model, n_heads, short_conv, chunk_size),
+                         mlp_ratio=mlp_ratio)

@@ -26,11 +26,12 @@ There is no separate reference path (the loop is both). State per layer: N * W (
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import ConfigError, check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 
 
@@ -114,30 +115,14 @@ class ExternalMemory(Mixer):
 
 @register_model("external_memory", order=35)
 class ExternalMemoryModel(MemoryModel):
+    """Params: `num_slots` N and `slot_size` W of the memory, `num_reads` R read heads, and
+    `compile` (wrap the per-token step in torch.compile)."""
+
     memory_mechanism = "LSTM controller writing to and reading from content-addressed memory slots (NTM/DNC)"
     cost_class = "O(n)"
     compile_friendly = False  # a trace unrolls T steps per layer: minutes of compile at long lengths
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        num_slots: int = 32,
-        slot_size: int = 32,
-        num_reads: int = 1,
-        compile: bool = False,
-        mlp_ratio: int = 4,
-    ) -> None:
-        for label, value in (("num_slots", num_slots), ("slot_size", slot_size), ("num_reads", num_reads)):
-            check_int(label, value)
-        if not isinstance(compile, bool):
-            raise ConfigError(f"compile must be true or false, got {compile!r}")
-        super().__init__(
-            vocab_size,
-            d_model,
-            n_layers,
-            lambda i: ExternalMemory(d_model, num_slots, slot_size, num_reads, compile),
-            mlp_ratio=mlp_ratio,
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, num_slots: int = 32,
+                 slot_size: int = 32, num_reads: int = 1, compile: bool = False, mlp_ratio: int = 4) -> None:
+        memory = functools.partial(ExternalMemory, d_model, num_slots, slot_size, num_reads, compile)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: memory(), mlp_ratio=mlp_ratio)

@@ -33,13 +33,13 @@ FLOPs per layer (reference): 2*B*T*D*(N+1)D (W_in) + 2*B*T*(N+1)D*k (short conv)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.layers import ShortConv
 from membench.models.scan import carry_dtype
@@ -140,23 +140,14 @@ class HyenaOperator(Mixer):
 
 @register_model("hyena", order=75)
 class HyenaModel(MemoryModel):
+    """Params: `order` N (the number of gated long convolutions, 2 in the paper) and `short_conv` k
+    (the short filter on the projections, 3 in the paper; 0 = off)."""
+
     memory_mechanism = "long implicit convolutions (MLP filters, decay windows) gated by the input, by FFT"
     cost_class = "O(n log n)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        order: int = 2,
-        short_conv: int = 3,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_int("order", order)
-        check_int("short_conv", short_conv, 0)  # 0 = no short convolution
-        check_int("d_model", d_model)
-        super().__init__(
-            vocab_size, d_model, n_layers, lambda i: HyenaOperator(d_model, order, short_conv), mlp_ratio=mlp_ratio
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, order: int = 2,
+                 short_conv: int = 3, mlp_ratio: int = 4) -> None:
+        operator = functools.partial(HyenaOperator, d_model, order, short_conv)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: operator(), mlp_ratio=mlp_ratio)

@@ -26,13 +26,14 @@ K - 1 inputs when it is on; constant in length. Cost: O(n).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import check_int
-from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.layers import check_heads, optional_short_conv
+from membench.models import MemoryModel, register_model
+from membench.models.layers import ConvQKVMixer, check_heads, qkv_out_flops
 from membench.models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6
@@ -43,22 +44,16 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-class LinearAttention(Mixer):
+class LinearAttention(ConvQKVMixer):
     """Multi-head causal linear attention with the normaliser; see the module docstring."""
 
     def __init__(self, d_model: int, n_heads: int, chunk_size: int, short_conv: int = 0) -> None:
-        super().__init__()
-        self.d_model, self.n_heads, self.chunk_size = d_model, n_heads, chunk_size
-        self.d_head = d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.conv = optional_short_conv(3 * d_model, short_conv)  # on q, k, v together, or None
+        super().__init__(d_model, n_heads, short_conv, chunk_size)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = x.shape
-        qkv = self.qkv(x)  # (B, T, 3D)
-        qkv = qkv if self.conv is None else self.conv(qkv)
-        q, k, v = qkv.view(batch, seq_len, 3, self.n_heads, self.d_head).unbind(2)  # (B, T, H, d) each
+        q, k, v = self.heads_qkv(x)  # (B, T, H, d) each
         v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, d + 1): [v, 1]
         if self.path == "reference":
             o1 = scan_reference(feature_map(q), feature_map(k), v1)
@@ -68,16 +63,11 @@ class LinearAttention(Mixer):
         return self.out(o.reshape(batch, seq_len, self.d_model))
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.conv is None else self.conv.state_size()
-        return self.n_heads * self.d_head * (self.d_head + 1) + conv
+        return self.n_heads * self.d_head * (self.d_head + 1) + self.conv_state_size()
 
     def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
-            tokens, self.d_model, self.d_model
-        )
-        conv = 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
-        return projections + conv + self.memory_flops(batch_size, seq_len)
+        projections = qkv_out_flops(batch_size * seq_len, self.d_model)
+        return projections + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the recurrence: the update phi(k) [v, 1]^T and the read-out phi(q)^T [S | z], per head and token
@@ -86,24 +76,15 @@ class LinearAttention(Mixer):
 
 @register_model("linear_attention", order=40)
 class LinearAttentionModel(MemoryModel):
+    """Params: `n_heads` H (head width D / H), `chunk_size` of the fast scan, `short_conv` K
+    (off by default, so results from before the option are unchanged)."""
+
     memory_mechanism = "sum of key-value outer products per head, normalised (elu+1 feature map)"
     cost_class = "O(n)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 4,
-        chunk_size: int = 64,
-        short_conv: int = 0,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_int("chunk_size", chunk_size)
-        check_int("short_conv", short_conv, 0)
-        check_heads(check_int("d_model", d_model), n_heads, rope=False)
-        super().__init__(
-            vocab_size, d_model, n_layers, lambda i: LinearAttention(d_model, n_heads, chunk_size, short_conv), mlp_ratio=mlp_ratio
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
+                 chunk_size: int = 64, short_conv: int = 0, mlp_ratio: int = 4) -> None:
+        check_heads(d_model, n_heads, rope=False)
+        attention = functools.partial(LinearAttention, d_model, n_heads, chunk_size, short_conv)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: attention(), mlp_ratio=mlp_ratio)

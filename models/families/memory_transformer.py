@@ -25,41 +25,31 @@ Cost: O(n*w) with w = L + 2M: attention is quadratic only within a segment.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import check_int
 from membench.models import MemoryModel, linear_flops, register_model
 from membench.models.layers import SelfAttention, check_heads
 
 
 @register_model("memory_transformer", order=60)
 class MemoryTransformerModel(MemoryModel):
+    """Params: `segment_len` L (tokens per segment), `num_memory` M (memory vectors handed on),
+    `n_heads` of the attention inside a segment."""
+
     memory_mechanism = "M memory vectors carried from segment to segment (RMT), attention within a segment"
     cost_class = "O(n*w)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        segment_len: int = 32,
-        num_memory: int = 8,
-        n_heads: int = 4,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_int("segment_len", segment_len)
-        check_int("num_memory", num_memory)
-        check_heads(check_int("d_model", d_model), n_heads, rope=True)
-        super().__init__(
-            vocab_size, d_model, n_layers, make_mixer=lambda i: SelfAttention(d_model, n_heads, rope=True),
-            mlp_ratio=mlp_ratio,
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *,
+                 segment_len: int = 32, num_memory: int = 8, n_heads: int = 4, mlp_ratio: int = 4) -> None:
+        check_heads(d_model, n_heads, rope=True)
+        attention = functools.partial(SelfAttention, d_model, n_heads, rope=True)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: attention(), mlp_ratio=mlp_ratio)
         self.segment_len, self.num_memory = segment_len, num_memory
         # m_0, (M, D): small at init so the memory slots do not swamp attention before they are learnt
         # (unit-normal slots slowed associative recall several-fold in the smoke sweep)

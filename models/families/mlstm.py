@@ -46,6 +46,7 @@ FLOPs per layer (reference): projections 2*B*T*D*(2D + 2D + 2H + D), conv 2*B*T*
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -220,27 +221,16 @@ class MatrixLSTM(Mixer):
 
 @register_model("mlstm", order=70)
 class MLSTMModel(MemoryModel):
+    """Params: `n_heads`, `forget_gate` ("sigmoid" or "exp"), `short_conv` (4, as xLSTM's mLSTM block;
+    0 = off) and `chunk_size` of the fast path."""
+
     memory_mechanism = "matrix memory per head with exponential input gates and a max-state stabiliser (xLSTM)"
     cost_class = "O(n)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 4,
-        forget_gate: str = "sigmoid",
-        short_conv: int = 4,
-        chunk_size: int = 64,
-        mlp_ratio: int = 4,
-    ) -> None:
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
+                 forget_gate: str = "sigmoid", short_conv: int = 4, chunk_size: int = 64, mlp_ratio: int = 4) -> None:
         check_choice("forget_gate", forget_gate, FORGET_GATES)
-        check_int("short_conv", short_conv, 0)  # 0 = no convolution
-        check_int("chunk_size", chunk_size)
-        check_heads(check_int("d_model", d_model), n_heads, rope=False)
-        super().__init__(
-            vocab_size, d_model, n_layers,
-            lambda i: MatrixLSTM(d_model, n_heads, forget_gate, short_conv, chunk_size), mlp_ratio=mlp_ratio,
-        )
+        check_heads(d_model, n_heads, rope=False)
+        memory = functools.partial(MatrixLSTM, d_model, n_heads, forget_gate, short_conv, chunk_size)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: memory(), mlp_ratio=mlp_ratio)

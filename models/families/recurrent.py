@@ -114,9 +114,8 @@ class _RecurrentModel(MemoryModel):
     compile_friendly = False  # the cuDNN RNN call is a graph break: capture gains nothing
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, mlp_ratio: int = 4) -> None:
-        super().__init__(
-            vocab_size, d_model, n_layers, make_mixer=lambda i: RecurrentMixer(self.kind, d_model), mlp_ratio=mlp_ratio
-        )
+        kind = self.kind
+        super().__init__(vocab_size, d_model, n_layers, lambda i: RecurrentMixer(kind, d_model), mlp_ratio=mlp_ratio)
 
 
 @register_model("rnn", order=10)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from membench.checks import check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.families.recurrent import fused_recurrence, recurrent_flops, recurrent_reference, unit_forget_bias
 from membench.models.layers import attention_flops, causal_attention, check_heads, merge_heads, split_heads
@@ -66,10 +65,7 @@ class RNNAttentionModel(MemoryModel):
     has_reference_path = True
     compile_friendly = False  # the cuDNN LSTM call is a graph break: capture gains nothing
 
-    def __init__(
-        self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4, mlp_ratio: int = 4
-    ) -> None:
-        check_heads(check_int("d_model", d_model), n_heads, rope=False)
-        super().__init__(
-            vocab_size, d_model, n_layers, make_mixer=lambda i: LSTMAttention(d_model, n_heads), mlp_ratio=mlp_ratio
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
+                 mlp_ratio: int = 4) -> None:
+        check_heads(d_model, n_heads, rope=False)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: LSTMAttention(d_model, n_heads), mlp_ratio=mlp_ratio)

@@ -24,15 +24,22 @@ State size: keys and values of the window, 2*min(T, w)*D floats per layer. Cost:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import check_int
-from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.layers import RotaryEmbedding, attention_reference, check_heads, merge_heads, split_heads
+from membench.models import MemoryModel, Mixer, register_model
+from membench.models.layers import (
+    RotaryEmbedding,
+    attention_reference,
+    check_heads,
+    merge_heads,
+    qkv_out_flops,
+    split_heads,
+)
 
 
 def band_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
@@ -95,9 +102,7 @@ class WindowAttention(Mixer):
 
     def flops(self, batch_size: int, seq_len: int) -> int:
         tokens = batch_size * seq_len
-        projections = linear_flops(tokens, self.d_model, 3 * self.d_model) + linear_flops(
-            tokens, self.d_model, self.d_model
-        )
+        projections = qkv_out_flops(tokens, self.d_model)
         return projections + self.attention_flops(batch_size, seq_len)
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
@@ -111,23 +116,15 @@ class WindowAttention(Mixer):
 
 @register_model("sliding_window", order=50)
 class SlidingWindowModel(MemoryModel):
+    """Params: `window` w (tokens each position reads, itself included) and `n_heads`;
+    the state is bounded by w whatever the length."""
+
     memory_mechanism = "keys and values of the last w tokens, read by local softmax attention (RoPE)"
     cost_class = "O(n*w)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        window: int = 32,
-        n_heads: int = 4,
-        mlp_ratio: int = 4,
-    ) -> None:
-        check_int("window", window)
-        check_heads(check_int("d_model", d_model), n_heads, rope=True)
-        super().__init__(
-            vocab_size, d_model, n_layers, make_mixer=lambda i: WindowAttention(d_model, n_heads, window),
-            mlp_ratio=mlp_ratio,
-        )
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, window: int = 32,
+                 n_heads: int = 4, mlp_ratio: int = 4) -> None:
+        check_heads(d_model, n_heads, rope=True)
+        attention = functools.partial(WindowAttention, d_model, n_heads, window)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: attention(), mlp_ratio=mlp_ratio)

@@ -25,11 +25,13 @@ split(SiLU(xBC_t))). State per layer: d_inner * N (the SSM states) + (K - 1) * (
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.checks import ConfigError, check_int
+from membench.checks import ConfigError
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.layers import mamba_decay_params, optional_short_conv
 from membench.models.scan import scan_chunked, scan_reference
@@ -87,34 +89,17 @@ class SelectiveSSM(Mixer):
 
 @register_model("ssm", order=45)
 class SSMModel(MemoryModel):
+    """Params: `d_state` N, `expand` (d_inner = expand * D), `n_heads`, `short_conv` K (4, Mamba's) and
+    `chunk_size`; no MLP by default (`mlp_ratio` 0), as Mamba's blocks have none."""
+
     memory_mechanism = "selective state-space scan: input-dependent decay and write per head (Mamba-2 style)"
     cost_class = "O(n)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        d_state: int = 16,
-        expand: int = 2,
-        n_heads: int = 4,
-        short_conv: int = 4,
-        chunk_size: int = 64,
-        mlp_ratio: int = 0,
-    ) -> None:
-        for label, value in (
-            ("d_state", d_state), ("expand", expand), ("n_heads", n_heads), ("chunk_size", chunk_size),
-        ):
-            check_int(label, value)
-        check_int("short_conv", short_conv, 0)
-        if isinstance(d_model, int) and (expand * d_model) % n_heads:
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, d_state: int = 16,
+                 expand: int = 2, n_heads: int = 4, short_conv: int = 4, chunk_size: int = 64,
+                 mlp_ratio: int = 0) -> None:
+        if (expand * d_model) % n_heads:
             raise ConfigError(f"expand * d_model ({expand * d_model}) must be a multiple of n_heads ({n_heads})")
-        super().__init__(
-            vocab_size,
-            d_model,
-            n_layers,
-            lambda i: SelectiveSSM(d_model, d_state, expand, n_heads, short_conv, chunk_size),
-            mlp_ratio=mlp_ratio,
-        )
+        scan = functools.partial(SelectiveSSM, d_model, d_state, expand, n_heads, short_conv, chunk_size)
+        super().__init__(vocab_size, d_model, n_layers, lambda i: scan(), mlp_ratio=mlp_ratio)

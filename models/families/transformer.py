@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from membench.checks import ConfigError, check_int
+from membench.checks import ConfigError, check_choice
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.layers import SelfAttention, ShortConv, check_heads
 
@@ -74,31 +74,19 @@ def parse_mixer_pattern(pattern: str, n_layers: int) -> list[str]:
 
 @register_model("transformer", order=20)
 class TransformerModel(MemoryModel):
+    """Params: `n_heads`, `position` ("rope" or "none"), `mixer_pattern` (attention and gated-conv
+    layers), and the conv layers' `conv_kernel` and `conv_residual`."""
+
     memory_mechanism = "KV cache of every past token, read by causal softmax attention (RoPE)"
     cost_class = "O(n^2)"
     has_reference_path = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        *,
-        n_heads: int = 4,
-        mlp_ratio: int = 4,
-        position: str = "rope",
-        mixer_pattern: str = "attention",
-        conv_kernel: int = 4,
-        conv_residual: bool = False,
-    ) -> None:
-        if position not in POSITIONS:
-            raise ConfigError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
-        check_int("d_model", d_model)
-        check_int("conv_kernel", conv_kernel)
-        if not isinstance(conv_residual, bool):
-            raise ConfigError(f"conv_residual must be true or false, got {conv_residual!r}")
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
+                 mlp_ratio: int = 4, position: str = "rope", mixer_pattern: str = "attention", conv_kernel: int = 4,
+                 conv_residual: bool = False) -> None:
+        check_choice("position", position, POSITIONS)
         check_heads(d_model, n_heads, position == "rope")
-        kinds = parse_mixer_pattern(mixer_pattern, check_int("n_layers", n_layers))
+        kinds = parse_mixer_pattern(mixer_pattern, n_layers)
 
         def make_mixer(i: int) -> Mixer:
             if kinds[i] == "conv":

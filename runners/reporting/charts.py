@@ -30,7 +30,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from membench.runners.reporting.cost_charts import draw_cost_charts
-from membench.runners.reporting.figures import RC, count_label, family_styles, save_figure
+from membench.runners.reporting.figures import RC, count_label, family_styles, panel_grid, save_figure
 from membench.runners.reporting.intervals import with_cell_intervals
 from membench.runners.reporting.leaderboard import (
     THRESHOLD,
@@ -43,7 +43,6 @@ from membench.runners.reporting.leaderboard import (
 from membench.runners.reporting.results import Results, is_plain_slice
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
-PANEL = (4.0, 3.0)  # inches per task panel
 
 
 # --- shared: styles, layout, saving -----------------------------------------------------------------
@@ -66,18 +65,6 @@ class Sweep:
         models = model_order(cells["model"])
         return cls(results, with_cell_intervals(chosen, cells), chosen, task_order(cells["task"]), models,
                    family_styles(models))
-
-
-def _panels(n: int, title: str, extra_width: float = 1.6, panel=PANEL) -> tuple[Figure, list]:
-    """A figure with `n` panels in rows of at most 3 (unused panels hidden) and room on the right."""
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(panel[0] * cols + extra_width, panel[1] * rows + 0.5), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    return fig, axes[:n]
 
 
 def _family_legend(fig: Figure, sweep: Sweep, models, extra: list[tuple] = ()) -> None:
@@ -130,10 +117,26 @@ def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey", wrap=True)
 
 
+def _longest_length_panels(sweep: Sweep, rows: pd.DataFrame, title: str, empty: str):
+    """The figure, and (panel, task, the task's rows at its longest trained length, that length) for each task
+    with rows in `rows`; a task without any gets the note `empty`."""
+    fig, axes = panel_grid(len(sweep.tasks), title)
+    panels = []
+    for ax, task in zip(axes, sweep.tasks):
+        mine = rows[rows["task"] == task]
+        if mine.empty:
+            _note(ax, empty)
+            ax.set_title(task)
+            continue
+        longest = int(mine["train_len"].max())
+        panels.append((ax, task, mine[mine["train_len"] == longest], longest))
+    return fig, panels
+
+
 # --- the charts ----------------------------------------------------------------------------------------
 def accuracy_vs_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Accuracy at the trained length against that length (log x), one line per family, a panel per task."""
-    fig, axes = _panels(len(sweep.tasks), "Accuracy at the trained length")
+    fig, axes = panel_grid(len(sweep.tasks), "Accuracy at the trained length")
     any_failed = any_capped = any_spread = any_under = False
     for ax, task in zip(axes, sweep.tasks):
         cells = sweep.cells[(sweep.cells["task"] == task) & (sweep.cells["status"] != "missing")]
@@ -183,7 +186,7 @@ def heatmap(sweep: Sweep, out_dir: Path) -> list[Path]:
     width = max(3.0, 0.6 * sweep.cells.groupby("task")["train_len"].nunique().max() + 1.5)
     title = ("Accuracy at the trained length, per family and length\n"
              "(*: a seed failed and counts 0;  +: a seed hit its time cap;  ~: under-trained;  n/a: not run)")
-    fig, axes = _panels(len(sweep.tasks), title, extra_width=1.0, panel=(width, 0.32 * n_models + 1.3))
+    fig, axes = panel_grid(len(sweep.tasks), title, extra_width=1.0, panel=(width, 0.32 * n_models + 1.3))
     image = None
     for ax, task in zip(axes, sweep.tasks):
         cells = sweep.cells[sweep.cells["task"] == task]
@@ -220,15 +223,10 @@ def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
     if lags is None or lags.empty:
         return []
     lags = lags[lags["trial_id"].isin(sweep.chosen["trial_id"]) & (lags["eval_len"] == lags["train_len"])]
-    fig, axes = _panels(len(sweep.tasks), "Accuracy against lag (how far back the answer lies)")
-    for ax, task in zip(axes, sweep.tasks):
-        mine = lags[lags["task"] == task]
-        if mine.empty:
-            _note(ax, "no lag data")
-            ax.set_title(task)
-            continue
-        longest = int(mine["train_len"].max())
-        mine = mine[mine["train_len"] == longest].assign(correct=lambda d: d["accuracy"] * d["count"])
+    fig, panels = _longest_length_panels(sweep, lags, "Accuracy against lag (how far back the answer lies)",
+                                         "no lag data")
+    for ax, task, mine, longest in panels:
+        mine = mine.assign(correct=lambda d: d["accuracy"] * d["count"])
         pooled = mine.groupby(["model", "lag_bucket"])[["correct", "count"]].sum()
         pooled["accuracy"] = pooled["correct"] / pooled["count"]
         for model in sweep.models:
@@ -250,7 +248,7 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
     runs = runs[is_plain_slice(runs)]
     runs = runs.assign(ratio=runs["eval_len"] / runs["train_len"])
     runs = runs[(runs["ratio"] >= 1) & (runs["ratio"] == runs["ratio"].round())]
-    fig, axes = _panels(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
+    fig, axes = panel_grid(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
     for ax, task in zip(axes, sweep.tasks):
         mine = runs[runs["task"] == task]
         ratios = sorted(mine["ratio"].unique())
@@ -289,7 +287,7 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
     def area(value: float) -> float:  # marker area in points^2: 12 for none up to 250 for the largest
         return 12.0 + 238.0 * math.sqrt(max(0.0, value if not math.isnan(value) else 0.0) / biggest)
 
-    fig, axes = _panels(len(sweep.tasks), "Accuracy against training cost", extra_width=2.0)
+    fig, axes = panel_grid(len(sweep.tasks), "Accuracy against training cost", extra_width=2.0)
     for ax, task in zip(axes, sweep.tasks):
         if task not in points.index.get_level_values("task"):
             _note(ax, "no trials")
@@ -326,15 +324,9 @@ def training_curves(sweep: Sweep, out_dir: Path) -> list[Path]:
     if curves is None or curves.empty:
         return []
     curves = curves[curves["trial_id"].isin(sweep.chosen["trial_id"]) & curves["eval_accuracy"].notna()]
-    fig, axes = _panels(len(sweep.tasks), "Learning curves at the longest trained length")
-    for ax, task in zip(axes, sweep.tasks):
-        mine = curves[curves["task"] == task]
-        if mine.empty:
-            _note(ax, "no evaluations recorded")
-            ax.set_title(task)
-            continue
-        longest = int(mine["train_len"].max())
-        mine = mine[mine["train_len"] == longest]
+    fig, panels = _longest_length_panels(sweep, curves, "Learning curves at the longest trained length",
+                                         "no evaluations recorded")
+    for ax, task, mine, longest in panels:
         means = mine.groupby(["model", "step"])[["tokens", "eval_accuracy"]].mean()
         for model in sweep.models:
             if model in means.index.get_level_values("model"):

@@ -44,6 +44,20 @@ def count_label(value: float, _position=None) -> str:
     return f"{value:g}"
 
 
+def panel_grid(n: int, title: str, extra_width: float = 1.6, panel: tuple[float, float] = (4.0, 3.0)
+               ) -> tuple[Figure, list]:
+    """A figure with `n` panels of `panel` inches in rows of at most 3 (unused panels hidden), room on the
+    right for a legend, and `title` above."""
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(panel[0] * cols + extra_width, panel[1] * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes[:n]
+
+
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 130, **savefig) -> list[Path]:
     """Write `stem`.png and `stem`.svg atomically; the SVG carries no date, so redrawing the same figure
     gives the same bytes (its ids come from a fixed `svg.hashsalt`). Extra keyword arguments go to `savefig`."""

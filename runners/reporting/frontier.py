@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from membench.runners.reporting.figures import RC, family_styles, save_figure
+from membench.runners.reporting.figures import RC, family_styles, panel_grid, save_figure
 from membench.runners.reporting.intervals import bootstrap_draws, interval
 from membench.runners.reporting.leaderboard import SCORED, model_order, task_order
 from membench.runners.reporting.results import CONFIG_COLUMNS, is_plain_slice, with_model_params
@@ -151,22 +151,17 @@ def write_frontier(runs: pd.DataFrame, directory: Path) -> tuple[list[Path], lis
 
 
 # --- charts -----------------------------------------------------------------------------------------------
-def _panels_of(table: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+def _frontier_panels(table: pd.DataFrame, title: str) -> tuple[Figure, list, list[str], dict, list]:
+    """The figure, its panels, the families in order with their styles, and (panel, task, length, the rows
+    trained and evaluated at that length, plain slice) for each task x trained length."""
     plain = table[(table["eval_len"] == table["train_len"]) & is_plain_slice(table)]
     keys = [(t, int(n)) for t in task_order(plain["task"]) for n in sorted(plain.loc[plain["task"] == t, "train_len"]
                                                                              .unique())]
-    return plain, keys
-
-
-def _figure(n: int, title: str) -> tuple[Figure, list]:
-    cols = min(3, n)
-    rows = -(-n // cols)
-    fig = Figure(figsize=(4.0 * cols + 1.8, 3.2 * rows + 0.5), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    return fig, axes[:n]
+    models = model_order(plain["model"])
+    fig, axes = panel_grid(len(keys), title, extra_width=1.8, panel=(4.0, 3.2))
+    panels = [(ax, task, length, plain[(plain["task"] == task) & (plain["train_len"] == length)])
+              for ax, (task, length) in zip(axes, keys)]
+    return fig, axes, models, family_styles(models), panels
 
 
 def _error(points: pd.DataFrame) -> np.ndarray | None:
@@ -179,12 +174,10 @@ def _error(points: pd.DataFrame) -> np.ndarray | None:
 
 def recall_vs_state(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy against state size (log2 x): every point of a family, joined along its Pareto front."""
-    plain, keys = _panels_of(table)
-    models = model_order(plain["model"])
-    styles = family_styles(models)
-    fig, axes = _figure(len(keys), "Recall against state size (each family's Pareto front joined)")
-    for ax, (task, length) in zip(axes, keys):
-        panel = plain[(plain["task"] == task) & (plain["train_len"] == length)].dropna(subset=["state_size"])
+    fig, axes, models, styles, panels = _frontier_panels(
+        table, "Recall against state size (each family's Pareto front joined)")
+    for ax, task, length, panel in panels:
+        panel = panel.dropna(subset=["state_size"])
         for model in models:
             mine = panel[panel["model"] == model].sort_values("state_size")
             if mine.empty:
@@ -204,12 +197,8 @@ def recall_vs_state(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def recall_vs_width(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy of the best config at each width against d_model (log2 x), a panel per task x length."""
-    plain, keys = _panels_of(table)
-    models = model_order(plain["model"])
-    styles = family_styles(models)
-    fig, axes = _figure(len(keys), "Recall against model width (best config at each width)")
-    for ax, (task, length) in zip(axes, keys):
-        panel = plain[(plain["task"] == task) & (plain["train_len"] == length)]
+    fig, axes, models, styles, panels = _frontier_panels(table, "Recall against model width (best config at each width)")
+    for ax, task, length, panel in panels:
         for model in models:
             mine = panel[panel["model"] == model]
             if mine.empty:
