@@ -38,10 +38,11 @@ REQUIRED = {
 }
 _STRING_COLUMNS = STRING_COLUMNS  # the text columns of the tables (runners.tables)
 
+
 def with_model_params(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with its model_params column, "{}" (the family's defaults) where absent: tables written before
     the column existed lack it (REQUIRED does not ask for it)."""
-    params = runs["model_params"].fillna("{}") if "model_params" in runs.columns else "{}"
+    params = runs["model_params"].astype(object).fillna("{}") if "model_params" in runs.columns else "{}"
     return runs.assign(model_params=params)
 
 
