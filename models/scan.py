@@ -216,7 +216,7 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     chunks = (seq_len + pad) // size
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (B, H, nC, C, d)
-        x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
+        x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
         return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
 
     # 1. chunk the inputs; the cumulative log-decay L inside each chunk, g = exp(L), the decay mask
@@ -235,8 +235,9 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
     #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
     kc_t = kc.transpose(-1, -2)  # (B, H, nC, N, C)
-    a = ((bc * kc) @ kc_t) * decay  # (B, H, nC, C, C)
-    rhs = torch.cat([bc * vc, bc * g * kc], dim=-1)  # (B, H, nC, C, P + N)
+    kb = bc * kc  # (B, H, nC, C, N): beta_i k_i
+    a = (kb @ kc_t) * decay  # (B, H, nC, C, C)
+    rhs = torch.cat([bc * vc, g * kb], dim=-1)  # (B, H, nC, C, P + N)
     # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
     u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., C, P + N)
 
