@@ -128,6 +128,19 @@ def list_of(item: Checker, allow_empty: bool = False) -> Checker:
     return check
 
 
+def number_or(word: str, low: float, high: float = math.inf, low_open: bool = False) -> Checker:
+    """A number in the interval, or the string `word` (e.g. time_cap = "auto")."""
+    def check(value, label):
+        if value == word:
+            return value
+        try:
+            return check_number(label, value, low, high, low_open)
+        except ConfigError:
+            raise ConfigError(f"{label} must be {word!r} or a number in {'(' if low_open else '['}{low:g}, "
+                              f"{high:g}], got {value!r}") from None
+    return check
+
+
 def one_or_list(item: Checker) -> Checker:
     """A single value or a non-empty list of them (a sweep over the list), each checked by `item`."""
     def check(value, label):
@@ -151,6 +164,7 @@ LIMITS = {
     "n_layers": 256,               # model depth (a deeper model takes seconds to count even on the meta device)
     "learning_rate": 10.0,         # peak learning rate
     "cpu_threads": 1024,           # torch threads of a CPU trial
+    "gpu_workers": 64,             # worker processes sharing one GPU (each holds a CUDA context, ~0.5 GB)
     "steps": 10**9,                # optimizer steps of a trial
     "repeats": 10**4,              # timed steps per point of `membench cost`
 }
@@ -177,7 +191,7 @@ _LIMIT_TEXT = {
     "seed": "seeds are below 2^32", "length": "tokens per sequence", "batch_tokens": "batch_size x length tokens "
     "per step", "eval_tokens": "n_sequences x seq_len tokens per eval slice", "eval_sequences": "sequences per eval "
     "slice", "vocab_size": "tokens of a vocabulary", "params": "parameters of one model", "d_model": "model width",
-    "n_layers": "layers", "learning_rate": "peak learning rate", "cpu_threads": "CPU threads",
+    "n_layers": "layers", "learning_rate": "peak learning rate", "cpu_threads": "CPU threads", "gpu_workers": "workers per GPU",
     "steps": "steps of a trial", "repeats": "timed steps per point",
 }
 

@@ -141,6 +141,9 @@ class MemoryModel(nn.Module):
     # False when capturing the training step (torch.compile, CUDA graphs) does not pay for this family: its
     # graph breaks (cuDNN RNNs) or its trace unrolls every token; compile = "auto" then runs it eagerly
     compile_friendly: ClassVar[bool] = True
+    # False when `flops` is counted by running a forward (Hugging Face and imported models) rather than
+    # computed from the shapes: such a model cannot be costed on the meta device
+    analytic_flops: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -218,6 +218,7 @@ class HFModel(MemoryModel):
     """Base of the `hf:TYPE` models: a transformers backbone and membench's head (see the module doc)."""
 
     model_type: str = ""
+    analytic_flops = False  # counted by FlopCounterMode on a real forward
 
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, mlp_ratio: int = 4,

@@ -111,6 +111,7 @@ def _attention_part(counts: dict[str, dict]) -> int:
 
 
 class ImportedMixerModel(MemoryModel):
+    analytic_flops = False  # counted on a real forward unless every mixer declares its own
     """Base of the models built from an imported mixer class (see `mixer_model_class`)."""
 
     mixer_class: type[nn.Module] = nn.Module

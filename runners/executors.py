@@ -1,9 +1,10 @@
 """Where trials run. An executor takes trials and yields each one's payload (see runners.trial) as it finishes;
 the sweep writes them, so every executor produces the same files.
 
-    local  one process on one device; with several GPUs, one worker process per GPU (spawned, its GPU set
-           as its current device); on the CPU, `cpu_workers` worker processes (one per core with "cores"); a worker that dies or hits a sticky CUDA error is replaced by a fresh
-           pool, and the sweep goes on (see LocalExecutor)
+    local  one process on one device; with several GPUs, `gpu_workers` worker processes per GPU (spawned,
+           its GPU set as its current device); on the CPU, `cpu_workers` worker processes (one per core with
+           "cores"); a worker that dies or hits a sticky CUDA error is replaced by a fresh pool, and the
+           sweep goes on (see LocalExecutor)
     ray    each trial a Ray task holding one GPU, or `threads` CPUs (default 1) when the cluster has none
            (`pip install membench[ray]`; `--address` joins a running cluster, else a local one starts)
 
@@ -204,12 +205,15 @@ class RayExecutor:
 
 
 def make_executor(name: str, device: str = "auto", compile: str = "none", address: str | None = None,
-                  progress: bool = False, threads: int | None = None, cpu_workers: int | str = 1):
+                  progress: bool = False, threads: int | None = None, cpu_workers: int | str = 1,
+                  gpu_workers: int = 1):
     """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray.
 
     `cpu_workers`: on the CPU, that many worker processes (or "cores": one per core) each run trials with
-    `threads` torch threads; a trial's rows do not depend on which worker ran it (its seeds fix its data,
-    weights and evaluation), only its timings do."""
+    `threads` torch threads; `gpu_workers`: that many worker processes share each GPU (small models leave a
+    large GPU mostly idle, waiting on kernel launches). A trial's rows do not depend on which worker ran it
+    (its seeds fix its data, weights and evaluation), only its timings do: trials sharing a GPU slow each
+    other down, so their ms_per_step is not a cost measurement (`membench cost` is)."""
     if name not in EXECUTORS:
         raise UsageError(unknown_name_message("executor", name, list(EXECUTORS)))
     check_device("device", device)
@@ -223,4 +227,6 @@ def make_executor(name: str, device: str = "auto", compile: str = "none", addres
     if devices == ["cpu"]:
         workers = (os.cpu_count() or 1) if cpu_workers == "cores" else cpu_workers
         devices = ["cpu"] * max(1, workers)
+    else:
+        devices = [gpu for gpu in devices for _ in range(gpu_workers)]
     return LocalExecutor(devices, compile, progress, threads)

@@ -37,6 +37,7 @@ from membench.checks import LIMITS, ConfigError, check_limit
 from membench.memtasks import get_task, list_tasks, task_class
 from membench.models import count_params, family_params, fast_attention_width, list_models, matched_width, model_class
 from membench.registry import unknown_name_message
+from membench.runners.cost import estimate
 from membench.runners.executors import EXECUTORS
 from membench.runners.train import COMPILE_MODES
 from membench.runners.trial import BUDGETS, EARLY_STOPS, EvalSlice, Segment, TrialConfig
@@ -63,7 +64,12 @@ SETTINGS = {
     "seeds": (checks.list_of(checks.limited(checks.integer(0), "seed")), [0]),
     "learning_rates": (checks.list_of(checks.number(0, LIMITS["learning_rate"], low_open=True)), [1e-3]),
     "steps": (checks.limited(checks.integer(1), "steps"), 1000),
-    "time_cap": (checks.number(0, low_open=True), _TRIAL_DEFAULTS["time_cap"]),
+    "time_cap": (checks.number_or("auto", 0, low_open=True), _TRIAL_DEFAULTS["time_cap"]),
+    # time_cap = "auto": sized from the trial's FLOPs by the cost model of runners/cost/estimate.py
+    "flops_rate": (checks.number(0, low_open=True), 1e13),
+    "step_latency": (checks.number(0), 0.0),
+    "token_latency": (checks.number(0), 0.0),
+    "max_time_cap": (checks.number(0, low_open=True), 1800.0),
     "batch_size": (checks.integer(1), 32),
     "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),
     "early_stop": (checks.choice(EARLY_STOPS), _TRIAL_DEFAULTS["early_stop"]),
@@ -85,9 +91,9 @@ SETTINGS = {
     "max_length": (checks.integer(1), None),
 }
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
-TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device, "compile": checks.choice(COMPILE_MODES),
-            "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
-            "cpu_workers": checks.cpu_workers,
+TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device,
+            "compile": checks.choice(COMPILE_MODES), "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
+            "cpu_workers": checks.cpu_workers, "gpu_workers": checks.limited(checks.integer(1), "gpu_workers"),
             "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
@@ -109,7 +115,9 @@ class SweepSpec:
     executor: str = "local"
     cpu_threads: int | None = None
     cpu_workers: int | str = 1  # worker processes of a CPU sweep: a number, or "cores" (one per core)
+    gpu_workers: int = 1  # worker processes sharing each GPU
     notes: tuple[str, ...] = ()
+    rates: tuple = ()  # per trial: the cost model's Rates (runners/cost/estimate.py; membench plan)
 
 
 def _check_keys(table: dict, valid: list[str], where: str) -> None:
@@ -339,23 +347,28 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         if cost_class not in classes:
             raise ConfigError(f"{label}: {unknown_name_message('cost class', cost_class, classes)}")
 
-    trials, notes = [], []
+    trials, rates, notes = [], [], []
     for task in tasks:
         task_trials = []
         for model, model_params, cost, model_settings in models:
             s = _merge([top_settings, task.settings, cost, model_settings, flag_settings])
-            task_trials += _expand(task, model, model_params, s, notes)
+            task_trials += _expand(task, model, model_params, s, notes, top.get("gpu_workers", 1))
         if not task_trials:
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
             raise ConfigError(f"{task.where}: every training length was skipped ({why})")
-        trials += task_trials
-    spec_keys = ("description", "device", "compile", "executor", "cpu_threads", "cpu_workers")  # absent: SweepSpec's defaults
+        trials += [trial for trial, _ in task_trials]
+        rates += [trial_rates for _, trial_rates in task_trials]
+    # absent: SweepSpec's defaults
+    spec_keys = ("description", "device", "compile", "executor", "cpu_threads", "cpu_workers", "gpu_workers")
     return SweepSpec(name=checks.text(raw.get("name", default_name), f"{label} name"), trials=tuple(trials),
-                     notes=tuple(notes), **{k: top[k] for k in spec_keys if k in top})
+                     notes=tuple(notes), rates=tuple(rates), **{k: top[k] for k in spec_keys if k in top})
 
 
-def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str]) -> list[TrialConfig]:
-    """The trials of one (task, model) pair: lengths x widths x learning rates x seeds."""
+def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[str],
+            workers: int = 1) -> list[tuple[TrialConfig, estimate.Rates]]:
+    """The trials of one (task, model) pair, lengths x widths x learning rates x seeds, each with the rates
+    of the cost model (runners/cost/estimate.py) by which time_cap = "auto" is sized."""
+    rates = estimate.Rates(s["flops_rate"], s["step_latency"], s["token_latency"])
     if task.segments is not None:
         segments = tuple(Segment(p["seq_len"], p["params"], p.get("weight", 1.0)) for p in task.segments)
         lengths = [max(seg.seq_len for seg in segments)]
@@ -382,20 +395,27 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
         for sl in slices:
             check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
                         sl.n_sequences * sl.seq_len, "eval_tokens")
+        longest = max([seg.seq_len for seg in segments] or [length])
         for d_model in _widths(model, model_params, s, vocab, task.where):
             _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
+            time_cap = s["time_cap"]
+            if time_cap == "auto":
+                flops = estimate.forward_flops(model, model_params, vocab, d_model, s["n_layers"], s["batch_size"],
+                                               longest)
+                per_step = estimate.step_seconds(flops, longest, s["n_layers"], rates, workers)
+                time_cap = estimate.auto_time_cap(s["steps"], per_step, s["max_time_cap"])
             for lr in s["learning_rates"]:
                 for seed in s["seeds"]:
-                    trials.append(TrialConfig(
+                    trials.append((TrialConfig(
                         task=task.name, task_params=task.params, model=model, model_params=model_params,
                         d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
-                        batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=s["time_cap"],
+                        batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=time_cap,
                         threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
                         segments=segments, task_version=task_class(task.name).version,
                         early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
                         min_delta=s["min_delta"],
-                    ))
+                    ), rates))
     return trials
 
 

@@ -46,7 +46,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     out = Path(out_dir)
     check_out_dir(out)
     runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads,
-                           spec.cpu_workers)
+                           spec.cpu_workers, spec.gpu_workers)
     try:
         _make_dirs(out)
         with DirectoryLock(out):

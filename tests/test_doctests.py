@@ -11,7 +11,7 @@ MODULES = [
     "membench", "membench.checks", "membench.registry", "membench.memtasks", "membench.models",
     "membench.runners.reporting.text", "membench.runners.reporting.results", "membench.runners.reporting.frontier",
     "membench.runners.reporting.intervals", "membench.runners.reporting.leaderboard",
-    "membench.runners.precision", "membench.runners.doctor",
+    "membench.runners.precision", "membench.runners.doctor", "membench.runners.cost.estimate",
 ]
 
 

@@ -1,2 +1,3 @@
-"""Cost curves: time, peak memory and FLOPs of every family as the sequence grows (`measure`), and the
-log-log slope of each curve (`fit`). Their charts are drawn by `membench.runners.reporting.cost_charts`."""
+"""Cost: time, peak memory and FLOPs of every family as the sequence grows (`measure`), the log-log slope of
+each curve (`fit`), and the cost model that sizes time caps and plans sweeps before they run (`estimate`).
+The curves' charts are drawn by `membench.runners.reporting.cost_charts`."""

@@ -1,0 +1,40 @@
+"""`membench plan (--preset NAME | --spec FILE|NAME)`: what a sweep will cost before it runs: its trials per
+family, the training time the cost model expects (runners/cost/estimate.py) and the sum of the time caps."""
+
+from __future__ import annotations
+
+from membench.runners.commands.run import overrides
+from membench.runners.cost.estimate import plan
+from membench.runners.parsing import add_include_flag
+from membench.runners.reporting.text import text_table
+from membench.runners.spec import PRESETS, RECIPES, load_spec
+
+HELP = "estimate a sweep's time on one device from its trials' FLOPs (runs nothing)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
+    parser.add_argument("--spec", metavar="FILE|NAME", help=f"a TOML sweep spec, or a shipped recipe: "
+                                                         f"{', '.join(RECIPES)}")
+    for flag in ("tasks", "models", "lengths", "seeds", "device", "executor"):
+        parser.set_defaults(**{flag: None})
+    add_include_flag(parser)
+
+
+def run(args) -> int:
+    spec = load_spec(args.preset, args.spec, overrides(args))
+    rows = plan(spec.trials, spec.rates, spec.gpu_workers)
+    table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['cap_hours']:.2f}")
+             for r in rows]
+    total = [sum(r[key] for r in rows) for key in ("trials", "hours", "cap_hours")]
+    table.append(("total", str(total[0]), "", f"{total[1]:.2f}", f"{total[2]:.2f}"))
+    workers = spec.gpu_workers
+    print(f"{spec.name}: {total[0]} trials; hours summed over the trials" +
+          (f" ({workers} per GPU side by side: on one GPU the wall time is about the sum / {workers})"
+           if workers > 1 else " (one after another on one device: the wall time)"))
+    print(text_table(("model", "trials", "longest", "hours at all steps", "hours at most (caps)"), table,
+                     right=(1, 2, 3, 4)))
+    print("hours at all steps: every trial trains its full `steps` at the rates the spec assumes (flops_rate, "
+          "step_latency, token_latency; runners/cost/estimate.py); a plateau or threshold stop takes less. "
+          "Evaluation is not included.")
+    return 0

@@ -1,0 +1,104 @@
+"""How long a trial is expected to train, from its family's own analytic FLOPs: the cost model behind
+`time_cap = "auto"` and `membench plan`.
+
+A training step of batch B at length T is taken to cost the larger of its arithmetic and its latency:
+
+    step_seconds = max(W * 3 * F(B, T) / flops_rate,                   # forward + backward ~ 3x forward
+                       step_latency + n_layers * T * token_latency)    # launches; a loop over tokens
+    time_cap     = clamp(CAP_MARGIN * steps * step_seconds, MIN_AUTO_CAP, max_time_cap)
+
+with F the model's forward FLOPs (`MemoryModel.flops`, the longest segment of a mixture) and W the workers
+sharing the GPU (`gpu_workers`): they share its arithmetic, while each waits on its own launches, so a sweep
+of latency-bound trials runs about W times faster in all and a compute-bound one no faster. The three rates are
+settings of the sweep (per cost class or per family, like any setting): `flops_rate`, the FLOP/s a small model's
+training reaches on the device; `step_latency`, the seconds a step costs however small (kernel launches of an
+eager step); `token_latency`, the seconds per token and layer (forward + backward) of a family whose fast path
+still steps through the tokens one at a time (cuDNN's RNNs, the external memory's loop), 0 for the rest.
+CAP_MARGIN leaves room for the evaluations and for a step slower than estimated; a trial that stops on a
+plateau or at the threshold uses less.
+
+Worked example (the standard preset's rates for an H100: 1e13 FLOP/s, 3 ms a step; 2,000 steps): its
+transformer, matched to 250k parameters (width 96, vocabulary 64), does F = 4.7e11 FLOPs forward at T = 4096,
+B = 32, so a step is max(3 * 4.7e11 / 1e13, 0.003) = 0.14 s and the cap 2 * 2000 * 0.14 = 566 s; at T = 64,
+F = 1.0e9 and the step is latency-bound, 3 ms, for a cap of 2 * 2000 * 0.003 = 12 s. F is the reference
+path's count, so a fast path that does less work (hyena's FFT) gets a generous cap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import torch
+
+from membench.models import build_model, model_class
+
+CAP_MARGIN = 2.0  # the cap allows twice the estimated training time (evaluations, a slower step)
+MIN_AUTO_CAP = 10.0  # seconds: no estimate is trusted below this (start-up, the first evaluation)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the cost model assumes of the device (see the module docstring)."""
+
+    flops_rate: float  # FLOP/s of training
+    step_latency: float = 0.0  # seconds per step, whatever its size
+    token_latency: float = 0.0  # seconds per token and layer, for families that loop over tokens
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_flops(model: str, params: str, vocab_size: int, d_model: int, n_layers: int, batch_size: int,
+                   seq_len: int) -> int:
+    device = "meta" if model_class(model).analytic_flops else "cpu"  # counted flops need a real forward
+    with torch.device(device):
+        built = build_model(model, vocab_size, d_model=d_model, n_layers=n_layers, **json.loads(params))
+    return int(built.flops(batch_size, seq_len))
+
+
+def forward_flops(model: str, model_params: dict, vocab_size: int, d_model: int, n_layers: int,
+                  batch_size: int, seq_len: int) -> int:
+    """The family's forward FLOPs of one batch: computed from a model built on the meta device (no memory),
+    or, for a model whose FLOPs are counted (Hugging Face, imported), on a CPU forward. Cached per shape."""
+    params = json.dumps(model_params, sort_keys=True)
+    return _forward_flops(model, params, vocab_size, d_model, n_layers, batch_size, seq_len)
+
+
+def step_seconds(flops: int, seq_len: int, n_layers: int, rates: Rates, workers: int = 1) -> float:
+    """Estimated seconds of one training step whose forward pass costs `flops`, `workers` sharing the device."""
+    return max(workers * 3 * flops / rates.flops_rate,
+               rates.step_latency + n_layers * seq_len * rates.token_latency)
+
+
+def auto_time_cap(steps: int, seconds_per_step: float, max_time_cap: float) -> float:
+    """The time cap of a trial of `steps` steps of `seconds_per_step` each, rounded to 0.1 s.
+
+        >>> auto_time_cap(3000, 0.15, 1800.0), auto_time_cap(3000, 0.003, 1800.0), auto_time_cap(10, 0.1, 60.0)
+        (900.0, 18.0, 10.0)
+    """
+    return round(min(max(CAP_MARGIN * steps * seconds_per_step, MIN_AUTO_CAP), max_time_cap), 1)
+
+
+def trial_step_seconds(trial, rates: Rates, workers: int = 1) -> float:
+    """The cost model's seconds per step of `trial` (a TrialConfig), at its longest segment."""
+    longest = max(segment.seq_len for segment in trial.segments)
+    flops = forward_flops(trial.model, trial.model_params, trial.vocab_size(), trial.d_model, trial.n_layers,
+                          trial.batch_size, longest)
+    return step_seconds(flops, longest, trial.n_layers, rates, workers)
+
+
+def plan(trials, rates, workers: int = 1) -> list[dict]:
+    """Per family, in sweep order: trials, the estimated training hours if every trial ran all its steps (at
+    its `rates`, one Rates per trial), and the sum of its time caps in hours (what the sweep can take at
+    most, evaluation included), both summed over the trials (divide by the workers side by side for the
+    wall time)."""
+    rows: dict[str, dict] = {}
+    for trial, trial_rates in zip(trials, rates):
+        seconds = trial_step_seconds(trial, trial_rates, workers)
+        row = rows.setdefault(trial.model, {"model": trial.model, "trials": 0, "hours": 0.0, "cap_hours": 0.0,
+                                            "longest": 0})
+        row["trials"] += 1
+        row["hours"] += trial.steps * seconds / 3600
+        row["cap_hours"] += trial.time_cap / 3600
+        row["longest"] = max(row["longest"], trial.train_len)
+    return list(rows.values())

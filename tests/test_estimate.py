@@ -1,0 +1,126 @@
+"""The cost model behind time_cap = "auto" and `membench plan` (runners/cost/estimate.py), and gpu_workers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from membench.checks import ConfigError
+from membench.models import build_model
+from membench.runners import executors
+from membench.runners.cost import estimate
+from membench.runners.cost.estimate import Rates, auto_time_cap, forward_flops, step_seconds
+from membench.runners.spec import load_spec
+from tests.helpers import run_cli, tiny_spec
+
+COPY = {"copy": {"params": {"content_vocab": 4}}}
+
+
+def test_forward_flops_are_the_familys_own():
+    built = build_model("transformer", 16, d_model=32, n_layers=2)
+    assert forward_flops("transformer", {}, 16, 32, 2, 4, 64) == built.flops(4, 64)
+
+
+def test_a_step_costs_its_arithmetic_or_its_latency_whichever_is_larger():
+    assert step_seconds(10**12, 64, 2, Rates(1e12)) == pytest.approx(3.0)  # 3 x forward at 1e12 FLOP/s
+    assert step_seconds(10**6, 64, 2, Rates(1e12, step_latency=0.01)) == pytest.approx(0.01)
+    # a per-token loop: 2 layers x 1000 tokens x 1 ms
+    assert step_seconds(10**6, 1000, 2, Rates(1e12, 0.01, token_latency=1e-3)) == pytest.approx(2.01)
+
+
+def test_the_auto_cap_has_a_floor_a_ceiling_and_a_margin():
+    assert auto_time_cap(1000, 0.1, 1e9) == pytest.approx(estimate.CAP_MARGIN * 100)
+    assert auto_time_cap(1, 1e-6, 1e9) == estimate.MIN_AUTO_CAP
+    assert auto_time_cap(10**6, 1.0, 60.0) == 60.0
+
+
+def test_auto_caps_grow_with_the_trials_cost_and_a_number_stays_a_number(tmp_path):
+    settings = dict(models=["transformer", "lstm"], lengths=[16, 256], steps=100, time_cap="auto", flops_rate=1e9,
+                    max_time_cap=1e6)
+    spec = load_spec(None, tiny_spec(tmp_path, COPY, **settings), {})
+    caps = {(t.model, t.train_len): t.time_cap for t in spec.trials}
+    assert caps[("transformer", 256)] > caps[("transformer", 16)] >= estimate.MIN_AUTO_CAP
+    for trial, rates in zip(spec.trials, spec.rates):
+        assert rates == Rates(1e9)
+        flops = forward_flops(trial.model, {}, trial.vocab_size(), trial.d_model, trial.n_layers, trial.batch_size,
+                              trial.train_len)
+        seconds = step_seconds(flops, trial.train_len, trial.n_layers, rates)
+        assert estimate.trial_step_seconds(trial, rates) == seconds
+        assert trial.time_cap == auto_time_cap(100, seconds, 1e6)
+    fixed = load_spec(None, tiny_spec(tmp_path, COPY, file="fixed.toml", **{**settings, "time_cap": 30.0}), {})
+    assert {t.time_cap for t in fixed.trials} == {30.0}
+
+
+def test_a_family_table_sets_its_own_token_latency(tmp_path):
+    path = tiny_spec(tmp_path, COPY, models=None, lengths=[64], time_cap="auto", flops_rate=1e15)
+    with open(path, "a") as spec_file:
+        spec_file.write('[models.mlp]\n[models.lstm]\ntoken_latency = 0.001\n')
+    spec = load_spec(None, path, {})
+    seconds = {t.model: estimate.trial_step_seconds(t, rates) for t, rates in zip(spec.trials, spec.rates)}
+    assert seconds["lstm"] == pytest.approx(1 * 64 * 0.001)  # n_layers = 1 in the tiny spec
+    assert seconds["mlp"] < 1e-3
+
+
+class UncountedMixer(torch.nn.Module):
+    """A user's mixer that declares no flops: membench counts them on a real forward (not on meta)."""
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x):  # (B, T, D) -> (B, T, D), causal: per position
+        return self.proj(x)
+
+
+def test_a_model_whose_flops_are_counted_is_costed_on_a_real_forward(tmp_path):
+    name = "tests.test_estimate:UncountedMixer"
+    spec = load_spec(None, tiny_spec(tmp_path, COPY, models=[name], time_cap="auto", flops_rate=1e6), {})
+    (trial,) = spec.trials
+    counted = build_model(name, trial.vocab_size(), d_model=trial.d_model, n_layers=1).flops(trial.batch_size, 8)
+    assert counted > 0 and trial.time_cap == auto_time_cap(trial.steps, 3 * counted / 1e6, 1800.0)
+
+
+def test_a_bad_time_cap_says_auto_is_allowed(tmp_path):
+    with pytest.raises(ConfigError, match="time_cap must be 'auto' or a number"):
+        load_spec(None, tiny_spec(tmp_path, COPY, models=["mlp"], time_cap="soon"), {})
+
+
+def test_plan_sums_each_familys_trials_and_prints_a_total(tmp_path, capsys):
+    path = tiny_spec(tmp_path, COPY, models=["mlp", "lstm"], lengths=[8, 16], seeds=[0, 1], steps=50,
+                     time_cap=20.0, step_latency=0.01)
+    spec = load_spec(None, path, {})
+    rows = estimate.plan(spec.trials, spec.rates)
+    assert [r["model"] for r in rows] == ["mlp", "lstm"]
+    assert [r["trials"] for r in rows] == [4, 4]
+    assert rows[0]["cap_hours"] == pytest.approx(4 * 20 / 3600)
+    assert rows[0]["hours"] == pytest.approx(4 * 50 * 0.01 / 3600)
+    code, out, err = run_cli(capsys, "plan", "--spec", path)
+    assert code == 0 and err == ""
+    assert "8 trials" in out and out.splitlines()[-2].split()[:2] == ["total", "8"]
+
+
+def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
+    gpus = {"cuda": ["cuda:0", "cuda:1"], "cpu": ["cpu"]}
+    monkeypatch.setattr(executors, "local_devices", lambda device: gpus[device])
+    monkeypatch.setattr(executors, "check_compile", lambda compile, device: None)
+    runner = executors.make_executor("local", "cuda", gpu_workers=3)
+    assert runner.devices == ["cuda:0"] * 3 + ["cuda:1"] * 3
+    assert executors.make_executor("local", "cpu", gpu_workers=3).devices == ["cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, hours", [("standard", "51 trial-hours"), ("full", "2,668 GPU-hours")])
+def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_plan(preset, hours):
+    """standard and full: 3 seeds, plateau budgets, auto caps; the estimate in each preset's comment is what
+    `membench plan` computes from it now (a change to the preset or to a family's FLOPs shows here)."""
+    from membench.runners.spec import _SHIPPED
+
+    spec = load_spec(preset)
+    assert {t.seed for t in spec.trials} == {0, 1, 2}
+    assert {t.budget for t in spec.trials} == {"plateau"}
+    assert len({t.time_cap for t in spec.trials}) > 10  # sized per trial, not one number
+    rows = estimate.plan(spec.trials, spec.rates, spec.gpu_workers)
+    trials, all_steps = sum(r["trials"] for r in rows), sum(r["hours"] for r in rows)
+    comment = _SHIPPED[preset]
+    assert f"{trials:,} trials" in comment
+    assert hours in comment and float(hours.split()[0].replace(",", "")) == pytest.approx(all_steps, abs=0.5)
