@@ -124,3 +124,21 @@ def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_
     comment = _SHIPPED[preset]
     assert f"{trials:,} trials" in comment
     assert hours in comment and float(hours.split()[0].replace(",", "")) == pytest.approx(all_steps, abs=0.5)
+
+
+def test_plan_against_a_finished_sweep_compares_estimated_and_measured_step_times(tmp_path, capsys):
+    from membench.runners.sweep import run_sweep
+
+    path = tiny_spec(tmp_path, COPY, models=["mlp", "lstm"], steps=4, eval_every=4, step_latency=0.01)
+    spec = load_spec(None, path, {})
+    runs = run_sweep(spec, tmp_path / "out", progress=False)
+    rows = estimate.against(spec.trials, spec.rates, runs)
+    assert [r["model"] for r in rows] == ["mlp", "lstm"] and all(r["trials"] == 1 for r in rows)
+    measured = runs.drop_duplicates("trial_id").set_index("model")["ms_per_step"]
+    for r in rows:  # the estimate is the latency floor: 10 ms a step
+        assert r["median"] == pytest.approx(measured[r["model"]] / 10.0)
+    code, out, _ = run_cli(capsys, "plan", "--spec", path, "--against", str(tmp_path / "out"))
+    assert code == 0 and "measured / estimated ms per step" in out
+    other = tiny_spec(tmp_path, COPY, file="other.toml", models=["gru"])
+    code, _, err = run_cli(capsys, "plan", "--spec", other, "--against", str(tmp_path / "out"))
+    assert code == 2 and "holds no trial of this spec" in err and err.count("\n") == 1

@@ -4,8 +4,10 @@ family, the training time the cost model expects (runners/cost/estimate.py) and 
 from __future__ import annotations
 
 from membench.runners.commands.run import overrides
-from membench.runners.cost.estimate import plan
+from membench.runners.cost.estimate import against, plan
+from membench.runners.errors import UsageError
 from membench.runners.parsing import add_include_flag
+from membench.runners.reporting.results import read_results
 from membench.runners.reporting.text import text_table
 from membench.runners.spec import PRESETS, RECIPES, load_spec
 
@@ -16,8 +18,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
     parser.add_argument("--spec", metavar="FILE|NAME", help=f"a TOML sweep spec, or a shipped recipe: "
                                                          f"{', '.join(RECIPES)}")
-    for flag in ("tasks", "models", "lengths", "seeds", "device", "executor"):
-        parser.set_defaults(**{flag: None})
+    parser.add_argument("--against", metavar="DIR", help="also compare the estimated step times with those a "
+                                                         "finished sweep of this spec measured (its runs.csv)")
+    parser.add_argument("--tasks", metavar="A,B", help="only these tasks")
+    parser.add_argument("--models", metavar="A,B", help="only these model families")
+    parser.add_argument("--lengths", metavar="64,128", help="training lengths")
+    parser.add_argument("--seeds", metavar="0,1", help="seeds")
+    parser.set_defaults(device=None, executor=None)
     add_include_flag(parser)
 
 
@@ -37,4 +44,12 @@ def run(args) -> int:
     print("hours at all steps: every trial trains its full `steps` at the rates the spec assumes (flops_rate, "
           "step_latency, token_latency; runners/cost/estimate.py); a plateau or threshold stop takes less. "
           "Evaluation is not included.")
+    if args.against:
+        compared = against(spec.trials, spec.rates, read_results(args.against).runs, spec.gpu_workers)
+        if not compared:
+            raise UsageError(f"{args.against} holds no trial of this spec; give the --out directory of a run of it")
+        print(f"\nmeasured / estimated ms per step, over the trials of this spec in {args.against}:")
+        print(text_table(("model", "trials", "median", "lowest", "highest"),
+                         [(r["model"], str(r["trials"]), f"{r['median']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}")
+                          for r in compared], right=(1, 2, 3, 4)))
     return 0

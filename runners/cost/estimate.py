@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -102,3 +103,17 @@ def plan(trials, rates, workers: int = 1) -> list[dict]:
         row["cap_hours"] += trial.time_cap / 3600
         row["longest"] = max(row["longest"], trial.train_len)
     return list(rows.values())
+
+
+def against(trials, rates, runs, workers: int = 1) -> list[dict]:
+    """Per family: how the cost model's step times compare with those a finished sweep measured (`runs`, its
+    runs.csv), over the trials of this spec that it holds: the median of measured / estimated ms per step
+    (above 1: the device is slower than the rates say; divide flops_rate, or multiply step_latency, by it)."""
+    measured = runs.drop_duplicates("trial_id").set_index("trial_id")["ms_per_step"].dropna()
+    ratios: dict[str, list[float]] = {}
+    for trial, trial_rates in zip(trials, rates):
+        if trial.trial_id in measured.index:
+            estimate_ms = 1000 * trial_step_seconds(trial, trial_rates, workers)
+            ratios.setdefault(trial.model, []).append(float(measured[trial.trial_id]) / estimate_ms)
+    return [{"model": model, "trials": len(r), "median": statistics.median(r), "low": min(r), "high": max(r)}
+            for model, r in ratios.items()]
