@@ -42,6 +42,12 @@ class Mixer(nn.Module):
         """Analytic forward FLOPs of this mixer (2 per multiply-accumulate)."""
         raise NotImplementedError
 
+    def fast_path_flops(self, batch_size: int, seq_len: int) -> int:
+        """Forward FLOPs of the fast path, where it does less work than the reference that `flops` describes
+        (hyena's FFT against its direct convolution); the cost model (runners/cost/estimate.py) uses it.
+        FlopCounterMode does not count FFTs, so it is an analytic figure only."""
+        return self.flops(batch_size, seq_len)
+
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
         """The part of `flops` spent on token-to-token attention: softmax scores q.k over past tokens and
         their weighted sum of values (the O(n^2) or O(n*w) part). 0 for a mixer without attention."""
@@ -198,6 +204,12 @@ class MemoryModel(nn.Module):
         total = sum(m.flops(batch_size, seq_len) for m in self.mixers())
         total += sum(b.mlp.flops(batch_size, seq_len) for b in self.blocks if b.mlp is not None)
         return total + self.head_flops(batch_size * seq_len)
+
+    def fast_path_flops(self, batch_size: int, seq_len: int) -> int:
+        """`flops` with each mixer's fast path counted instead of its reference (see Mixer.fast_path_flops)."""
+        faster = [m for m in self.mixers() if type(m).fast_path_flops is not Mixer.fast_path_flops]
+        saved = sum(m.flops(batch_size, seq_len) - m.fast_path_flops(batch_size, seq_len) for m in faster)
+        return self.flops(batch_size, seq_len) - saved
 
     def head_flops(self, rows: int) -> int:
         """FLOPs of the output head on `rows` positions (training runs it only at scored positions)."""

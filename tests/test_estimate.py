@@ -109,7 +109,7 @@ def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, hours", [("standard", "51 trial-hours"), ("full", "2,668 GPU-hours")])
+@pytest.mark.parametrize("preset, hours", [("standard", "43 trial-hours"), ("full", "1,692 GPU-hours")])
 def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_plan(preset, hours):
     """standard and full: 3 seeds, plateau budgets, auto caps; the estimate in each preset's comment is what
     `membench plan` computes from it now (a change to the preset or to a family's FLOPs shows here)."""
@@ -142,3 +142,17 @@ def test_plan_against_a_finished_sweep_compares_estimated_and_measured_step_time
     other = tiny_spec(tmp_path, COPY, file="other.toml", models=["gru"])
     code, _, err = run_cli(capsys, "plan", "--spec", other, "--against", str(tmp_path / "out"))
     assert code == 2 and "holds no trial of this spec" in err and err.count("\n") == 1
+
+
+def test_the_cost_model_counts_hyenas_fft_not_its_direct_convolution():
+    """fast_path_flops = flops for every family but hyena, whose FFT path replaces the O(T^2) taps."""
+    from membench.models import list_models
+
+    for name in list_models():
+        model = build_model(name, 16, d_model=32, n_layers=2)
+        if name != "hyena":
+            assert model.fast_path_flops(2, 64) == model.flops(2, 64), name
+    hyena = build_model("hyena", 16, d_model=32, n_layers=2)
+    direct = hyena.memory_flops(8, 4096)
+    assert hyena.fast_path_flops(8, 4096) < hyena.flops(8, 4096) - 0.9 * direct  # T log T, not T^2
+    assert forward_flops("hyena", {}, 16, 32, 2, 8, 4096) == hyena.fast_path_flops(8, 4096)

@@ -137,6 +137,15 @@ class HyenaOperator(Mixer):
         # the long convolutions as the reference computes them: T taps at each of the B*T*D outputs
         return self.order * 2 * batch_size * self.d_model * seq_len * seq_len
 
+    def fast_path_flops(self, batch_size: int, seq_len: int) -> int:
+        """The long convolutions by FFT instead: per convolution and channel, a real FFT of length n = 2T of
+        z and its inverse (~2.5 n log2 n FLOPs each, per sequence), one of the filter (shared by the batch)
+        and T + 1 complex products (6 FLOPs each)."""
+        n = 2 * seq_len
+        fft = 2.5 * n * math.log2(n)
+        per_conv = self.d_model * (batch_size * (2 * fft + 6 * (seq_len + 1)) + fft)
+        return self.flops(batch_size, seq_len) - self.memory_flops(batch_size, seq_len) + int(self.order * per_conv)
+
 
 @register_model("hyena", order=75)
 class HyenaModel(MemoryModel):

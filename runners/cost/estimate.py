@@ -7,7 +7,8 @@ A training step of batch B at length T is taken to cost the larger of its arithm
                        step_latency + n_layers * T * token_latency)    # launches; a loop over tokens
     time_cap     = clamp(CAP_MARGIN * steps * step_seconds, MIN_AUTO_CAP, max_time_cap)
 
-with F the model's forward FLOPs (`MemoryModel.flops`, the longest segment of a mixture) and W the workers
+with F the model's forward FLOPs on its fast path (`MemoryModel.fast_path_flops`: `flops`, except where a fast
+path does less work than the reference, as hyena's FFT; the longest segment of a mixture) and W the workers
 sharing the GPU (`gpu_workers`): they share its arithmetic, while each waits on its own launches, so a sweep
 of latency-bound trials runs about W times faster in all and a compute-bound one no faster. The three rates are
 settings of the sweep (per cost class or per family, like any setting): `flops_rate`, the FLOP/s a small model's
@@ -20,8 +21,7 @@ plateau or at the threshold uses less.
 Worked example (the standard preset's rates for an H100: 1e13 FLOP/s, 3 ms a step; 2,000 steps): its
 transformer, matched to 250k parameters (width 96, vocabulary 64), does F = 4.7e11 FLOPs forward at T = 4096,
 B = 32, so a step is max(3 * 4.7e11 / 1e13, 0.003) = 0.14 s and the cap 2 * 2000 * 0.14 = 566 s; at T = 64,
-F = 1.0e9 and the step is latency-bound, 3 ms, for a cap of 2 * 2000 * 0.003 = 12 s. F is the reference
-path's count, so a fast path that does less work (hyena's FFT) gets a generous cap.
+F = 1.0e9 and the step is latency-bound, 3 ms, for a cap of 2 * 2000 * 0.003 = 12 s.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def _forward_flops(model: str, params: str, vocab_size: int, d_model: int, n_lay
     device = "meta" if model_class(model).analytic_flops else "cpu"  # counted flops need a real forward
     with torch.device(device):
         built = build_model(model, vocab_size, d_model=d_model, n_layers=n_layers, **json.loads(params))
-    return int(built.flops(batch_size, seq_len))
+    return int(built.fast_path_flops(batch_size, seq_len))
 
 
 def forward_flops(model: str, model_params: dict, vocab_size: int, d_model: int, n_layers: int,
                   batch_size: int, seq_len: int) -> int:
-    """The family's forward FLOPs of one batch: computed from a model built on the meta device (no memory),
+    """The family's forward FLOPs of one batch on its fast path: computed from a model built on the meta device (no memory),
     or, for a model whose FLOPs are counted (Hugging Face, imported), on a CPU forward. Cached per shape."""
     params = json.dumps(model_params, sort_keys=True)
     return _forward_flops(model, params, vocab_size, d_model, n_layers, batch_size, seq_len)
