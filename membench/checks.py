@@ -191,7 +191,8 @@ _LIMIT_TEXT = {
     "seed": "seeds are below 2^32", "length": "tokens per sequence", "batch_tokens": "batch_size x length tokens "
     "per step", "eval_tokens": "n_sequences x seq_len tokens per eval slice", "eval_sequences": "sequences per eval "
     "slice", "vocab_size": "tokens of a vocabulary", "params": "parameters of one model", "d_model": "model width",
-    "n_layers": "layers", "learning_rate": "peak learning rate", "cpu_threads": "CPU threads", "gpu_workers": "workers per GPU",
+    "n_layers": "layers", "learning_rate": "peak learning rate", "cpu_threads": "CPU threads",
+    "gpu_workers": "workers per GPU",
     "steps": "steps of a trial", "repeats": "timed steps per point",
 }
 

@@ -92,8 +92,9 @@ SETTINGS = {
 }
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device,
-            "compile": checks.choice(COMPILE_MODES), "executor": checks.choice(EXECUTORS), "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"),
-            "cpu_workers": checks.cpu_workers, "gpu_workers": checks.limited(checks.integer(1), "gpu_workers"),
+            "compile": checks.choice(COMPILE_MODES), "executor": checks.choice(EXECUTORS),
+            "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"), "cpu_workers": checks.cpu_workers,
+            "gpu_workers": checks.limited(checks.integer(1), "gpu_workers"),
             "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
@@ -400,9 +401,8 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
             _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
             time_cap = s["time_cap"]
             if time_cap == "auto":
-                flops = estimate.forward_flops(model, model_params, vocab, d_model, s["n_layers"], s["batch_size"],
-                                               longest)
-                per_step = estimate.step_seconds(flops, longest, s["n_layers"], rates, workers)
+                per_step = estimate.model_step_seconds(model, model_params, vocab, d_model, s["n_layers"],
+                                                       s["batch_size"], longest, rates, workers)
                 time_cap = estimate.auto_time_cap(s["steps"], per_step, s["max_time_cap"])
             for lr in s["learning_rates"]:
                 for seed in s["seeds"]:

@@ -3,28 +3,22 @@ family, the training time the cost model expects (runners/cost/estimate.py) and 
 
 from __future__ import annotations
 
-from membench.runners.commands.run import overrides
+from membench.runners.commands.run import add_selection_flags, add_source_flags, overrides
 from membench.runners.cost.estimate import against, plan
 from membench.runners.errors import UsageError
 from membench.runners.parsing import add_include_flag
 from membench.runners.reporting.results import read_results
 from membench.runners.reporting.text import text_table
-from membench.runners.spec import PRESETS, RECIPES, load_spec
+from membench.runners.spec import load_spec
 
 HELP = "estimate a sweep's time on one device from its trials' FLOPs (runs nothing)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
-    parser.add_argument("--spec", metavar="FILE|NAME", help=f"a TOML sweep spec, or a shipped recipe: "
-                                                         f"{', '.join(RECIPES)}")
+    add_source_flags(parser)
     parser.add_argument("--against", metavar="DIR", help="also compare the estimated step times with those a "
                                                          "finished sweep of this spec measured (its runs.csv)")
-    parser.add_argument("--tasks", metavar="A,B", help="only these tasks")
-    parser.add_argument("--models", metavar="A,B", help="only these model families")
-    parser.add_argument("--lengths", metavar="64,128", help="training lengths")
-    parser.add_argument("--seeds", metavar="0,1", help="seeds")
-    parser.set_defaults(device=None, executor=None)
+    add_selection_flags(parser)
     add_include_flag(parser)
 
 

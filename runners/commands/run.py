@@ -12,9 +12,7 @@ HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
-    parser.add_argument("--spec", metavar="FILE|NAME", help="a TOML sweep spec (schema: runners/spec.py), or a "
-                                                         f"shipped recipe: {', '.join(RECIPES)}")
+    add_source_flags(parser)
     parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
                         help="results directory (created; resumed if it exists)")
     parser.add_argument("--retry-failed", action="store_true",
@@ -22,16 +20,28 @@ def add_arguments(parser) -> None:
     add_sweep_flags(parser)
 
 
-def add_sweep_flags(parser, tasks: bool = True) -> None:
-    """Flags shared by `run` and `compare` that override the spec."""
-    parser.add_argument("--executor", help="local (default) or ray")
-    parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
+def add_source_flags(parser) -> None:
+    """--preset and --spec: where a sweep comes from (`run`, `plan`)."""
+    parser.add_argument("--preset", help=f"a shipped sweep: {', '.join(PRESETS)}")
+    parser.add_argument("--spec", metavar="FILE|NAME", help="a TOML sweep spec (schema: runners/spec.py), or a "
+                                                         f"shipped recipe: {', '.join(RECIPES)}")
+
+
+def add_selection_flags(parser, tasks: bool = True) -> None:
+    """The flags that narrow a spec's trials (`run`, `compare`, `leaderboard`, `plan`)."""
     if tasks:
         parser.add_argument("--tasks", metavar="A,B", help="only these tasks")
         parser.add_argument("--models", metavar="A,B", help="only these model families (or import paths "
                                                             "pkg.mod:Class, hf:TYPE)")
     parser.add_argument("--lengths", metavar="64,128", help="training lengths")
     parser.add_argument("--seeds", metavar="0,1", help="seeds")
+
+
+def add_sweep_flags(parser, tasks: bool = True) -> None:
+    """Flags shared by `run` and `compare` that override the spec."""
+    parser.add_argument("--executor", help="local (default) or ray")
+    parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    add_selection_flags(parser, tasks)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_include_flag(parser)
@@ -44,8 +54,8 @@ def overrides(args) -> dict:
         "models": name_list(args.models) if getattr(args, "models", None) else None,
         "lengths": int_list(args.lengths, "--lengths", "length") if args.lengths else None,
         "seeds": seed_list(args.seeds) if args.seeds else None,
-        "device": args.device,
-        "executor": args.executor,
+        "device": getattr(args, "device", None),
+        "executor": getattr(args, "executor", None),
     }
 
 

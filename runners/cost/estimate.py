@@ -59,8 +59,9 @@ def _forward_flops(model: str, params: str, vocab_size: int, d_model: int, n_lay
 
 def forward_flops(model: str, model_params: dict, vocab_size: int, d_model: int, n_layers: int,
                   batch_size: int, seq_len: int) -> int:
-    """The family's forward FLOPs of one batch on its fast path: computed from a model built on the meta device (no memory),
-    or, for a model whose FLOPs are counted (Hugging Face, imported), on a CPU forward. Cached per shape."""
+    """The family's forward FLOPs of one batch on its fast path: computed from a model built on the meta
+    device (no memory), or, for a model whose FLOPs are counted (Hugging Face, imported), on a CPU forward.
+    Cached per shape."""
     params = json.dumps(model_params, sort_keys=True)
     return _forward_flops(model, params, vocab_size, d_model, n_layers, batch_size, seq_len)
 
@@ -80,12 +81,18 @@ def auto_time_cap(steps: int, seconds_per_step: float, max_time_cap: float) -> f
     return round(min(max(CAP_MARGIN * steps * seconds_per_step, MIN_AUTO_CAP), max_time_cap), 1)
 
 
+def model_step_seconds(model: str, model_params: dict, vocab_size: int, d_model: int, n_layers: int,
+                       batch_size: int, seq_len: int, rates: Rates, workers: int = 1) -> float:
+    """The cost model's seconds per training step of this model on (batch_size, seq_len) batches."""
+    flops = forward_flops(model, model_params, vocab_size, d_model, n_layers, batch_size, seq_len)
+    return step_seconds(flops, seq_len, n_layers, rates, workers)
+
+
 def trial_step_seconds(trial, rates: Rates, workers: int = 1) -> float:
     """The cost model's seconds per step of `trial` (a TrialConfig), at its longest segment."""
     longest = max(segment.seq_len for segment in trial.segments)
-    flops = forward_flops(trial.model, trial.model_params, trial.vocab_size(), trial.d_model, trial.n_layers,
-                          trial.batch_size, longest)
-    return step_seconds(flops, longest, trial.n_layers, rates, workers)
+    return model_step_seconds(trial.model, trial.model_params, trial.vocab_size(), trial.d_model, trial.n_layers,
+                              trial.batch_size, longest, rates, workers)
 
 
 def plan(trials, rates, workers: int = 1) -> list[dict]:
