@@ -11,6 +11,7 @@ from membench.runners import executors
 from membench.runners.cost import estimate
 from membench.runners.cost.estimate import Rates, auto_time_cap, forward_flops, step_seconds
 from membench.runners.spec import load_spec
+from membench.runners.trial import EvalSlice
 from tests.helpers import run_cli, tiny_spec
 
 COPY = {"copy": {"params": {"content_vocab": 4}}}
@@ -29,9 +30,23 @@ def test_a_step_costs_its_arithmetic_or_its_latency_whichever_is_larger():
 
 
 def test_the_auto_cap_has_a_floor_a_ceiling_and_a_margin():
-    assert auto_time_cap(1000, 0.1, 1e9) == pytest.approx(estimate.CAP_MARGIN * 100)
-    assert auto_time_cap(1, 1e-6, 1e9) == estimate.MIN_AUTO_CAP
-    assert auto_time_cap(10**6, 1.0, 60.0) == 60.0
+    assert auto_time_cap(100.0, 1e9) == pytest.approx(estimate.CAP_MARGIN * 100)
+    assert auto_time_cap(1e-3, 1e9) == estimate.MIN_AUTO_CAP
+    assert auto_time_cap(1e6, 60.0) == 60.0
+
+
+def test_evaluation_costs_a_forward_per_eval_batch_at_every_evaluation():
+    """3 evaluations (steps 100 and 200, and the final one at 250) of two slices: 64 sequences at length 32 in
+    batches of 16 (4 forwards) and 10 at 64 (1 forward, the last batch short), each a third of a step."""
+    rates = Rates(1e9, step_latency=0.03)
+    slices = [EvalSlice("L32", 32, 64), EvalSlice("L64", 64, 10)]
+    training, evaluating = estimate.trial_seconds("mlp", {}, 16, 16, 1, 16, 32, 250, 100, slices, rates)
+    assert training == pytest.approx(250 * 0.03)  # latency-bound at these sizes
+    assert evaluating == pytest.approx(3 * (4 + 1) * 0.01)
+    assert estimate.evaluations(200, 100) == 2 and estimate.evaluations(1, 100) == 1
+    flops_bound = Rates(1.0)  # 1 FLOP/s: the arithmetic dominates; an eval forward is F, a step 3F
+    _, evaluating = estimate.trial_seconds("transformer", {}, 16, 16, 1, 16, 32, 100, 100, slices[:1], flops_bound)
+    assert evaluating == pytest.approx(4 * forward_flops("transformer", {}, 16, 16, 1, 16, 32))
 
 
 def test_auto_caps_grow_with_the_trials_cost_and_a_number_stays_a_number(tmp_path):
@@ -46,7 +61,11 @@ def test_auto_caps_grow_with_the_trials_cost_and_a_number_stays_a_number(tmp_pat
                               trial.train_len)
         seconds = step_seconds(flops, trial.train_len, trial.n_layers, rates)
         assert estimate.trial_step_seconds(trial, rates) == seconds
-        assert trial.time_cap == auto_time_cap(100, seconds, 1e6)
+        training, evaluating = estimate.trial_seconds(
+            trial.model, {}, trial.vocab_size(), trial.d_model, trial.n_layers, trial.batch_size, trial.train_len,
+            100, trial.eval_every, trial.eval_slices, rates)
+        assert training == 100 * seconds and evaluating > 0
+        assert trial.time_cap == auto_time_cap(training + evaluating, 1e6)
     fixed = load_spec(None, tiny_spec(tmp_path, COPY, file="fixed.toml", **{**settings, "time_cap": 30.0}), {})
     assert {t.time_cap for t in fixed.trials} == {30.0}
 
@@ -77,7 +96,10 @@ def test_a_model_whose_flops_are_counted_is_costed_on_a_real_forward(tmp_path):
     spec = load_spec(None, tiny_spec(tmp_path, COPY, models=[name], time_cap="auto", flops_rate=1e6), {})
     (trial,) = spec.trials
     counted = build_model(name, trial.vocab_size(), d_model=trial.d_model, n_layers=1).flops(trial.batch_size, 8)
-    assert counted > 0 and trial.time_cap == auto_time_cap(trial.steps, 3 * counted / 1e6, 1800.0)
+    training, evaluating = estimate.trial_seconds(name, {}, trial.vocab_size(), trial.d_model, 1, trial.batch_size,
+                                                  8, trial.steps, trial.eval_every, trial.eval_slices, Rates(1e6))
+    assert counted > 0 and training == pytest.approx(trial.steps * 3 * counted / 1e6)
+    assert trial.time_cap == auto_time_cap(training + evaluating, 1800.0)
 
 
 def test_a_bad_time_cap_says_auto_is_allowed(tmp_path):
@@ -93,7 +115,11 @@ def test_plan_sums_each_familys_trials_and_prints_a_total(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["mlp", "lstm"]
     assert [r["trials"] for r in rows] == [4, 4]
     assert rows[0]["cap_hours"] == pytest.approx(4 * 20 / 3600)
-    assert rows[0]["hours"] == pytest.approx(4 * 50 * 0.01 / 3600)
+    # 50 latency-bound steps of 10 ms; 10 evaluations (every 5 steps) of 2 slices of 16 sequences in 2 batches
+    # of 8, each batch a third of a step
+    evaluating = 10 * 2 * 2 * 0.01 / 3
+    assert rows[0]["eval_hours"] == pytest.approx(4 * evaluating / 3600)
+    assert rows[0]["hours"] == pytest.approx(4 * (50 * 0.01 + evaluating) / 3600)
     code, out, err = run_cli(capsys, "plan", "--spec", path)
     assert code == 0 and err == ""
     assert "8 trials" in out and out.splitlines()[-2].split()[:2] == ["total", "8"]
@@ -109,7 +135,7 @@ def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, hours", [("standard", "43 trial-hours"), ("full", "1,692 GPU-hours")])
+@pytest.mark.parametrize("preset, hours", [("standard", "16.4 trial-hours"), ("full", "1,833 GPU-hours")])
 def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_plan(preset, hours):
     """standard and full: 3 seeds, plateau budgets, auto caps; the estimate in each preset's comment is what
     `membench plan` computes from it now (a change to the preset or to a family's FLOPs shows here)."""
@@ -156,3 +182,26 @@ def test_the_cost_model_counts_hyenas_fft_not_its_direct_convolution():
     direct = hyena.memory_flops(8, 4096)
     assert hyena.fast_path_flops(8, 4096) < hyena.flops(8, 4096) - 0.9 * direct  # T log T, not T^2
     assert forward_flops("hyena", {}, 16, 32, 2, 8, 4096) == hyena.fast_path_flops(8, 4096)
+
+
+def test_max_batch_tokens_shrinks_the_batch_at_long_lengths_and_says_so(tmp_path):
+    path = tiny_spec(tmp_path, COPY, models=["mlp"], lengths=[8, 32, 128], batch_size=8, max_batch_tokens=64)
+    spec = load_spec(None, path, {})
+    assert {t.train_len: t.batch_size for t in spec.trials} == {8: 8, 32: 2, 128: 1}  # 64 // 128 -> at least 1
+    assert "batch_size 8 -> 2 at length 32 (max_batch_tokens 64)" in spec.notes
+    assert not any("at length 8 " in note for note in spec.notes)
+    plain = load_spec(None, tiny_spec(tmp_path, COPY, file="plain.toml", models=["mlp"], lengths=[128]), {})
+    assert {t.batch_size for t in plain.trials} == {8} and plain.notes == ()
+
+
+def test_max_eval_tokens_caps_the_default_eval_sequences_not_a_slices_own(tmp_path):
+    path = tiny_spec(tmp_path, COPY, models=["mlp"], lengths=[16], eval_multipliers=[2, 4], eval_sequences=16,
+                     max_eval_tokens=512)
+    (trial,) = load_spec(None, path, {}).trials
+    assert {s.seq_len: s.n_sequences for s in trial.eval_slices} == {16: 16, 32: 16, 64: 8}
+    named = tiny_spec(tmp_path, COPY, file="named.toml", models=["mlp"], lengths=[16], max_eval_tokens=512)
+    with open(named, "a") as spec_file:
+        spec_file.write("[[tasks.copy.eval_slices]]\nseq_len = 64\nn_sequences = 20\n"
+                        "[[tasks.copy.eval_slices]]\nseq_len = 128\n")
+    (trial,) = load_spec(None, named, {}).trials
+    assert [s.n_sequences for s in trial.eval_slices] == [20, 4]

@@ -25,19 +25,19 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
     rows = plan(spec.trials, spec.rates, spec.gpu_workers)
-    table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['cap_hours']:.2f}")
-             for r in rows]
-    total = [sum(r[key] for r in rows) for key in ("trials", "hours", "cap_hours")]
-    table.append(("total", str(total[0]), "", f"{total[1]:.2f}", f"{total[2]:.2f}"))
+    table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['eval_hours']:.2f}",
+              f"{r['cap_hours']:.2f}") for r in rows]
+    total = [sum(r[key] for r in rows) for key in ("trials", "hours", "eval_hours", "cap_hours")]
+    table.append(("total", str(total[0]), "", *(f"{t:.2f}" for t in total[1:])))
     workers = spec.gpu_workers
     print(f"{spec.name}: {total[0]} trials; hours summed over the trials" +
           (f" ({workers} per GPU side by side: on one GPU the wall time is about the sum / {workers})"
            if workers > 1 else " (one after another on one device: the wall time)"))
-    print(text_table(("model", "trials", "longest", "hours at all steps", "hours at most (caps)"), table,
-                     right=(1, 2, 3, 4)))
-    print("hours at all steps: every trial trains its full `steps` at the rates the spec assumes (flops_rate, "
-          "step_latency, token_latency; runners/cost/estimate.py); a plateau or threshold stop takes less. "
-          "Evaluation is not included.")
+    print(text_table(("model", "trials", "longest", "hours at all steps", "of which evaluating",
+                      "hours at most (caps)"), table, right=(1, 2, 3, 4, 5)))
+    print("hours at all steps: every trial trains its full `steps` and evaluates every `eval_every` steps, at the "
+          "rates the spec assumes (flops_rate, step_latency, token_latency; runners/cost/estimate.py); a plateau "
+          "or threshold stop takes less.")
     if args.against:
         compared = against(spec.trials, spec.rates, read_results(args.against).runs, spec.gpu_workers)
         if not compared:
