@@ -184,11 +184,13 @@ def test_the_cost_model_counts_hyenas_fft_not_its_direct_convolution():
     assert forward_flops("hyena", {}, 16, 32, 2, 8, 4096) == hyena.fast_path_flops(8, 4096)
 
 
-def test_max_batch_tokens_shrinks_the_batch_at_long_lengths_and_says_so(tmp_path):
+def test_max_batch_tokens_shrinks_the_batch_at_long_lengths_and_says_so(tmp_path, capsys):
     path = tiny_spec(tmp_path, COPY, models=["mlp"], lengths=[8, 32, 128], batch_size=8, max_batch_tokens=64)
     spec = load_spec(None, path, {})
     assert {t.train_len: t.batch_size for t in spec.trials} == {8: 8, 32: 2, 128: 1}  # 64 // 128 -> at least 1
     assert "batch_size 8 -> 2 at length 32 (max_batch_tokens 64)" in spec.notes
+    code, _, err = run_cli(capsys, "plan", "--spec", path)
+    assert code == 0 and "note: batch_size 8 -> 1 at length 128 (max_batch_tokens 64)" in err
     assert not any("at length 8 " in note for note in spec.notes)
     plain = load_spec(None, tiny_spec(tmp_path, COPY, file="plain.toml", models=["mlp"], lengths=[128]), {})
     assert {t.batch_size for t in plain.trials} == {8} and plain.notes == ()

@@ -3,6 +3,8 @@ family, the training time the cost model expects (runners/cost/estimate.py) and 
 
 from __future__ import annotations
 
+import sys
+
 from membench.runners.commands.run import add_selection_flags, add_source_flags, overrides
 from membench.runners.cost.estimate import against, plan
 from membench.runners.errors import UsageError
@@ -24,6 +26,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
+    for note in spec.notes:  # what the spec skipped or shrank, as `membench run` says it
+        print(f"note: {note}", file=sys.stderr)
     rows = plan(spec.trials, spec.rates, spec.gpu_workers)
     table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['eval_hours']:.2f}",
               f"{r['cap_hours']:.2f}") for r in rows]
