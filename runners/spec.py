@@ -71,7 +71,6 @@ SETTINGS = {
     "token_latency": (checks.number(0), 0.0),
     "max_time_cap": (checks.number(0, low_open=True), 1800.0),
     "batch_size": (checks.integer(1), 32),
-    "max_batch_tokens": (checks.integer(1), None),  # None: batch_size at every length
     "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),
     "early_stop": (checks.choice(EARLY_STOPS), _TRIAL_DEFAULTS["early_stop"]),
     "budget": (checks.choice(BUDGETS), _TRIAL_DEFAULTS["budget"]),
@@ -391,12 +390,11 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
     for length in lengths:
         slices = _slices(task, length, s)
         longest = max([seg.seq_len for seg in segments] or [length])
-        batch_size = _batch_size(s, longest, notes)
         vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in (task.segments or []) + (task.slices or [])])
         check_limit(f"{task.where} vocab_size", vocab, "vocab_size")
         for seg_len in [seg.seq_len for seg in segments] or [length]:
-            check_limit(f"{task.where} batch_size x length ({batch_size} x {seg_len})",
-                        batch_size * seg_len, "batch_tokens")
+            check_limit(f"{task.where} batch_size x length ({s['batch_size']} x {seg_len})",
+                        s["batch_size"] * seg_len, "batch_tokens")
         for sl in slices:
             check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
                         sl.n_sequences * sl.seq_len, "eval_tokens")
@@ -404,7 +402,7 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
             _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
             time_cap = s["time_cap"]
             if time_cap == "auto":
-                seconds = estimate.trial_seconds(model, model_params, vocab, d_model, s["n_layers"], batch_size,
+                seconds = estimate.trial_seconds(model, model_params, vocab, d_model, s["n_layers"], s["batch_size"],
                                                  longest, s["steps"], s["eval_every"], slices, rates, workers)
                 time_cap = estimate.auto_time_cap(sum(seconds), s["max_time_cap"])
             for lr in s["learning_rates"]:
@@ -412,7 +410,7 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
                     trials.append((TrialConfig(
                         task=task.name, task_params=task.params, model=model, model_params=model_params,
                         d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
-                        batch_size=batch_size, steps=s["steps"], eval_slices=slices, time_cap=time_cap,
+                        batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=time_cap,
                         threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
                         segments=segments, task_version=task_class(task.name).version,
@@ -420,16 +418,6 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
                         min_delta=s["min_delta"],
                     ), rates))
     return trials
-
-
-def _batch_size(s: dict, longest: int, notes: list[str]) -> int:
-    """batch_size, or fewer sequences where batch_size x longest exceeds max_batch_tokens (at least one)."""
-    if s["max_batch_tokens"] is None or s["batch_size"] * longest <= s["max_batch_tokens"]:
-        return s["batch_size"]
-    smaller = max(1, s["max_batch_tokens"] // longest)
-    _note(notes, f"batch_size {s['batch_size']} -> {smaller} at length {longest} "
-                 f"(max_batch_tokens {s['max_batch_tokens']})")
-    return smaller
 
 
 def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> list[int]:
