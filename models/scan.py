@@ -205,60 +205,148 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
     over all chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
     need not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state
-    as it is.
+    as it is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
+    chunks, the rest batched). Under autocast the whole computation runs in float32 at least (autocast off):
+    on the CPU bf16 matmuls are no faster, and on a GPU matmuls of C x C tiles are bound by launches, not FLOPs.
     """
     check_int("chunk_size", chunk_size)
-    dtype = carry_dtype(v)
-    batch, seq_len, heads, n = k.shape
-    p = v.shape[-1]
-    size = min(chunk_size, seq_len)
-    pad = -seq_len % size
-    chunks = (seq_len + pad) // size
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (B, H, nC, C, d)
-        x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
-        return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
-
-    # 1. chunk the inputs; the cumulative log-decay L inside each chunk, g = exp(L), the decay mask
-    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, H, nC, C, N), (B, H, nC, C, N), (B, H, nC, C, P)
-    bc = to_chunks(beta.unsqueeze(-1))  # (B, H, nC, C, 1)
-    causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
-    if log_decay is None:  # every decay is 1: the mask is the causal mask alone
-        decay, g, g_last, k_out = causal.to(dtype), 1.0, None, kc
-    else:
-        cum = to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (B, H, nC, C)
-        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (B, H, nC, C, C)
-        g = cum.exp().unsqueeze(-1)  # (B, H, nC, C, 1): decay from the chunk's start to i
-        g_last = cum[..., -1:].exp().unsqueeze(-1)  # (B, H, nC, 1, 1): over the whole chunk
-        k_out = kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (B, H, nC, C, N): K~, decayed to the chunk's end
-
-    # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
-    #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
-    kc_t = kc.transpose(-1, -2)  # (B, H, nC, N, C)
-    kb = bc * kc  # (B, H, nC, C, N): beta_i k_i
-    a = (kb @ kc_t) * decay  # (B, H, nC, C, C)
-    rhs = torch.cat([bc * vc, g * kb], dim=-1)  # (B, H, nC, C, P + N)
-    # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
-    u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., C, P + N)
-
-    # 3. the only loop: carry the state from chunk to chunk (in float32 at least, autocast off); the chunk
-    #    entered with S_0 writes U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
-    u0, w = u_w.split([p, n], dim=-1)  # U' (B, H, nC, C, P), W (B, H, nC, C, N)
-    chunk_decays = [None] * chunks if log_decay is None else g_last.unbind(2)  # (B, H, 1, 1) each
     with torch.autocast(v.device.type, enabled=False):
-        state = vc.new_zeros(batch, heads, n, p, dtype=dtype)  # (B, H, N, P)
-        states, writes = [], []
-        for u0_c, w_c, k_c, g_c in zip(*(t.to(dtype).unbind(2) for t in (u0, w, k_out)), chunk_decays):
-            states.append(state)
-            # U' - W S_0: (B, H, C, P) - (B, H, C, N) @ (B, H, N, P), as one fused multiply-add
-            written = torch.baddbmm(u0_c.flatten(0, 1), w_c.flatten(0, 1), state.flatten(0, 1), alpha=-1)
-            writes.append(written.view_as(u0_c))  # (B, H, C, P)
-            decayed = state if g_c is None else g_c * state  # (B, H, N, P)
-            state = decayed + k_c.transpose(-1, -2) @ writes[-1]  # (B, H, N, C) @ (B, H, C, P) -> (B, H, N, P)
-        entering, written = torch.stack(states, dim=2), torch.stack(writes, dim=2)  # (B, H, nC, N, P), (.., C, P)
+        return _ChunkedDeltaRule.apply(q, k, v, beta, log_decay, min(chunk_size, k.shape[1]))
 
-    # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
-    #    entering it:  Y_c = P U + (g q) S_0
-    scores = (qc @ kc_t) * decay  # (B, H, nC, C, C), zero above the diagonal
-    out = scores @ written.to(scores.dtype) + read_state(g * qc, entering)  # (B, H, nC, C, P)
-    return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len].to(v.dtype)
+
+class _ChunkedDeltaRule(torch.autograd.Function):
+    """`delta_rule_chunked` with its backward pass derived by hand. Given dY, in reverse chunk order (dS_C = 0
+    for the last chunk), with dS_C the gradient of the state a chunk hands on:
+
+        dU   = P^T dY + K~ dS_C                        # (C, P)
+        dS_0 = g_C dS_C + (g q)^T dY - W^T dU          # (N, P), handed to the chunk before
+
+    and then, batched over all chunks, with X = [U' | W] and R = [beta v | beta g k]:
+
+        dX = [dU | -dU S_0^T]        dR = (I + A)^-T dX        dA = -strict_lower(dR X^T)
+        dq = (dY U^T o D) k + g (dY S_0^T)                     D_ij = exp(L_i - L_j) (j <= i), else 0
+        dk = (dY U^T o D)^T q + (dG + dG^T) k + beta g dR_w + exp(L_C - L) (U dS_C^T),   dG = beta dA o D
+        dv = beta dR_v          dbeta = rowsum(dA o k k^T o D) + v . dR_v + g k . dR_w
+
+    and for the log-decays, with E = (dY U^T) o P + dA o A (each D_ij enters as exp(L_i - L_j)):
+
+        dL = rowsum(E) - colsum(E) + g (q . dY S_0^T + beta k . dR_w) - exp(L_C - L) k . (U dS_C^T)
+        dL_C += sum(exp(L_C - L) k . (U dS_C^T)) + g_C sum(S_0 o dS_C),   d log_decay = reverse cumsum of dL
+
+    Tensors are laid out chunk-major, (nC, B H, C, d), so that each chunk of the loop is one contiguous block.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, log_decay, size):
+        dtype = carry_dtype(v)
+        batch, seq_len, heads, n = k.shape
+        p = v.shape[-1]
+        pad = -seq_len % size
+        chunks = (seq_len + pad) // size
+
+        def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC, B H, C, d), contiguous
+            x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
+            return x.view(batch, chunks, size, heads, x.shape[-1]).transpose(0, 1).transpose(2, 3).reshape(
+                chunks, batch * heads, size, x.shape[-1])
+
+        # 1. chunk the inputs; the cumulative log-decay L inside each chunk, g = exp(L), the decay mask D
+        qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC, Z, C, N), (nC, Z, C, N), (nC, Z, C, P)
+        bc = to_chunks(beta.unsqueeze(-1))  # (nC, Z, C, 1)
+        causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
+        if log_decay is None:  # every decay is 1: the mask is the causal mask alone
+            decay, g, g_last, to_end = causal.to(dtype), None, None, None
+            gq, kb, k_out = qc, bc * kc, kc  # (nC, Z, C, N) each
+        else:
+            cum = to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC, Z, C)
+            decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (.., C, C)
+            g = cum.exp().unsqueeze(-1)  # (nC, Z, C, 1): decay from the chunk's start to i
+            g_last = g[..., -1:, :]  # (nC, Z, 1, 1): over the whole chunk
+            to_end = (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (nC, Z, C, 1): from i to the chunk's end
+            gq, kb, k_out = g * qc, bc * kc, to_end * kc  # (nC, Z, C, N) each: g q, beta k, K~
+
+        # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
+        #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
+        gram = (kc @ kc.mT) * decay  # (nC, Z, C, C): k_i . k_j o D
+        a = bc * gram  # (nC, Z, C, C): A
+        rhs = torch.cat([bc * vc, kb if g is None else g * kb], dim=-1)  # (nC, Z, C, P + N)
+        # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
+        u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., P + N)
+        u0, w = u_w.split([p, n], dim=-1)  # U' (nC, Z, C, P), W (nC, Z, C, N)
+
+        # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
+        #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
+        states = vc.new_zeros(chunks, batch * heads, n, p)  # (nC, Z, N, P): the state entering each chunk
+        written = torch.empty_like(vc)  # (nC, Z, C, P): U
+        for c in range(chunks):
+            torch.baddbmm(u0[c], w[c], states[c], alpha=-1, out=written[c])  # (Z, C, P) - (Z, C, N) @ (Z, N, P)
+            if c + 1 < chunks:
+                decayed = states[c] if g is None else g_last[c] * states[c]  # (Z, N, P)
+                torch.baddbmm(decayed, k_out[c].mT, written[c], out=states[c + 1])  # (Z, N, C) @ (Z, C, P)
+
+        # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
+        #    entering it:  Y_c = P U + (g q) S_0
+        scores = (qc @ kc.mT) * decay  # (nC, Z, C, C): P, zero above the diagonal
+        out = torch.baddbmm((gq @ states).flatten(0, 1), scores.flatten(0, 1), written.flatten(0, 1))  # (nC Z, C, P)
+        ctx.save_for_backward(qc, kc, vc, bc, gq, k_out, decay, gram, a, u_w, written, states, scores, g, g_last,
+                              to_end)
+        ctx.layout = (batch, seq_len, heads, size, pad, chunks, [x.dtype for x in (q, k, v, beta)])
+        out = out.view(chunks, batch, heads, size, p).permute(1, 0, 3, 2, 4).reshape(batch, chunks * size, heads, p)
+        return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        qc, kc, vc, bc, gq, k_out, decay, gram, a, u_w, written, states, scores, g, g_last, to_end = ctx.saved_tensors
+        batch, seq_len, heads, size, pad, chunks, dtypes = ctx.layout
+        p, n = vc.shape[-1], kc.shape[-1]
+        with torch.autocast(d_out.device.type, enabled=False):
+            d_y = F.pad(d_out.to(vc.dtype), (0, 0, 0, 0, 0, pad))  # (B, T', H, P)
+            d_y = d_y.view(batch, chunks, size, heads, p).transpose(0, 1).transpose(2, 3).reshape(
+                chunks, batch * heads, size, p)  # (nC, Z, C, P)
+
+            # the reverse loop: dU = P^T dY + K~ dS_C, dS_0 = g_C dS_C + (g q)^T dY - W^T dU
+            from_y = scores.mT @ d_y  # (nC, Z, C, P): P^T dY
+            read_y = gq.mT @ d_y  # (nC, Z, N, P): (g q)^T dY
+            w = u_w[..., p:]  # (nC, Z, C, N): W
+            d_written = torch.empty_like(written)  # (nC, Z, C, P): dU
+            d_handed = torch.zeros_like(states)  # (nC, Z, N, P): dS_C, the gradient of the state each chunk hands on
+            for c in range(chunks - 1, -1, -1):
+                torch.baddbmm(from_y[c], k_out[c], d_handed[c], out=d_written[c])  # (Z, C, N) @ (Z, N, P)
+                if c > 0:
+                    carried = read_y[c] + (d_handed[c] if g_last is None else g_last[c] * d_handed[c])  # (Z, N, P)
+                    torch.baddbmm(carried, w[c].mT, d_written[c], alpha=-1, out=d_handed[c - 1])  # (Z, N, C) @ (Z, C, P)
+
+            # the UT transform backwards: dR = (I + A)^-T [dU | -dU S_0^T], dA = -strict_lower(dR X^T)
+            d_uw = torch.cat([d_written, -(d_written @ states.mT)], dim=-1)  # (nC, Z, C, P + N)
+            d_rhs = torch.linalg.solve_triangular(a, d_uw.mT, upper=False, left=False, unitriangular=True).mT
+            d_a = -(d_rhs @ u_w.mT).tril(-1)  # (nC, Z, C, C)
+            d_rv, d_rw = d_rhs.split([p, n], dim=-1)  # (nC, Z, C, P), (nC, Z, C, N)
+
+            d_scores = d_y @ written.mT  # (nC, Z, C, C): dP = dY U^T
+            d_qk = d_scores * decay  # (nC, Z, C, C)
+            d_gram = bc * d_a * decay  # (nC, Z, C, C): dG
+            d_read = d_y @ states.mT  # (nC, Z, C, N): d(g q) = dY S_0^T
+            d_k_out = written @ d_handed.mT  # (nC, Z, C, N): dK~ = U dS_C^T
+            k_dr = (kc * d_rw).sum(-1)  # (nC, Z, C): k . dR_w
+            dq = d_qk @ kc + (d_read if g is None else g * d_read)  # (nC, Z, C, N)
+            dk = d_qk.mT @ qc + (d_gram + d_gram.mT) @ kc  # (nC, Z, C, N)
+            dk += bc * d_rw if g is None else bc * g * d_rw
+            dk += d_k_out if to_end is None else to_end * d_k_out
+            dv = bc * d_rv  # (nC, Z, C, P)
+            db = (d_a * gram).sum(-1) + (vc * d_rv).sum(-1) + (k_dr if g is None else g.squeeze(-1) * k_dr)  # (nC, Z, C)
+            grads = [dq, dk, dv, db.unsqueeze(-1)]
+            if g is not None:  # the log-decays, through D, g, K~ and g_C
+                e = d_scores * scores + d_a * a  # (nC, Z, C, C)
+                to_end_k = (k_out * d_k_out).sum(-1)  # (nC, Z, C)
+                d_cum = e.sum(-1) - e.sum(-2) - to_end_k  # (nC, Z, C)
+                d_cum += g.squeeze(-1) * ((qc * d_read).sum(-1) + bc.squeeze(-1) * k_dr)
+                d_cum[..., -1] += to_end_k.sum(-1) + g_last.flatten(-3) * (states * d_handed).sum((-1, -2))
+                grads.append(d_cum.flip(-1).cumsum(-1).flip(-1).unsqueeze(-1))  # (nC, Z, C, 1)
+
+        def from_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (nC, B H, C, d) -> (B, T, H, d)
+            x = x.view(chunks, batch, heads, size, x.shape[-1]).permute(1, 0, 3, 2, 4)
+            return x.reshape(batch, chunks * size, heads, x.shape[-1])[:, :seq_len].to(dtype)
+
+        dq, dk, dv, db = (from_chunks(x, dtype) for x, dtype in zip(grads[:4], dtypes))
+        d_decay = from_chunks(grads[4], dtypes[3]).squeeze(-1) if g is not None else None
+        return dq, dk, dv, db.squeeze(-1), d_decay, None
