@@ -214,6 +214,38 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         return _ChunkedDeltaRule.apply(q, k, v, beta, log_decay, min(chunk_size, k.shape[1]))
 
 
+BLOCK_FLOATS = 2**15  # the chunks of one block hold about this many floats per (C, C) tensor: they stay in cache
+
+
+def _chunk_factors(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor | None,
+                   causal: torch.Tensor, inverse: torch.Tensor, solve: bool) -> dict[str, torch.Tensor | None]:
+    """Everything inside a block of chunks that does not depend on the state entering them (steps 1 and 2 of
+    `delta_rule_chunked`), for the forward pass and again for the backward pass (recomputed there, block by
+    block: cheaper than reading it back from memory), except the inverse (I + A)^-T of each chunk, which the
+    forward pass solves for (solve=True) into `inverse` (nb, Z, C, C) and the backward pass reads back (a solve
+    costs 4 matmuls). qc, kc (nb, Z, C, N), vc (nb, Z, C, P), bc (nb, Z, C, 1), cum (nb, Z, C) or None, causal
+    (C, C)."""
+    if cum is None:  # every decay is 1: the mask is the causal mask alone
+        decay, g, g_last, to_end = causal.to(kc.dtype), None, None, None
+        gq, kb, k_out = qc, bc * kc, kc  # (nb, Z, C, N) each
+    else:
+        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (nb, Z, C, C)
+        g = cum.exp().unsqueeze(-1)  # (nb, Z, C, 1): decay from the chunk's start to i
+        g_last = g[..., -1:, :]  # (nb, Z, 1, 1): over the whole chunk
+        to_end = (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (nb, Z, C, 1): from i to the chunk's end
+        gq, kb, k_out = g * qc, bc * kc, to_end * kc  # (nb, Z, C, N) each: g q, beta k, K~
+    gram = (kc @ kc.mT).mul_(decay)  # (nb, Z, C, C): k_i . k_j D_ij
+    a = bc * gram  # (nb, Z, C, C): A (the solve reads only its strictly lower triangle: its diagonal is taken as 1)
+    rhs = torch.cat([bc * vc, kb if g is None else g * kb], dim=-1)  # (nb, Z, C, P + N)
+    if solve:  # solved as X (I + A)^T = I, in the memory layout LAPACK wants (faster than (I + A) X = I)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)  # (nb, Z, C, C)
+        torch.linalg.solve_triangular(a.mT, eye, upper=True, left=False, unitriangular=True, out=inverse)
+    u_w = inverse.mT @ rhs  # (nb, Z, C, P + N): [U' | W] = (I + A)^-1 rhs
+    scores = (qc @ kc.mT).mul_(decay)  # (nb, Z, C, C): P, zero above the diagonal
+    return dict(decay=decay, g=g, g_last=g_last, to_end=to_end, gq=gq, k_out=k_out, gram=gram, a=a, u_w=u_w,
+                scores=scores)
+
+
 class _ChunkedDeltaRule(torch.autograd.Function):
     """`delta_rule_chunked` with its backward pass derived by hand. Given dY, in reverse chunk order (dS_C = 0
     for the last chunk), with dS_C the gradient of the state a chunk hands on:
@@ -221,7 +253,7 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         dU   = P^T dY + K~ dS_C                        # (C, P)
         dS_0 = g_C dS_C + (g q)^T dY - W^T dU          # (N, P), handed to the chunk before
 
-    and then, batched over all chunks, with X = [U' | W] and R = [beta v | beta g k]:
+    and then, batched over chunks, with X = [U' | W] and R = [beta v | beta g k]:
 
         dX = [dU | -dU S_0^T]        dR = (I + A)^-T dX        dA = -strict_lower(dR X^T)
         dq = (dY U^T o D) k + g (dY S_0^T)                     D_ij = exp(L_i - L_j) (j <= i), else 0
@@ -233,7 +265,9 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         dL = rowsum(E) - colsum(E) + g (q . dY S_0^T + beta k . dR_w) - exp(L_C - L) k . (U dS_C^T)
         dL_C += sum(exp(L_C - L) k . (U dS_C^T)) + g_C sum(S_0 o dS_C),   d log_decay = reverse cumsum of dL
 
-    Tensors are laid out chunk-major, (nC, B H, C, d), so that each chunk of the loop is one contiguous block.
+    Tensors are laid out chunk-major, (nC, B H, C, d), so that a chunk, or a block of them, is one contiguous
+    slice. Both passes go through blocks of chunks (BLOCK_FLOATS): the forward saves only the chunked inputs,
+    the states entering the chunks and their writes U; the backward recomputes the rest block by block.
     """
 
     @staticmethod
@@ -246,107 +280,107 @@ class _ChunkedDeltaRule(torch.autograd.Function):
 
         def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC, B H, C, d), contiguous
             x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
-            return x.view(batch, chunks, size, heads, x.shape[-1]).transpose(0, 1).transpose(2, 3).reshape(
-                chunks, batch * heads, size, x.shape[-1])
+            x = x.view(batch, chunks, size, heads, x.shape[-1]).permute(1, 0, 3, 2, 4).contiguous()
+            return x.view(chunks, batch * heads, size, x.shape[-1])
 
-        # 1. chunk the inputs; the cumulative log-decay L inside each chunk, g = exp(L), the decay mask D
+        # 1. chunk the inputs; the cumulative log-decay L inside each chunk
         qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC, Z, C, N), (nC, Z, C, N), (nC, Z, C, P)
         bc = to_chunks(beta.unsqueeze(-1))  # (nC, Z, C, 1)
+        cum = None if log_decay is None else to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC, Z, C)
         causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
-        if log_decay is None:  # every decay is 1: the mask is the causal mask alone
-            decay, g, g_last, to_end = causal.to(dtype), None, None, None
-            gq, kb, k_out = qc, bc * kc, kc  # (nC, Z, C, N) each
-        else:
-            cum = to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC, Z, C)
-            decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (.., C, C)
-            g = cum.exp().unsqueeze(-1)  # (nC, Z, C, 1): decay from the chunk's start to i
-            g_last = g[..., -1:, :]  # (nC, Z, 1, 1): over the whole chunk
-            to_end = (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (nC, Z, C, 1): from i to the chunk's end
-            gq, kb, k_out = g * qc, bc * kc, to_end * kc  # (nC, Z, C, N) each: g q, beta k, K~
+        block = max(1, BLOCK_FLOATS // (batch * heads * size * size))
 
-        # 2. the UT transform: solve (I + A) [U' | W] = [beta v | beta g k] with A strictly lower triangular
-        #    (the solve reads only the strictly lower triangle of A: its diagonal is taken as 1)
-        gram = (kc @ kc.mT) * decay  # (nC, Z, C, C): k_i . k_j o D
-        a = bc * gram  # (nC, Z, C, C): A
-        rhs = torch.cat([bc * vc, kb if g is None else g * kb], dim=-1)  # (nC, Z, C, P + N)
-        # solved as [U' | W]^T (I + A)^T = rhs^T: the same system, in the memory layout LAPACK wants (2x faster)
-        u_w = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT  # (.., P + N)
-        u0, w = u_w.split([p, n], dim=-1)  # U' (nC, Z, C, P), W (nC, Z, C, N)
-
-        # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
-        #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
-        states = vc.new_zeros(chunks, batch * heads, n, p)  # (nC, Z, N, P): the state entering each chunk
-        written = torch.empty_like(vc)  # (nC, Z, C, P): U
-        for c in range(chunks):
-            torch.baddbmm(u0[c], w[c], states[c], alpha=-1, out=written[c])  # (Z, C, P) - (Z, C, N) @ (Z, N, P)
-            if c + 1 < chunks:
-                decayed = states[c] if g is None else g_last[c] * states[c]  # (Z, N, P)
-                torch.baddbmm(decayed, k_out[c].mT, written[c], out=states[c + 1])  # (Z, N, C) @ (Z, C, P)
-
-        # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
-        #    entering it:  Y_c = P U + (g q) S_0
-        scores = (qc @ kc.mT) * decay  # (nC, Z, C, C): P, zero above the diagonal
-        out = torch.baddbmm((gq @ states).flatten(0, 1), scores.flatten(0, 1), written.flatten(0, 1))  # (nC Z, C, P)
-        ctx.save_for_backward(qc, kc, vc, bc, gq, k_out, decay, gram, a, u_w, written, states, scores, g, g_last,
-                              to_end)
-        ctx.layout = (batch, seq_len, heads, size, pad, chunks, [x.dtype for x in (q, k, v, beta)])
+        states = vc.new_empty(chunks, batch * heads, n, p)  # (nC, Z, N, P): the state entering each chunk
+        written, out = vc.new_empty(vc.shape), vc.new_empty(vc.shape)  # (nC, Z, C, P) each: U, Y
+        inverses = vc.new_empty(chunks, batch * heads, size, size)  # (nC, Z, C, C): (I + A)^-T of each chunk
+        states[0] = 0
+        for start in range(0, chunks, block):
+            blk = slice(start, start + block)
+            # 2. the UT transform of the block's chunks: (I + A) [U' | W] = [beta v | beta g k]
+            f = _chunk_factors(qc[blk], kc[blk], vc[blk], bc[blk], None if cum is None else cum[blk], causal,
+                               inverses[blk], solve=True)
+            u0, w = f["u_w"].split([p, n], dim=-1)  # U' (nb, Z, C, P), W (nb, Z, C, N)
+            # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
+            #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
+            for i, c in enumerate(range(blk.start, min(blk.stop, chunks))):
+                torch.baddbmm(u0[i], w[i], states[c], alpha=-1, out=written[c])  # (Z, C, P) - (Z, C, N) @ (Z, N, P)
+                if c + 1 < chunks:
+                    decayed = states[c] if cum is None else f["g_last"][i] * states[c]  # (Z, N, P)
+                    torch.baddbmm(decayed, f["k_out"][i].mT, written[c], out=states[c + 1])  # (Z, N, C) @ (Z, C, P)
+            # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
+            #    entering it:  Y_c = P U + (g q) S_0
+            torch.baddbmm((f["gq"] @ states[blk]).flatten(0, 1), f["scores"].flatten(0, 1), written[blk].flatten(0, 1),
+                          out=out[blk].flatten(0, 1))  # (nb Z, C, P)
+        ctx.save_for_backward(qc, kc, vc, bc, cum, states, written, inverses)
+        ctx.layout = (batch, seq_len, heads, size, pad, chunks, block, [x.dtype for x in (q, k, v, beta)],
+                      None if log_decay is None else log_decay.dtype)
         out = out.view(chunks, batch, heads, size, p).permute(1, 0, 3, 2, 4).reshape(batch, chunks * size, heads, p)
         return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        qc, kc, vc, bc, gq, k_out, decay, gram, a, u_w, written, states, scores, g, g_last, to_end = ctx.saved_tensors
-        batch, seq_len, heads, size, pad, chunks, dtypes = ctx.layout
+        qc, kc, vc, bc, cum, states, written, inverses = ctx.saved_tensors
+        batch, seq_len, heads, size, pad, chunks, block, dtypes, decay_dtype = ctx.layout
         p, n = vc.shape[-1], kc.shape[-1]
+        causal = torch.ones(size, size, dtype=torch.bool, device=vc.device).tril()  # (C, C)
         with torch.autocast(d_out.device.type, enabled=False):
             d_y = F.pad(d_out.to(vc.dtype), (0, 0, 0, 0, 0, pad))  # (B, T', H, P)
-            d_y = d_y.view(batch, chunks, size, heads, p).transpose(0, 1).transpose(2, 3).reshape(
+            d_y = d_y.view(batch, chunks, size, heads, p).permute(1, 0, 3, 2, 4).contiguous().view(
                 chunks, batch * heads, size, p)  # (nC, Z, C, P)
+            dq, dk, dv, db = (x.new_empty(x.shape) for x in (qc, kc, vc, bc))  # (nC, Z, C, N / N / P / 1)
+            d_cum = None if cum is None else cum.new_empty(cum.shape)  # (nC, Z, C)
+            d_state = states.new_zeros(states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
+            for start in reversed(range(0, chunks, block)):
+                blk = slice(start, start + block)
+                f = _chunk_factors(qc[blk], kc[blk], vc[blk], bc[blk], None if cum is None else cum[blk], causal,
+                                   inverses[blk], solve=False)
+                g, g_last, to_end, u_w = f["g"], f["g_last"], f["to_end"], f["u_w"]
+                q_b, k_b, v_b, b_b, d_y_b, s_b, u_b = (x[blk] for x in (qc, kc, vc, bc, d_y, states, written))
 
-            # the reverse loop: dU = P^T dY + K~ dS_C, dS_0 = g_C dS_C + (g q)^T dY - W^T dU
-            from_y = scores.mT @ d_y  # (nC, Z, C, P): P^T dY
-            read_y = gq.mT @ d_y  # (nC, Z, N, P): (g q)^T dY
-            w = u_w[..., p:]  # (nC, Z, C, N): W
-            d_written = torch.empty_like(written)  # (nC, Z, C, P): dU
-            d_handed = torch.zeros_like(states)  # (nC, Z, N, P): dS_C, the gradient of the state each chunk hands on
-            for c in range(chunks - 1, -1, -1):
-                torch.baddbmm(from_y[c], k_out[c], d_handed[c], out=d_written[c])  # (Z, C, N) @ (Z, N, P)
-                if c > 0:
-                    carried = read_y[c] + (d_handed[c] if g_last is None else g_last[c] * d_handed[c])  # (Z, N, P)
-                    torch.baddbmm(carried, w[c].mT, d_written[c], alpha=-1, out=d_handed[c - 1])  # (Z, N, C) @ (Z, C, P)
+                # the reverse loop: dU = P^T dY + K~ dS_C, dS_0 = g_C dS_C + (g q)^T dY - W^T dU
+                from_y = f["scores"].mT @ d_y_b  # (nb, Z, C, P): P^T dY
+                read_y = f["gq"].mT @ d_y_b  # (nb, Z, N, P): (g q)^T dY
+                w = u_w[..., p:]  # (nb, Z, C, N): W
+                d_written = torch.empty_like(u_b)  # (nb, Z, C, P): dU
+                d_handed = torch.empty_like(s_b)  # (nb, Z, N, P): dS_C, the gradient of the state each chunk hands on
+                for i in reversed(range(len(u_b))):
+                    d_handed[i] = d_state
+                    torch.baddbmm(from_y[i], f["k_out"][i], d_state, out=d_written[i])  # (Z, C, N) @ (Z, N, P)
+                    carried = read_y[i] + (d_state if g_last is None else g_last[i] * d_state)  # (Z, N, P)
+                    d_state = torch.baddbmm(carried, w[i].mT, d_written[i], alpha=-1)  # (Z, N, C) @ (Z, C, P)
 
-            # the UT transform backwards: dR = (I + A)^-T [dU | -dU S_0^T], dA = -strict_lower(dR X^T)
-            d_uw = torch.cat([d_written, -(d_written @ states.mT)], dim=-1)  # (nC, Z, C, P + N)
-            d_rhs = torch.linalg.solve_triangular(a, d_uw.mT, upper=False, left=False, unitriangular=True).mT
-            d_a = -(d_rhs @ u_w.mT).tril(-1)  # (nC, Z, C, C)
-            d_rv, d_rw = d_rhs.split([p, n], dim=-1)  # (nC, Z, C, P), (nC, Z, C, N)
+                # the UT transform backwards: dR = (I + A)^-T [dU | -dU S_0^T], dA = -strict_lower(dR X^T)
+                d_uw = torch.cat([d_written, (d_written @ s_b.mT).neg_()], dim=-1)  # (nb, Z, C, P + N): [dU | dW]
+                d_rhs = inverses[blk] @ d_uw  # (nb, Z, C, P + N): dR = (I + A)^-T dX
+                d_a = (d_rhs @ u_w.mT).tril_(-1).neg_()  # (nb, Z, C, C)
+                d_rv, d_rw = d_rhs.split([p, n], dim=-1)  # (nb, Z, C, P), (nb, Z, C, N)
 
-            d_scores = d_y @ written.mT  # (nC, Z, C, C): dP = dY U^T
-            d_qk = d_scores * decay  # (nC, Z, C, C)
-            d_gram = bc * d_a * decay  # (nC, Z, C, C): dG
-            d_read = d_y @ states.mT  # (nC, Z, C, N): d(g q) = dY S_0^T
-            d_k_out = written @ d_handed.mT  # (nC, Z, C, N): dK~ = U dS_C^T
-            k_dr = (kc * d_rw).sum(-1)  # (nC, Z, C): k . dR_w
-            dq = d_qk @ kc + (d_read if g is None else g * d_read)  # (nC, Z, C, N)
-            dk = d_qk.mT @ qc + (d_gram + d_gram.mT) @ kc  # (nC, Z, C, N)
-            dk += bc * d_rw if g is None else bc * g * d_rw
-            dk += d_k_out if to_end is None else to_end * d_k_out
-            dv = bc * d_rv  # (nC, Z, C, P)
-            db = (d_a * gram).sum(-1) + (vc * d_rv).sum(-1) + (k_dr if g is None else g.squeeze(-1) * k_dr)  # (nC, Z, C)
-            grads = [dq, dk, dv, db.unsqueeze(-1)]
-            if g is not None:  # the log-decays, through D, g, K~ and g_C
-                e = d_scores * scores + d_a * a  # (nC, Z, C, C)
-                to_end_k = (k_out * d_k_out).sum(-1)  # (nC, Z, C)
-                d_cum = e.sum(-1) - e.sum(-2) - to_end_k  # (nC, Z, C)
-                d_cum += g.squeeze(-1) * ((qc * d_read).sum(-1) + bc.squeeze(-1) * k_dr)
-                d_cum[..., -1] += to_end_k.sum(-1) + g_last.flatten(-3) * (states * d_handed).sum((-1, -2))
-                grads.append(d_cum.flip(-1).cumsum(-1).flip(-1).unsqueeze(-1))  # (nC, Z, C, 1)
+                d_scores = d_y_b @ u_b.mT  # (nb, Z, C, C): dP = dY U^T
+                d_qk = d_scores * f["decay"]  # (nb, Z, C, C)
+                d_gram = (b_b * d_a).mul_(f["decay"])  # (nb, Z, C, C): dG
+                d_read = d_y_b @ s_b.mT  # (nb, Z, C, N): d(g q) = dY S_0^T
+                d_k_out = u_b @ d_handed.mT  # (nb, Z, C, N): dK~ = U dS_C^T
+                k_dr = (k_b * d_rw).sum(-1)  # (nb, Z, C): k . dR_w
+                dq[blk] = (d_qk @ k_b).add_(d_read if g is None else g * d_read)  # (nb, Z, C, N)
+                d_k = (d_qk.mT @ q_b).add_((d_gram + d_gram.mT) @ k_b)  # (nb, Z, C, N)
+                d_k += b_b * d_rw if g is None else b_b * g * d_rw
+                dk[blk] = d_k.add_(d_k_out if to_end is None else to_end * d_k_out)
+                torch.mul(b_b, d_rv, out=dv[blk])  # (nb, Z, C, P)
+                db[blk] = ((d_a * f["gram"]).sum(-1) + (v_b * d_rv).sum(-1)
+                           + (k_dr if g is None else g.squeeze(-1) * k_dr)).unsqueeze(-1)  # (nb, Z, C, 1)
+                if cum is not None:  # the log-decays, through D, g, K~ and g_C
+                    e = (d_scores * f["scores"]).add_(d_a * f["a"])  # (nb, Z, C, C)
+                    to_end_k = (f["k_out"] * d_k_out).sum(-1)  # (nb, Z, C)
+                    d_l = e.sum(-1) - e.sum(-2) - to_end_k  # (nb, Z, C)
+                    d_l += g.squeeze(-1) * ((q_b * d_read).sum(-1) + b_b.squeeze(-1) * k_dr)
+                    d_l[..., -1] += to_end_k.sum(-1) + g_last[..., 0, 0] * (s_b * d_handed).sum((-1, -2))
+                    d_cum[blk] = d_l.flip(-1).cumsum(-1).flip(-1)  # (nb, Z, C)
 
         def from_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (nC, B H, C, d) -> (B, T, H, d)
             x = x.view(chunks, batch, heads, size, x.shape[-1]).permute(1, 0, 3, 2, 4)
             return x.reshape(batch, chunks * size, heads, x.shape[-1])[:, :seq_len].to(dtype)
 
-        dq, dk, dv, db = (from_chunks(x, dtype) for x, dtype in zip(grads[:4], dtypes))
-        d_decay = from_chunks(grads[4], dtypes[3]).squeeze(-1) if g is not None else None
+        dq, dk, dv, db = (from_chunks(x, dtype) for x, dtype in zip((dq, dk, dv, db), dtypes))
+        d_decay = None if cum is None else from_chunks(d_cum.unsqueeze(-1), decay_dtype).squeeze(-1)
         return dq, dk, dv, db.squeeze(-1), d_decay, None
