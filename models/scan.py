@@ -24,6 +24,8 @@ Below it, in the same layout, the delta rule of deltanet and gated_deltanet, two
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -214,36 +216,50 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         return _ChunkedDeltaRule.apply(q, k, v, beta, log_decay, min(chunk_size, k.shape[1]))
 
 
-BLOCK_FLOATS = 2**15  # the chunks of one block hold about this many floats per (C, C) tensor: they stay in cache
+BLOCK_FLOATS = 2**15  # on the CPU a block of chunks holds about this many floats per (C, C) tensor: in cache
+
+
+class _Factors(NamedTuple):
+    """What a block of chunks computes before its state is known (steps 1 and 2 of `delta_rule_chunked`),
+    each (nb Z, ...) for the nb chunks of the block times the Z = B H sequences; g, g_last, to_end are None
+    without decay."""
+
+    decay: torch.Tensor  # (nb Z, C, C): D_ij = exp(L_i - L_j) for j <= i, else 0 (or the causal mask, (C, C))
+    g: torch.Tensor | None  # (nb Z, C, 1): exp(L_i), the decay from the chunk's start to i
+    g_last: torch.Tensor | None  # (nb Z, 1, 1): exp(L_C), over the whole chunk
+    to_end: torch.Tensor | None  # (nb Z, C, 1): exp(L_C - L_i), from i to the chunk's end
+    gq: torch.Tensor  # (nb Z, C, N): g q
+    k_out: torch.Tensor  # (nb Z, C, N): K~
+    gram: torch.Tensor  # (nb Z, C, C): k_i . k_j D_ij
+    a: torch.Tensor  # (nb Z, C, C): A = beta_i k_i . k_j D_ij
+    u_w: torch.Tensor  # (nb Z, C, P + N): [U' | W]
+    scores: torch.Tensor  # (nb Z, C, C): P, zero above the diagonal
 
 
 def _chunk_factors(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor | None,
-                   causal: torch.Tensor, inverse: torch.Tensor, solve: bool) -> dict[str, torch.Tensor | None]:
-    """Everything inside a block of chunks that does not depend on the state entering them (steps 1 and 2 of
-    `delta_rule_chunked`), for the forward pass and again for the backward pass (recomputed there, block by
-    block: cheaper than reading it back from memory), except the inverse (I + A)^-T of each chunk, which the
-    forward pass solves for (solve=True) into `inverse` (nb, Z, C, C) and the backward pass reads back (a solve
-    costs 4 matmuls). qc, kc (nb, Z, C, N), vc (nb, Z, C, P), bc (nb, Z, C, 1), cum (nb, Z, C) or None, causal
-    (C, C)."""
+                   causal: torch.Tensor, inverse: torch.Tensor, solve: bool) -> _Factors:
+    """The `_Factors` of a block of chunks, for the forward pass and again for the backward pass (recomputed
+    there, block by block: cheaper than reading them back from memory), except the inverse (I + A)^-T of each
+    chunk, which the forward pass solves for (solve=True) into `inverse` (nb Z, C, C) and the backward pass
+    reads back (a solve costs about 4 matmuls). qc, kc (nb Z, C, N), vc (nb Z, C, P), bc (nb Z, C, 1), cum
+    (nb Z, C) or None, causal (C, C)."""
+    kb = bc * kc  # (nb Z, C, N): beta k
     if cum is None:  # every decay is 1: the mask is the causal mask alone
-        decay, g, g_last, to_end = causal.to(kc.dtype), None, None, None
-        gq, kb, k_out = qc, bc * kc, kc  # (nb, Z, C, N) each
+        decay, g, g_last, to_end, gq, k_out, gkb = causal.to(kc.dtype), None, None, None, qc, kc, kb
     else:
-        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (nb, Z, C, C)
-        g = cum.exp().unsqueeze(-1)  # (nb, Z, C, 1): decay from the chunk's start to i
-        g_last = g[..., -1:, :]  # (nb, Z, 1, 1): over the whole chunk
-        to_end = (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (nb, Z, C, 1): from i to the chunk's end
-        gq, kb, k_out = g * qc, bc * kc, to_end * kc  # (nb, Z, C, N) each: g q, beta k, K~
-    gram = (kc @ kc.mT).mul_(decay)  # (nb, Z, C, C): k_i . k_j D_ij
-    a = bc * gram  # (nb, Z, C, C): A (the solve reads only its strictly lower triangle: its diagonal is taken as 1)
-    rhs = torch.cat([bc * vc, kb if g is None else g * kb], dim=-1)  # (nb, Z, C, P + N)
+        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (nb Z, C, C)
+        g = cum.exp().unsqueeze(-1)  # (nb Z, C, 1)
+        g_last = g[:, -1:]  # (nb Z, 1, 1)
+        to_end = (cum[:, -1:] - cum).exp().unsqueeze(-1)  # (nb Z, C, 1)
+        gq, k_out, gkb = g * qc, to_end * kc, g * kb  # (nb Z, C, N) each: g q, K~, beta g k
+    gram = torch.bmm(kc, kc.mT).mul_(decay)  # (nb Z, C, C)
+    a = bc * gram  # (nb Z, C, C): the solve reads only its strictly lower triangle (its diagonal is taken as 1)
     if solve:  # solved as X (I + A)^T = I, in the memory layout LAPACK wants (faster than (I + A) X = I)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)  # (nb, Z, C, C)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)  # (nb Z, C, C)
         torch.linalg.solve_triangular(a.mT, eye, upper=True, left=False, unitriangular=True, out=inverse)
-    u_w = inverse.mT @ rhs  # (nb, Z, C, P + N): [U' | W] = (I + A)^-1 rhs
-    scores = (qc @ kc.mT).mul_(decay)  # (nb, Z, C, C): P, zero above the diagonal
-    return dict(decay=decay, g=g, g_last=g_last, to_end=to_end, gq=gq, k_out=k_out, gram=gram, a=a, u_w=u_w,
-                scores=scores)
+    u_w = torch.bmm(inverse.mT, torch.cat([bc * vc, gkb], dim=-1))  # (nb Z, C, P + N): (I + A)^-1 [beta v | beta g k]
+    scores = torch.bmm(qc, kc.mT).mul_(decay)  # (nb Z, C, C)
+    return _Factors(decay, g, g_last, to_end, gq, k_out, gram, a, u_w, scores)
 
 
 class _ChunkedDeltaRule(torch.autograd.Function):
@@ -265,9 +281,11 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         dL = rowsum(E) - colsum(E) + g (q . dY S_0^T + beta k . dR_w) - exp(L_C - L) k . (U dS_C^T)
         dL_C += sum(exp(L_C - L) k . (U dS_C^T)) + g_C sum(S_0 o dS_C),   d log_decay = reverse cumsum of dL
 
-    Tensors are laid out chunk-major, (nC, B H, C, d), so that a chunk, or a block of them, is one contiguous
-    slice. Both passes go through blocks of chunks (BLOCK_FLOATS): the forward saves only the chunked inputs,
-    the states entering the chunks and their writes U; the backward recomputes the rest block by block.
+    Tensors are laid out chunk-major and flat, (nC B H, C, d), so that a chunk, or a block of them, is one
+    contiguous slice of rows. Both passes go through blocks of chunks: on the CPU small enough to stay in cache
+    (BLOCK_FLOATS), elsewhere all chunks in one block (fewer launches). The forward pass saves the chunked
+    inputs, the states entering the chunks, their writes U and the inverses (I + A)^-T; the backward pass
+    recomputes the rest of the `_Factors` block by block.
     """
 
     @staticmethod
@@ -277,110 +295,116 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         p = v.shape[-1]
         pad = -seq_len % size
         chunks = (seq_len + pad) // size
+        rows = batch * heads  # Z: rows of one chunk
 
-        def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC, B H, C, d), contiguous
+        def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC Z, C, d), contiguous
             x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
-            x = x.view(batch, chunks, size, heads, x.shape[-1]).permute(1, 0, 3, 2, 4).contiguous()
-            return x.view(chunks, batch * heads, size, x.shape[-1])
+            x = x.view(batch, chunks, size, heads, x.shape[-1]).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, d)
+            return x.new_empty(x.shape).copy_(x).view(chunks * rows, size, x.shape[-1])  # (a copy, 4x faster than
+            # .contiguous() here)
 
         # 1. chunk the inputs; the cumulative log-decay L inside each chunk
-        qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC, Z, C, N), (nC, Z, C, N), (nC, Z, C, P)
-        bc = to_chunks(beta.unsqueeze(-1))  # (nC, Z, C, 1)
-        cum = None if log_decay is None else to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC, Z, C)
+        qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC Z, C, N), (nC Z, C, N), (nC Z, C, P)
+        bc = to_chunks(beta.unsqueeze(-1))  # (nC Z, C, 1)
+        cum = None if log_decay is None else to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC Z, C)
         causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
-        block = max(1, BLOCK_FLOATS // (batch * heads * size * size))
+        block = max(1, BLOCK_FLOATS // (rows * size * size)) if v.device.type == "cpu" else chunks
 
-        states = vc.new_empty(chunks, batch * heads, n, p)  # (nC, Z, N, P): the state entering each chunk
-        written, out = vc.new_empty(vc.shape), vc.new_empty(vc.shape)  # (nC, Z, C, P) each: U, Y
-        inverses = vc.new_empty(chunks, batch * heads, size, size)  # (nC, Z, C, C): (I + A)^-T of each chunk
-        states[0] = 0
-        for start in range(0, chunks, block):
-            blk = slice(start, start + block)
+        states = vc.new_empty(chunks * rows, n, p)  # (nC Z, N, P): the state entering each chunk
+        written, out = vc.new_empty(vc.shape), vc.new_empty(vc.shape)  # (nC Z, C, P) each: U, Y
+        inverses = vc.new_empty(chunks * rows, size, size)  # (nC Z, C, C): (I + A)^-T of each chunk
+        states[:rows] = 0
+        for first in range(0, chunks, block):
+            last = min(first + block, chunks)
+            blk = slice(first * rows, last * rows)
             # 2. the UT transform of the block's chunks: (I + A) [U' | W] = [beta v | beta g k]
             f = _chunk_factors(qc[blk], kc[blk], vc[blk], bc[blk], None if cum is None else cum[blk], causal,
                                inverses[blk], solve=True)
-            u0, w = f["u_w"].split([p, n], dim=-1)  # U' (nb, Z, C, P), W (nb, Z, C, N)
             # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
             #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
-            for i, c in enumerate(range(blk.start, min(blk.stop, chunks))):
-                torch.baddbmm(u0[i], w[i], states[c], alpha=-1, out=written[c])  # (Z, C, P) - (Z, C, N) @ (Z, N, P)
+            for c in range(first, last):
+                i, now, after = slice((c - first) * rows, (c - first + 1) * rows), slice(c * rows, (c + 1) * rows), \
+                    slice((c + 1) * rows, (c + 2) * rows)
+                # (Z, C, P) - (Z, C, N) @ (Z, N, P)
+                torch.baddbmm(f.u_w[i, :, :p], f.u_w[i, :, p:], states[now], alpha=-1, out=written[now])
                 if c + 1 < chunks:
-                    decayed = states[c] if cum is None else f["g_last"][i] * states[c]  # (Z, N, P)
-                    torch.baddbmm(decayed, f["k_out"][i].mT, written[c], out=states[c + 1])  # (Z, N, C) @ (Z, C, P)
+                    decayed = states[now] if cum is None else f.g_last[i] * states[now]  # (Z, N, P)
+                    torch.baddbmm(decayed, f.k_out[i].mT, written[now], out=states[after])  # (Z, N, C) @ (Z, C, P)
             # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
             #    entering it:  Y_c = P U + (g q) S_0
-            torch.baddbmm((f["gq"] @ states[blk]).flatten(0, 1), f["scores"].flatten(0, 1), written[blk].flatten(0, 1),
-                          out=out[blk].flatten(0, 1))  # (nb Z, C, P)
+            torch.baddbmm(torch.bmm(f.gq, states[blk]), f.scores, written[blk], out=out[blk])  # (nb Z, C, P)
         ctx.save_for_backward(qc, kc, vc, bc, cum, states, written, inverses)
         ctx.layout = (batch, seq_len, heads, size, pad, chunks, block, [x.dtype for x in (q, k, v, beta)],
                       None if log_decay is None else log_decay.dtype)
-        out = out.view(chunks, batch, heads, size, p).permute(1, 0, 3, 2, 4).reshape(batch, chunks * size, heads, p)
-        return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
+        return _from_chunks(out, batch, seq_len, heads, v.dtype)  # (B, T, H, P)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
         qc, kc, vc, bc, cum, states, written, inverses = ctx.saved_tensors
         batch, seq_len, heads, size, pad, chunks, block, dtypes, decay_dtype = ctx.layout
-        p, n = vc.shape[-1], kc.shape[-1]
+        p, rows = vc.shape[-1], batch * heads
         causal = torch.ones(size, size, dtype=torch.bool, device=vc.device).tril()  # (C, C)
         with torch.autocast(d_out.device.type, enabled=False):
-            d_y = F.pad(d_out.to(vc.dtype), (0, 0, 0, 0, 0, pad))  # (B, T', H, P)
-            d_y = d_y.view(batch, chunks, size, heads, p).permute(1, 0, 3, 2, 4).contiguous().view(
-                chunks, batch * heads, size, p)  # (nC, Z, C, P)
-            dq, dk, dv, db = (x.new_empty(x.shape) for x in (qc, kc, vc, bc))  # (nC, Z, C, N / N / P / 1)
-            d_cum = None if cum is None else cum.new_empty(cum.shape)  # (nC, Z, C)
-            d_state = states.new_zeros(states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
-            for start in reversed(range(0, chunks, block)):
-                blk = slice(start, start + block)
-                f = _chunk_factors(qc[blk], kc[blk], vc[blk], bc[blk], None if cum is None else cum[blk], causal,
-                                   inverses[blk], solve=False)
-                g, g_last, to_end, u_w = f["g"], f["g_last"], f["to_end"], f["u_w"]
+            d_y = F.pad(d_out.to(vc.dtype), (0, 0, 0, 0, 0, pad)) if pad else d_out.to(vc.dtype)  # (B, T', H, P)
+            d_y = d_y.view(batch, chunks, size, heads, p).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, P)
+            d_y = d_y.new_empty(d_y.shape).copy_(d_y).view(vc.shape)  # (nC Z, C, P)
+            dq, dk, dv, db = (x.new_empty(x.shape) for x in (qc, kc, vc, bc))  # (nC Z, C, N / N / P / 1)
+            d_cum = None if cum is None else cum.new_empty(cum.shape)  # (nC Z, C)
+            d_state = states.new_zeros(rows, *states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
+            for first in reversed(range(0, chunks, block)):
+                last = min(first + block, chunks)
+                blk = slice(first * rows, last * rows)
                 q_b, k_b, v_b, b_b, d_y_b, s_b, u_b = (x[blk] for x in (qc, kc, vc, bc, d_y, states, written))
+                f = _chunk_factors(q_b, k_b, v_b, b_b, None if cum is None else cum[blk], causal, inverses[blk],
+                                   solve=False)
 
                 # the reverse loop: dU = P^T dY + K~ dS_C, dS_0 = g_C dS_C + (g q)^T dY - W^T dU
-                from_y = f["scores"].mT @ d_y_b  # (nb, Z, C, P): P^T dY
-                read_y = f["gq"].mT @ d_y_b  # (nb, Z, N, P): (g q)^T dY
-                w = u_w[..., p:]  # (nb, Z, C, N): W
-                d_written = torch.empty_like(u_b)  # (nb, Z, C, P): dU
-                d_handed = torch.empty_like(s_b)  # (nb, Z, N, P): dS_C, the gradient of the state each chunk hands on
-                for i in reversed(range(len(u_b))):
+                from_y = torch.bmm(f.scores.mT, d_y_b)  # (nb Z, C, P): P^T dY
+                read_y = torch.bmm(f.gq.mT, d_y_b)  # (nb Z, N, P): (g q)^T dY
+                d_written = torch.empty_like(u_b)  # (nb Z, C, P): dU
+                d_handed = torch.empty_like(s_b)  # (nb Z, N, P): dS_C, the gradient of the state each chunk hands on
+                for c in reversed(range(last - first)):
+                    i = slice(c * rows, (c + 1) * rows)
                     d_handed[i] = d_state
-                    torch.baddbmm(from_y[i], f["k_out"][i], d_state, out=d_written[i])  # (Z, C, N) @ (Z, N, P)
-                    carried = read_y[i] + (d_state if g_last is None else g_last[i] * d_state)  # (Z, N, P)
-                    d_state = torch.baddbmm(carried, w[i].mT, d_written[i], alpha=-1)  # (Z, N, C) @ (Z, C, P)
+                    torch.baddbmm(from_y[i], f.k_out[i], d_state, out=d_written[i])  # (Z, C, N) @ (Z, N, P)
+                    carried = read_y[i] + (d_state if cum is None else f.g_last[i] * d_state)  # (Z, N, P)
+                    d_state = torch.baddbmm(carried, f.u_w[i, :, p:].mT, d_written[i], alpha=-1)  # (Z, N, C) @ (Z, C, P)
 
                 # the UT transform backwards: dR = (I + A)^-T [dU | -dU S_0^T], dA = -strict_lower(dR X^T)
-                d_uw = torch.cat([d_written, (d_written @ s_b.mT).neg_()], dim=-1)  # (nb, Z, C, P + N): [dU | dW]
-                d_rhs = inverses[blk] @ d_uw  # (nb, Z, C, P + N): dR = (I + A)^-T dX
-                d_a = (d_rhs @ u_w.mT).tril_(-1).neg_()  # (nb, Z, C, C)
-                d_rv, d_rw = d_rhs.split([p, n], dim=-1)  # (nb, Z, C, P), (nb, Z, C, N)
+                d_uw = torch.cat([d_written, torch.bmm(d_written, s_b.mT).neg_()], dim=-1)  # (nb Z, C, P + N)
+                d_rhs = torch.bmm(inverses[blk], d_uw)  # (nb Z, C, P + N)
+                d_a = torch.bmm(d_rhs, f.u_w.mT).tril_(-1).neg_()  # (nb Z, C, C)
+                d_rv, d_rw = d_rhs[..., :p], d_rhs[..., p:]  # (nb Z, C, P), (nb Z, C, N)
 
-                d_scores = d_y_b @ u_b.mT  # (nb, Z, C, C): dP = dY U^T
-                d_qk = d_scores * f["decay"]  # (nb, Z, C, C)
-                d_gram = (b_b * d_a).mul_(f["decay"])  # (nb, Z, C, C): dG
-                d_read = d_y_b @ s_b.mT  # (nb, Z, C, N): d(g q) = dY S_0^T
-                d_k_out = u_b @ d_handed.mT  # (nb, Z, C, N): dK~ = U dS_C^T
-                k_dr = (k_b * d_rw).sum(-1)  # (nb, Z, C): k . dR_w
-                dq[blk] = (d_qk @ k_b).add_(d_read if g is None else g * d_read)  # (nb, Z, C, N)
-                d_k = (d_qk.mT @ q_b).add_((d_gram + d_gram.mT) @ k_b)  # (nb, Z, C, N)
-                d_k += b_b * d_rw if g is None else b_b * g * d_rw
-                dk[blk] = d_k.add_(d_k_out if to_end is None else to_end * d_k_out)
-                torch.mul(b_b, d_rv, out=dv[blk])  # (nb, Z, C, P)
-                db[blk] = ((d_a * f["gram"]).sum(-1) + (v_b * d_rv).sum(-1)
-                           + (k_dr if g is None else g.squeeze(-1) * k_dr)).unsqueeze(-1)  # (nb, Z, C, 1)
+                d_scores = torch.bmm(d_y_b, u_b.mT)  # (nb Z, C, C): dP = dY U^T
+                d_qk = d_scores * f.decay  # (nb Z, C, C)
+                d_gram = b_b * d_a if cum is None else (b_b * d_a).mul_(f.decay)  # (nb Z, C, C): dG (dA is strictly lower)
+                d_read = torch.bmm(d_y_b, s_b.mT)  # (nb Z, C, N): d(g q) = dY S_0^T
+                d_k_out = torch.bmm(u_b, d_handed.mT)  # (nb Z, C, N): dK~ = U dS_C^T
+                k_dr = (k_b * d_rw).sum(-1)  # (nb Z, C): k . dR_w
+                torch.baddbmm(d_read if cum is None else f.g * d_read, d_qk, k_b, out=dq[blk])  # (nb Z, C, N)
+                d_k = torch.baddbmm(torch.bmm(d_qk.mT, q_b), d_gram + d_gram.mT, k_b)  # (nb Z, C, N)
+                d_k += b_b * d_rw if cum is None else b_b * f.g * d_rw
+                torch.add(d_k, d_k_out if cum is None else f.to_end * d_k_out, out=dk[blk])
+                torch.mul(b_b, d_rv, out=dv[blk])  # (nb Z, C, P)
+                d_b = (d_a * f.gram).sum(-1).add_((v_b * d_rv).sum(-1))  # (nb Z, C)
+                db[blk] = d_b.add_(k_dr if cum is None else f.g.squeeze(-1) * k_dr).unsqueeze(-1)  # (nb Z, C, 1)
                 if cum is not None:  # the log-decays, through D, g, K~ and g_C
-                    e = (d_scores * f["scores"]).add_(d_a * f["a"])  # (nb, Z, C, C)
-                    to_end_k = (f["k_out"] * d_k_out).sum(-1)  # (nb, Z, C)
-                    d_l = e.sum(-1) - e.sum(-2) - to_end_k  # (nb, Z, C)
-                    d_l += g.squeeze(-1) * ((q_b * d_read).sum(-1) + b_b.squeeze(-1) * k_dr)
-                    d_l[..., -1] += to_end_k.sum(-1) + g_last[..., 0, 0] * (s_b * d_handed).sum((-1, -2))
-                    d_cum[blk] = d_l.flip(-1).cumsum(-1).flip(-1)  # (nb, Z, C)
+                    e = (d_scores * f.scores).add_(d_a * f.a)  # (nb Z, C, C)
+                    to_end_k = (f.k_out * d_k_out).sum(-1)  # (nb Z, C)
+                    d_l = e.sum(-1) - e.sum(-2) - to_end_k  # (nb Z, C)
+                    d_l += f.g.squeeze(-1) * ((q_b * d_read).sum(-1) + b_b.squeeze(-1) * k_dr)
+                    d_l[:, -1] += to_end_k.sum(-1) + f.g_last[:, 0, 0] * (s_b * d_handed).sum((-1, -2))
+                    d_cum[blk] = d_l.flip(-1).cumsum(-1).flip(-1)  # (nb Z, C)
 
-        def from_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (nC, B H, C, d) -> (B, T, H, d)
-            x = x.view(chunks, batch, heads, size, x.shape[-1]).permute(1, 0, 3, 2, 4)
-            return x.reshape(batch, chunks * size, heads, x.shape[-1])[:, :seq_len].to(dtype)
+        dq, dk, dv, db = (_from_chunks(x, batch, seq_len, heads, dtype) for x, dtype in zip((dq, dk, dv, db), dtypes))
+        d_decay = None if cum is None else _from_chunks(d_cum.unsqueeze(-1), batch, seq_len, heads, decay_dtype)
+        return dq, dk, dv, db.squeeze(-1), None if d_decay is None else d_decay.squeeze(-1), None
 
-        dq, dk, dv, db = (from_chunks(x, dtype) for x, dtype in zip((dq, dk, dv, db), dtypes))
-        d_decay = None if cum is None else from_chunks(d_cum.unsqueeze(-1), decay_dtype).squeeze(-1)
-        return dq, dk, dv, db.squeeze(-1), d_decay, None
+
+def _from_chunks(x: torch.Tensor, batch: int, seq_len: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(nC B H, C, d) -> (B, T, H, d) in `dtype`, the padding cut off."""
+    x = x.view(-1, batch, heads, *x.shape[1:]).permute(1, 0, 3, 2, 4)  # (B, nC, C, H, d)
+    x = x.new_empty(x.shape).copy_(x)  # (B, nC, C, H, d), contiguous
+    return x.view(batch, -1, heads, x.shape[-1])[:, :seq_len].to(dtype)
