@@ -216,12 +216,9 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         return _ChunkedDeltaRule.apply(q, k, v, beta, log_decay, min(chunk_size, k.shape[1]))
 
 
-BLOCK_FLOATS = 2**15  # on the CPU a block of chunks holds about this many floats per (C, C) tensor: in cache
-
-
 class _Factors(NamedTuple):
-    """What a block of chunks computes before its state is known (steps 1 and 2 of `delta_rule_chunked`),
-    each (nb Z, ...) for the nb chunks of the block times the Z = B H sequences; g, g_last, to_end are None
+    """What a block of chunks computes before its state is known (step 1 of `delta_rule_chunked`), each
+    (nb Z, ...) for the nb chunks of the block times the Z = B H sequences; g, g_last, to_end are None
     without decay."""
 
     decay: torch.Tensor  # (nb Z, C, C): D_ij = exp(L_i - L_j) for j <= i, else 0 (or the causal mask, (C, C))
@@ -229,49 +226,43 @@ class _Factors(NamedTuple):
     g_last: torch.Tensor | None  # (nb Z, 1, 1): exp(L_C), over the whole chunk
     to_end: torch.Tensor | None  # (nb Z, C, 1): exp(L_C - L_i), from i to the chunk's end
     gq: torch.Tensor  # (nb Z, C, N): g q
+    gkb: torch.Tensor  # (nb Z, C, N): beta g k
     k_out: torch.Tensor  # (nb Z, C, N): K~
     gram: torch.Tensor  # (nb Z, C, C): k_i . k_j D_ij
-    a: torch.Tensor  # (nb Z, C, C): A = beta_i k_i . k_j D_ij
-    u_w: torch.Tensor  # (nb Z, C, P + N): [U' | W]
     scores: torch.Tensor  # (nb Z, C, C): P, zero above the diagonal
 
 
-def _chunk_factors(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor | None,
-                   causal: torch.Tensor, inverse: torch.Tensor, solve: bool) -> _Factors:
+def _chunk_factors(qc: torch.Tensor, kc: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor | None,
+                   mask: torch.Tensor) -> _Factors:
     """The `_Factors` of a block of chunks, for the forward pass and again for the backward pass (recomputed
-    there, block by block: cheaper than reading them back from memory), except the inverse (I + A)^-T of each
-    chunk, which the forward pass solves for (solve=True) into `inverse` (nb Z, C, C) and the backward pass
-    reads back (a solve costs about 4 matmuls). qc, kc (nb Z, C, N), vc (nb Z, C, P), bc (nb Z, C, 1), cum
-    (nb Z, C) or None, causal (C, C)."""
+    there, block by block: cheaper than reading them back from memory). qc, kc (nb Z, C, N), bc (nb Z, C, 1),
+    cum (nb Z, C) or None, mask (C, C) the causal mask in the dtype of the rest."""
     kb = bc * kc  # (nb Z, C, N): beta k
     if cum is None:  # every decay is 1: the mask is the causal mask alone
-        decay, g, g_last, to_end, gq, k_out, gkb = causal.to(kc.dtype), None, None, None, qc, kc, kb
+        decay, g, g_last, to_end, gq, gkb, k_out = mask, None, None, None, qc, kb, kc
     else:
-        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (nb Z, C, C)
+        decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(mask == 0, float("-inf")).exp()  # (nb Z, C, C)
         g = cum.exp().unsqueeze(-1)  # (nb Z, C, 1)
         g_last = g[:, -1:]  # (nb Z, 1, 1)
         to_end = (cum[:, -1:] - cum).exp().unsqueeze(-1)  # (nb Z, C, 1)
-        gq, k_out, gkb = g * qc, to_end * kc, g * kb  # (nb Z, C, N) each: g q, K~, beta g k
+        gq, gkb, k_out = g * qc, g * kb, to_end * kc  # (nb Z, C, N) each: g q, beta g k, K~
     gram = torch.bmm(kc, kc.mT).mul_(decay)  # (nb Z, C, C)
-    a = bc * gram  # (nb Z, C, C): the solve reads only its strictly lower triangle (its diagonal is taken as 1)
-    if solve:  # solved as X (I + A)^T = I, in the memory layout LAPACK wants (faster than (I + A) X = I)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)  # (nb Z, C, C)
-        torch.linalg.solve_triangular(a.mT, eye, upper=True, left=False, unitriangular=True, out=inverse)
-    u_w = torch.bmm(inverse.mT, torch.cat([bc * vc, gkb], dim=-1))  # (nb Z, C, P + N): (I + A)^-1 [beta v | beta g k]
     scores = torch.bmm(qc, kc.mT).mul_(decay)  # (nb Z, C, C)
-    return _Factors(decay, g, g_last, to_end, gq, k_out, gram, a, u_w, scores)
+    return _Factors(decay, g, g_last, to_end, gq, gkb, k_out, gram, scores)
 
 
 class _ChunkedDeltaRule(torch.autograd.Function):
-    """`delta_rule_chunked` with its backward pass derived by hand. Given dY, in reverse chunk order (dS_C = 0
-    for the last chunk), with dS_C the gradient of the state a chunk hands on:
+    """`delta_rule_chunked` with its backward pass derived by hand. With T = (I + A)^-1 (so [U' | W] = T R,
+    R = [beta v | beta g k]), given dY, in reverse chunk order (dS_C = 0 for the last chunk), with dS_C the
+    gradient of the state a chunk hands on:
 
         dU   = P^T dY + K~ dS_C                        # (C, P)
-        dS_0 = g_C dS_C + (g q)^T dY - W^T dU          # (N, P), handed to the chunk before
+        dR_v = T^T dU                                  # (C, P)
+        dS_0 = g_C dS_C + (g q)^T dY - W^T dU          # (N, P), handed to the chunk before;  W^T dU = R_w^T dR_v
 
-    and then, batched over chunks, with X = [U' | W] and R = [beta v | beta g k]:
+    and then, batched over chunks (U = U' - W S_0 folds the W and U' paths into one):
 
-        dX = [dU | -dU S_0^T]        dR = (I + A)^-T dX        dA = -strict_lower(dR X^T)
+        dR_w = -dR_v S_0^T          dA = -strict_lower(dR X^T) = -strict_lower(dR_v U^T)
         dq = (dY U^T o D) k + g (dY S_0^T)                     D_ij = exp(L_i - L_j) (j <= i), else 0
         dk = (dY U^T o D)^T q + (dG + dG^T) k + beta g dR_w + exp(L_C - L) (U dS_C^T),   dG = beta dA o D
         dv = beta dR_v          dbeta = rowsum(dA o k k^T o D) + v . dR_v + g k . dR_w
@@ -281,130 +272,137 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         dL = rowsum(E) - colsum(E) + g (q . dY S_0^T + beta k . dR_w) - exp(L_C - L) k . (U dS_C^T)
         dL_C += sum(exp(L_C - L) k . (U dS_C^T)) + g_C sum(S_0 o dS_C),   d log_decay = reverse cumsum of dL
 
-    Tensors are laid out chunk-major and flat, (nC B H, C, d), so that a chunk, or a block of them, is one
-    contiguous slice of rows. Both passes go through blocks of chunks: on the CPU small enough to stay in cache
-    (BLOCK_FLOATS), elsewhere all chunks in one block (fewer launches). The forward pass saves the chunked
-    inputs, the states entering the chunks, their writes U and the inverses (I + A)^-T; the backward pass
-    recomputes the rest of the `_Factors` block by block.
+    Both passes go through blocks of chunks: on the CPU one chunk at a time (its tensors stay in cache: 1.7x
+    faster than all chunks at once), elsewhere all chunks in one block (fewer launches). A block's inputs are
+    gathered from the (B, T, H, d) tensors into flat (nb B H, C, d) tensors (chunk-major: chunk by chunk, Z = B H
+    rows each) and its outputs scattered back. The forward pass saves its inputs, the states entering the
+    chunks, their writes U and the inverses T^T; the backward pass recomputes the `_Factors` block by block.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, beta, log_decay, size):
         dtype = carry_dtype(v)
         batch, seq_len, heads, n = k.shape
-        p = v.shape[-1]
+        p, rows = v.shape[-1], batch * heads  # Z = B H rows per chunk
         pad = -seq_len % size
         chunks = (seq_len + pad) // size
-        rows = batch * heads  # Z: rows of one chunk
+        inputs = [q, k, v, beta.unsqueeze(-1)] + ([] if log_decay is None else [log_decay.unsqueeze(-1)])
+        inputs = [F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x for x in inputs]  # (B, T', H, d) each
+        mask = torch.ones(size, size, dtype=dtype, device=v.device).tril()  # (C, C): j <= i
+        block = 1 if v.device.type == "cpu" else chunks
 
-        def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC Z, C, d), contiguous
-            x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
-            x = x.view(batch, chunks, size, heads, x.shape[-1]).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, d)
-            return x.new_empty(x.shape).copy_(x).view(chunks * rows, size, x.shape[-1])  # (a copy, 4x faster than
-            # .contiguous() here)
-
-        # 1. chunk the inputs; the cumulative log-decay L inside each chunk
-        qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC Z, C, N), (nC Z, C, N), (nC Z, C, P)
-        bc = to_chunks(beta.unsqueeze(-1))  # (nC Z, C, 1)
-        cum = None if log_decay is None else to_chunks(log_decay.unsqueeze(-1)).squeeze(-1).cumsum(-1)  # (nC Z, C)
-        causal = torch.ones(size, size, dtype=torch.bool, device=v.device).tril()  # (C, C): j <= i
-        block = max(1, BLOCK_FLOATS // (rows * size * size)) if v.device.type == "cpu" else chunks
-
-        states = vc.new_empty(chunks * rows, n, p)  # (nC Z, N, P): the state entering each chunk
-        written, out = vc.new_empty(vc.shape), vc.new_empty(vc.shape)  # (nC Z, C, P) each: U, Y
-        inverses = vc.new_empty(chunks * rows, size, size)  # (nC Z, C, C): (I + A)^-T of each chunk
+        states = v.new_empty(chunks * rows, n, p, dtype=dtype)  # (nC Z, N, P): the state entering each chunk
+        written = v.new_empty(chunks * rows, size, p, dtype=dtype)  # (nC Z, C, P): U
+        inverses = v.new_empty(chunks * rows, size, size, dtype=dtype)  # (nC Z, C, C): T^T = (I + A)^-T
+        out = v.new_empty(batch, chunks * size, heads, p, dtype=dtype)  # (B, T', H, P): Y
         states[:rows] = 0
         for first in range(0, chunks, block):
             last = min(first + block, chunks)
             blk = slice(first * rows, last * rows)
-            # 2. the UT transform of the block's chunks: (I + A) [U' | W] = [beta v | beta g k]
-            f = _chunk_factors(qc[blk], kc[blk], vc[blk], bc[blk], None if cum is None else cum[blk], causal,
-                               inverses[blk], solve=True)
+            # 1. the block's chunks; the cumulative log-decay L inside each chunk
+            qc, kc, vc, bc, *lc = (_gather(x, first, last, size, dtype) for x in inputs)  # (nb Z, C, N / N / P / 1)
+            cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nb Z, C)
+            f = _chunk_factors(qc, kc, bc, cum, mask)
+            # 2. the UT transform: (I + A) [U' | W] = [beta v | beta g k], via T^T solved as T^T (I + A)^T = I
+            #    (the memory layout LAPACK wants; the solve reads only the strictly lower triangle of A)
+            a = bc * f.gram  # (nb Z, C, C): A
+            eye = torch.eye(size, dtype=dtype, device=v.device).expand(a.shape)  # (nb Z, C, C)
+            torch.linalg.solve_triangular(a.mT, eye, upper=True, left=False, unitriangular=True, out=inverses[blk])
+            u_w = torch.bmm(inverses[blk].mT, torch.cat([bc * vc, f.gkb], dim=-1))  # (nb Z, C, P + N): [U' | W]
             # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
             #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
             for c in range(first, last):
                 i, now, after = slice((c - first) * rows, (c - first + 1) * rows), slice(c * rows, (c + 1) * rows), \
                     slice((c + 1) * rows, (c + 2) * rows)
                 # (Z, C, P) - (Z, C, N) @ (Z, N, P)
-                torch.baddbmm(f.u_w[i, :, :p], f.u_w[i, :, p:], states[now], alpha=-1, out=written[now])
+                torch.baddbmm(u_w[i, :, :p], u_w[i, :, p:], states[now], alpha=-1, out=written[now])
                 if c + 1 < chunks:
                     decayed = states[now] if cum is None else f.g_last[i] * states[now]  # (Z, N, P)
                     torch.baddbmm(decayed, f.k_out[i].mT, written[now], out=states[after])  # (Z, N, C) @ (Z, C, P)
             # 4. outputs: the chunk's own writes through the decayed causal scores P, plus the read of the state
             #    entering it:  Y_c = P U + (g q) S_0
-            torch.baddbmm(torch.bmm(f.gq, states[blk]), f.scores, written[blk], out=out[blk])  # (nb Z, C, P)
-        ctx.save_for_backward(qc, kc, vc, bc, cum, states, written, inverses)
-        ctx.layout = (batch, seq_len, heads, size, pad, chunks, block, [x.dtype for x in (q, k, v, beta)],
+            y = torch.baddbmm(torch.bmm(f.gq, states[blk]), f.scores, written[blk])  # (nb Z, C, P)
+            _scatter(y, out, first, last, size)
+        ctx.save_for_backward(*inputs, states, written, inverses)
+        ctx.layout = (seq_len, size, chunks, block, [x.dtype for x in (q, k, v, beta)],
                       None if log_decay is None else log_decay.dtype)
-        return _from_chunks(out, batch, seq_len, heads, v.dtype)  # (B, T, H, P)
+        return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        qc, kc, vc, bc, cum, states, written, inverses = ctx.saved_tensors
-        batch, seq_len, heads, size, pad, chunks, block, dtypes, decay_dtype = ctx.layout
-        p, rows = vc.shape[-1], batch * heads
-        causal = torch.ones(size, size, dtype=torch.bool, device=vc.device).tril()  # (C, C)
+        *inputs, states, written, inverses = ctx.saved_tensors
+        seq_len, size, chunks, block, dtypes, decay_dtype = ctx.layout
+        dtype = states.dtype
+        batch, padded, heads, p = inputs[2].shape
+        rows = batch * heads
+        mask = torch.ones(size, size, dtype=dtype, device=d_out.device).tril()  # (C, C)
+        d_y = F.pad(d_out, (0, 0, 0, 0, 0, padded - seq_len))  # (B, T', H, P)
+        grads = [torch.empty(x.shape, dtype=dtype, device=x.device) for x in inputs]  # (B, T', H, d) each
+        d_state = states.new_zeros(rows, *states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
         with torch.autocast(d_out.device.type, enabled=False):
-            d_y = F.pad(d_out.to(vc.dtype), (0, 0, 0, 0, 0, pad)) if pad else d_out.to(vc.dtype)  # (B, T', H, P)
-            d_y = d_y.view(batch, chunks, size, heads, p).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, P)
-            d_y = d_y.new_empty(d_y.shape).copy_(d_y).view(vc.shape)  # (nC Z, C, P)
-            dq, dk, dv, db = (x.new_empty(x.shape) for x in (qc, kc, vc, bc))  # (nC Z, C, N / N / P / 1)
-            d_cum = None if cum is None else cum.new_empty(cum.shape)  # (nC Z, C)
-            d_state = states.new_zeros(rows, *states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
             for first in reversed(range(0, chunks, block)):
                 last = min(first + block, chunks)
                 blk = slice(first * rows, last * rows)
-                q_b, k_b, v_b, b_b, d_y_b, s_b, u_b = (x[blk] for x in (qc, kc, vc, bc, d_y, states, written))
-                f = _chunk_factors(q_b, k_b, v_b, b_b, None if cum is None else cum[blk], causal, inverses[blk],
-                                   solve=False)
+                qc, kc, vc, bc, *lc = (_gather(x, first, last, size, dtype) for x in inputs)  # (nb Z, C, ...)
+                cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nb Z, C)
+                d_yc = _gather(d_y, first, last, size, dtype)  # (nb Z, C, P)
+                s_b, u_b, inv_b = states[blk], written[blk], inverses[blk]  # S_0, U, T^T of the block's chunks
+                f = _chunk_factors(qc, kc, bc, cum, mask)
 
-                # the reverse loop: dU = P^T dY + K~ dS_C, dS_0 = g_C dS_C + (g q)^T dY - W^T dU
-                from_y = torch.bmm(f.scores.mT, d_y_b)  # (nb Z, C, P): P^T dY
-                read_y = torch.bmm(f.gq.mT, d_y_b)  # (nb Z, N, P): (g q)^T dY
-                d_written = torch.empty_like(u_b)  # (nb Z, C, P): dU
+                # the reverse loop: dU = P^T dY + K~ dS_C, dR_v = T^T dU, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
+                from_y = torch.bmm(f.scores.mT, d_yc)  # (nb Z, C, P): P^T dY
+                read_y = torch.bmm(f.gq.mT, d_yc)  # (nb Z, N, P): (g q)^T dY
+                d_written, d_rv = torch.empty_like(u_b), torch.empty_like(u_b)  # (nb Z, C, P) each: dU, dR_v
                 d_handed = torch.empty_like(s_b)  # (nb Z, N, P): dS_C, the gradient of the state each chunk hands on
                 for c in reversed(range(last - first)):
                     i = slice(c * rows, (c + 1) * rows)
                     d_handed[i] = d_state
                     torch.baddbmm(from_y[i], f.k_out[i], d_state, out=d_written[i])  # (Z, C, N) @ (Z, N, P)
+                    torch.bmm(inv_b[i], d_written[i], out=d_rv[i])  # (Z, C, C) @ (Z, C, P)
                     carried = read_y[i] + (d_state if cum is None else f.g_last[i] * d_state)  # (Z, N, P)
-                    d_state = torch.baddbmm(carried, f.u_w[i, :, p:].mT, d_written[i], alpha=-1)  # (Z, N, C) @ (Z, C, P)
+                    d_state = torch.baddbmm(carried, f.gkb[i].mT, d_rv[i], alpha=-1)  # (Z, N, C) @ (Z, C, P)
 
-                # the UT transform backwards: dR = (I + A)^-T [dU | -dU S_0^T], dA = -strict_lower(dR X^T)
-                d_uw = torch.cat([d_written, torch.bmm(d_written, s_b.mT).neg_()], dim=-1)  # (nb Z, C, P + N)
-                d_rhs = torch.bmm(inverses[blk], d_uw)  # (nb Z, C, P + N)
-                d_a = torch.bmm(d_rhs, f.u_w.mT).tril_(-1).neg_()  # (nb Z, C, C)
-                d_rv, d_rw = d_rhs[..., :p], d_rhs[..., p:]  # (nb Z, C, P), (nb Z, C, N)
-
-                d_scores = torch.bmm(d_y_b, u_b.mT)  # (nb Z, C, C): dP = dY U^T
+                # everything else, from [dY | dR_v] against U and S_0: dY U^T, dA; dY S_0^T, dR_w
+                d_y_rv = torch.cat([d_yc, d_rv], dim=1)  # (nb Z, 2C, P)
+                d_scores, d_a = torch.bmm(d_y_rv, u_b.mT).split(size, dim=1)  # (nb Z, C, C) each: dY U^T, dR_v U^T
+                d_a = d_a.tril(-1).neg_()  # dA
+                d_read, d_rw = torch.bmm(d_y_rv, s_b.mT).split(size, dim=1)  # (nb Z, C, N) each: dY S_0^T, -dR_w
+                d_rw = d_rw.neg()  # dR_w
                 d_qk = d_scores * f.decay  # (nb Z, C, C)
-                d_gram = b_b * d_a if cum is None else (b_b * d_a).mul_(f.decay)  # (nb Z, C, C): dG (dA is strictly lower)
-                d_read = torch.bmm(d_y_b, s_b.mT)  # (nb Z, C, N): d(g q) = dY S_0^T
+                d_gram = bc * d_a if cum is None else (bc * d_a).mul_(f.decay)  # (nb Z, C, C): dG (dA strictly lower)
                 d_k_out = torch.bmm(u_b, d_handed.mT)  # (nb Z, C, N): dK~ = U dS_C^T
-                k_dr = (k_b * d_rw).sum(-1)  # (nb Z, C): k . dR_w
-                torch.baddbmm(d_read if cum is None else f.g * d_read, d_qk, k_b, out=dq[blk])  # (nb Z, C, N)
-                d_k = torch.baddbmm(torch.bmm(d_qk.mT, q_b), d_gram + d_gram.mT, k_b)  # (nb Z, C, N)
-                d_k += b_b * d_rw if cum is None else b_b * f.g * d_rw
-                torch.add(d_k, d_k_out if cum is None else f.to_end * d_k_out, out=dk[blk])
-                torch.mul(b_b, d_rv, out=dv[blk])  # (nb Z, C, P)
-                d_b = (d_a * f.gram).sum(-1).add_((v_b * d_rv).sum(-1))  # (nb Z, C)
-                db[blk] = d_b.add_(k_dr if cum is None else f.g.squeeze(-1) * k_dr).unsqueeze(-1)  # (nb Z, C, 1)
+                k_dr = (kc * d_rw).sum(-1)  # (nb Z, C): k . dR_w
+                d_q = torch.baddbmm(d_read if cum is None else f.g * d_read, d_qk, kc)  # (nb Z, C, N)
+                d_k = torch.baddbmm(torch.bmm(d_qk.mT, qc), d_gram + d_gram.mT, kc)  # (nb Z, C, N)
+                d_k += bc * d_rw if cum is None else bc * f.g * d_rw
+                d_k += d_k_out if cum is None else f.to_end * d_k_out
+                d_b = (d_a * f.gram).sum(-1).add_((vc * d_rv).sum(-1))  # (nb Z, C)
+                d_b += k_dr if cum is None else f.g.squeeze(-1) * k_dr
+                block_grads = [d_q, d_k, bc * d_rv, d_b.unsqueeze(-1)]  # (nb Z, C, N / N / P / 1)
                 if cum is not None:  # the log-decays, through D, g, K~ and g_C
-                    e = (d_scores * f.scores).add_(d_a * f.a)  # (nb Z, C, C)
+                    e = (d_scores * f.scores).add_(d_a * bc * f.gram)  # (nb Z, C, C)
                     to_end_k = (f.k_out * d_k_out).sum(-1)  # (nb Z, C)
                     d_l = e.sum(-1) - e.sum(-2) - to_end_k  # (nb Z, C)
-                    d_l += f.g.squeeze(-1) * ((q_b * d_read).sum(-1) + b_b.squeeze(-1) * k_dr)
+                    d_l += f.g.squeeze(-1) * ((qc * d_read).sum(-1) + bc.squeeze(-1) * k_dr)
                     d_l[:, -1] += to_end_k.sum(-1) + f.g_last[:, 0, 0] * (s_b * d_handed).sum((-1, -2))
-                    d_cum[blk] = d_l.flip(-1).cumsum(-1).flip(-1)  # (nb Z, C)
+                    block_grads.append(d_l.flip(-1).cumsum(-1).flip(-1).unsqueeze(-1))  # (nb Z, C, 1)
+                for grad, full in zip(block_grads, grads):
+                    _scatter(grad, full, first, last, size)
+        dq, dk, dv, db, *dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes + [decay_dtype]))
+        return dq, dk, dv, db.squeeze(-1), dl[0].squeeze(-1) if dl else None, None
 
-        dq, dk, dv, db = (_from_chunks(x, batch, seq_len, heads, dtype) for x, dtype in zip((dq, dk, dv, db), dtypes))
-        d_decay = None if cum is None else _from_chunks(d_cum.unsqueeze(-1), batch, seq_len, heads, decay_dtype)
-        return dq, dk, dv, db.squeeze(-1), None if d_decay is None else d_decay.squeeze(-1), None
+
+def _gather(x: torch.Tensor, first: int, last: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Chunks first..last - 1 of x (B, T', H, d) as one flat (nb B H, C, d) tensor in `dtype`, chunk-major."""
+    batch, _, heads, d = x.shape
+    x = x[:, first * size:last * size].view(batch, last - first, size, heads, d).permute(1, 0, 3, 2, 4)
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x).view(-1, size, d)  # (a copy, 4x faster
+    # than .contiguous() here)
 
 
-def _from_chunks(x: torch.Tensor, batch: int, seq_len: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """(nC B H, C, d) -> (B, T, H, d) in `dtype`, the padding cut off."""
-    x = x.view(-1, batch, heads, *x.shape[1:]).permute(1, 0, 3, 2, 4)  # (B, nC, C, H, d)
-    x = x.new_empty(x.shape).copy_(x)  # (B, nC, C, H, d), contiguous
-    return x.view(batch, -1, heads, x.shape[-1])[:, :seq_len].to(dtype)
+def _scatter(y: torch.Tensor, out: torch.Tensor, first: int, last: int, size: int) -> None:
+    """The inverse of `_gather`: y (nb B H, C, d) written into chunks first..last - 1 of out (B, T', H, d)."""
+    batch, _, heads, d = out.shape
+    view = out[:, first * size:last * size].view(batch, last - first, size, heads, d)  # (B, nb, C, H, d)
+    view.copy_(y.view(last - first, batch, heads, size, d).permute(1, 0, 3, 2, 4))
