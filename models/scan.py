@@ -288,27 +288,27 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         pad = -seq_len % size
         chunks = (seq_len + pad) // size
         inputs = [q, k, v, beta.unsqueeze(-1)] + ([] if log_decay is None else [log_decay.unsqueeze(-1)])
-        inputs = [F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x for x in inputs]  # (B, T', H, d) each
+        # 1. chunk the inputs; the cumulative log-decay L inside each chunk
+        qc, kc, vc, bc, *lc = (_to_chunks(x, size, dtype) for x in inputs)  # (nC Z, C, N / N / P / 1)
+        cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nC Z, C)
         block = 1 if v.device.type == "cpu" else chunks
 
         states = v.new_empty(chunks * rows, n, p, dtype=dtype)  # (nC Z, N, P): the state entering each chunk
         written = v.new_empty(chunks * rows, size, p, dtype=dtype)  # (nC Z, C, P): U
         inverses = v.new_empty(chunks * rows, size, size, dtype=dtype)  # (nC Z, C, C): T^T = (I + A)^-T
-        out = v.new_empty(batch, chunks * size, heads, p, dtype=dtype)  # (B, T', H, P): Y
+        out = v.new_empty(batch, chunks * size, heads, p, dtype=dtype)  # (B, T', H, P): Y, T' = nC C
         states[:rows] = 0
         for first in range(0, chunks, block):
             last = min(first + block, chunks)
             blk = slice(first * rows, last * rows)
-            # 1. the block's chunks; the cumulative log-decay L inside each chunk
-            qc, kc, vc, bc, *lc = (_gather(x, first, last, size, dtype) for x in inputs)  # (nb Z, C, N / N / P / 1)
-            cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nb Z, C)
-            f = _chunk_factors(qc, kc, bc, cum)
+            q_b, k_b, v_b, b_b = qc[blk], kc[blk], vc[blk], bc[blk]  # (nb Z, C, N / N / P / 1)
+            f = _chunk_factors(q_b, k_b, b_b, None if cum is None else cum[blk])
             # 2. the UT transform: (I + A) [U' | W] = [beta v | beta g k], via T^T solved as T^T (I + A)^T = I
             #    (the memory layout LAPACK wants; the solve reads only the strictly lower triangle of A)
-            a = bc * f.gram  # (nb Z, C, C): A
+            a = b_b * f.gram  # (nb Z, C, C): A
             eye = torch.eye(size, dtype=dtype, device=v.device).expand(a.shape)  # (nb Z, C, C)
             torch.linalg.solve_triangular(a.mT, eye, upper=True, left=False, unitriangular=True, out=inverses[blk])
-            u_w = torch.bmm(inverses[blk].mT, torch.cat([bc * vc, f.gkb], dim=-1))  # (nb Z, C, P + N): [U' | W]
+            u_w = torch.bmm(inverses[blk].mT, torch.cat([b_b * v_b, f.gkb], dim=-1))  # (nb Z, C, P + N): [U' | W]
             # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
             #    U = U' - W S_0 and hands on S_C = g_C S_0 + K~^T U
             for c in range(first, last):
@@ -323,31 +323,27 @@ class _ChunkedDeltaRule(torch.autograd.Function):
             #    entering it:  Y_c = P U + (g q) S_0
             y = torch.baddbmm(torch.bmm(f.gq, states[blk]), f.scores, written[blk])  # (nb Z, C, P)
             _scatter(y, out, first, last, size)
-        ctx.save_for_backward(*inputs, states, written, inverses)
-        ctx.layout = (seq_len, size, chunks, block, [x.dtype for x in (q, k, v, beta)],
-                      None if log_decay is None else log_decay.dtype)
+        ctx.save_for_backward(qc, kc, vc, bc, cum, states, written, inverses)
+        ctx.layout = (batch, seq_len, heads, size, chunks, block, [x.dtype for x in inputs])
         return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        *inputs, states, written, inverses = ctx.saved_tensors
-        seq_len, size, chunks, block, dtypes, decay_dtype = ctx.layout
-        dtype = states.dtype
-        batch, padded, heads, p = inputs[2].shape
-        rows = batch * heads
-        d_y = F.pad(d_out, (0, 0, 0, 0, 0, padded - seq_len)) if padded > seq_len else d_out  # (B, T', H, P)
-        grads = [torch.empty(x.shape, dtype=dtype, device=x.device) for x in inputs]  # (B, T', H, d) each
+        qc, kc, vc, bc, cum, states, written, inverses = ctx.saved_tensors
+        batch, seq_len, heads, size, chunks, block, dtypes = ctx.layout
+        dtype, rows, padded = states.dtype, batch * heads, chunks * size
+        d_y = _to_chunks(d_out, size, dtype)  # (nC Z, C, P)
+        widths = [qc.shape[-1], kc.shape[-1], vc.shape[-1], 1] + ([] if cum is None else [1])
+        grads = [states.new_empty(batch, padded, heads, d) for d in widths]  # (B, T', H, N / N / P / 1 / 1)
         d_state = states.new_zeros(rows, *states.shape[1:])  # (Z, N, P): dS_C of the chunk being visited
         with torch.autocast(d_out.device.type, enabled=False):
             for first in reversed(range(0, chunks, block)):
                 last = min(first + block, chunks)
                 blk = slice(first * rows, last * rows)
-                qc, kc, vc, bc, *lc = (_gather(x, first, last, size, dtype) for x in inputs)  # (nb Z, C, ...)
-                cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nb Z, C)
-                d_yc = _gather(d_y, first, last, size, dtype)  # (nb Z, C, P)
+                q_b, k_b, v_b, b_b, d_yc = qc[blk], kc[blk], vc[blk], bc[blk], d_y[blk]  # (nb Z, C, N / N / P / 1 / P)
                 s_b, u_b, inv_b = states[blk], written[blk], inverses[blk]  # S_0, U, T^T of the block's chunks
-                f = _chunk_factors(qc, kc, bc, cum)
+                f = _chunk_factors(q_b, k_b, b_b, None if cum is None else cum[blk])
 
                 # the reverse loop: dU = P^T dY + K~ dS_C, dR_v = T^T dU, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
                 from_y = torch.bmm(f.scores.mT, d_yc)  # (nb Z, C, P): P^T dY
@@ -368,39 +364,42 @@ class _ChunkedDeltaRule(torch.autograd.Function):
                 neg_da = neg_da.tril(-1)  # -dA
                 d_read, neg_drw = torch.bmm(d_y_rv, s_b.mT).split(size, dim=1)  # (nb Z, C, N) each: dY S_0^T, -dR_w
                 d_qk = d_scores.tril() if cum is None else d_scores * f.decay  # (nb Z, C, C)
-                neg_dg = bc * neg_da if cum is None else (bc * neg_da).mul_(f.decay)  # (nb Z, C, C): -dG
+                neg_dg = b_b * neg_da if cum is None else (b_b * neg_da).mul_(f.decay)  # (nb Z, C, C): -dG
                 d_k_out = torch.bmm(u_b, d_handed.mT)  # (nb Z, C, N): dK~ = U dS_C^T
-                neg_kdr = torch.linalg.vecdot(kc, neg_drw)  # (nb Z, C): -k . dR_w
-                d_q = torch.baddbmm(d_read if cum is None else f.g * d_read, d_qk, kc)  # (nb Z, C, N)
-                d_k = torch.baddbmm(torch.bmm(d_qk.mT, qc), neg_dg + neg_dg.mT, kc, alpha=-1)  # (nb Z, C, N)
-                d_k.addcmul_(bc if cum is None else bc * f.g, neg_drw, value=-1)
+                neg_kdr = torch.linalg.vecdot(k_b, neg_drw)  # (nb Z, C): -k . dR_w
+                d_q = torch.baddbmm(d_read if cum is None else f.g * d_read, d_qk, k_b)  # (nb Z, C, N)
+                d_k = torch.baddbmm(torch.bmm(d_qk.mT, q_b), neg_dg + neg_dg.mT, k_b, alpha=-1)  # (nb Z, C, N)
+                d_k.addcmul_(b_b if cum is None else b_b * f.g, neg_drw, value=-1)
                 d_k += d_k_out if cum is None else f.to_end * d_k_out
-                d_b = torch.linalg.vecdot(vc, d_rv) - torch.linalg.vecdot(neg_da, f.gram)  # (nb Z, C)
+                d_b = torch.linalg.vecdot(v_b, d_rv) - torch.linalg.vecdot(neg_da, f.gram)  # (nb Z, C)
                 d_b -= neg_kdr if cum is None else f.g.squeeze(-1) * neg_kdr
-                block_grads = [d_q, d_k, bc * d_rv, d_b.unsqueeze(-1)]  # (nb Z, C, N / N / P / 1)
+                block_grads = [d_q, d_k, b_b * d_rv, d_b.unsqueeze(-1)]  # (nb Z, C, N / N / P / 1)
                 if cum is not None:  # the log-decays, through D, g, K~ and g_C
-                    e = (d_scores * f.scores).sub_(neg_da * bc * f.gram)  # (nb Z, C, C)
+                    e = (d_scores * f.scores).sub_(neg_da * b_b * f.gram)  # (nb Z, C, C)
                     to_end_k = torch.linalg.vecdot(f.k_out, d_k_out)  # (nb Z, C)
                     d_l = e.sum(-1) - e.sum(-2) - to_end_k  # (nb Z, C)
-                    d_l += f.g.squeeze(-1) * (torch.linalg.vecdot(qc, d_read) - bc.squeeze(-1) * neg_kdr)
+                    d_l += f.g.squeeze(-1) * (torch.linalg.vecdot(q_b, d_read) - b_b.squeeze(-1) * neg_kdr)
                     d_l[:, -1] += to_end_k.sum(-1) + f.g_last[:, 0, 0] * (s_b * d_handed).sum((-1, -2))
                     block_grads.append(d_l.flip(-1).cumsum(-1).flip(-1).unsqueeze(-1))  # (nb Z, C, 1)
                 for grad, full in zip(block_grads, grads):
                     _scatter(grad, full, first, last, size)
-        dq, dk, dv, db, *dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes + [decay_dtype]))
+        dq, dk, dv, db, *dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes))
         return dq, dk, dv, db.squeeze(-1), dl[0].squeeze(-1) if dl else None, None
 
 
-def _gather(x: torch.Tensor, first: int, last: int, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Chunks first..last - 1 of x (B, T', H, d) as one flat (nb B H, C, d) tensor in `dtype`, chunk-major."""
-    batch, _, heads, d = x.shape
-    x = x[:, first * size:last * size].view(batch, last - first, size, heads, d).permute(1, 0, 3, 2, 4)
-    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x).view(-1, size, d)  # (a copy, 4x faster
-    # than .contiguous() here)
+def _to_chunks(x: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """x (B, T, H, d) as one flat (nC B H, C, d) tensor in `dtype`, chunk-major (chunk by chunk, B H rows each),
+    the tail padded with zeros to whole chunks."""
+    batch, seq_len, heads, d = x.shape
+    pad = -seq_len % size
+    x = F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
+    x = x.view(batch, -1, size, heads, d).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, d)
+    # one copy of the whole tensor: 2.5x faster than chunk by chunk, and 4x faster than .contiguous() here
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x).view(-1, size, d)
 
 
 def _scatter(y: torch.Tensor, out: torch.Tensor, first: int, last: int, size: int) -> None:
-    """The inverse of `_gather`: y (nb B H, C, d) written into chunks first..last - 1 of out (B, T', H, d)."""
+    """y (nb B H, C, d), chunks first..last - 1 in the layout of `_to_chunks`, written into out (B, T', H, d)."""
     batch, _, heads, d = out.shape
     view = out[:, first * size:last * size].view(batch, last - first, size, heads, d)  # (B, nb, C, H, d)
     view.copy_(y.view(last - first, batch, heads, size, d).permute(1, 0, 3, 2, 4))
