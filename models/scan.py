@@ -205,11 +205,11 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         Y_c = P U_c + (g q) S_0                        # outputs of the chunk (C, P)
 
     The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
-    over all chunks. Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
+    over the chunks of a block (`_ChunkedDeltaRule`: one chunk on the CPU, all of them elsewhere). Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
     need not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state
     as it is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
-    chunks, the rest batched). Under autocast the whole computation runs in float32 at least (autocast off):
-    on the CPU bf16 matmuls are no faster, and on a GPU matmuls of C x C tiles are bound by launches, not FLOPs.
+    chunks). Under autocast the whole computation, forward and backward, runs in float32 at least (autocast
+    off inside; the output is returned in v's dtype).
     """
     check_int("chunk_size", chunk_size)
     with torch.autocast(v.device.type, enabled=False):
@@ -273,11 +273,12 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         dL = rowsum(E) - colsum(E) + g (q . dY S_0^T + beta k . dR_w) - exp(L_C - L) k . (U dS_C^T)
         dL_C += sum(exp(L_C - L) k . (U dS_C^T)) + g_C sum(S_0 o dS_C),   d log_decay = reverse cumsum of dL
 
-    Both passes go through blocks of chunks: on the CPU one chunk at a time (its tensors stay in cache: 1.7x
-    faster than all chunks at once), elsewhere all chunks in one block (fewer launches). A block's inputs are
-    gathered from the (B, T, H, d) tensors into flat (nb B H, C, d) tensors (chunk-major: chunk by chunk, Z = B H
-    rows each) and its outputs scattered back. The forward pass saves its inputs, the states entering the
-    chunks, their writes U and the inverses T^T; the backward pass recomputes the `_Factors` block by block.
+    The inputs are chunked once into flat chunk-major (nC B H, C, d) tensors (`_to_chunks`: chunk by chunk,
+    Z = B H rows each), so that a block of chunks is a slice of rows. Both passes go through blocks: on the
+    CPU one chunk at a time (its tensors stay in cache: 1.7x faster than all chunks at once), elsewhere all
+    chunks in one block (fewer launches); outputs and gradients are scattered back block by block. The forward
+    pass saves the chunked inputs, the states entering the chunks, their writes U and the inverses T^T; the
+    backward pass recomputes the `_Factors` block by block.
     """
 
     @staticmethod
