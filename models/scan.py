@@ -205,9 +205,9 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         Y_c = P U_c + (g q) S_0                        # outputs of the chunk (C, P)
 
     The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
-    over the chunks of a block (`_ChunkedDeltaRule`: one chunk on the CPU, all of them elsewhere). Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T
-    need not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state
-    as it is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
+    over the chunks of a block (`_ChunkedDeltaRule`: one chunk on the CPU, all of them elsewhere). Only
+    causal differences of log-decays are exponentiated (every factor in [0, 1]). T need not be a multiple
+    of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
     chunks). Under autocast the whole computation, forward and backward, runs in float32 at least (autocast
     off inside; the output is returned in v's dtype).
     """
@@ -292,7 +292,7 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         # 1. chunk the inputs; the cumulative log-decay L inside each chunk
         qc, kc, vc, bc, *lc = (_to_chunks(x, size, dtype) for x in inputs)  # (nC Z, C, N / N / P / 1)
         cum = lc[0].squeeze(-1).cumsum(-1) if lc else None  # (nC Z, C)
-        block = 1 if v.device.type == "cpu" else chunks
+        block = _chunks_per_block(v.device, chunks)
 
         states = v.new_empty(chunks * rows, n, p, dtype=dtype)  # (nC Z, N, P): the state entering each chunk
         written = v.new_empty(chunks * rows, size, p, dtype=dtype)  # (nC Z, C, P): U
@@ -386,6 +386,12 @@ class _ChunkedDeltaRule(torch.autograd.Function):
                     _scatter(grad, full, first, last, size)
         dq, dk, dv, db, *dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes))
         return dq, dk, dv, db.squeeze(-1), dl[0].squeeze(-1) if dl else None, None
+
+
+def _chunks_per_block(device: torch.device, chunks: int) -> int:
+    """How many chunks `_ChunkedDeltaRule` batches together: one on the CPU (its tensors stay in cache), all of
+    them elsewhere (fewer kernel launches)."""
+    return 1 if device.type == "cpu" else chunks
 
 
 def _to_chunks(x: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:

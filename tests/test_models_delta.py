@@ -67,6 +67,27 @@ def test_chunked_delta_rule_passes_gradcheck(decay, seq_len, chunk_size):
 
 
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
+@pytest.mark.parametrize("per_block", [2, 100], ids=["blocks of 2 chunks", "all chunks in one block"])
+def test_blocks_of_several_chunks_give_the_same_delta_rule(decay, per_block, monkeypatch):
+    """The CPU batches one chunk at a time, other devices all of them at once (`_chunks_per_block`): the same
+    outputs and gradients either way, here on the CPU, with a last block shorter than the others."""
+    from membench.models import scan
+
+    inputs = delta_inputs(2, 45, 3, 4, 5, decay)  # 12 chunks of 4, the last one padded
+
+    def outputs_and_grads():
+        leaves = [None if x is None else x.detach().clone().requires_grad_(True) for x in inputs]
+        out = delta_rule_chunked(*leaves, chunk_size=4)
+        out.square().sum().backward()
+        return [out.detach()] + [x.grad for x in leaves if x is not None]
+
+    one_at_a_time = outputs_and_grads()
+    monkeypatch.setattr(scan, "_chunks_per_block", lambda device, chunks: min(per_block, chunks))
+    for got, expected in zip(outputs_and_grads(), one_at_a_time):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
 def test_chunk_size_does_not_change_the_delta_rule(decay):
     q, k, v, beta, log_decay = delta_inputs(2, 45, 3, 4, 5, decay)
     expected = delta_rule_reference(q, k, v, beta, log_decay)
