@@ -207,9 +207,10 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     The first two lines are a loop over the chunks (two small matmuls each); everything else is batched
     over the chunks of a block (`_ChunkedDeltaRule`: one chunk on the CPU, all of them elsewhere). Only
     causal differences of log-decays are exponentiated (every factor in [0, 1]). T need not be a multiple
-    of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
-    chunks). Under autocast the whole computation, forward and backward, runs in float32 at least (autocast
-    off inside; the output is returned in v's dtype).
+    of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is. The backward
+    pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the chunks). Under autocast
+    the whole computation, forward and backward, runs in float32 at least (autocast off inside; the output
+    is returned in v's dtype).
     """
     check_int("chunk_size", chunk_size)
     with torch.autocast(v.device.type, enabled=False):
