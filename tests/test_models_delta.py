@@ -59,6 +59,35 @@ def test_chunked_delta_rule_matches_the_recurrence(batch, seq_len, heads, n, p, 
 
 
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
+@pytest.mark.parametrize("seq_len,chunk_size", [(11, 4), (3, 4), (8, 4)], ids=["T=2C+3", "T<C", "T=2C"])
+def test_chunked_delta_rule_passes_gradcheck(decay, seq_len, chunk_size):
+    """The hand-written backward pass of the chunked path against finite differences (float64, tiny shapes)."""
+    inputs = delta_inputs(2, seq_len, 2, 3, 2, decay)
+    assert torch.autograd.gradcheck(lambda *a: delta_rule_chunked(*a, chunk_size=chunk_size), inputs)
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
+@pytest.mark.parametrize("per_block", [2, 100], ids=["blocks of 2 chunks", "all chunks in one block"])
+def test_blocks_of_several_chunks_give_the_same_delta_rule(decay, per_block, monkeypatch):
+    """The CPU batches one chunk at a time, other devices all of them at once (`_chunks_per_block`): the same
+    outputs and gradients either way, here on the CPU, with a last block shorter than the others."""
+    from membench.models import scan
+
+    inputs = delta_inputs(2, 45, 3, 4, 5, decay)  # 12 chunks of 4, the last one padded
+
+    def outputs_and_grads():
+        leaves = [None if x is None else x.detach().clone().requires_grad_(True) for x in inputs]
+        out = delta_rule_chunked(*leaves, chunk_size=4)
+        out.square().sum().backward()
+        return [out.detach()] + [x.grad for x in leaves if x is not None]
+
+    one_at_a_time = outputs_and_grads()
+    monkeypatch.setattr(scan, "_chunks_per_block", lambda device, chunks: min(per_block, chunks))
+    for got, expected in zip(outputs_and_grads(), one_at_a_time):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
 def test_chunk_size_does_not_change_the_delta_rule(decay):
     q, k, v, beta, log_decay = delta_inputs(2, 45, 3, 4, 5, decay)
     expected = delta_rule_reference(q, k, v, beta, log_decay)
@@ -111,7 +140,8 @@ def test_chunked_delta_rule_is_stable_under_strong_decay():
 
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
 def test_chunked_delta_rule_under_bf16_autocast(decay):
-    """Under bf16 autocast the matmuls run in bf16 and the state in float32: close to the float32 truth."""
+    """Under bf16 autocast, on bf16 inputs, the chunked path computes in float32 and returns bf16: close to the
+    float32 truth."""
     q, k, v, beta, log_decay = (None if t is None else t.detach().float() for t in delta_inputs(2, 200, 2, 8, 8, decay))
     expected = delta_rule_reference(q, k, v, beta, log_decay)
     with torch.autocast("cpu", dtype=torch.bfloat16):
