@@ -76,6 +76,7 @@ SETTINGS = {
     "budget": (checks.choice(BUDGETS), _TRIAL_DEFAULTS["budget"]),
     "patience": (checks.integer(1), _TRIAL_DEFAULTS["patience"]),
     "min_delta": (checks.number(0, 1), _TRIAL_DEFAULTS["min_delta"]),
+    "min_steps": (checks.integer(0), _TRIAL_DEFAULTS["min_steps"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
     "eval_sequences": (checks.limited(checks.integer(1), "eval_sequences"), 256),
     "max_eval_tokens": (checks.integer(1), None),  # None: eval_sequences at every length
@@ -415,7 +416,7 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
                         segments=segments, task_version=task_class(task.name).version,
                         early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
-                        min_delta=s["min_delta"],
+                        min_delta=s["min_delta"], min_steps=s["min_steps"],
                     ), rates))
     return trials
 

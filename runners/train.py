@@ -378,7 +378,9 @@ def stop_check(run: _Run, accuracy: dict[str, float], reached: set[str], final: 
 
     progress = the mean accuracy of the early-stop slices; it improves when it rises by at least min_delta
     over the best so far. Training stops at the threshold (every early-stop slice reached it) or, with
-    budget "plateau", after `patience` evaluations without an improvement.
+    budget "plateau", after `patience` evaluations without an improvement, once `min_steps` are done: a
+    task can sit at chance for hundreds of steps before a model learns it (a loss plateau, then a sudden
+    drop), and a stop inside that plateau would read as a memory that cannot do the task.
     """
     config, out = run.config, run.out
     progress = sum(accuracy[n] for n in run.stop_names) / len(run.stop_names)
@@ -392,7 +394,7 @@ def stop_check(run: _Run, accuracy: dict[str, float], reached: set[str], final: 
     if set(run.stop_names) <= reached:
         out.stop_reason = "threshold"
         return True
-    if config.budget == "plateau" and run.stale >= config.patience:
+    if config.budget == "plateau" and run.stale >= config.patience and out.steps >= config.min_steps:
         out.stop_reason = "plateau"
         return True
     return False

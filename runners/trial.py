@@ -103,6 +103,7 @@ class TrialConfig:
     budget: str = "fixed"  # "fixed": train to `steps`; "plateau": also stop once the accuracy stops improving
     patience: int = 5  # plateau: evaluations without an improvement of at least `min_delta` ...
     min_delta: float = 0.01  # ... of the early-stop slices' mean accuracy (also what "still improving" means)
+    min_steps: int = 0  # plateau: no plateau stop before this many steps (a loss plateau can precede learning)
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
@@ -163,7 +164,8 @@ class TrialConfig:
 
 
 # field -> default: hashed only when set otherwise, so the ids of trials made before the field existed hold
-_LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01}
+_LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01,
+                 "min_steps": 0}
 
 
 CODE_PATHS = ("membench", "memtasks", "models", "runners", "pyproject.toml")  # what a result depends on

@@ -30,6 +30,15 @@ def test_plateau_stops_a_trial_that_stopped_improving():
     assert row["steps"] < 400
 
 
+def test_no_plateau_stop_comes_before_min_steps():
+    """The same hopeless trial as above, told to wait: it stops on the plateau at the first evaluation from
+    step 60 on, not before (evaluations every 5 steps); the threshold is not held back."""
+    early = outcome(budget="plateau", patience=2, min_delta=0.05)
+    row = outcome(budget="plateau", patience=2, min_delta=0.05, min_steps=60)
+    assert early["steps"] < 60 and row["stop_reason"] == "plateau" and row["steps"] == 60
+    assert outcome(threshold=0.01, min_steps=60)["steps"] == 5
+
+
 def test_the_threshold_is_a_reason_too():
     row = outcome(threshold=0.01)
     assert row["stop_reason"] == "threshold" and not row["under_trained"] and row["steps"] == 5
@@ -44,7 +53,8 @@ def test_a_trial_stopped_by_its_budget_while_improving_is_under_trained():
 
 
 def test_budget_fields_leave_earlier_trial_ids_alone_and_are_validated():
-    assert config().trial_id == config(budget="fixed", patience=5, min_delta=0.01).trial_id
+    assert config().trial_id == config(budget="fixed", patience=5, min_delta=0.01, min_steps=0).trial_id
+    assert config(min_steps=100).trial_id != config().trial_id
     assert config(budget="plateau").trial_id != config().trial_id
     with pytest.raises(ValueError, match="budget must be one of fixed, plateau"):
         config(budget="forever")
