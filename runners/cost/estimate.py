@@ -103,7 +103,8 @@ def evaluations(steps: int, eval_every: int) -> int:
 
 
 def trial_seconds(model: str, model_params: dict, vocab_size: int, d_model: int, n_layers: int, batch_size: int,
-                  seq_len: int, steps: int, eval_every: int, slices, rates: Rates, workers: int = 1) -> tuple[float, float]:
+                  seq_len: int, steps: int, eval_every: int, slices, rates: Rates,
+                  workers: int = 1) -> tuple[float, float]:
     """(training, evaluation) seconds of a trial that runs all its `steps` on (batch_size, seq_len) batches and
     scores its eval `slices` (each with seq_len and n_sequences) at every evaluation."""
     def seconds(length: int) -> float:
