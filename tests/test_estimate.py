@@ -125,6 +125,13 @@ def test_plan_sums_each_familys_trials_and_prints_a_total(tmp_path, capsys):
     assert "8 trials" in out and out.splitlines()[-2].split()[:2] == ["total", "8"]
 
 
+def test_plan_prints_what_the_spec_skipped_as_run_does(tmp_path, capsys):
+    path = tiny_spec(tmp_path, COPY, models=["mlp"], lengths=[8, 16], max_length=8)
+    code, out, err = run_cli(capsys, "plan", "--spec", path)
+    assert code == 0 and "1 trials" in out
+    assert "note: copy: mlp at length 16 skipped (above max_length 8)" in err
+
+
 def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
     gpus = {"cuda": ["cuda:0", "cuda:1"], "cpu": ["cpu"]}
     monkeypatch.setattr(executors, "local_devices", lambda device: gpus[device])

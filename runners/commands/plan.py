@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
-    for note in spec.notes:  # what the spec skipped or shrank, as `membench run` says it
+    for note in spec.notes:  # what the spec skipped, as `membench run` says it
         print(f"note: {note}", file=sys.stderr)
     rows = plan(spec.trials, spec.rates, spec.gpu_workers)
     table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['eval_hours']:.2f}",
