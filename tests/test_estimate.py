@@ -142,7 +142,7 @@ def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, hours", [("standard", "46.6 trial-hours"), ("full", "1,833 GPU-hours")])
+@pytest.mark.parametrize("preset, hours", [("standard", "9.0 trial-hours"), ("full", "1,833 GPU-hours")])
 def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_plan(preset, hours):
     """standard and full: 3 seeds, plateau budgets, auto caps; the estimate in each preset's comment is what
     `membench plan` computes from it now (a change to the preset or to a family's FLOPs shows here)."""
@@ -157,6 +157,20 @@ def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_
     comment = _SHIPPED[preset]
     assert f"{trials:,} trials" in comment
     assert hours in comment and float(hours.split()[0].replace(",", "")) == pytest.approx(all_steps, abs=0.5)
+
+
+@pytest.mark.slow
+def test_standard_fits_its_two_hours_by_its_own_estimate_with_every_attention_head_on_the_flash_grid():
+    """standard aims at 2 h on one GPU: at its own rates, with its workers side by side and stops after at most
+    70 % of the budget (its comment's assumption), it fits; and no width leaves SDPA without flash kernels."""
+    from membench.models import fast_attention_width
+
+    spec = load_spec("standard")
+    rows = estimate.plan(spec.trials, spec.rates, spec.gpu_workers)
+    wall_hours = sum(r["hours"] for r in rows) / spec.gpu_workers
+    assert 0.7 * wall_hours <= 2.0, f"{wall_hours:.2f} h at all steps"
+    off_grid = {(t.model, t.d_model) for t in spec.trials if not fast_attention_width(t.model, t.d_model, **t.model_params)}
+    assert off_grid == set() and not any("head width" in note for note in spec.notes)
 
 
 def test_plan_against_a_finished_sweep_compares_estimated_and_measured_step_times(tmp_path, capsys):
