@@ -169,7 +169,8 @@ def test_standard_fits_its_two_hours_by_its_own_estimate_with_every_attention_he
     rows = estimate.plan(spec.trials, spec.rates, spec.gpu_workers)
     wall_hours = sum(r["hours"] for r in rows) / spec.gpu_workers
     assert 0.7 * wall_hours <= 2.0, f"{wall_hours:.2f} h at all steps"
-    off_grid = {(t.model, t.d_model) for t in spec.trials if not fast_attention_width(t.model, t.d_model, **t.model_params)}
+    off_grid = {(t.model, t.d_model) for t in spec.trials
+                if not fast_attention_width(t.model, t.d_model, **t.model_params)}
     assert off_grid == set() and not any("head width" in note for note in spec.notes)
 
 
