@@ -15,6 +15,7 @@ sweep creates its output directory. Devices: "auto" (every GPU when there are an
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -86,11 +87,15 @@ class LocalExecutor:
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         trials = list(trials)
         if len(self.devices) == 1 and self.worker is _worker_trial:
-            while trials:
-                payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads)
-                yield payload
-                if is_sticky(payload):
-                    break  # this process's CUDA context is poisoned: the rest run in a fresh worker
+            gc.freeze()  # what lives now outlives the sweep: each trial's gc.collect skips it (see _claim_device)
+            try:
+                while trials:
+                    payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads)
+                    yield payload
+                    if is_sticky(payload):
+                        break  # this process's CUDA context is poisoned: the rest run in a fresh worker
+            finally:
+                gc.unfreeze()
         yield from self._run_pooled(trials)
 
     def _run_pooled(self, trials: list[TrialConfig]) -> Iterator[dict]:
@@ -155,6 +160,9 @@ def _claim_device(free, workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     else:
         torch.cuda.set_device(torch.device(_worker_device))
+    # The modules imported so far live as long as the worker: frozen, the garbage collection that ends every
+    # trial (release_memory) no longer walks their ~300k objects, which cost ~0.2 s a trial on the CPU
+    gc.freeze()
 
 
 def _worker_trial(config: TrialConfig, compile: str, threads: int | None) -> dict:

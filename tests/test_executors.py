@@ -4,6 +4,7 @@ error gets a fresh process. Exercised with CPU workers (spawned, so the worker f
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 
@@ -75,7 +76,26 @@ def test_the_worker_initialiser_sets_its_cuda_device(monkeypatch):
     free = queue.Queue()
     free.put("cuda:1")
     executors._claim_device(free, 2)
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
     assert executors._worker_device == "cuda:1" and calls == [torch.device("cuda:1")]
+    assert frozen > 1000  # the worker's imports, out of every trial's garbage collection
+
+
+def test_trials_in_this_process_run_with_the_heap_before_them_frozen_and_thawed_after(monkeypatch):
+    """The in-process path freezes what lives before the sweep (each trial's gc.collect then skips it) and
+    unfreezes it when the sweep ends, so a caller's own objects are collectable again."""
+    real, frozen = executors.run_trial, []
+
+    def counting(config, *args):
+        frozen.append(gc.get_freeze_count())
+        return real(config, "cpu")
+
+    monkeypatch.setattr(executors, "run_trial", counting)
+    assert gc.get_freeze_count() == 0
+    payloads = list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(2)]))
+    assert statuses(payloads) == {0: "ok", 1: "ok"}
+    assert len(frozen) == 2 and min(frozen) > 1000 and gc.get_freeze_count() == 0
 
 
 @pytest.mark.slow
