@@ -24,8 +24,9 @@ CAP_MARGIN leaves room for a step slower than estimated; a trial that stops on a
 uses less.
 
 Worked example (the standard preset's rates for an H100: 1e13 FLOP/s, 3 ms a step): its transformer, matched
-to 250k parameters (width 96, vocabulary 64), does F = 4.7e11 FLOPs forward at T = 4096, B = 32, so a step is
-max(3 * 4.7e11 / 1e13, 0.003) = 0.14 s; at T = 64, F = 1.0e9 and the step is latency-bound, 3 ms.
+to 230k parameters (width 96, vocabulary 64), does F = 4.1e10 FLOPs forward at T = 1024, B = 32, so a step is
+max(3 * 4.1e10 / 1e13, 0.003) = 12 ms; at T = 64, F = 1.0e9 and the step is latency-bound, 3 ms; at T = 4096
+(`--lengths ...,4096`), F = 4.7e11 and a step takes 0.14 s.
 """
 
 from __future__ import annotations
