@@ -289,8 +289,10 @@ def warm_up(run: _Run) -> float:
 
     One forward and backward on the first batch of each segment (the batch its first step will draw, so the
     capacities are the ones training uses; each segment's shapes compile now, not mid-run), twice under
-    cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped and the
-    optimizer is not stepped, so nothing is learnt and training's numbers are those of an eager run.
+    cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped after each
+    backward pass and the optimizer is not stepped, so nothing is learnt and training's numbers are those of an
+    eager run. (Dropped after each one, not after both: under cuda_graphs the first backward's gradients live in
+    the graphs' memory pool, which the second forward overwrites, and a second backward adding to them fails.)
     """
     if run.compile == "none":
         return 0.0
@@ -302,7 +304,7 @@ def warm_up(run: _Run) -> float:
         inputs, index, picked, _ = draw(run, step)
         for _ in range(2 if run.compile == "cuda_graphs" else 1):
             run.step_loss(inputs, index, picked).backward()
-        run.model.zero_grad(set_to_none=True)
+            run.model.zero_grad(set_to_none=True)
     metrics.synchronize(run.device)
     return time.perf_counter() - started
 

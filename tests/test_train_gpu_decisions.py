@@ -30,6 +30,8 @@ from membench.runners.train import resolve_compile
 from membench.runners.trial import EvalSlice, Segment, TrialConfig, run_trial
 from tests.helpers import run_cli, tiny_spec
 
+CPU = torch.device("cpu")
+
 
 # --- the scan's state readout under bf16 autocast --------------------------------------------
 @pytest.mark.parametrize("scan", [scan_chunked, scan_reference], ids=["chunked", "reference"])
@@ -120,6 +122,26 @@ def test_compile_happens_in_a_warm_up_before_the_clock(monkeypatch):
     pd.testing.assert_series_equal(compiled["accuracy"], eager["accuracy"])
     pd.testing.assert_series_equal(compiled["loss"], eager["loss"], rtol=1e-5)
     assert compiled["steps"].iloc[0] == eager["steps"].iloc[0] == config.steps
+
+
+def test_the_cuda_graphs_warm_up_drops_the_gradients_after_each_backward(monkeypatch):
+    """Under cuda_graphs each segment's first batch runs forward and backward twice; the first backward's
+    gradients live in the graphs' memory pool, which the second forward overwrites, so the second backward
+    must not add to them: every forward of the warm-up starts with no gradients."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(2, 1)
+    grads_seen = []
+
+    def step_loss(*batch):
+        grads_seen.append(model.weight.grad)
+        return model(torch.ones(1, 2)).sum()
+
+    monkeypatch.setattr(train_module, "draw", lambda run, step: (None, None, None, None))
+    run = SimpleNamespace(compile="cuda_graphs", schedule=[0, 0, 1], model=model, step_loss=step_loss, device=CPU)
+    train_module.warm_up(run)
+    assert len(grads_seen) == 4 and all(g is None for g in grads_seen)  # 2 segments x (compile, record)
+    assert model.weight.grad is None  # nothing left for the first real step to add to
 
 
 @pytest.mark.slow
