@@ -69,6 +69,28 @@ def test_sticky_errors_are_told_by_their_message():
     assert not is_sticky(failed_trial(config, "oom", RuntimeError("CUDA out of memory"), "cpu"))
 
 
+def test_a_cuda_error_raised_again_by_the_cleanup_is_recorded_not_raised(monkeypatch):
+    """After a sticky CUDA error the next CUDA call (the cleanup's empty_cache) raises too: run_trial still
+    returns a payload, so the executor can move the rest to a fresh process. A trial that had failed keeps its
+    own error; one that had not becomes an error (the device failed under it), sticky like the cause."""
+    from membench.runners import metrics, trial
+
+    def cleanup_fails(device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(metrics, "end_trial", cleanup_fails)
+    after_ok = trial.run_trial(tiny(0))
+    assert after_ok["runs"][0]["status"] == "error" and is_sticky(after_ok)
+    assert "illegal memory access" in after_ok["runs"][0]["error"]
+
+    def assert_in_training(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(trial, "train", assert_in_training)
+    after_error = trial.run_trial(tiny(0))
+    assert after_error["runs"][0]["status"] == "error" and "device-side assert" in after_error["runs"][0]["error"]
+
+
 def test_the_worker_initialiser_sets_its_cuda_device(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", calls.append)
