@@ -477,6 +477,10 @@ def check_capture(device):
     started = time.perf_counter()
     for seq_len in (1024, 4096):
         for name in list_models():
+            if not model_class(name).compile_friendly:
+                yield Check(f"capture {name} T={seq_len}", "skipped", "not compile-friendly (a loop over tokens or "
+                            "a cuDNN RNN): compile = \"auto\" runs it eagerly")
+                continue
             if time.perf_counter() - started > CAPTURE_BUDGET:
                 yield Check(f"capture {name} T={seq_len}", "skipped", f"over the {CAPTURE_BUDGET:.0f} s budget of "
                             "the capture rows (compile time grows with T for some families)")

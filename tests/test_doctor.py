@@ -71,6 +71,19 @@ def test_cuda_rows_skip_with_their_reason_on_the_cpu():
     assert {"nonzero_static", "capture", "trials in one process", "captured oom", "sdpa backend"} <= set(CUDA_ROWS)
 
 
+def test_the_capture_rows_skip_the_families_auto_never_captures(monkeypatch):
+    """compile = "auto" runs the loops over tokens and cuDNN's RNNs eagerly, so capturing them is no check:
+    their rows are skipped with the reason, and only the others are captured."""
+    captured = []
+    monkeypatch.setattr(doctor, "list_models", lambda: ["lstm", "mlp"])
+    monkeypatch.setattr(doctor, "_train_losses", lambda name, *a, **k: (captured.append(name), ([1.0, 0.9], 0.1))[1])
+    monkeypatch.setattr(doctor, "_dynamo_counts", lambda: (0, 0))
+    rows = list(doctor.check_capture(CPU))
+    assert [(r.name, r.status) for r in rows] == [("capture lstm T=1024", "skipped"), ("capture mlp T=1024", "pass"),
+                                                  ("capture lstm T=4096", "skipped"), ("capture mlp T=4096", "pass")]
+    assert captured == ["mlp", "mlp"] and "runs it eagerly" in rows[0].detail
+
+
 def test_an_allocation_that_cannot_fit_is_an_oom_row_and_the_sweep_goes_on():
     (row,) = run_checks(CPU, only=["oom"])
     assert row.status == "pass" and "oom then ok" in row.detail and "allocate memory" in row.detail
