@@ -56,7 +56,7 @@ from torch import nn
 from membench.checks import check_choice, check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.layers import ShortConv, check_heads
-from membench.models.scan import carry_dtype
+from membench.models.scan import carry_dtype, read_state
 
 EPS = 1e-6
 M_FLOOR = -30.0  # the max state never goes below it: exp(-m) <= exp(30) stays finite
@@ -161,8 +161,9 @@ def mlstm_chunked(
     weights = (log_w - m_i.unsqueeze(-1)).exp()  # (B, H, nC, C, C), zero above the diagonal
     scores = (qc @ kc.transpose(-1, -2)) * weights  # (B, H, nC, C, C)
     inter_w = (inter - m_i).exp().unsqueeze(-1)  # (B, H, nC, C, 1)
-    num = scores @ vc + inter_w * (qc @ C_in)  # (B, H, nC, C, P)
-    qn = scores.sum(-1, keepdim=True) + inter_w * (qc @ n_in.unsqueeze(-1))  # (B, H, nC, C, 1)
+    # the entering state is read in its own precision (read_state: no bf16 rounding of it under autocast)
+    num = scores @ vc + inter_w * read_state(qc, C_in)  # (B, H, nC, C, P)
+    qn = scores.sum(-1, keepdim=True) + inter_w * read_state(qc, n_in.unsqueeze(-1))  # (B, H, nC, C, 1)
     h = num / (torch.maximum(qn.abs(), (-m_i).exp().unsqueeze(-1)) + EPS)  # (B, H, nC, C, P)
     return h.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len].to(v.dtype)
 
