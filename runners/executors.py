@@ -87,6 +87,7 @@ class LocalExecutor:
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         trials = list(trials)
         if len(self.devices) == 1 and self.worker is _worker_trial:
+            thaw = gc.get_freeze_count() == 0  # a caller that froze its own heap keeps it frozen
             gc.freeze()  # what lives now outlives the sweep: each trial's gc.collect skips it (see _claim_device)
             try:
                 while trials:
@@ -95,7 +96,8 @@ class LocalExecutor:
                     if is_sticky(payload):
                         break  # this process's CUDA context is poisoned: the rest run in a fresh worker
             finally:
-                gc.unfreeze()
+                if thaw:
+                    gc.unfreeze()
         yield from self._run_pooled(trials)
 
     def _run_pooled(self, trials: list[TrialConfig]) -> Iterator[dict]:

@@ -226,8 +226,8 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     try:
         metrics.end_trial(device)  # success or failure: reset dynamo, release memory (the next trial starts clean)
     except Exception as err:  # noqa: BLE001 - e.g. a sticky CUDA error, raised again by empty_cache
-        if failure is None:  # an error of the device surfacing only now: this trial's numbers are not to be trusted
-            payload = failed_trial(config, "error", err, str(device))
+        if failure is None:  # an error surfacing only now: this trial's numbers are not to be trusted
+            payload = {**failed_trial(config, "error", err, str(device)), "traceback": traceback.format_exc()}
     return payload  # after a sticky error the executor moves the rest of the sweep to a fresh process
 
 

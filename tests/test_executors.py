@@ -82,6 +82,7 @@ def test_a_cuda_error_raised_again_by_the_cleanup_is_recorded_not_raised(monkeyp
     after_ok = trial.run_trial(tiny(0))
     assert after_ok["runs"][0]["status"] == "error" and is_sticky(after_ok)
     assert "illegal memory access" in after_ok["runs"][0]["error"]
+    assert "cleanup_fails" in after_ok["traceback"]  # shown in full, as any error of a trial is
 
     def assert_in_training(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert triggered")
@@ -118,6 +119,12 @@ def test_trials_in_this_process_run_with_the_heap_before_them_frozen_and_thawed_
     payloads = list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(2)]))
     assert statuses(payloads) == {0: "ok", 1: "ok"}
     assert len(frozen) == 2 and min(frozen) > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()  # a caller's own frozen heap stays frozen after the sweep
+    try:
+        list(LocalExecutor(["cpu"]).run([tiny(0)]))
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.slow
