@@ -127,6 +127,7 @@ class LocalExecutor:
             fill()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                payloads = []
                 for future in done:
                     config, alone = in_flight.pop(future)
                     try:
@@ -135,9 +136,10 @@ class LocalExecutor:
                         crashed.append((config, alone))
                         stop = True
                         continue
-                    yield payload
+                    payloads.append(payload)
                     stop = stop or is_sticky(payload)
-                fill()
+                fill()  # the freed workers start their next trials while the sweep writes these results
+                yield from payloads
         if len(crashed) == 1 or any(alone for _, alone in crashed):
             for config, _ in crashed:  # the one trial in flight when its worker died: that trial's fault
                 err = WorkerDied("the worker process died while running this trial (killed, crashed or out "

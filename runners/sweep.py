@@ -4,11 +4,18 @@
     >>> runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
     >>> runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
 
-Trials already in the directory (by trial_id, with every row their config implies) are skipped; after
-each finished trial its file is written and the tables are rebuilt from every trial file in the directory,
+Trials already in the directory (by trial_id, with every row their config implies) are skipped; each
+finished trial's file is written at once, and the tables are rebuilt from every trial file in the directory,
 keeping the rows of trials that have no file (see runners.tables), so a directory can collect several
 sweeps, a killed sweep resumes where it stopped, and no row is ever dropped. One process writes a
 directory at a time (runners.lock).
+
+The tables are rebuilt after the first trial, then after a trial once TABLES_EVERY seconds have passed since
+the last rebuild (and 1 / TABLES_COST_SHARE times the last rebuild's own time, so that rebuilding the tables
+of a large directory never takes more than that share of a sweep), at the end of the sweep, and when
+anything else ends it (Ctrl-C, SIGTERM, an exception). A `kill -9` leaves them behind the trial files by at
+most those seconds; the next run into the directory catches them up (every trial file is read then), even
+when nothing is left to run.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +36,9 @@ from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import count, text_table
 from membench.runners.spec import SweepSpec
 from membench.runners.trial import STATUSES
+
+TABLES_EVERY = 5.0  # seconds between two rebuilds of the tables during a sweep, at least
+TABLES_COST_SHARE = 0.05  # ... and at most this share of the sweep's time spent rebuilding them
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,
@@ -85,6 +96,7 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
 
         bar = tqdm(total=len(configs), initial=len(configs) - len(pending), desc=spec.name, unit="trial",
                    position=0)
+    rebuild = _TableRebuilds(out, finished, kept)
     try:
         for payload in runner.run(pending):
             if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
@@ -93,16 +105,44 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
                       file=sys.stderr, end="")
             _write(out, lambda: tables.write_trial(out, payload))
             finished[payload["trial_id"]] = payload
-            _write(out, lambda: tables.write_tables(out, tables.frames(finished, kept)))
+            rebuild.after_trial()
             if bar is not None:
                 bar.set_postfix_str(f"{configs[payload['trial_id']].label()}: {_status(payload)}")
                 bar.update()
+    except BaseException as err:  # Ctrl-C, SIGTERM, a bug: the tables catch up with the trial files written so far
+        if not isinstance(err, UsageError):  # (a write that failed is not tried again)
+            rebuild.if_behind()
+        raise
     finally:
         if bar is not None:
             bar.close()
-    if not pending:  # nothing ran: make sure the tables exist and match the trial files
-        _write(out, lambda: tables.write_tables(out, tables.frames(finished, kept)))
+    rebuild.if_behind()  # the end of the sweep; also when nothing ran: the tables exist and match the trial files
     return finished
+
+
+class _TableRebuilds:
+    """When a sweep rebuilds its tables from the trial files (see the module doc): `after_trial` when they
+    are due (the first trial's always), `if_behind` unless nothing changed since the last rebuild (a sweep
+    that has not rebuilt them yet is behind: the tables may not exist, or not match the trial files)."""
+
+    def __init__(self, out: Path, finished: dict[str, dict], kept: dict[str, pd.DataFrame]) -> None:
+        self.out, self.finished, self.kept = out, finished, kept
+        self.last, self.cost, self.behind = -math.inf, 0.0, True
+
+    def after_trial(self) -> None:
+        self.behind = True
+        if time.monotonic() - self.last >= max(TABLES_EVERY, self.cost / TABLES_COST_SHARE):
+            self.now()
+
+    def if_behind(self) -> None:
+        if self.behind:
+            self.now()
+
+    def now(self) -> None:
+        started = time.monotonic()
+        _write(self.out, lambda: tables.write_tables(self.out, tables.frames(self.finished, self.kept)))
+        self.last = time.monotonic()
+        self.cost, self.behind = self.last - started, False
 
 
 def check_out_dir(out: Path) -> None:

@@ -7,11 +7,11 @@ Layout of a sweep directory:
     runs.csv   lags.csv   curves.csv   slice_curves.csv   (+ .parquet beside each when pyarrow is importable)
 
 Crash safety: every file is written to a temporary file in the same directory and moved into place with
-os.replace (atomic on POSIX and Windows). A trial's file is written first, then the tables are rebuilt from
-all trial files; so a kill at any moment loses at most the trial in flight, a table is always either the
-old or the new complete file, and rows cannot be duplicated (they are keyed by trial_id). Temporary files
-are named `.tmp-<pid>-<name>.<random>` and ignored; a sweep removes only its own and those of processes
-that no longer exist (never another live writer's file in flight).
+os.replace (atomic on POSIX and Windows). A trial's file is written as it finishes, and the tables are
+rebuilt from all trial files (when: runners.sweep); so a kill at any moment loses at most the trial in
+flight, a table is always either the old or the new complete file, and rows cannot be duplicated (they are
+keyed by trial_id). Temporary files are named `.tmp-<pid>-<name>.<random>` and ignored; a sweep removes
+only its own and those of processes that no longer exist (never another live writer's file in flight).
 
 No row is ever dropped: rows of the tables whose trial has no file in trials/ (a directory of tables
 copied without its trials/, a trial file deleted by hand) are kept in the rebuilt tables (`kept_rows`),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import queue
+import time
 
 import pandas as pd
 import pytest
@@ -41,6 +42,13 @@ def poisons_on_seed_1(config, compile, threads):
         _poisoned = True
         return failed_trial(config, "error", RuntimeError("CUDA error: device-side assert triggered"), "cpu")
     return executors._worker_trial(config, compile, threads)
+
+
+def records_its_start(config, compile, threads):
+    """A worker that writes when it started each trial (seconds since the epoch) into $STARTS_DIR/<seed>."""
+    with open(os.path.join(os.environ["STARTS_DIR"], str(config.seed)), "w") as f:
+        f.write(repr(time.time()))
+    return failed_trial(config, "error", RuntimeError("not trained"), "cpu")
 
 
 def statuses(payloads) -> dict[int, str]:
@@ -164,3 +172,15 @@ def test_cpu_workers_give_the_rows_of_a_sequential_run(tmp_path):
     key = ["trial_id", "slice"]
     pd.testing.assert_frame_equal(sequential[same].sort_values(key).reset_index(drop=True),
                                   parallel[same].sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_a_freed_worker_starts_its_next_trial_while_the_sweep_writes_the_last_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("STARTS_DIR", str(tmp_path))  # the spawned worker inherits it
+    payloads = LocalExecutor(["cpu"], worker=records_its_start).run([tiny(0), tiny(1)])
+    next(payloads)
+    received = time.time()
+    time.sleep(1.0)  # the sweep writing the first result (its trial file and tables)
+    list(payloads)
+    started = float((tmp_path / "1").read_text())
+    assert started < received + 0.5, f"the second trial started {started - received:.2f} s after the first result"

@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from membench.runners import tables
+from membench.runners import sweep, tables
 from membench.runners.lock import LOCK_NAME, DirectoryLock
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
-from tests.helpers import MICRO_COPY, MICRO_SETTINGS, run_cli
+from tests.helpers import MICRO_COPY, MICRO_SETTINGS, run_cli, tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "results" / "smoke-cpu"
@@ -203,6 +203,51 @@ def test_missing_rows_names_what_is_lacking():
     assert tables.missing_rows(full, ["L8"]) == ""
     assert tables.missing_rows(full, ["L8", "L16"]) == "no runs row for slice(s) L16"
     assert tables.missing_rows({**full, "runs": [{"slice": "L8", "status": "bogus"}]}, ["L8"]).startswith("no runs")
+
+
+# --- 4. the tables are rebuilt often, not after every trial, and always before the sweep ends --------------
+def rebuilds_counted(monkeypatch) -> list[int]:
+    """Count the sweep's table rebuilds: each appends the number of trials whose runs rows it wrote."""
+    counted, real = [], tables.write_tables
+    monkeypatch.setattr(tables, "write_tables",
+                        lambda out, frames: (counted.append(frames["runs"]["trial_id"].nunique()), real(out, frames)))
+    return counted
+
+
+@pytest.mark.parametrize("every, share, expected", [(3600.0, 0.05, [1, 4]), (0.0, 0.05, [1, 4]),
+                                                     (0.0, 1e9, [1, 2, 3, 4])])
+def test_tables_are_rebuilt_after_the_first_trial_when_due_and_at_the_end(tmp_path, monkeypatch, every, share,
+                                                                          expected):
+    """Due after TABLES_EVERY seconds and 1 / TABLES_COST_SHARE rebuild times (each of these trials takes less
+    than 20 rebuilds)."""
+    monkeypatch.setattr(sweep, "TABLES_EVERY", every)
+    monkeypatch.setattr(sweep, "TABLES_COST_SHARE", share)
+    counted = rebuilds_counted(monkeypatch)
+    spec = load_spec(None, tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp"],
+                                     seeds=[0, 1, 2, 3], steps=2, eval_every=2))
+    run_sweep(spec, tmp_path / "out", progress=False)
+    assert counted == expected
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["trial_id"].nunique() == 4
+
+
+def test_an_interrupted_sweep_first_brings_its_tables_up_to_its_trial_files(tmp_path, monkeypatch):
+    from membench.runners import executors
+
+    real = executors.run_trial
+
+    def interrupted_at_seed_2(config, *args, **kwargs):
+        if config.seed == 2:
+            raise KeyboardInterrupt
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "run_trial", interrupted_at_seed_2)
+    counted = rebuilds_counted(monkeypatch)
+    spec = load_spec(None, tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["mlp"],
+                                     seeds=[0, 1, 2, 3], steps=2, eval_every=2))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path / "out", progress=False)
+    assert counted == [1, 2]  # after the first trial (due), then on the interrupt (the second was not due)
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["trial_id"].nunique() == 2
 
 
 # --- 5. an empty --out ------------------------------------------------------------------------------------
