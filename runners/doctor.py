@@ -149,10 +149,6 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return precision.choose_precision(device)
 
 
-def _region(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 # --- the install ---------------------------------------------------------------------------
 def required_torch() -> str:
     """The torch version pyproject.toml requires: the checkout's file when run from one, else the installed
@@ -198,7 +194,7 @@ def check_precision(device):
 # --- the models ----------------------------------------------------------------------------
 def _forward_backward(model, tokens, dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    with _region(tokens.device, dtype):
+    with metrics.autocast_to(tokens.device, dtype):
         out = model(tokens).float()  # (B, T, V)
     weights = torch.linspace(-1, 1, out.shape[-1], device=out.device)
     (out * weights).sum().backward()
@@ -577,7 +573,7 @@ def _sdpa_calls(model, tokens, dtype) -> list[tuple]:
 
     F.scaled_dot_product_attention = record
     try:
-        with torch.no_grad(), _region(tokens.device, dtype):
+        with torch.no_grad(), metrics.autocast_to(tokens.device, dtype):
             model(tokens)
     finally:
         F.scaled_dot_product_attention = real

@@ -53,7 +53,12 @@ class SliceResult:
 def autocast(device: torch.device):
     """Autocast to the precision chosen for `device` (runners.precision: bf16 on CUDA GPUs that have it),
     or plain fp32 (no autocast) elsewhere."""
-    dtype = choose_precision(device)
+    return autocast_to(device, choose_precision(device))
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device`, or nothing at all when dtype is None (plain fp32). A function that
+    torch.compile captures calls this with a dtype chosen before it (choosing asks the CUDA driver)."""
     return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -178,9 +178,10 @@ def loss_fn(model, compile: str, device: torch.device):
     ("auto" resolved by `resolve_compile`; see the module doc). Evaluation always runs eagerly (its lengths
     vary)."""
     compile = resolve_compile(model, compile, device)
+    dtype = precision.choose_precision(device)  # chosen here, outside what torch.compile captures
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-        with metrics.autocast(device):
+        with metrics.autocast_to(device, dtype):
             return scored_loss(model, model.features(inputs), index, picked)
 
     if compile == "none":

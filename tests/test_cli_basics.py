@@ -103,3 +103,12 @@ def test_a_bug_outside_a_trial_keeps_its_traceback_and_bad_config_is_one_line(ca
     monkeypatch.setattr(tasks_command, "run", bad_config)
     code, _, err = run_cli(capsys, "tasks")
     assert code == 2 and err == "membench: error: num_kv_pairs must be an integer >= 1, got 0\n"
+
+
+def test_starting_the_cli_does_not_import_the_compiler():
+    """torch._dynamo (and sympy under it) is ~1.5 s of start-up: every command (`membench models` too) and the
+    parent of a pooled sweep, which trains nothing, would pay it (torch.optim imports it at its first use)."""
+    code = ("import sys; import membench.runners.cli as cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

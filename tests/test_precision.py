@@ -90,16 +90,20 @@ def test_auto_compile_follows_the_hardware(fake_gpu, monkeypatch):
     assert calls == [{"mode": "reduce-overhead"}]
 
 
-def test_the_precision_is_read_once_per_trace_without_a_graph_break(fake_gpu, monkeypatch):
-    """Under torch.compile (fullgraph: a graph break would raise) the bf16 query is a constant."""
+def test_the_training_forward_chooses_its_precision_before_any_capture(fake_gpu, monkeypatch):
+    """loss_fn asks for the precision once, when it builds the forward, never inside it: inside, torch.compile
+    would capture the question to the CUDA driver (a graph break, or torch._dynamo imported at start-up to
+    declare it a constant)."""
+    from membench.models import build_model
+
     fake_gpu("NVIDIA H100 80GB HBM3")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # dynamo would save the (absent) CUDA RNG
-    cuda = torch.device("cuda")
-
-    @torch.compile(fullgraph=True, backend="eager")
-    def scaled(x):
-        return x * (2.0 if precision.choose_precision(cuda) == torch.bfloat16 else 3.0)
-
-    torch._dynamo.reset()
-    assert scaled(torch.ones(2)).tolist() == [2.0, 2.0]
-    torch._dynamo.reset()
+    asked = []
+    for module in (precision, metrics):
+        monkeypatch.setattr(module, "choose_precision", lambda device: asked.append(device))
+    forward = loss_fn(build_model("mlp", 16, d_model=8, n_layers=1), "none", torch.device("cuda"))
+    assert len(asked) == 1
+    inputs = torch.randint(0, 16, (2, 8))
+    index, picked = torch.tensor([3, 11]), torch.tensor([5, 7])
+    for _ in range(2):
+        assert torch.isfinite(forward(inputs, index, picked))
+    assert len(asked) == 1
