@@ -19,6 +19,7 @@ from membench import models
 from membench.checks import LIMITS, ConfigError
 from membench.memtasks import get_task
 from membench.models import (
+    SMALL_COUNT,
     count_params,
     fast_attention_width,
     list_models,
@@ -52,18 +53,23 @@ def one_line(code: int, err: str, out: Path | None = None) -> str:
     return lines[0]
 
 
-# --- 6. parameter matching: on the meta device, bounded, fast failure ---------------------------------------
-def test_counts_on_the_meta_device_agree_with_real_models():
+# --- 6. parameter matching: large models on the meta device, bounded, fast failure --------------------------
+@pytest.mark.parametrize("width", [32, SMALL_COUNT["d_model"] + 8])  # counted on the CPU, on the meta device
+def test_counts_agree_with_real_models_and_draw_nothing(width):
     for name in list_models():
-        assert count_params(name, 32, 32, 2) == models.build_model(name, 32, d_model=32, n_layers=2).num_params()
+        state = torch.get_rng_state()
+        assert count_params(name, 32, width, 2) == models.build_model(name, 32, d_model=width).num_params()
+        torch.set_rng_state(state)
+        count_params(name, 32, width, 2)
+        assert torch.equal(torch.get_rng_state(), state), f"counting {name} drew from the global random state"
 
 
-def test_matching_never_builds_a_real_model_and_is_bounded(monkeypatch):
-    devices = []
+def test_matching_builds_only_small_models_for_real_and_is_bounded(monkeypatch):
+    built = []  # (the default device while the model is built, its width)
     real = models.build_model
 
     def recording(*args, **kwargs):
-        devices.append(torch.empty(()).device.type)  # the default device while the model is built
+        built.append((torch.empty(()).device.type, kwargs["d_model"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(models, "build_model", recording)
@@ -72,8 +78,10 @@ def test_matching_never_builds_a_real_model_and_is_bounded(monkeypatch):
             matched_width("transformer", 100_000, 64, 2, n_heads=heads)
         except ConfigError:
             pass
-    assert devices and set(devices) == {"meta"}
-    assert len(devices) < 200
+    assert len(built) < 200
+    matched_width("transformer", 5_000_000, 64, 2)  # past the small models
+    assert {device for device, _ in built} == {"cpu", "meta"}
+    assert all(width <= SMALL_COUNT["d_model"] for device, width in built if device == "cpu")
 
 
 @pytest.mark.parametrize("params", [{}, {"mixer_pattern": "conv,conv,conv,attention"}])
