@@ -131,9 +131,10 @@ def matched_width(name: str, target_params: int, vocab_size: int, n_layers: int 
                   tolerance: float = 0.10, **params) -> int:
     """The width whose parameter count is closest to `target_params` (see params_matched).
 
-    Counts of large models are taken on the meta device (count_params) and the search is bounded (widths up to LIMITS["d_model"], about
-    30 counts), so an impossible request (a vocabulary whose embedding alone exceeds the target, a target
-    above the model-size ceiling, thousands of layers) fails in well under a second with one line.
+    Counts of large models are taken on the meta device (count_params) and the search is bounded (widths up
+    to LIMITS["d_model"], about 30 counts), so an impossible request (a vocabulary whose embedding alone
+    exceeds the target, a target above the model-size ceiling, thousands of layers) fails in well under a
+    second with one line.
     """
     check_int("target_params", target_params)
     check_limit("target_params", target_params, "params")
