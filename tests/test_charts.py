@@ -3,6 +3,8 @@ one colour per family everywhere, optional tables skipped cleanly, and one-line 
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -128,3 +130,15 @@ def test_accuracy_vs_length_draws_the_seed_interval_when_cells_have_seeds(tmp_pa
     one_seed = Sweep.from_results(read_results(write_sweep(tmp_path / "one", pd.DataFrame(rows[:4], columns=RUNS_COLUMNS))))
     (svg,) = [p for p in accuracy_vs_length(one_seed, tmp_path / "charts") if p.suffix == ".svg"]
     assert "bootstrap" not in svg.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the charts are drawn in one process")
+def test_charts_drawn_by_two_processes_are_the_bytes_one_process_draws(tmp_path):
+    rows = trial("copy", "gru", 64, 0.95, generalisation=(0.9, 0.5)) + trial("copy", "lstm", 64, 0.5)
+    directory = write_sweep(tmp_path, pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    results = read_results(directory)
+    alone = draw_charts(results, tmp_path / "alone")
+    shared = draw_charts(results, tmp_path / "shared", parallel=True)
+    assert [p.name for p in shared] == [p.name for p in alone] and len(alone) >= 2 * len(STEMS) - 4
+    assert all((tmp_path / "shared" / p.name).read_bytes() == p.read_bytes() for p in alone)

@@ -30,7 +30,15 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from membench.runners.reporting.cost_charts import draw_cost_charts
-from membench.runners.reporting.figures import RC, count_label, family_styles, panel_grid, save_figure
+from membench.runners.reporting.figures import (
+    RC,
+    Job,
+    count_label,
+    draw_in_parallel,
+    family_styles,
+    panel_grid,
+    save_figure,
+)
 from membench.runners.reporting.intervals import with_cell_intervals
 from membench.runners.reporting.leaderboard import (
     THRESHOLD,
@@ -352,14 +360,21 @@ def cost_charts(results: Results, out_dir: Path) -> list[Path]:
 CHARTS = (accuracy_vs_length, heatmap, accuracy_vs_lag, length_generalisation, accuracy_vs_cost, training_curves)
 
 
-def draw_charts(results: Results, out_dir: str | Path) -> list[Path]:
-    """Draw every chart the tables allow into `out_dir` (created if needed); return the files written."""
+def draw_charts(results: Results, out_dir: str | Path, parallel: bool = False) -> list[Path]:
+    """Draw every chart the tables allow into `out_dir` (created if needed); return the files written (with
+    `parallel`, in two processes: figures.draw_in_parallel)."""
+    return [path for paths in draw_in_parallel(chart_jobs(results, out_dir), parallel) for path in paths]
+
+
+def chart_jobs(results: Results, out_dir: str | Path) -> list[Job]:
+    """The drawing jobs of `draw_charts` (figures.draw_in_parallel runs them), `out_dir` created."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = Sweep.from_results(results)
-    paths: list[Path] = []
+    return [(_in_style, (chart, sweep, out_dir)) for chart in CHARTS] + [(_in_style, (cost_charts, results, out_dir))]
+
+
+def _in_style(chart, *args) -> list[Path]:
+    """chart(*args) in the sweep charts' style (RC)."""
     with matplotlib.rc_context(RC):
-        for chart in CHARTS:
-            paths += chart(sweep, out_dir)
-        paths += cost_charts(results, out_dir)
-    return paths
+        return chart(*args)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from membench.runners.reporting.charts import draw_charts
+from membench.runners.reporting.charts import chart_jobs
 from membench.runners.reporting.error_rates import write_error_rates
+from membench.runners.reporting.figures import PARALLEL_FROM, draw_in_parallel
 from membench.runners.reporting.frontier import write_frontier
 from membench.runners.reporting.leaderboard import write_leaderboard
 from membench.runners.reporting.results import read_results
@@ -56,17 +57,23 @@ def publish(directory: str | Path) -> Published:
     results = read_results(directory)
     named = named_slice_rows(results.runs)
     out = Published(results.directory)
+    charts = results.directory / "charts"
     slice_files, slice_table = write_slices(results.runs, results.directory)
+    error_files = write_error_rates(results.directory)  # for tasks that report error rates (flip_flop)
+    out.slices_only = len(named) == len(results.runs)
+    jobs = [(slice_curves_chart, (results.slice_curves, named, charts))] if slice_files else []
+    if not out.slices_only:
+        board_files, board_table = write_leaderboard(results)
+        frontier_files, frontier_charts = write_frontier(results.runs, results.directory)
+        jobs += chart_jobs(results, charts)
+    drawn = draw_in_parallel(jobs, parallel=results.runs["trial_id"].nunique() >= PARALLEL_FROM)
     if slice_files:
-        out.reports += slice_files + slice_curves_chart(results.slice_curves, named, results.directory / "charts")
+        out.reports += slice_files + drawn.pop(0)
         out.tables.append(slice_table)
-    out.reports += write_error_rates(results.directory)  # for tasks that report error rates (flip_flop)
-    if len(named) == len(results.runs):
-        out.slices_only = True
+    out.reports += error_files
+    if out.slices_only:
         return out
-    board_files, board_table = write_leaderboard(results)
-    frontier_files, frontier_charts = write_frontier(results.runs, results.directory)
     out.reports = board_files + out.reports + frontier_files
     out.tables.append(board_table)
-    out.charts = draw_charts(results, results.directory / "charts") + frontier_charts
+    out.charts = [path for paths in drawn for path in paths] + frontier_charts
     return out
