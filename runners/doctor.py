@@ -340,7 +340,7 @@ def check_fused_adamw(device):
             optimizer.step()
         results.append(torch.cat([p.detach().flatten() for p in copies]))
     err = (results[0] - results[1]).abs().max().item()
-    note = "" if device.type == "cuda" else " (the runner uses it on CUDA only)"
+    note = "" if device.type in train.FUSED_ADAMW_DEVICES else " (the runner does not use it on this device)"
     yield verdict(err <= 1e-5, "fused AdamW", f"3 steps: max difference {err:.1e} from the loop (tol 1e-5){note}",
                   "fused AdamW disagrees")
 
