@@ -92,6 +92,7 @@ class LocalExecutor:
             try:
                 while trials:
                     payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads)
+                    gc.freeze()  # what outlived the trial's garbage collection (see _worker_trial)
                     yield payload
                     if is_sticky(payload):
                         break  # this process's CUDA context is poisoned: the rest run in a fresh worker
@@ -170,7 +171,12 @@ def _claim_device(free, workers: int) -> None:
 
 
 def _worker_trial(config: TrialConfig, compile: str, threads: int | None) -> dict:
-    return run_trial(config, _worker_device, compile, threads=threads)
+    payload = run_trial(config, _worker_device, compile, threads=threads)
+    # What outlived the trial's garbage collection joins the frozen heap: the modules its first optimizer
+    # imported (torch._dynamo, ~200k objects: ~55 ms a collection) and the caches it filled. Each trial's
+    # collection then walks only the objects made since the last one: ~1 ms instead of ~55 on the CPU
+    gc.freeze()
+    return payload
 
 
 class RayExecutor:

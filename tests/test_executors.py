@@ -135,6 +135,32 @@ def test_trials_in_this_process_run_with_the_heap_before_them_frozen_and_thawed_
         gc.unfreeze()
 
 
+def _is_frozen(obj) -> bool:
+    """gc.get_objects() lists the three generations, not the frozen (permanent) one."""
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+def test_what_outlives_a_trial_is_frozen_before_the_next_one(monkeypatch):
+    """Objects a trial leaves alive (the modules its first optimizer imports, caches) are frozen when it ends,
+    in this process and in a worker, so that the next trial's garbage collection does not walk them."""
+    survivors, seen = [], []
+
+    def leaving_a_survivor(config, *args, **kwargs):
+        seen.append([_is_frozen(s) for s in survivors])
+        survivors.append(["made by trial", config.seed])  # a list: always tracked by the collector
+        return failed_trial(config, "error", RuntimeError("not run"), "cpu")
+
+    monkeypatch.setattr(executors, "run_trial", leaving_a_survivor)
+    assert gc.get_freeze_count() == 0
+    list(LocalExecutor(["cpu"]).run([tiny(s) for s in range(3)]))
+    assert seen == [[], [True], [True, True]] and gc.get_freeze_count() == 0  # thawed after the sweep
+    try:
+        executors._worker_trial(tiny(3), "none", None)
+        assert _is_frozen(survivors[-1])
+    finally:
+        gc.unfreeze()
+
+
 @pytest.mark.slow
 def test_after_a_sticky_error_in_this_process_the_rest_runs_in_a_fresh_worker(monkeypatch):
     """One device: trials run in this process until one poisons it; the rest go to a spawned worker (where
