@@ -114,6 +114,22 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in FUSED_ADAMW_DEVICES)
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients of `params` so that their global L2 norm is at most `max_norm`: the operations of
+    torch.nn.utils.clip_grad_norm_ alone (one foreach norm, the norm of the norms, one foreach scale by
+    min(1, max_norm / (norm + 1e-6))), so the same bytes, in ~0.1 ms a step instead of ~0.5 on the CPU, where
+    the library's grouping and checks cost more than the arithmetic for the ~40 small tensors of a smoke model.
+    Gradients of several devices or dtypes go to the library function."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if len({(g.device, g.dtype) for g in grads}) > 1:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # () the global norm
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+
+
 # --- the loss at scored positions ----------------------------------------------------------
 def scored_loss_reference(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy at the scored positions by boolean indexing (readable; syncs for N).
@@ -236,6 +252,7 @@ class _Run:
     stop_names: list[str]  # the slices that must reach the threshold to stop early
     schedule: list[int]  # segment of each step
     optimizer: torch.optim.Optimizer
+    params: list  # the model's parameters in its order (what clip_grad_norm scales)
     compile: str  # the capture of the step, "auto" resolved (see resolve_compile)
     step_loss: object  # (inputs, index, picked) -> () loss, captured per `compile`
     capacity: list[int | None]  # gather rows of each segment, set from its first batch
@@ -269,7 +286,7 @@ def start(model, config, device: torch.device, compile: str) -> _Run:
         eval_tasks=eval_tasks, at_train_len=at_train_len,
         stop_names=list(eval_tasks) if config.early_stop == "all_slices" else at_train_len,
         schedule=segment_schedule([s.weight for s in config.segments], config.steps, config.seed),
-        optimizer=make_optimizer(model, config.lr, config.weight_decay, device),
+        optimizer=make_optimizer(model, config.lr, config.weight_decay, device), params=list(model.parameters()),
         compile=compile, step_loss=loss_fn(model, compile, device),
         capacity=[None] * len(config.segments),
         out=TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments)),
@@ -325,7 +342,7 @@ def train_step(run: _Run, step: int) -> None:
     loss = run.step_loss(inputs, index, picked)
     run.excess += dropped
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    clip_grad_norm(run.params, config.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.loss_sum += loss.detach()

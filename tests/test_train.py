@@ -19,6 +19,7 @@ from membench.runners import train as train_module
 from membench.runners.spec import load_spec
 from membench.runners.train import (
     CapacityExceeded,
+    clip_grad_norm,
     gather_capacity,
     loss_fn,
     scored_loss,
@@ -154,6 +155,36 @@ def copy_trial(**change) -> TrialConfig:
                   n_layers=1, train_len=16, seed=0, lr=1e-2, batch_size=8, steps=20, eval_every=5, log_every=5,
                   eval_slices=(EvalSlice("L16", 16, 16), EvalSlice("L32", 32, 16)))
     return TrialConfig(**{**fields, **change})
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3], ids=["below", "near", "above"])
+def test_clipping_gives_the_bytes_of_torchs_clip_grad_norm(scale):
+    """clip_grad_norm is torch.nn.utils.clip_grad_norm_'s arithmetic without its overhead: the same gradients
+    bit for bit, whether the norm is below the limit (left alone) or above it (scaled), with a parameter
+    that has no gradient, and in the library's hands for mixed dtypes."""
+    def grads(dtypes):
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(7, 5), (5,), (3, 4, 2), (2,)]
+        params = [torch.nn.Parameter(torch.zeros(shape, dtype=dt)) for shape, dt in zip(shapes, dtypes)]
+        for p in params[:-1]:  # the last one has no gradient
+            p.grad = (scale * torch.randn(p.shape, generator=gen)).to(p.dtype)
+        return params
+
+    for dtypes in ([torch.float32] * 4, [torch.float32, torch.float64, torch.float32, torch.float32]):
+        ours, theirs, before = grads(dtypes), grads(dtypes), grads(dtypes)
+        clip_grad_norm(ours, 1.0)
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+        assert ours[-1].grad is None
+        for a, b in zip(ours[:-1], theirs[:-1]):
+            assert torch.equal(a.grad, b.grad)
+        def norm(params):
+            return torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in params[:-1]]))
+
+        if norm(before) > 1.0:
+            assert norm(ours) == pytest.approx(1.0, rel=1e-5)
+        else:
+            assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours[:-1], before[:-1]))
+    assert scale != 1e-3 or norm(before) < 1.0  # each branch is taken by some scale
 
 
 def test_a_step_beyond_the_gather_capacity_fails_the_trial(monkeypatch):
