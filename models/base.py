@@ -29,10 +29,15 @@ from membench.checks import ConfigError, check_bool, check_int
 PATHS = ("fast", "reference")
 
 
-class Mixer(nn.Module):
-    """A causal sequence mixer (B, T, D) -> (B, T, D): output at t depends on inputs at <= t only."""
+class TwoPaths:
+    """A module with a fast path and a readable reference path tested against it: every mixer, and layers
+    inside mixers that have a faster form of their own (models.layers.ShortConv)."""
 
     path: str = "fast"  # "fast" or "reference"; set through MemoryModel.set_path
+
+
+class Mixer(TwoPaths, nn.Module):
+    """A causal sequence mixer (B, T, D) -> (B, T, D): output at t depends on inputs at <= t only."""
 
     def state_size(self, seq_len: int) -> int:
         """Floats of memory carried to predict the token at `seq_len` (per sequence)."""
@@ -180,11 +185,12 @@ class MemoryModel(nn.Module):
 
     # --- paths -----------------------------------------------------------------------------
     def set_path(self, path: str) -> "MemoryModel":
-        """Choose the fast path or the readable reference path in every mixer; returns self."""
+        """Choose the fast path or the readable reference path in every mixer (and every layer with paths of
+        its own); returns self."""
         if path not in PATHS:
             raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         for module in self.modules():
-            if isinstance(module, Mixer):
+            if isinstance(module, TwoPaths):
                 module.path = path
         return self
 

@@ -9,6 +9,10 @@ ShortConv, a depthwise causal convolution of kernel size k (each channel d has i
 
     y[b, t, d] = bias[d] + sum_{j=0}^{k-1} w[d, j] * x[b, t - (k-1) + j, d]     (x = 0 before t = 0)
 
+Reference: torch's grouped conv1d. Fast path on the CPU: the sum above as k shifted multiply-adds (oneDNN's
+depthwise convolution takes ~1.4 ms for the backward pass of a smoke model's 72 channels x 32 tokens, the k
+multiply-adds ~0.5 ms); elsewhere conv1d (cuDNN) is the fast path too.
+
 Rotary embedding (RoPE, half-split form): channel pairs (i, i + hd/2) of a query or key at position p
 are rotated by the angle p * base^(-2i/hd), so that q_p . k_s depends on p - s only:
 
@@ -29,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.checks import ConfigError, check_int
-from membench.models.base import PATHS, Mixer, linear_flops
+from membench.models.base import PATHS, Mixer, TwoPaths, linear_flops
 
 
-class ShortConv(nn.Module):
+class ShortConv(TwoPaths, nn.Module):
     """Depthwise causal convolution (B, T, D) -> (B, T, D) with `kernel_size` taps per channel.
 
     The input is padded with k-1 zeros on the left only, so the output has exactly T positions and
@@ -49,6 +53,8 @@ class ShortConv(nn.Module):
         self.conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self.path == "fast" and x.device.type == "cpu":
+            return causal_taps(x, self.conv.weight, self.conv.bias)
         x = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))  # (B, D, T + k - 1)
         return self.conv(x).transpose(1, 2)  # (B, T, D)
 
@@ -59,6 +65,23 @@ class ShortConv(nn.Module):
     def flops(self, batch_size: int, seq_len: int) -> int:
         """k multiply-adds per output element, as torch's FlopCounterMode counts the convolution."""
         return 2 * batch_size * seq_len * self.d_model * self.kernel_size
+
+
+def causal_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The depthwise causal convolution as k shifted multiply-adds: x (B, T, D), weight (D, 1, k) and bias (D,)
+    as nn.Conv1d(D, D, k, groups=D) holds them -> (B, T, D), y_t = bias + sum_j w_j * x_{t-(k-1)+j}.
+
+        >>> x = torch.arange(1.0, 5.0).view(1, 4, 1)                   # 1, 2, 3, 4
+        >>> causal_taps(x, torch.tensor([[[1.0, 10.0]]]), torch.zeros(1)).flatten()  # 10 x_t + x_{t-1}
+        tensor([10., 21., 32., 43.])
+    """
+    k, seq_len = weight.shape[-1], x.shape[1]
+    taps = weight[:, 0].t()  # (k, D): tap j of every channel
+    padded = F.pad(x, (0, 0, k - 1, 0))  # (B, T + k - 1, D): k - 1 zeros before t = 0
+    y = torch.addcmul(bias, padded[:, k - 1:], taps[k - 1])  # (B, T, D): the newest input's tap
+    for j in range(k - 1):  # the older inputs, x_{t-(k-1)+j}
+        y = torch.addcmul(y, padded[:, j:j + seq_len], taps[j])
+    return y
 
 
 def optional_short_conv(channels: int, kernel_size: object) -> ShortConv | None:

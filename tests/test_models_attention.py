@@ -32,16 +32,38 @@ VOCAB = 16
 
 # --- layers ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel_size", [1, 3, 4])
-def test_short_conv_is_the_explicit_shifted_sum(kernel_size):
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_short_conv_is_the_explicit_shifted_sum(kernel_size, path):
     torch.manual_seed(0)
     conv = ShortConv(6, kernel_size).double()
+    conv.path = path
     x = torch.randn(2, 9, 6, dtype=torch.float64)
     w, b = conv.conv.weight[:, 0, :], conv.conv.bias  # (D, k), (D,)
     padded = torch.cat((x.new_zeros(2, kernel_size - 1, 6), x), dim=1)  # (B, k-1+T, D)
     expected = b + sum(w[:, j] * padded[:, j : j + 9] for j in range(kernel_size))
     torch.testing.assert_close(conv(x), expected)
+    conv.path = "reference"  # conv1d, which FlopCounterMode counts (not the fast path's multiply-adds)
     assert counted_flops(conv, x) == conv.flops(2, 9)
     assert conv.state_size() == (kernel_size - 1) * 6
+
+
+@pytest.mark.parametrize("kernel_size,seq_len", [(1, 7), (4, 32), (4, 2), (3, 1)])
+def test_short_conv_fast_path_equals_conv1d_in_outputs_and_gradients(kernel_size, seq_len):
+    """The CPU fast path (shifted multiply-adds) against the reference conv1d, in float32 as training runs
+    it, for lengths above and below the kernel size: outputs and the gradients of input, taps and bias."""
+    torch.manual_seed(0)
+    conv = ShortConv(72, kernel_size)
+    x = torch.randn(3, seq_len, 72)
+    results = {}
+    for path in ("fast", "reference"):
+        conv.path = path
+        conv.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        y = conv(leaf)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results[path] = [y, leaf.grad, conv.conv.weight.grad, conv.conv.bias.grad]
+    for fast, reference in zip(results["fast"], results["reference"]):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)  # sums over B T in another order
 
 
 def test_short_conv_is_causal_with_its_receptive_field():
