@@ -39,7 +39,7 @@ MIXER_KINDS = ("attention", "conv")
 
 
 class GatedConv(Mixer):
-    """BaseConv: y = ShortConv(x) * (W x + b) [+ x], (B, T, D) -> (B, T, D). One path (conv1d is the plain form)."""
+    """BaseConv: y = ShortConv(x) * (W x + b) [+ x], (B, T, D) -> (B, T, D). Its paths are the convolution's."""
 
     def __init__(self, d_model: int, kernel_size: int = 4, residual: bool = False) -> None:
         super().__init__()
