@@ -76,8 +76,8 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
         S_c   = exp(L_last) S_{c-1} + sum_{j in c} exp(L_last - L_j) k_j v_j^T
 
     Only differences L_i - L_j with j <= i are kept (the rest are clamped to 0 before exp, then zeroed:
-    a mask of -inf is 3x slower on the CPU), so every factor lies in [0, 1] and nothing overflows. T need not be a multiple of C: the tail is
-    zero-padded (zero keys and values add nothing to the state).
+    a mask of -inf is 3x slower on the CPU), so every factor lies in [0, 1] and nothing overflows. T need
+    not be a multiple of C: the tail is zero-padded (zero keys and values add nothing to the state).
 
     Four stages, numbered in the code as in mamba's ssd_minimal.py: (1) the output of each chunk from its
     own tokens, (2) the state each chunk adds, (3) the recurrence across chunks, (4) the state read out.
