@@ -87,6 +87,27 @@ def test_blocks_of_several_chunks_give_the_same_delta_rule(decay, per_block, mon
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_blocks_follow_the_device_and_the_cpu_threads():
+    """One chunk a block on a CPU with one torch thread, CPU_THREADED_BLOCK with more, all chunks elsewhere;
+    with two threads (blocks of 8) the outputs are those of one (blocks of 1)."""
+    from membench.models import scan
+
+    before = torch.get_num_threads()
+    inputs = delta_inputs(2, 45, 3, 4, 5, True)  # 12 chunks of 4
+    try:
+        torch.set_num_threads(1)
+        one = [scan._chunks_per_block(torch.device("cpu"), n) for n in (3, 100)]
+        single = delta_rule_chunked(*inputs, chunk_size=4)
+        torch.set_num_threads(2)
+        two = [scan._chunks_per_block(torch.device("cpu"), n) for n in (3, 100)]
+        threaded = delta_rule_chunked(*inputs, chunk_size=4)
+    finally:
+        torch.set_num_threads(before)
+    assert one == [1, 1] and two == [3, scan.CPU_THREADED_BLOCK]
+    assert scan._chunks_per_block(torch.device("cuda"), 100) == 100
+    torch.testing.assert_close(threaded, single, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("decay", [False, True], ids=["deltanet", "gated"])
 def test_chunk_size_does_not_change_the_delta_rule(decay):
     q, k, v, beta, log_decay = delta_inputs(2, 45, 3, 4, 5, decay)
