@@ -25,7 +25,7 @@ pytestmark = pytest.mark.benchmark
 
 BATCH, LENGTH, HEADS, WIDTH = 8, 4096, 4, 32
 ROUNDS = 2
-SPEED_UP_TARGET = 10.0  # issue 14; reached with two threads in about half the runs, with one rarely (README)
+SPEED_UP_TARGET = 10.0  # issue 14; reached with two threads at chunks of 32, with one rarely (README)
 SPEED_UP_FLOOR = 4.0
 
 
