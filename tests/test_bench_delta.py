@@ -7,8 +7,9 @@ without log-decays (gated_deltanet, deltanet), chunks of 32 and 64, with one tor
 what each worker of a CPU sweep has) and with two (both cores of the CI machine). Both paths are timed in the
 same test, alternating, min of ROUNDS each: with one thread in CPU time of this process (`time.process_time`:
 the work done, which a busy shared machine inflates far less than wall time), with two in wall time (CPU time
-would add up both threads). The issue's target is a speed-up of SPEED_UP_TARGET; the test asserts SPEED_UP_FLOOR, the
-least speed-up measured so far (README, "Benchmarks"), so that a regression fails, and reports the ratio.
+would add up both threads). The issue's target is a speed-up of SPEED_UP_TARGET: the test asserts it where it
+is met (TARGET_MET: both cores, chunks of 32) and SPEED_UP_FLOOR elsewhere, below the least speed-up measured
+there (README, "Benchmarks"), so that a regression fails; it reports every ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.benchmark
 
 BATCH, LENGTH, HEADS, WIDTH = 8, 4096, 4, 32
 ROUNDS = 2
-SPEED_UP_TARGET = 10.0  # issue 14; reached with two threads at chunks of 32, with one rarely (README)
+SPEED_UP_TARGET = 10.0  # issue 14
+TARGET_MET = {(2, 32)}  # (threads, chunk_size): 10.6-14.4x in four runs; one thread 8.1-9.7x, chunks of 64 8-11x
 SPEED_UP_FLOOR = 4.0
 
 
@@ -76,4 +78,5 @@ def test_chunked_delta_rule_against_the_reference(benchmark, decay, chunk_size, 
     clock = "CPU time" if threads == 1 else "wall time"
     print(f"\ndelta rule, decay={decay}, chunk {chunk_size}, {threads} thread(s): reference {min(reference_s):.2f} s, "
           f"chunked {min(chunked_s):.3f} s ({clock}): {ratio:.1f}x (target {SPEED_UP_TARGET:.0f}x)")
-    assert ratio >= SPEED_UP_FLOOR, f"chunked {min(chunked_s):.3f} s vs reference {min(reference_s):.2f} s"
+    floor = SPEED_UP_TARGET if (threads, chunk_size) in TARGET_MET else SPEED_UP_FLOOR
+    assert ratio >= floor, f"chunked {min(chunked_s):.3f} s, reference {min(reference_s):.2f} s: {ratio:.1f}x < {floor}"
