@@ -1,6 +1,7 @@
 # membench: `make test` and `make leaderboard` each set everything up on a fresh machine.
 #   TORCH_SPEC  which torch to install first (CI asks for the CPU build: TORCH_SPEC=torch==2.13.0)
 #   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet, hf)
+# Everything but torch installs at the tested versions of constraints.txt; `make test-latest` tries the newest.
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch>=2.6
@@ -8,16 +9,30 @@ EXTRAS     ?= dev
 comma      := ,
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+LATEST     := .venv-latest
 
-.PHONY: install test bench leaderboard clean
+.PHONY: install test test-latest constraints bench leaderboard clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
+
+# The suite against the newest release of every dependency (no constraints), in a new venv of its own.
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(LATEST)/bin/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -v '^-e' > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
+# Pins what `make test-latest` just passed with (torch and its own requirements excepted).
+constraints: $(LATEST)/versions.txt
+	{ sed -n '1,3p' constraints.txt; grep -viE '^(torch|filelock|fsspec|jinja2|markupsafe|networkx|setuptools|sympy|mpmath|typing[-_]extensions|membench|pip|wheel)==' $<; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 test: install
 	$(PY) -m pytest -q
@@ -29,4 +44,4 @@ leaderboard: install
 	$(VENV)/bin/membench leaderboard --out results/latest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis
+	rm -rf $(VENV) $(LATEST) .pytest_cache .benchmarks .hypothesis

@@ -81,22 +81,38 @@ def counted_flops(model: MemoryModel, batch_size: int, seq_len: int) -> int:
     cache = model.__dict__.setdefault("_counted_flops", {})
     attention = model.__dict__.setdefault("_counted_attention_flops", {})
     if (batch_size, seq_len) not in cache:
-        paths = {m: m.path for m in model.mixers()}
-        own_path, training = getattr(model, "path", None), model.training
         device = next(model.parameters()).device
-        try:
-            model.set_path("reference").eval()
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model(torch.zeros(batch_size, seq_len, dtype=torch.long, device=device))
-        finally:
-            model.train(training)
-            if own_path is not None:
-                model.set_path(own_path)
-            for mixer, path in paths.items():
-                mixer.path = path
+        counter = count_reference_forward(model, torch.zeros(batch_size, seq_len, dtype=torch.long, device=device))
         cache[(batch_size, seq_len)] = int(counter.get_total_flops())
         attention[(batch_size, seq_len)] = _attention_part(counter.get_flop_counts())
     return cache[(batch_size, seq_len)]
+
+
+def count_reference_forward(model: MemoryModel, tokens: torch.Tensor) -> FlopCounterMode:
+    """One no-grad, eval-mode forward of `model` on the reference path under FlopCounterMode; the model's
+    paths, mode and parameters' requires_grad are restored afterwards. Returns the finished counter.
+
+    Parameters stop requiring grad while counting: under no_grad, FlopCounterMode's module tracker cannot hook
+    a module input that is a leaf requiring grad ("Expected gradient function to be set"), and transformers'
+    kernel function-modules take weights as inputs."""
+    paths = {m: m.path for m in model.mixers()}
+    own_path, training = getattr(model, "path", None), model.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.set_path("reference").eval()
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(tokens)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        model.train(training)
+        if own_path is not None:
+            model.set_path(own_path)
+        for mixer, path in paths.items():
+            mixer.path = path
+    return counter
 
 
 def _attention_part(counts: dict[str, dict]) -> int:

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, NO_LAG, get_task, task_class
 from membench.models import build_model, family_params
+from membench.models.imported import count_reference_forward
 from membench.registry import unknown_name_message
 
 VOCAB, WIDTHS, LAYERS = 16, (32, 48), 2
@@ -201,11 +201,7 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
         return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 ({kind + ', ' if kind else ''}cost class {cost})"
 
     def flops() -> str:
-        model.set_path("reference")
-        x = tokens(2, 32)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        model.set_path("fast")
+        counter = count_reference_forward(model, tokens(2, 32))
         counted, claimed = counter.get_total_flops(), model.flops(2, 32)
         if counted and abs(claimed - counted) > 0.05 * counted:
             raise Failed(f"flops(2, 32) = {claimed:,} but FlopCounterMode counts {counted:,} on the reference path")
