@@ -5,6 +5,9 @@ For every batch element and head, a state matrix S (N, P) is carried along time:
     S_t = a_t * S_{t-1} + k_t v_t^T          a_t = exp(log_decay_t) in (0, 1], S_0 = 0
     y_t = S_t^T q_t                          # (P,)
 
+or, with a `decay_sign` s_t = +-1 beside the log-decays, a_t = s_t exp(log_decay_t) in [-1, 1]: a decay
+that may flip the state's sign (ssm's `allow_neg_eigval`), still summed as logs, of |a_t|.
+
 Linear attention is the case a_t = 1 (no decay); a Mamba-2 / SSD selective SSM is the case
 a_t = exp(dt_t * A_h) with q = C_t, k = B_t, v = dt_t x_t. Unrolled, the output is a masked
 quadratic form, which is what the chunked path uses inside each chunk:
@@ -14,7 +17,8 @@ quadratic form, which is what the chunked path uses inside each chunk:
 Worked example (N = P = 1, no decay): k = v = q = 1 at every step gives S_t = t and y_t = t.
 
 Shapes (time on dim 1, as in the mixers): q, k (B, T, H, N), where H may be 1 for q and k shared
-by all heads; v (B, T, H, P); log_decay (B, T, H) with values <= 0, or None for no decay.
+by all heads; v (B, T, H, P); log_decay (B, T, H) with values <= 0, or None for no decay; decay_sign
+(B, T, H) of +-1, or None for positive decays.
 Output (B, T, H, P). Both paths cost O(T) time; `scan_reference` loops over tokens,
 `scan_chunked` over chunks of `chunk_size` tokens only.
 
@@ -49,12 +53,15 @@ def read_state(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
 
 
 def scan_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,
+    decay_sign: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The recurrence itself, one token at a time: readable, slow, the ground truth."""
     batch, seq_len, heads, n = k.shape
     p = v.shape[-1]
     decay = torch.ones(batch, seq_len, heads, device=v.device) if log_decay is None else log_decay.exp()
+    if decay_sign is not None:
+        decay = decay_sign * decay  # (B, T, H): a_t = s_t exp(log_decay_t)
     state = v.new_zeros(batch, heads, n, p, dtype=carry_dtype(v))  # (B, H, N, P)
     outputs = []
     for q_t, k_t, v_t, a_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decay.unbind(1)):
@@ -65,7 +72,7 @@ def scan_reference(
 
 
 def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,
-                 chunk_size: int = 64) -> torch.Tensor:
+                 chunk_size: int = 64, decay_sign: torch.Tensor | None = None) -> torch.Tensor:
     """The same output, with matmuls: a masked quadratic form inside chunks of C tokens and the state
     carried from chunk to chunk (a Python loop over the T / C chunks, or a cumulative sum when there
     is no decay; no loop over tokens).
@@ -79,10 +86,18 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
     a mask of -inf is 3x slower on the CPU), so every factor lies in [0, 1] and nothing overflows. T need
     not be a multiple of C: the tail is zero-padded (zero keys and values add nothing to the state).
 
+    With a `decay_sign` s, L sums log|a| and the signs ride beside it: with sigma_i = s_1 s_2 .. s_i, the
+    cumulative sign within the chunk (a product of +-1, exact), the decay from j to i is
+    a_{j+1} .. a_i = sigma_i sigma_j exp(L_i - L_j), so every exp(.) above is multiplied by its sign
+    product (sigma_i sigma_j, sigma_last sigma_j, sigma_last, sigma_i) and every factor lies in [-1, 1].
+    Worked example (N = P = 1, q = k = v = 1, a = -1 at every step): y = 1, 0, 1, 0, ...
+
     Four stages, numbered in the code as in mamba's ssd_minimal.py: (1) the output of each chunk from its
     own tokens, (2) the state each chunk adds, (3) the recurrence across chunks, (4) the state read out.
     """
     check_int("chunk_size", chunk_size)
+    if decay_sign is not None and log_decay is None:  # a_t = +-1
+        log_decay = torch.zeros_like(decay_sign)
     batch, seq_len, heads, p = v.shape
     size = min(chunk_size, seq_len)
     pad = -seq_len % size
@@ -96,6 +111,10 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
     if log_decay is not None:  # L: the cumulative log-decay within each chunk
         log_a = F.pad(log_decay.to(carry_dtype(log_decay)), (0, 0, 0, pad))  # (B, T', H)
         cum = log_a.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumsum(-1)  # (B, H, nC, C)
+        sigma = None  # sigma: the cumulative sign within each chunk, +-1 (None: every decay is positive)
+        if decay_sign is not None:
+            signs = F.pad(decay_sign.to(cum.dtype), (0, 0, 0, pad), value=1.0)  # (B, T', H)
+            sigma = signs.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumprod(-1)  # (B, H, nC, C)
 
     # 1. the output of each chunk from its own tokens (the diagonal blocks): masked, decayed q_i . k_j
     scores = qc @ kc.transpose(-1, -2)  # (B, h, nC, C, C)
@@ -103,11 +122,19 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
         scores = scores.tril()  # j <= i
     else:  # L_i - L_j <= 0 for j <= i (a cumulative sum of log-decays <= 0), zero above the diagonal
         decay = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).clamp(max=0).exp().tril()  # (B, H, nC, C, C)
+        if sigma is not None:
+            decay = decay * (sigma.unsqueeze(-1) * sigma.unsqueeze(-2))  # sigma_i sigma_j exp(L_i - L_j)
         scores = scores * decay.to(scores.dtype)
     intra = scores @ vc  # (B, H, nC, C, P)
 
     # 2. the state each chunk adds, its keys decayed to the chunk's end: sum_j exp(L_last - L_j) k_j v_j^T
-    k_out = kc if log_decay is None else kc * (cum[..., -1:] - cum).exp().unsqueeze(-1).to(kc.dtype)  # (B, H, nC, C, N)
+    if log_decay is None:
+        k_out = kc  # (B, h, nC, C, N)
+    else:
+        to_end = (cum[..., -1:] - cum).exp()  # (B, H, nC, C)
+        if sigma is not None:
+            to_end = to_end * sigma[..., -1:] * sigma  # sigma_last sigma_j exp(L_last - L_j)
+        k_out = kc * to_end.unsqueeze(-1).to(kc.dtype)  # (B, H, nC, C, N)
     local = (k_out.transpose(-1, -2) @ vc).to(carry_dtype(v))  # (B, H, nC, N, P)
 
     # 3. the state entering each chunk, carried across chunks: S_c = exp(L_last) S_{c-1} + local_c
@@ -115,6 +142,8 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
         entering = torch.cat([torch.zeros_like(local[:, :, :1]), local[:, :, :-1]], dim=2).cumsum(2)
     else:
         chunk_decay = cum[..., -1].exp()  # (B, H, nC)
+        if sigma is not None:
+            chunk_decay = chunk_decay * sigma[..., -1]  # sigma_last exp(L_last)
         state = torch.zeros_like(local[:, :, 0])  # (B, H, N, P)
         states = []
         for c in range(chunks):
@@ -123,7 +152,11 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
         entering = torch.stack(states, dim=2)  # (B, H, nC, N, P)
 
     # 4. the entering state read out at each position, its queries decayed from the chunk's start: exp(L_i) q_i
-    q_in = qc if log_decay is None else qc * cum.exp().unsqueeze(-1).to(qc.dtype)  # (B, H, nC, C, N)
+    if log_decay is None:
+        q_in = qc  # (B, h, nC, C, N)
+    else:
+        from_start = cum.exp() if sigma is None else cum.exp() * sigma  # (B, H, nC, C): sigma_i exp(L_i)
+        q_in = qc * from_start.unsqueeze(-1).to(qc.dtype)  # (B, H, nC, C, N)
     out = intra + read_state(q_in, entering)  # (B, H, nC, C, P), float32 at least
     return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len]  # (B, T, H, P)
 
@@ -135,6 +168,10 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
 #     S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T        a_t = exp(log_decay_t) in (0, 1]
 #         = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T          # write the error of the recall
 #     y_t = S_t^T q_t
+#
+# For a unit key, I - beta k k^T has the eigenvalue 1 - beta along k and 1 on the rest: beta in [0, 1] keeps
+# it in [0, 1], beta in [0, 2] (`allow_neg_eigval`: 2 sigmoid, Grazzi et al., ICLR 2025) in [-1, 1], where a
+# write may flip the sign of what the key recalls (what parity needs). Both forms below take beta in [0, 2].
 
 
 def delta_rule_step(
@@ -159,9 +196,9 @@ def delta_rule_reference(
 ) -> torch.Tensor:
     """The (gated) delta rule one token at a time (`delta_rule_step`): readable, slow, the ground truth.
 
-    q, k (B, T, H, N), v (B, T, H, P), beta (B, T, H) in [0, 1], log_decay (B, T, H) <= 0 or None.
+    q, k (B, T, H, N), v (B, T, H, P), beta (B, T, H) in [0, 2], log_decay (B, T, H) <= 0 or None.
     Output (B, T, H, P) in v's dtype; the state (B, H, N, P) is carried in float32 at least. The keys are
-    used as given (DeltaNet L2-normalises them first, which keeps I - beta k k^T a contraction).
+    used as given (DeltaNet L2-normalises them first, which keeps the eigenvalues of I - beta k k^T in [-1, 1]).
 
     Worked example (N = 2, P = 1, beta = 1, no decay): write value 3 under key e1, 5 under e2, then 7
     under e1 again. The third write replaces the first (linear attention would add it: 3 + 7 = 10):
@@ -207,7 +244,8 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     over the chunks of a block (`_ChunkedDeltaRule`: on the CPU one chunk, or 8 with several threads; all of
     them elsewhere). Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T need
     not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it
-    is. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
+    is. beta may lie anywhere in [0, 2] (`allow_neg_eigval`): it enters only products and the unit triangular
+    solve, never a logarithm, so the form holds unchanged when I - beta k k^T has a negative eigenvalue. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
     chunks). Under autocast the whole computation, forward and backward, runs in float32 at least (autocast
     off inside; the output is returned in v's dtype).
     """

@@ -7,6 +7,7 @@ writes. Per head (H heads of width d = D / H), for every token t:
     q_t, k_t, v_t = SiLU(conv_K(W_q x, W_k x, W_v x))_t            # (d,) each; K = short_conv (0: no conv)
     q_t, k_t = q_t / |q_t|, k_t / |k_t|                            # L2-normalised
     beta_t = sigmoid(w_h . x_t)                                    # writing strength in (0, 1)
+                                                                   #   (0, 2) with allow_neg_eigval: 2 sigmoid
     log a_t = -exp(A_log_h) softplus(w'_h . x_t + dt_bias_h)       # <= 0: a_t in (0, 1], Mamba-2's decay
     S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T    # (d, d): the memory, S_0 = 0
     o_t = RMSNorm(S_t^T q_t) * SiLU(W_g x_t)_h                     # (d,), gated read-out
@@ -14,6 +15,9 @@ writes. Per head (H heads of width d = D / H), for every token t:
 
 Worked example (d = 1, k = q = 1, beta = 1/2, constant a = 1/2, v = 1 at every step): S_t = S_{t-1}/4 + 1/2,
 so y = 1/2, 5/8, 21/32, ... -> 2/3, where DeltaNet (a = 1) tends to 1: the decay keeps the memory short.
+
+`allow_neg_eigval` (off by default) is deltanet's: beta = 2 sigmoid(.), so the transition a_t (I - beta_t k_t
+k_t^T) has its eigenvalues in (-a_t, a_t], within (-1, 1] (Grazzi et al., ICLR 2025); the decay is unchanged.
 
 Shapes: (B, T, D) -> (B, T, D). Fast path: `models.scan.delta_rule_chunked` with the log-decays (chunks of
 `chunk_size`, decays summed as logs inside a chunk, only causal differences exponentiated); reference:
@@ -38,8 +42,9 @@ from membench.models.layers import mamba_decay_params
 class GatedDeltaNet(DeltaNet):
     """One Gated DeltaNet layer: DeltaNet plus a decay per head and token and an output gate."""
 
-    def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
-        super().__init__(d_model, n_heads, short_conv, chunk_size)
+    def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int,
+                 allow_neg_eigval: bool = False) -> None:
+        super().__init__(d_model, n_heads, short_conv, chunk_size, allow_neg_eigval)
         self.dt = nn.Linear(d_model, n_heads, bias=False)  # dt_raw: how much of the memory a token lets go
         self.A_log, self.dt_bias = mamba_decay_params(n_heads)
         self.gate_proj = nn.Linear(d_model, d_model, bias=False)
