@@ -13,15 +13,26 @@ flight, a table is always either the old or the new complete file, and rows cann
 keyed by trial_id). Temporary files are named `.tmp-<pid>-<name>.<random>` and ignored; a sweep removes
 only its own and those of processes that no longer exist (never another live writer's file in flight).
 
-No row is ever dropped: rows of the tables whose trial has no file in trials/ (a directory of tables
-copied without its trials/, a trial file deleted by hand) are kept in the rebuilt tables (`kept_rows`),
-until a trial of that id finishes again and its file replaces them.
+Resume trusts nothing it reads. A trial file counts as finished only when it is valid (`trial_problem`): a
+JSON object named by its trial_id, with every row its config implies (`missing_rows`: a runs row per eval
+slice, each table a list of rows), every row with all its table's columns and its file's trial_id, and every
+value passing the tables' own checks (`cell_problems`). Any other file is set aside as
+`<trial_id>.json.bad-<n>` (never deleted), with a note, and its trial re-runs.
 
-A trial file counts as finished only when it holds every row its config implies (`missing_rows`: a runs
-row per eval slice, each table a list of rows); an incomplete or unreadable one is re-run, with a note.
+No row is ever dropped: rows of the tables whose trial has no valid file in trials/ (a directory of tables
+copied without its trials/, a trial file deleted by hand or set aside) are kept in the rebuilt tables
+(`kept_rows`), until a trial of that id finishes again and its file replaces them. Those rows are checked
+like any table read (their values, and that the table has every column); rows of trials that do have a
+file are not, since they are rebuilt from it. An invalid row is left out only when its trial's file was set
+aside (that file holds the trial's rows), with a note; any other bad row stops the sweep with a one-line
+error naming the file, row and column, before anything is written.
 
 Reading checks each table's columns (`check_table`: types, ranges, known statuses) and names the file,
 row and column of the first bad cell.
+
+A user's own columns: columns a user adds to a table (notes, tags) are kept when the sweep rewrites it
+(`write_tables`): they follow the schema's columns, and each row takes them from the old row of the same
+ROW_KEYS (runs: trial_id and slice), so a re-run trial's rows keep them too.
 
 Column order is fixed (RUNS_COLUMNS, LAGS_COLUMNS, CURVES_COLUMNS, SLICE_CURVES_COLUMNS); the leaderboard and
 charts read only these tables. slice_curves (every slice's accuracy at every evaluation) came later: trial
@@ -53,6 +64,9 @@ CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "sec
 SLICE_CURVES_COLUMNS = ["trial_id", "task", "model", "d_model", "train_len", "seed", "slice", "eval_len", "step",
                         "seconds", "tokens", "accuracy"]
 TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, "slice_curves": SLICE_CURVES_COLUMNS}
+# the columns that name one row of each table (a user's own columns follow a row through a rewrite by them)
+ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_bucket"],
+            "curves": ["trial_id", "step"], "slice_curves": ["trial_id", "slice", "step"]}
 TRIALS_DIR = "trials"
 _TMP = ".tmp-"  # + "<pid>-": whose file it is
 # row order of every table: by these columns where present, then trial order within a trial
@@ -93,27 +107,116 @@ def write_trial(out_dir: Path, payload: dict) -> None:
     atomic_write_bytes(path, json.dumps(payload, sort_keys=True).encode())
 
 
-def read_trials(out_dir: Path, notes: list[str] | None = None) -> dict[str, dict]:
-    """Every readable trial file in `out_dir`: trial_id -> payload. A file that is not JSON, not a JSON
-    object or not named by its trial_id is skipped (its trial re-runs), with a note appended to `notes`."""
-    trials = {}
+def read_trials(out_dir: Path, notes: list[str], slices: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Every valid trial file in `out_dir` (see trial_problem): trial_id -> payload. `slices`: the eval slice
+    names of the sweep's trials by trial_id, which their files must hold (a file of another trial must hold
+    the slices of its own config; without `slices`, every file's trial counts as another's).
+
+    Every other file is set aside as <name>.bad-<n> (never deleted), with a note appended to `notes`
+    naming it and saying what becomes of its trial: it re-runs, and its rows in the tables are kept until
+    then (kept_rows).
+    """
     folder = Path(out_dir) / TRIALS_DIR
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name.startswith(_TMP):
-            continue
+    paths = [p for p in sorted(folder.glob("*.json")) if not p.name.startswith(_TMP)] if folder.is_dir() else []
+    trials, problems = {}, {}
+    for path in paths:
         try:
             payload = json.loads(path.read_bytes())
         except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            _add(notes, f"trial file {path} is unreadable ({type(err).__name__}); its trial will re-run")
+            problems[path] = f"is unreadable ({type(err).__name__})"
             continue
-        if not isinstance(payload, dict):
-            _add(notes, f"trial file {path} holds a JSON {type(payload).__name__}, not an object; its trial will "
-                        f"re-run")
-        elif payload.get("trial_id") != path.stem:
-            _add(notes, f"trial file {path} names trial {payload.get('trial_id')!r}, not {path.stem!r}; ignored")
+        wanted = (slices or {}).get(path.stem)
+        problem = _shape_problem(payload, path.stem, wanted)
+        if problem:
+            problems[path] = problem
         else:
             trials[path.stem] = payload
+    for trial_id, problem in _value_problems(trials).items():
+        del trials[trial_id]
+        problems[folder / f"{trial_id}.json"] = problem
+    for path, problem in sorted(problems.items()):
+        aside = set_aside(path)
+        if slices is None:
+            fate = "its trial re-runs in a sweep that has it, and its rows in the tables are kept until then"
+        else:
+            fate = "its trial will re-run" if path.stem in slices else "its rows in the tables are kept"
+        notes.append(f"trial file {path} {problem}: set aside as {aside.name}; {fate}")
     return trials
+
+
+def trial_problem(payload, trial_id: str, slices: list[str] | None = None) -> str:
+    """What makes `payload` (a trial file's JSON, named `trial_id`) not a finished trial, as a phrase ('' when
+    it is one): not an object, named by another trial_id, incomplete (missing_rows, for `slices` or its
+    config's), a row lacking a column of its table or naming another trial, or a value that fails the
+    tables' checks (cell_problems).
+
+        >>> trial_problem({"trial_id": "ab12", "runs": []}, "ab12", ["L16"])
+        'is incomplete (no lags rows list)'
+        >>> trial_problem([], "ab12")
+        'holds a JSON list, not an object'
+    """
+    return _shape_problem(payload, trial_id, slices) or _value_problems({trial_id: payload}).get(trial_id, "")
+
+
+def _shape_problem(payload, trial_id: str, slices: list[str] | None) -> str:
+    """trial_problem's checks of everything but the rows' values."""
+    if not isinstance(payload, dict):
+        return f"holds a JSON {type(payload).__name__}, not an object"
+    if payload.get("trial_id") != trial_id:
+        return f"names trial {payload.get('trial_id')!r}, not {trial_id!r}"
+    lacking = missing_rows(payload, slices)
+    if lacking:
+        return f"is incomplete ({lacking})"
+    for name, columns in TABLES.items():
+        for number, row in enumerate(payload.get(name) or [], start=1):
+            absent = [c for c in columns if c not in row]
+            if absent:
+                return f"is invalid ({name} row {number} lacks {', '.join(absent)})"
+            if row["trial_id"] != trial_id:
+                return f"is invalid ({name} row {number} names trial {row['trial_id']!r})"
+    return ""
+
+
+def _value_problems(trials: dict[str, dict]) -> dict[str, str]:
+    """trial_id -> the first bad value of its rows (cell_problems), for the payloads of `trials` that have one
+    (their rows already shaped: _shape_problem). The rows of all trials are checked together, one table at a
+    time: a directory of thousands of trial files is checked in about a second."""
+    problems = {}
+    for name, columns in TABLES.items():
+        rows = [row for payload in trials.values() for row in payload.get(name) or []]
+        if not rows:
+            continue
+        where = pd.DataFrame([(trial_id, number) for trial_id, payload in trials.items()
+                              for number, _ in enumerate(payload.get(name) or [], start=1)],
+                             columns=["trial_id", "number"])
+        found = cell_problems(name, pd.DataFrame(rows, columns=columns))
+        for index in found.index[found != ""]:
+            trial_id, number = where.loc[index]
+            problems.setdefault(trial_id, f"is invalid ({name} row {number} {found[index]})")
+    return problems
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the file at `path` to <name>.bad-<n> beside it, n the first number free; the new path. It is
+    never deleted: what it holds can be read back by hand."""
+    from membench.runners.errors import UsageError
+
+    n = 1
+    while path.with_name(f"{path.name}.bad-{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.bad-{n}")
+    try:
+        path.rename(aside)
+    except OSError as err:
+        raise UsageError(f"cannot set {path} aside as {aside.name} ({err.strerror or err}); move it out of "
+                         f"{TRIALS_DIR}/ by hand") from None
+    return aside
+
+
+def set_aside_trials(out_dir: Path) -> set[str]:
+    """The trial_ids whose file was set aside in `out_dir` (trials/<trial_id>.json.bad-<n> exists)."""
+    folder = Path(out_dir) / TRIALS_DIR
+    return {p.name.split(".json.bad-")[0] for p in folder.glob("*.json.bad-*")} if folder.is_dir() else set()
 
 
 def missing_rows(payload: dict, slices: list[str] | None = None) -> str:
@@ -138,14 +241,9 @@ def missing_rows(payload: dict, slices: list[str] | None = None) -> str:
             slices = [s["name"] for s in config["eval_slices"]]
         except (TypeError, KeyError):
             return "no config with eval slices"
-    have = {r.get("slice") for r in payload["runs"] if r.get("status") in STATUSES}
-    lacking = [name for name in slices if name not in have]
+    have = {r["slice"] for r in payload["runs"] if isinstance(r.get("slice"), str) and r.get("status") in STATUSES}
+    lacking = [str(name) for name in slices if name not in have]
     return f"no runs row for slice(s) {', '.join(lacking)}" if lacking else ""
-
-
-def _add(notes: list[str] | None, text: str) -> None:
-    if notes is not None:
-        notes.append(text)
 
 
 def remove_temporaries(out_dir: Path) -> None:
@@ -168,19 +266,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def kept_rows(out_dir: Path, trial_ids) -> dict[str, pd.DataFrame]:
-    """Rows of the tables in `out_dir` whose trial_id is not in `trial_ids` (trials without a file): they
-    are results too, and rebuilt tables keep them. Raises UsageError naming the file when a table exists
-    but cannot be read (rather than overwrite it)."""
-    kept = {}
+def kept_rows(out_dir: Path, trial_ids, notes: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Rows of the tables in `out_dir` whose trial_id is not in `trial_ids` (trials without a valid file):
+    they are results too, and rebuilt tables keep them. A table whose rows all have a file gives none: it is
+    rebuilt from them, whatever it holds.
+
+    The rows kept are checked (cell_problems), and their table must have every column of the schema. An
+    invalid row of a trial whose file was set aside (set_aside_trials) is left out, with a note appended to
+    `notes` (that file holds the trial's rows; without `notes`, such a row is an error like any other). Raises
+    UsageError naming the file, row and column, and a fix that works, for any other bad row, a missing
+    column, or a table that cannot be read (rather than overwrite it).
+    """
+    from membench.runners.errors import UsageError
+
+    kept, ids = {}, set(trial_ids)
     for name, columns in TABLES.items():
         path = Path(out_dir) / f"{name}.csv"
-        if not path.is_file():
-            continue
-        table = read_table(path, name)
+        table = _read_csv_table(path, name) if path.is_file() else None
         if table is None:
             continue
-        rows = table[~table["trial_id"].isin(set(trial_ids))]
+        rows = table[~table["trial_id"].isin(ids)]
+        problems = cell_problems(name, rows)
+        bad = problems != ""
+        left_out = bad & rows["trial_id"].isin(set_aside_trials(out_dir)) if notes is not None else bad & False
+        if (bad & ~left_out).any():
+            index = (bad & ~left_out).idxmax()
+            raise UsageError(f"{path} row {index + 2} {problems[index]}, and trial {rows.loc[index, 'trial_id']} "
+                             f"has no file in {TRIALS_DIR}/ to rebuild the row from: correct the cell or delete "
+                             f"the row (a sweep that has the trial re-runs it)")
+        if left_out.any():
+            index = left_out.idxmax()
+            notes.append(f"{path} holds {int(left_out.sum())} invalid row(s) of trials whose file was set aside in "
+                         f"{TRIALS_DIR}/ (row {index + 2} {problems[index]}): left out; the set-aside files hold "
+                         f"those trials' rows")
+            rows = rows[~left_out]
+        absent = [c for c in columns if c not in table.columns]
+        if absent and len(rows):
+            raise UsageError(f"{path} lacks column(s) {', '.join(absent)}, and {len(rows)} of its rows (row "
+                             f"{rows.index[0] + 2} first) have no file in {TRIALS_DIR}/ to rebuild them from: add "
+                             f"the column(s) to {path.name}, empty where the values are unknown, or delete those "
+                             f"rows (a sweep that has their trials re-runs them)")
         if len(rows):
             kept[name] = rows.reindex(columns=columns)
     return kept
@@ -191,71 +316,110 @@ STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_param
                   "torch_version": str}
 
 
-def read_table(path: Path, name: str) -> pd.DataFrame | None:
-    """Table `name` (a key of TABLES) from `path`, its columns checked (check_table); None when the file is
-    empty. Raises UsageError naming the file when it is not a CSV of that table."""
+def _read_csv_table(path: Path, name: str) -> pd.DataFrame | None:
+    """Table `name` (a key of TABLES) from `path`, its text columns read as text, not yet checked; None when
+    the file is empty. Raises UsageError naming the file when it is not a CSV with a trial_id column."""
+    from membench.runners.errors import UsageError
+
+    table = _read_csv(path, dtype={k: v for k, v in STRING_COLUMNS.items() if k in TABLES[name]})
+    if table is not None and "trial_id" not in table.columns:
+        raise UsageError(f"{path} lacks column trial_id, so its rows cannot be matched to their trials; restore "
+                         f"the column, or move {path.name} away (a sweep rebuilds it from {TRIALS_DIR}/)")
+    return table
+
+
+def _read_csv(path: Path, **options) -> pd.DataFrame | None:
+    """pd.read_csv(path, **options); None when the file is empty. Raises UsageError naming the file when it
+    is not a readable CSV."""
     from membench.runners.errors import UsageError
 
     try:
-        table = pd.read_csv(path, dtype={k: v for k, v in STRING_COLUMNS.items() if k in TABLES[name]})
+        return pd.read_csv(path, **options)
     except pd.errors.EmptyDataError:
         return None
     except (UnicodeDecodeError, pd.errors.ParserError, OSError) as err:
         why = err.strerror if isinstance(err, OSError) else " ".join(str(err).split())[:120]
         raise UsageError(f"{path} is not a readable CSV table ({why}); move it away or restore it") from None
-    if "trial_id" not in table.columns:
-        raise UsageError(f"{path} lacks column trial_id; it must follow the membench {name} schema")
-    check_table(name, table, path)
-    return table
 
 
-# --- column checks of a table read back ---------------------------------------------------------------
+# --- the checks of a table's values: one home for the tables read back and the trial files ---------------
 _INTEGER = {"d_model", "n_layers", "params", "train_len", "eval_len", "seed", "batch_size", "steps", "lag_bucket",
             "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
             "time_to_accuracy_tokens"}
 _FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}
-_REQUIRED_TEXT = {"trial_id", "task", "model", "slice", "status"}  # never empty
+_SIGNED = {"seed", "loss", "train_loss"}  # every other number is a count, size, time, rate or fraction: >= 0
+_BOOLEAN = {"is_train_len", "under_trained"}  # True/False (or text or 0/1 that reads as one)
+_REQUIRED = {"trial_id", "task", "model", "slice", "status", "is_train_len"}  # never empty
+_TRUE, _FALSE = {"true", "1", "1.0"}, {"false", "0", "0.0"}  # the text of a yes/no cell, lower case
+
+
+def cell_problems(name: str, table: pd.DataFrame) -> pd.Series:
+    """Per row of `table` (table `name`, read from a CSV or made from trial files' rows): '' when its cells
+    are valid, else its first bad cell, as "column C: V why". A cell is bad when it is: empty in trial_id,
+    task, model, slice, status or is_train_len; not text in a text column; an unknown status; not true or
+    false in a yes/no column; not a number (a bool is not one) in a numeric column; not an integer where one
+    is due (lengths, seeds, steps, counts); outside [0, 1] for a fraction; negative, except in seed and the
+    losses. Empty numeric cells are valid (NaN: a failed trial's metrics). Columns outside the schema (a
+    user's own) are not checked.
+
+        >>> rows = pd.DataFrame({"trial_id": ["ab12", "ab12"], "slice": ["L8", "L16"], "accuracy": [0.5, 5.0]})
+        >>> cell_problems("runs", rows).tolist()
+        ['', 'column accuracy: 5.0 is outside [0, 1]']
+    """
+    from membench.runners.trial import STATUSES
+
+    found = pd.Series("", index=table.index, dtype=object)
+    for column in (c for c in TABLES[name] if c in table.columns):
+        values = table[column]
+        for bad, why in _bad_cells(column, values, STATUSES):
+            first = bad & (found == "")
+            found[first] = [f"column {column}: {v!r} {why}" for v in values[first]]
+    return found
+
+
+def _bad_cells(column: str, values: pd.Series, statuses) -> list[tuple[pd.Series, str]]:
+    """(mask of bad cells, why) for each rule of cell_problems that applies to `column`, in order."""
+    if column in STRING_COLUMNS:
+        text = _each(values, lambda v: isinstance(v, str), pd.api.types.is_string_dtype(values.dtype))
+        empty = values.isna() | (text & (values.astype(str).str.strip() == ""))
+        rules = [(empty, "is empty")] if column in _REQUIRED else []
+        rules.append((values.notna() & ~text, "is not text"))
+        if column == "status":
+            rules.append((~empty & ~values.isin(statuses), f"is not a status ({', '.join(statuses)})"))
+        return rules
+    if column in _BOOLEAN:
+        readable = _each(values, lambda v: str(v).strip().lower() in _TRUE | _FALSE, values.dtype == bool)
+        rules = [(values.isna(), "is empty")] if column in _REQUIRED else []
+        return [*rules, (values.notna() & ~readable, "is not true or false")]
+    numbers = pd.to_numeric(values, errors="coerce")
+    a_bool = _each(values, lambda v: isinstance(v, bool), values.dtype == bool)
+    rules = [((numbers.isna() & values.notna()) | a_bool, "is not a number")]
+    if column in _INTEGER:
+        rules.append((numbers.notna() & (numbers != numbers.round()), "is not an integer"))
+    if column in _FRACTION:
+        rules.append((numbers.notna() & ((numbers < 0) | (numbers > 1)), "is outside [0, 1]"))
+    elif column not in _SIGNED:
+        rules.append((numbers.notna() & (numbers < 0), "is negative"))
+    return rules
+
+
+def _each(values: pd.Series, test, typed: bool) -> pd.Series:
+    """`test` of each value of an object column (mixed values: a trial file's, or a CSV column with text in
+    it); for a column of one dtype, `typed` (what `test` gives for every value of that dtype)."""
+    if values.dtype == object:
+        return values.map(test).astype(bool)
+    return pd.Series(bool(typed), index=values.index)
 
 
 def check_table(name: str, table: pd.DataFrame, path) -> None:
-    """Raise UsageError naming `path`, the row (its line in the file) and the column of the first bad cell:
-    a non-numeric value in a numeric column, a fraction outside [0, 1], a non-integer where an integer is
-    due (lengths, seeds, steps, counts), an empty trial_id, task, model, slice or status, or an unknown status.
-    Empty numeric cells are allowed (NaN: a failed trial's metrics)."""
+    """Raise UsageError naming `path`, the row (its line in the file) and the column of the first bad cell
+    (cell_problems) of `table`, read from `path` with its default index."""
     from membench.runners.errors import UsageError
-    from membench.runners.trial import STATUSES
 
-    def fail(index, column: str, value, why: str) -> None:
-        raise UsageError(f"{path} row {int(index) + 2} column {column}: {value!r} {why}; fix or remove the row")
-
-    bool_columns = {"is_train_len"}
-    for column in table.columns:
-        if column not in TABLES[name]:
-            continue
-        values = table[column]
-        if column in _REQUIRED_TEXT:
-            empty = values.isna() | (values.astype(str).str.strip() == "")
-            if empty.any():
-                fail(empty.idxmax(), column, "", "is empty")
-            if column == "status":
-                unknown = ~values.isin(STATUSES)
-                if unknown.any():
-                    fail(unknown.idxmax(), column, values[unknown.idxmax()], f"is not a status ({', '.join(STATUSES)})")
-            continue
-        if column in STRING_COLUMNS or column in bool_columns:
-            continue
-        numbers = pd.to_numeric(values, errors="coerce")
-        bad = numbers.isna() & values.notna()
-        if bad.any():
-            fail(bad.idxmax(), column, values[bad.idxmax()], "is not a number")
-        if column in _INTEGER:
-            frac = numbers.notna() & (numbers != numbers.round())
-            if frac.any():
-                fail(frac.idxmax(), column, values[frac.idxmax()], "is not an integer")
-        if column in _FRACTION:
-            out = numbers.notna() & ((numbers < 0) | (numbers > 1))
-            if out.any():
-                fail(out.idxmax(), column, values[out.idxmax()], "is outside [0, 1]")
+    problems = cell_problems(name, table)
+    if (problems != "").any():
+        index = (problems != "").idxmax()
+        raise UsageError(f"{path} row {int(index) + 2} {problems[index]}; fix or remove the row")
 
 
 def frames(trials: dict[str, dict], kept: dict[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
@@ -279,18 +443,51 @@ def frames(trials: dict[str, dict], kept: dict[str, pd.DataFrame] | None = None)
 
 
 def _as_bool(value) -> bool:
-    return value.strip().lower() == "true" if isinstance(value, str) else bool(value)
+    return str(value).strip().lower() in _TRUE
 
 
 def write_tables(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Atomically replace <name>.csv (and <name>.parquet when pyarrow is importable) for every table."""
+    """Atomically replace <name>.csv (and <name>.parquet when pyarrow is importable) for every table, keeping
+    the columns a user added to the CSV it replaces (with_user_columns)."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pyarrow = None
     for name, df in tables.items():
-        atomic_write_bytes(Path(out_dir) / f"{name}.csv", df.to_csv(index=False).encode())
+        path = Path(out_dir) / f"{name}.csv"
+        df = with_user_columns(df, name, path)
+        atomic_write_bytes(path, df.to_csv(index=False).encode())
         if pyarrow is not None:
             buffer = io.BytesIO()
             df.to_parquet(buffer, index=False)
             atomic_write_bytes(Path(out_dir) / f"{name}.parquet", buffer.getvalue())
+
+
+def with_user_columns(df: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
+    """`df` (table `name`, about to replace the CSV at `path`) followed by the columns of that CSV which are
+    not in the schema (a user's own), each row taking their cells, as written, from the old row of the same
+    ROW_KEYS; a row that had none gets empty cells.
+
+        runs.csv before:  trial_id,slice,...,status,note      after:  trial_id,slice,...,status,note
+                          ab12,L8,...,ok,check lr                     ab12,L8,...,ok,check lr
+                                                                      cd34,L8,...,ok,
+    """
+    keys = ROW_KEYS.get(name)
+    header = _read_csv(path, nrows=0) if keys and path.is_file() else None
+    if header is None or not set(keys) <= set(header.columns):
+        return df
+    own = [c for c in header.columns if c not in TABLES[name] and c not in df.columns]
+    if not own:
+        return df
+    old = _read_csv(path, usecols=[*keys, *own], dtype=str, keep_default_na=False)
+    old.index = _row_key(old, keys)
+    carried = old.loc[~old.index.duplicated(), own].reindex(_row_key(df, keys))
+    return pd.concat([df.reset_index(drop=True), carried.reset_index(drop=True)], axis=1)
+
+
+def _row_key(table: pd.DataFrame, keys: list[str]) -> pd.Index:
+    """One text per row of `table` from its `keys` columns, the same for a row read back from a CSV (numbers
+    as text) and for the row it was written from (numbers as numbers)."""
+    parts = [table[k].astype(str) if k in STRING_COLUMNS
+             else pd.to_numeric(table[k], errors="coerce").map(lambda x: f"{x:.17g}") for k in keys]
+    return pd.Index(parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0])
