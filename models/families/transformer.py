@@ -80,6 +80,7 @@ class TransformerModel(MemoryModel):
     memory_mechanism = "KV cache of every past token, read by causal softmax attention (RoPE)"
     cost_class = "O(n^2)"
     has_reference_path = True
+    attention_class: type = SelfAttention  # fox keeps these params and swaps the attention layer
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
                  mlp_ratio: int = 4, position: str = "rope", mixer_pattern: str = "attention", conv_kernel: int = 4,
@@ -91,6 +92,6 @@ class TransformerModel(MemoryModel):
         def make_mixer(i: int) -> Mixer:
             if kinds[i] == "conv":
                 return GatedConv(d_model, conv_kernel, conv_residual)
-            return SelfAttention(d_model, n_heads, rope=position == "rope")
+            return self.attention_class(d_model, n_heads, rope=position == "rope")
 
         super().__init__(vocab_size, d_model, n_layers, make_mixer=make_mixer, mlp_ratio=mlp_ratio)
