@@ -98,7 +98,7 @@ SDPA_HEAD_MULTIPLE = 8  # head width of softmax-attention families: a multiple o
 def width_step(name: str, multiple: int = 8, **params) -> int:
     """The grid of widths parameter matching searches first for family `name`.
 
-    Softmax-attention families (a cost class above O(n), with `n_heads`) step by 8 x n_heads, so the head
+    Softmax-attention families (cost class O(n^2) or O(n*w), with `n_heads`) step by 8 x n_heads, so the head
     width d_model / n_heads is a multiple of 8: scaled_dot_product_attention then has flash and
     memory-efficient kernels on a GPU (with a mask, a head width of e.g. 26 falls back to the math
     kernel, and timings stop being comparable). Other families with heads step by lcm(multiple, n_heads);
@@ -123,8 +123,8 @@ def _heads(name: str, params: dict) -> int | None:
 
 
 def _softmax_attention(name: str, params: dict) -> bool:
-    """Families that attend with softmax over heads (SDPA): a cost class above O(n), and n_heads."""
-    return _heads(name, params) is not None and model_class(name).cost_class != "O(n)"
+    """Families that attend with softmax over heads (SDPA): a cost class of attention (O(n^2), O(n*w)), and n_heads."""
+    return _heads(name, params) is not None and model_class(name).cost_class in ("O(n^2)", "O(n*w)")
 
 
 def matched_width(name: str, target_params: int, vocab_size: int, n_layers: int = 2, multiple: int = 8,
