@@ -7,14 +7,15 @@ some features for long and let others go at once. Per head (H heads of width d =
     q_t, k_t, v_t = SiLU(conv_K(W_q x, W_k x, W_v x))_t                 # (d,) each; K = short_conv (0: no conv)
     q_t, k_t = q_t / |q_t|, k_t / |k_t|                                 # L2-normalised
     beta_t = sigmoid(w_h . x_t)     (2 sigmoid with allow_neg_eigval)    # writing strength in (0, 1) or (0, 2)
-    log alpha_t = -5 sigmoid(exp(A_log) * (W_up W_down x_t + dt_bias))  # (d,) in (-5, 0): fla's bounded gate
+    log alpha_t = -5 (1 - exp(-A dt_t / 5)),  dt_t = softplus(W_up W_down x_t + dt_bias)   # (d,) in (-5, 0]
     S_t = (I - beta_t k_t k_t^T) Diag(alpha_t) S_{t-1} + beta_t k_t v_t^T   # (d, d): the memory, S_0 = 0
     o_t = RMSNorm(S_t^T q_t) * sigmoid(G_up G_down x_t)_h               # (d,), gated read-out
     y_t = W_o concat_heads(o_t)                                         # (D,)
 
-The decay and the output gate are low-rank (D -> d -> D), as in the paper. The gate's floor of -5 a token
-(alpha >= e^-5) is what lets the chunked form factor the decay inside sub-chunks of 16 tokens without
-overflow (models.scan_vector_decay.MIN_LOG_DECAY). With `allow_neg_eigval` (Grazzi et al. 2025) beta lies
+The decay and the output gate are low-rank (D -> d -> D), as in the paper. The decay is Mamba-2's, -A dt with
+A = exp(A_log) and dt_bias per channel, saturated softly at -5 a token (alpha >= e^-5; -A dt to first order):
+that floor lets the chunked form factor the decay inside sub-chunks of 16 tokens without overflow
+(models.scan_vector_decay.MIN_LOG_DECAY), as fla's bounded ("safe") KDA gate does with a sigmoid. With `allow_neg_eigval` (Grazzi et al. 2025) beta lies
 in (0, 2), so I - beta k k^T has the eigenvalue 1 - beta in (-1, 1) along k: the memory can flip a sign.
 
 Worked example (d = 2, one head, beta = 1, alpha = (1/2, 1) at every step): write v = 1 under k = e1, then
@@ -85,9 +86,9 @@ class KimiDeltaAttention(ConvQKVMixer):
         return self.out(o.reshape(batch, seq_len, self.d_model))
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> log alpha (B, T, H, d), in (MIN_LOG_DECAY, 0): fla's bounded form of the KDA gate."""
-        z = self.decay_up(self.decay_down(x)) + self.dt_bias  # (B, T, D)
-        log_decay = MIN_LOG_DECAY * torch.sigmoid(self.A_log.exp() * z)
+        """(B, T, D) -> log alpha (B, T, H, d) in (MIN_LOG_DECAY, 0]: Mamba-2's -A dt, saturated softly at the floor."""
+        dt = F.softplus(self.decay_up(self.decay_down(x)) + self.dt_bias)  # (B, T, D)
+        log_decay = MIN_LOG_DECAY * -torch.expm1(self.A_log.exp() * dt / MIN_LOG_DECAY)  # -5 (1 - exp(-A dt / 5))
         return log_decay.view(*x.shape[:2], self.n_heads, self.d_head)
 
     def projections(self) -> list[nn.Linear]:
