@@ -26,6 +26,7 @@ import math
 import platform
 import resource
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +42,14 @@ from membench.runners.precision import choose_precision
 class SliceResult:
     """Metrics of one eval slice. `lags` maps bucket lower bound -> (correct, count)."""
 
-    status: str = "ok"  # "ok", or "oom" when this slice alone did not fit in memory
+    status: str = "ok"  # "ok"; "oom" when this slice alone did not fit in memory, "error" when it raised
     accuracy: float = math.nan
     exact_match: float = math.nan
     loss: float = math.nan
     scored: int = 0  # scored positions evaluated: the denominator of accuracy
     lags: dict[int, tuple[int, int]] = field(default_factory=dict)
     error: str = ""
+    traceback: str = ""  # of the exception of an "error" slice
 
 
 def autocast(device: torch.device):
@@ -126,26 +128,27 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
     """Score `n_sequences` held-out sequences (`eval_batches`); counts are read back once.
 
     `deadline` (a time.perf_counter() value): no batch is scored after it, so a trial's time cap also bounds
-    its evaluation; the first batch always runs, and the metrics cover the sequences scored."""
+    its evaluation; the first batch always runs, and the metrics cover the sequences scored.
+
+    A slice that fails is that slice's result, not the trial's: status "oom" when it did not fit in memory,
+    "error" (with its traceback) when the task or the model raised at this length."""
     was_training = model.training
     model.eval()
     counts, batch, scored_sequences = _Counts.zeros(device), None, 0
+    failed = None
     try:
         for batch in eval_batches(task, seq_len, n_sequences, batch_size, seed, device, deadline):
             _score_batch(model, batch, device, counts)
             scored_sequences += batch.inputs.shape[0]
-    except Exception as err:  # noqa: BLE001 - an oom in one slice is that slice's result
-        if not is_oom(err):
-            raise
-        oom = short_error(err)
-    else:
-        oom = ""
+    except Exception as err:  # noqa: BLE001 - a failure in one slice is that slice's result
+        failed = SliceResult(status="oom", error=short_error(err)) if is_oom(err) else \
+            SliceResult(status="error", error=short_error(err), traceback=traceback.format_exc())
     finally:
         model.train(was_training)
-    if oom:  # outside the except block, so the traceback's tensors are already freed
+    if failed is not None:  # outside the except block, so the traceback's tensors are already freed
         del batch, counts  # and the failed batch's, so that the release finds nothing of this slice alive
         release_memory(device)
-        return SliceResult(status="oom", error=oom)
+        return failed
     n, hits = int(counts.total), int(counts.correct)
     lag_counts, lag_corrects = counts.lag_count.tolist(), counts.lag_correct.tolist()
     return SliceResult(
@@ -167,8 +170,13 @@ def is_oom(err: BaseException) -> bool:
 
 
 def short_error(err: BaseException, limit: int = 300) -> str:
-    """'Type: message' on one line, at most `limit` characters."""
-    text = " ".join(f"{type(err).__name__}: {err}".split())
+    """'Type: message' on one line, at most `limit` characters (also for an exception whose message cannot
+    be made: its __str__ raises)."""
+    try:
+        message = str(err)
+    except Exception as inner:  # noqa: BLE001 - the message of a failure must not fail in turn
+        message = f"<its message could not be printed: {type(inner).__name__}>"
+    text = " ".join(f"{type(err).__name__}: {message}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

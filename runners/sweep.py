@@ -99,10 +99,12 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
     rebuild = _TableRebuilds(out, finished, kept)
     try:
         for payload in runner.run(pending):
+            label = f"trial {payload['trial_id']} ({configs[payload['trial_id']].label()})"
             if payload.get("traceback"):  # an exception inside the trial: recorded, and shown in full
-                print(f"membench: trial {payload['trial_id']} ({configs[payload['trial_id']].label()}) "
-                      f"raised an exception, recorded as status error:\n{payload['traceback']}",
+                print(f"membench: {label} raised an exception, recorded as status error:\n{payload['traceback']}",
                       file=sys.stderr, end="")
+            for warning in payload.get("warnings", ()):  # e.g. a cost method that answered nonsense
+                print(f"membench: warning: {label}: {warning}", file=sys.stderr)
             _write(out, lambda: tables.write_trial(out, payload))
             finished[payload["trial_id"]] = payload
             rebuild.after_trial()
@@ -187,6 +189,19 @@ def _errored(payload: dict) -> bool:
 def _status(payload: dict) -> str:
     statuses = {row["status"] for row in payload["runs"]}
     return "ok" if statuses == {"ok"} else "/".join(sorted(statuses))
+
+
+def report_failures(runs: pd.DataFrame, out_dir) -> int:
+    """Say on stderr how many of a sweep's trials (its `runs` rows) raised an exception, where their tracebacks
+    are and how to re-run them; the command's exit code: 1 when any did, else 0. (oom, diverged and timeout
+    are results, not failures of the run.)"""
+    errored = runs.loc[runs["status"] == "error", "trial_id"].unique()
+    if len(errored) == 0:
+        return 0
+    print(f"membench: {len(errored)} of {runs['trial_id'].nunique()} trials failed with an error (status error; "
+          f"tracebacks in {Path(out_dir) / tables.TRIALS_DIR}/<trial_id>.json); fix the cause, then re-run with "
+          f"--retry-failed", file=sys.stderr)
+    return 1
 
 
 def format_summary(runs: pd.DataFrame) -> str:

@@ -62,6 +62,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class NothingScored(RuntimeError):
+    """A training batch without a single scored position (the trial's status is "error")."""
+
+
 class CapacityExceeded(RuntimeError):
     """A batch had more scored positions than the gather capacity of its segment."""
 
@@ -149,6 +153,9 @@ def gather_capacity(targets: torch.Tensor) -> int:
     """
     batch_size, seq_len = targets.shape
     most = int((targets != IGNORE).sum(dim=1).max())
+    if most == 0:  # the loss would be a mean over nothing (NaN), which is not a divergence
+        raise NothingScored(f"the task scores no position in its first batch of {batch_size} sequences of length "
+                            f"{seq_len}: there is nothing to train on (check the task's params at this length)")
     return min(batch_size * seq_len, batch_size * most + seq_len)
 
 

@@ -14,6 +14,13 @@ its multiples. Params of segments and slices are merged over the trial's `task_p
 Failures are results: an out-of-memory error gives status "oom", a non-finite loss "diverged", the
 time cap "timeout" (the partly trained model is still evaluated), any other exception "error" with
 its message. Failed trials still get one runs row per slice, NaN where a metric is unknown.
+
+The fault boundary (runners.faults) is the whole trial: building the model, counting its parameters,
+FLOPs and state (`measure_cost`, before training), training, evaluating each slice (a slice that raises
+fails alone: runners.metrics.evaluate) and making the rows. Whatever any of it raises, user code
+included, becomes the trial's "error" rows with a one-line reason and the traceback in the payload
+("traceback"). A cost that is not a finite non-negative number is left blank, with a line in the
+payload's "warnings"; a state size of None means unknown and is blank without one.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import hashlib
 import json
 import math
 import subprocess
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +41,9 @@ from membench.checks import ConfigError
 from membench.memtasks import get_task, task_class
 from membench.models import build_model, model_class
 from membench.runners import metrics
+from membench.runners.faults import FaultBoundary, cost_value
 from membench.runners.precision import precision_name
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS, state_cell
+from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from membench.runners.train import Diverged, TrainOutcome, train
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
@@ -201,34 +208,69 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     """
     device = torch.device(device)
     git_commit()  # read now, before training, not when the result is written
-    model, outcome, memory, failure, trace = None, None, metrics.PeakMemory(device), None, ""
-    try:
-        with _cpu_threads(threads if device.type == "cpu" else None):
-            model = config.build_model().to(device)
-            with memory:
-                outcome = train(model, config, device, compile=compile, progress=progress)
-    except Diverged as err:
-        failure = ("diverged", str(err))
-    except Exception as err:  # noqa: BLE001 - every failure is a recorded result
-        failure = ("oom" if metrics.is_oom(err) else "error", metrics.short_error(err))
-        if failure[0] == "error":  # a bug, most likely: keep its traceback for the user (trial file, stderr)
-            trace = traceback.format_exc()
-    # outside the except block, so the traceback's tensors (and the optimizer, the batches) are already freed
-    if failure is not None:
+    model, cost, task_params, memory = None, None, config.task_params, metrics.PeakMemory(device)
+    warnings: list[str] = []
+    with FaultBoundary() as fault, _cpu_threads(threads if device.type == "cpu" else None):
+        task_params = get_task(config.task, **config.task_params).params()  # the task's defaults filled in
+        model = config.build_model().to(device)
+        cost = measure_cost(config, model, warnings)
+        with memory:
+            outcome = train(model, config, device, compile=compile, progress=progress)
+        status = "timeout" if outcome.timed_out else "ok"
+        payload = _payload(config, task_params, cost, model, outcome, status, "", memory.peak_mb, device)
+        if slice_traces := [f"slice {name}: {r.traceback}" for name, r in outcome.slices.items() if r.traceback]:
+            payload["traceback"] = "".join(slice_traces)  # those slices' rows have status "error"
+        del outcome
+    # after the boundary, so the traceback's tensors (and the optimizer, the batches) are already freed
+    if fault.failed:
         if model is not None:
             model.zero_grad(set_to_none=True)  # gradients of a failed step
-        payload = _payload(config, model, None, *failure, math.nan, device)
-        payload = {**payload, "traceback": trace} if trace else payload
-    else:
-        payload = _payload(config, model, outcome, "timeout" if outcome.timed_out else "ok", "", memory.peak_mb,
-                           device)
-    del model, outcome
-    try:
+        if issubclass(fault.exception_type, Diverged):
+            status, reason = "diverged", fault.message
+        else:
+            status, reason = ("oom" if fault.oom else "error"), fault.reason
+        payload = _payload(config, task_params, cost, model, None, status, reason, math.nan, device)
+        if status == "error":  # a bug, most likely: keep its traceback for the user (trial file, stderr)
+            payload["traceback"] = fault.traceback
+    del model
+    with FaultBoundary() as cleanup:
         metrics.end_trial(device)  # success or failure: reset dynamo, release memory (the next trial starts clean)
-    except Exception as err:  # noqa: BLE001 - e.g. a sticky CUDA error, raised again by empty_cache
-        if failure is None:  # an error surfacing only now: this trial's numbers are not to be trusted
-            payload = {**failed_trial(config, "error", err, str(device)), "traceback": traceback.format_exc()}
+    if cleanup.failed and not fault.failed:  # e.g. a sticky CUDA error: this trial's numbers are not to be trusted
+        payload = failed_trial(config, "error", cleanup.reason, str(device), cleanup.traceback)
+    if warnings:
+        payload["warnings"] = warnings
     return payload  # after a sticky error the executor moves the rest of the sweep to a fresh process
+
+
+@dataclass
+class TrialCost:
+    """What a trial's model costs, measured before training (NaN: unknown or invalid, blank in the tables).
+
+    Per training segment: forward FLOPs at (batch_size, seq_len), and their attention and memory parts; per
+    eval slice: the state size at its length."""
+
+    params: float
+    flops: list[float]
+    attention_flops: list[float]
+    memory_flops: list[float]
+    state_size: dict[str, float]
+
+
+def measure_cost(config: TrialConfig, model, warnings: list[str]) -> TrialCost:
+    """Ask the model its costs once, each answer checked (runners.faults.cost_value); an exception propagates
+    (the trial's error). Before training, so that a cost method that raises wastes no training."""
+    def each(method: str, *args) -> float:
+        return cost_value(f"{method}({', '.join(map(str, args))})", getattr(model, method), args, warnings)
+
+    lengths = [s.seq_len for s in config.segments]
+    return TrialCost(
+        params=cost_value("num_params()", model.num_params, (), warnings),
+        flops=[each("flops", config.batch_size, n) for n in lengths],
+        attention_flops=[each("attention_flops", config.batch_size, n) for n in lengths],
+        memory_flops=[each("memory_flops", config.batch_size, n) for n in lengths],
+        state_size={s.name: cost_value(f"state_size({s.seq_len})", model.state_size, (s.seq_len,), warnings,
+                                       unknown_ok=True) for s in config.eval_slices},
+    )
 
 
 @contextlib.contextmanager
@@ -242,60 +284,64 @@ def _cpu_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def failed_trial(config: TrialConfig, status: str, err: BaseException, device: str) -> dict:
-    """The payload of a trial whose process died before it could report (rows with NaN metrics)."""
-    return _payload(config, None, None, status, metrics.short_error(err), math.nan, torch.device(device))
+def failed_trial(config: TrialConfig, status: str, error: BaseException | str, device: str,
+                 trace: str = "") -> dict:
+    """The payload of a trial that failed before it had results, or whose process died before it could report:
+    rows with NaN metrics, made from the config alone (nothing here calls user code that could raise again)."""
+    reason = error if isinstance(error, str) else metrics.short_error(error)
+    payload = _payload(config, config.task_params, None, None, None, status, reason, math.nan, torch.device(device))
+    return {**payload, "traceback": trace} if trace else payload
 
 
-def _payload(config: TrialConfig, model, outcome: TrainOutcome | None, status: str, error: str, peak_mb: float,
-             device: torch.device) -> dict:
+def _payload(config: TrialConfig, task_params: dict, cost: TrialCost | None, model, outcome: TrainOutcome | None,
+             status: str, error: str, peak_mb: float, device: torch.device) -> dict:
     return {
         "trial_id": config.trial_id,
         "config": config.to_dict(),
-        "runs": _runs_rows(config, model, outcome, status, error, peak_mb, device),
+        "runs": _runs_rows(config, task_params, cost, model, outcome, status, error, peak_mb, device),
         "lags": _lag_rows(config, outcome),
         "curves": _curve_rows(config, outcome),
         "slice_curves": _slice_curve_rows(config, outcome),
     }
 
 
-def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status: str, error: str,
-               peak_mb: float, device: torch.device) -> list[dict]:
+def _runs_rows(config: TrialConfig, task_params: dict, cost: TrialCost | None, model, outcome: TrainOutcome | None,
+               status: str, error: str, peak_mb: float, device: torch.device) -> list[dict]:
     nan = math.nan
-    if model is not None:  # analytic cost, known even when training failed
+    if cost is not None:  # analytic cost, known even when training failed
         # the output head runs only on the gathered scored rows of each segment, not on all B*T positions
         head_rows = outcome.head_rows if outcome is not None and outcome.head_rows else [None] * len(config.segments)
         step_flops = [
-            3 * (model.flops(config.batch_size, s.seq_len) - model.head_flops(config.batch_size * s.seq_len)
+            3 * (flops - model.head_flops(config.batch_size * s.seq_len)
                  + model.head_flops(rows if rows is not None else config.batch_size * s.seq_len))
-            for s, rows in zip(config.segments, head_rows)
+            for s, flops, rows in zip(config.segments, cost.flops, head_rows)
         ]
         # per step: the mean over the steps taken, or over the mixture's weights before any step
         counts = outcome.segment_steps if outcome is not None and outcome.steps else [s.weight for s in config.segments]
 
-        def mean_per_step(flops_of) -> float:
-            return sum(c * 3 * flops_of(config.batch_size, s.seq_len) for c, s in zip(counts, config.segments)) / sum(counts)
+        def mean_per_step(per_segment: list[float]) -> float:
+            return sum(c * 3 * f for c, f in zip(counts, per_segment)) / sum(counts)
 
         mean_flops = sum(c * f for c, f in zip(counts, step_flops)) / sum(counts)
-        attention_share = mean_per_step(model.attention_flops) / mean_flops
-        memory_share = mean_per_step(model.memory_flops) / mean_flops
-        params = model.num_params()
+        attention_share = mean_per_step(cost.attention_flops) / mean_flops if mean_flops else nan
+        memory_share = mean_per_step(cost.memory_flops) / mean_flops if mean_flops else nan
+        params = cost.params
     else:
         mean_flops = attention_share = memory_share = params = nan
     common = {
         "trial_id": config.trial_id, "task": config.task, "task_version": config.task_version,
-        "task_params": json.dumps(get_task(config.task, **config.task_params).params(), sort_keys=True),
+        "task_params": json.dumps(task_params, sort_keys=True, default=repr),
         "model": config.model, "model_version": config.model_version,
         "model_params": json.dumps(config.model_params, sort_keys=True), "d_model": config.d_model,
         "n_layers": config.n_layers, "params": params,
         "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
     }
-    cost = dict.fromkeys(
+    timing = dict.fromkeys(
         ["steps", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second", "tflops_per_s",
          "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens"], nan)
     if outcome is not None and outcome.steps > 0:
         seconds = outcome.train_seconds
-        cost.update(
+        timing.update(
             steps=outcome.steps, train_seconds=seconds, compile_seconds=outcome.compile_seconds,
             ms_per_step=1000 * seconds / outcome.steps,
             tokens_per_second=outcome.tokens / seconds,
@@ -305,7 +351,7 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             time_to_accuracy_tokens=outcome.time_to_accuracy.get("tokens", nan),
         )
     elif outcome is not None:
-        cost["steps"] = 0
+        timing["steps"] = 0
     tail = {"device": metrics.device_name(device), "precision": _precision(device), "git_commit": git_commit(),
             "torch_version": torch.__version__}
     rows = []
@@ -316,7 +362,7 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             row_status, row_error = result.status, result.error
         scored = result is not None and result.status == "ok"
         row = {
-            **common, **cost, **tail, "eval_len": s.seq_len, "slice": s.name,
+            **common, **timing, **tail, "eval_len": s.seq_len, "slice": s.name,
             "is_train_len": s.seq_len == config.train_len,
             "accuracy": result.accuracy if scored else nan,
             "exact_match": result.exact_match if scored else nan,
@@ -324,7 +370,7 @@ def _runs_rows(config: TrialConfig, model, outcome: TrainOutcome | None, status:
             "scored": result.scored if scored else nan,
             "peak_memory_mb": peak_mb, "flops_per_step": mean_flops, "attention_flops_share": attention_share,
             "memory_flops_share": memory_share,
-            "state_size": state_cell(model.state_size(s.seq_len)) if model is not None else nan,
+            "state_size": cost.state_size[s.name] if cost is not None else nan,
             "status": row_status, "error": row_error,
             "stop_reason": outcome.stop_reason if outcome is not None else "",
             "under_trained": outcome.under_trained if outcome is not None else False,

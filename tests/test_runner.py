@@ -226,7 +226,8 @@ def test_a_bug_inside_training_is_recorded_and_shown_with_its_traceback(tmp_path
     assert "Traceback" in payload["traceback"] and 'raise ValueError("boom")' in payload["traceback"]
     code = main(["run", "--spec", echo_spec(tmp_path, models=["broken"], lengths=[8], steps=5), "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 0 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
+    assert code == 1 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
+    assert "1 of 1 trials failed with an error" in err and "--retry-failed" in err  # the exit code and why
     assert (pd.read_csv(tmp_path / "out" / "runs.csv")["status"] == "error").all()
 
 

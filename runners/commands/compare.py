@@ -13,7 +13,7 @@ from membench.runners.parsing import out_dir, positive_int
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import text_table
 from membench.runners.spec import load_spec
-from membench.runners.sweep import run_sweep
+from membench.runners.sweep import report_failures, run_sweep
 from membench.runners.trial import BUDGETS
 
 HELP = "train a few families on one task (parameter-matched) and print their accuracy by length side by side"
@@ -40,9 +40,10 @@ def run(args) -> int:
     spec = load_spec(None if args.spec else "compare", args.spec, flags)
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
-    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
+    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
+                     retry_failed=args.retry_failed)
     print(side_by_side(runs, list(dict.fromkeys(args.compare_models))))
-    return 0
+    return report_failures(runs, args.out)
 
 
 def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:

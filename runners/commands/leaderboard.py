@@ -16,7 +16,7 @@ from membench.runners.commands.run import add_sweep_flags, overrides
 from membench.runners.parsing import out_dir
 from membench.runners.reporting.publish import publish
 from membench.runners.spec import PRESETS, load_spec
-from membench.runners.sweep import run_sweep
+from membench.runners.sweep import report_failures, run_sweep
 
 HELP = "run (or resume) a sweep, then write leaderboard.md, leaderboard.csv and charts/ into --out"
 
@@ -43,6 +43,7 @@ def run(args) -> int:
     spec = load_spec(preset, args.spec, overrides(args))
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
-    run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet)
+    runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
+                     retry_failed=args.retry_failed)
     print(publish(args.out).summary())
-    return 0
+    return report_failures(runs, args.out)

@@ -6,7 +6,7 @@ import sys
 
 from membench.runners.parsing import add_include_flag, int_list, name_list, out_dir, seed_list
 from membench.runners.spec import PRESETS, RECIPES, load_spec
-from membench.runners.sweep import format_summary, run_sweep
+from membench.runners.sweep import format_summary, report_failures, run_sweep
 
 HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
 
@@ -15,8 +15,6 @@ def add_arguments(parser) -> None:
     add_source_flags(parser)
     parser.add_argument("--out", required=True, metavar="DIR", type=out_dir,
                         help="results directory (created; resumed if it exists)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="also re-run finished trials whose status is error (a resumed sweep skips them)")
     add_sweep_flags(parser)
 
 
@@ -44,6 +42,8 @@ def add_sweep_flags(parser, tasks: bool = True) -> None:
     add_selection_flags(parser, tasks)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also re-run finished trials whose status is error (a resumed sweep skips them)")
     add_include_flag(parser)
 
 
@@ -67,4 +67,4 @@ def run(args) -> int:
                      retry_failed=args.retry_failed)
     print(format_summary(runs))
     print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv, slice_curves.csv")
-    return 0
+    return report_failures(runs, args.out)
