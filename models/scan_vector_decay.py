@@ -14,8 +14,9 @@ k = e2, then nothing (beta = 1, 1, 0). S = (1, 0), then (1/2, 5), then (1/4, 5):
 halves while the second keeps its value, so q = e1 reads 1, 1/2, 1/4 and q = e2 reads 0, 5, 5.
 
 Shapes (time on dim 1, as in models.scan): q, k (B, T, H, N); v (B, T, H, P); beta (B, T, H) in [0, 2];
-log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `decayed_scores`). Output (B, T, H, P). `vector_decay_delta_reference` loops over tokens (the
-ground truth); `vector_decay_delta_chunked` over chunks of `chunk_size` tokens, with matmuls inside them.
+log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `decayed_scores`).
+Output (B, T, H, P). `vector_decay_delta_reference` loops over tokens (the ground truth);
+`vector_decay_delta_chunked` over chunks of `chunk_size` tokens, with matmuls inside them.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ some features for long and let others go at once. Per head (H heads of width d =
 The decay and the output gate are low-rank (D -> d -> D), as in the paper. The decay is Mamba-2's, -A dt with
 A = exp(A_log) and dt_bias per channel, saturated softly at -5 a token (alpha >= e^-5; -A dt to first order):
 that floor lets the chunked form factor the decay inside sub-chunks of 16 tokens without overflow
-(models.scan_vector_decay.MIN_LOG_DECAY), as fla's bounded ("safe") KDA gate does with a sigmoid. With `allow_neg_eigval` (Grazzi et al. 2025) beta lies
-in (0, 2), so I - beta k k^T has the eigenvalue 1 - beta in (-1, 1) along k: the memory can flip a sign.
+(models.scan_vector_decay.MIN_LOG_DECAY), as fla's bounded ("safe") KDA gate does with a sigmoid.
+With `allow_neg_eigval` (Grazzi et al. 2025) beta lies in (0, 2), so I - beta k k^T has the eigenvalue
+1 - beta in (-1, 1) along k: the memory can flip a sign.
 
 Worked example (d = 2, one head, beta = 1, alpha = (1/2, 1) at every step): write v = 1 under k = e1, then
 v = 5 under e2, then nothing (beta = 0). The memory's rows are (1, 0), (1/2, 5), (1/4, 5): q = e1 reads
