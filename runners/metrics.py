@@ -165,7 +165,7 @@ def is_oom(err: BaseException) -> bool:
     """True for CUDA's OutOfMemoryError and the RuntimeErrors torch raises when an allocation fails."""
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    text = str(err).lower()
+    text = short_error(err, limit=10**6).lower()
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 

@@ -53,9 +53,10 @@ import torch.nn.functional as F
 from membench.checks import ConfigError
 from membench.models import build_model
 from membench.runners.cost.fit import fit_costs
-from membench.runners.metrics import autocast, device_name, is_oom, release_memory, short_error, synchronize
+from membench.runners.faults import FaultBoundary, cost_value
+from membench.runners.metrics import autocast, device_name, release_memory, synchronize
 from membench.runners.reporting import cost_charts
-from membench.runners.tables import state_cell, write_tables
+from membench.runners.tables import write_tables
 
 COST_COLUMNS = [
     "model", "seq_len", "batch_size", "ms_per_step", "peak_memory_mb", "flops", "attention_flops", "memory_flops",
@@ -207,24 +208,33 @@ def _preorder(events):
 
 
 # --- one family ----------------------------------------------------------------------------
-def _row(model, name: str, seq_len: int, batch_size: int, device: torch.device) -> dict:
-    """A cost.csv row with the analytic columns filled and the measured ones NaN."""
+def _row(name: str, seq_len: int, batch_size: int, device: torch.device) -> dict:
+    """A cost.csv row with every measured and analytic column NaN."""
     nan = math.nan
     return {
-        "model": name, "seq_len": seq_len, "batch_size": batch_size, "ms_per_step": nan,
-        "peak_memory_mb": nan, "flops": 3 * model.flops(batch_size, seq_len),
-        "attention_flops": 3 * model.attention_flops(batch_size, seq_len),
-        "memory_flops": 3 * model.memory_flops(batch_size, seq_len), "tflops_per_s": nan,
-        "tokens_per_second": nan, "state_size": state_cell(model.state_size(seq_len)), "status": "ok",
-        "device": device_name(device),
+        "model": name, "seq_len": seq_len, "batch_size": batch_size, "ms_per_step": nan, "peak_memory_mb": nan,
+        "flops": nan, "attention_flops": nan, "memory_flops": nan, "tflops_per_s": nan, "tokens_per_second": nan,
+        "state_size": nan, "status": "ok", "device": device_name(device),
     }
 
 
+def _analytic(model, row: dict, warnings: list[str]) -> None:
+    """Fill the analytic columns of `row` from the model's own cost methods (each answer checked)."""
+    batch_size, seq_len = row["batch_size"], row["seq_len"]
+    for column in ("flops", "attention_flops", "memory_flops"):
+        value = cost_value(f"{column}({batch_size}, {seq_len})", getattr(model, column), (batch_size, seq_len),
+                           warnings)
+        row[column] = 3 * value
+    row["state_size"] = cost_value(f"state_size({seq_len})", model.state_size, (seq_len,), warnings, unknown_ok=True)
+
+
 def measure_point(model, name: str, seq_len: int, config: CostConfig, device: torch.device) -> tuple[dict, str]:
-    """Measure one (family, length); returns (row, error message or '')."""
+    """Measure one (family, length); returns (row, error message or ''). Whatever it raises (the model's cost
+    methods included) is this point's "error" ("oom") row (runners.faults)."""
     batch_size = batch_size_for(seq_len, config.batch_tokens)
-    row = _row(model, name, seq_len, batch_size, device)
-    try:
+    row, warnings, step = _row(name, seq_len, batch_size, device), [], None
+    with FaultBoundary() as fault:
+        _analytic(model, row, warnings)
         step = make_step(model, batch_size, seq_len, device)
         times, slow = [], []  # slow: the current run of consecutive steps over the cap
         for _ in range(config.warmup + config.repeats):
@@ -236,26 +246,31 @@ def measure_point(model, name: str, seq_len: int, config: CostConfig, device: to
                              f"({slow[0]:.1f} s, {slow[1]:.1f} s)")
         seconds = statistics.median(times[config.warmup:])
         peak = peak_step_bytes(step, device)
-    except Exception as err:  # noqa: BLE001 - a failure is this family's last row, not the sweep's end
-        row["status"] = "oom" if is_oom(err) else "error"
-        message = short_error(err)
-    else:
         row.update(
             ms_per_step=1e3 * seconds,
             peak_memory_mb=peak / 2**20,
             tflops_per_s=row["flops"] / seconds / 1e12,
             tokens_per_second=batch_size * seq_len / seconds,
         )
-        return row, ""
-    release_memory(device)  # after the except block, whose traceback held the failed step's tensors
-    return row, message
+    if not fault.failed:
+        return row, "; ".join(warnings)
+    row["status"] = "oom" if fault.oom else "error"
+    del step  # the failed step's tensors, freed with the boundary's traceback
+    release_memory(device)
+    return row, fault.reason
 
 
 def measure_family(name: str, config: CostConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Rows of one family at each length, in order, stopping after its first non-ok row."""
     device = torch.device(config.device)
     torch.manual_seed(0)
-    model = build_model(name, config.vocab_size, d_model=config.d_model, n_layers=config.n_layers).to(device)
+    with FaultBoundary() as fault:
+        model = build_model(name, config.vocab_size, d_model=config.d_model, n_layers=config.n_layers).to(device)
+    if fault.failed:  # one error row at the first length: the family could not be built
+        first = config.lengths[0]
+        row = {**_row(name, first, batch_size_for(first, config.batch_tokens), device), "status": "error"}
+        log(_describe(row, fault.reason))
+        return [row]
     rows = []
     for seq_len in config.lengths:
         row, message = measure_point(model, name, seq_len, config, device)
@@ -273,7 +288,7 @@ def _describe(row: dict, message: str) -> str:
     if row["status"] != "ok":
         return f"{head} {row['status']}: {message}"
     return (f"{head} {row['ms_per_step']:9.1f} ms/step {row['peak_memory_mb']:9.1f} MB "
-            f"{row['tflops_per_s']:7.3f} TFLOP/s")
+            f"{row['tflops_per_s']:7.3f} TFLOP/s" + (f" (warning: {message})" if message else ""))
 
 
 # --- the sweep ----------------------------------------------------------------------------
