@@ -245,9 +245,10 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     them elsewhere). Only causal differences of log-decays are exponentiated (every factor in [0, 1]). T need
     not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it
     is. beta may lie anywhere in [0, 2] (`allow_neg_eigval`): it enters only products and the unit triangular
-    solve, never a logarithm, so the form holds unchanged when I - beta k k^T has a negative eigenvalue. The backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the
-    chunks). Under autocast the whole computation, forward and backward, runs in float32 at least (autocast
-    off inside; the output is returned in v's dtype).
+    solve, never a logarithm, so the form holds unchanged when I - beta k k^T has a negative eigenvalue. The
+    backward pass is written by hand (`_ChunkedDeltaRule.backward`: one reverse loop over the chunks). Under
+    autocast the whole computation, forward and backward, runs in float32 at least (autocast off inside; the
+    output is returned in v's dtype).
     """
     check_int("chunk_size", chunk_size)
     with torch.autocast(v.device.type, enabled=False):
