@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, linear_flops, register_model
+from membench.models.families.kda import writing_strength
 from membench.models.layers import ConvQKVMixer, check_heads
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
@@ -61,7 +62,7 @@ class DeltaNet(ConvQKVMixer):
         batch, seq_len, _ = x.shape
         q, k, v = self.heads_qkv(x, F.silu)  # (B, T, H, d) each
         q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-        beta = self.write_strength(x)  # (B, T, H)
+        beta = writing_strength(self.beta(x), self.allow_neg_eigval)  # (B, T, H): in (0, 1), or (0, 2)
         log_decay = self.log_decay(x)  # (B, T, H) or None
         if self.path == "reference":
             o = delta_rule_reference(q, k, v, beta, log_decay)
@@ -69,11 +70,6 @@ class DeltaNet(ConvQKVMixer):
             o = delta_rule_chunked(q, k, v, beta, log_decay, chunk_size=self.chunk_size)
         o = self.gate(x, self.norm(o.to(carry_dtype(o))))  # (B, T, H, d); the norm in float32 at least
         return self.out(o.reshape(batch, seq_len, self.d_model))
-
-    def write_strength(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> beta (B, T, H): sigmoid, in (0, 1), or 2 sigmoid, in (0, 2), with allow_neg_eigval."""
-        beta = torch.sigmoid(self.beta(x))  # (B, T, H)
-        return 2 * beta if self.allow_neg_eigval else beta
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor | None:
         """(B, T, D) -> the log-decays (B, T, H); DeltaNet does not decay (None)."""
