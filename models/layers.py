@@ -244,3 +244,13 @@ class SelfAttention(Mixer):
 
     def attention_flops(self, batch_size: int, seq_len: int) -> int:
         return attention_flops(batch_size, seq_len, self.d_model)
+
+
+def writing_strength(logits: torch.Tensor, allow_neg_eigval: bool) -> torch.Tensor:
+    """beta of a delta-rule write: sigmoid(logits) in (0, 1), or 2 sigmoid(logits) in (0, 2) with
+    `allow_neg_eigval`, so that the eigenvalue 1 - beta of I - beta k k^T (|k| = 1) lies in (-1, 1).
+
+        >>> writing_strength(torch.zeros(1), False), writing_strength(torch.zeros(1), True)
+        (tensor([0.5000]), tensor([1.]))
+    """
+    return (2.0 if allow_neg_eigval else 1.0) * torch.sigmoid(logits)

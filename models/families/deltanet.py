@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, linear_flops, register_model
-from membench.models.families.kda import writing_strength
-from membench.models.layers import ConvQKVMixer, check_heads
+from membench.models.layers import ConvQKVMixer, check_heads, writing_strength
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
 

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
-from membench.models.families.kda import writing_strength
-from membench.models.layers import check_heads, mamba_decay_params, optional_short_conv
+from membench.models.layers import check_heads, mamba_decay_params, optional_short_conv, writing_strength
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
 

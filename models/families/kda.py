@@ -40,21 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, linear_flops, register_model
-from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params
+from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params, writing_strength
 from membench.models.scan import carry_dtype
 from membench.models.scan_vector_decay import (
     MIN_LOG_DECAY, vector_decay_delta_chunked, vector_decay_delta_reference,
 )
-
-
-def writing_strength(logits: torch.Tensor, allow_neg_eigval: bool) -> torch.Tensor:
-    """beta of a delta-rule write: sigmoid(logits) in (0, 1), or 2 sigmoid(logits) in (0, 2) with
-    `allow_neg_eigval`, so that the eigenvalue 1 - beta of I - beta k k^T (|k| = 1) lies in (-1, 1).
-
-        >>> writing_strength(torch.zeros(1), False), writing_strength(torch.zeros(1), True)
-        (tensor([0.5000]), tensor([1.]))
-    """
-    return (2.0 if allow_neg_eigval else 1.0) * torch.sigmoid(logits)
 
 
 class KimiDeltaAttention(ConvQKVMixer):

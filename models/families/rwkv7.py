@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, linear_flops, register_model
-from membench.models.families.kda import writing_strength
-from membench.models.layers import ConvQKVMixer, check_heads
+from membench.models.layers import ConvQKVMixer, check_heads, writing_strength
 from membench.models.scan import carry_dtype, read_state
 
 DECAY_SCALE = math.exp(-0.5)  # -log w_t = e^-0.5 sigmoid(.): w in (exp(-e^-0.5), 1) = (0.545, 1)
