@@ -109,7 +109,8 @@ def first_repeats(draws: torch.Tensor, high: int) -> tuple[torch.Tensor, torch.T
     k = draws.shape[1]
     bits = (k - 1).bit_length()  # position takes the low bits
     dtype = torch.int32 if high << bits <= 2**31 else torch.int64  # int32 sorts faster
-    paired = sort_rows((draws.to(dtype) << bits) | torch.arange(k, device=draws.device, dtype=dtype))  # (B, k)
+    paired = draws.to(dtype).bitwise_left_shift_(bits).bitwise_or_(torch.arange(k, device=draws.device, dtype=dtype))
+    paired = sort_rows(paired)  # (B, k)
     value = paired >> bits  # (B, k): each row sorted
     rows, cols = (value[:, 1:] == value[:, :-1]).nonzero(as_tuple=True)  # (n,) each: repeats in sorted order
     cols = (paired[rows, cols + 1] & ((1 << bits) - 1)).long()  # (n,): their positions in the row
@@ -175,7 +176,7 @@ def power_law_slots(
     """
     rank = torch.arange(1, num_slots + 1, device=device, dtype=torch.float32)  # (S,): g + 1
     uniform = torch.rand(batch_size, num_slots, generator=gen, device=device)  # (B, S) in [0, 1)
-    arrival = torch.log1p(-uniform) * rank.pow(1.0 - power_a)  # (B, S): -E_g / w_g, latest most negative
+    arrival = uniform.neg_().log1p_().mul_(rank.pow(1.0 - power_a))  # (B, S): -E_g / w_g, latest most negative
     return first_arrivals(arrival, k)
 
 
@@ -198,8 +199,9 @@ def first_arrivals(arrival: torch.Tensor, k: int) -> torch.Tensor:
         return first_arrivals_reference(arrival, k)
     B, S = arrival.shape
     bits = max(S - 1, 1).bit_length()
-    lateness = arrival.neg().view(torch.int32).long()  # (B, S): ordered as -arrival (-0.0 negates to 0.0)
-    ranked = sort_rows((lateness << bits) | torch.arange(S))[:, :k + 1]  # (B, min(k + 1, S))
+    key = arrival.neg().view(torch.int32).long()  # (B, S): ordered as -arrival (-0.0 negates to 0.0)
+    key.bitwise_left_shift_(bits).bitwise_or_(torch.arange(S))  # (B, S): then by slot
+    ranked = sort_rows(key)[:, :k + 1]  # (B, min(k + 1, S))
     time = ranked >> bits
     tied = (time[:, 1:] == time[:, :-1]).any(dim=1).nonzero().flatten()  # (r,): rows with equal arrivals
     slots = ranked[:, :k] & ((1 << bits) - 1)  # (B, k)
@@ -580,8 +582,11 @@ class AssociativeRecall(Task):
         background = new_int64((B, T), device)
         if noise is not None:
             background[:, :c] = noise
-        # fillers, drawn as int32 (several times faster than int64 on CPU) and widened on the copy
-        background[:, c:] = torch.randint(K, self.kv_vocab, (B, T - c), generator=gen, device=device, dtype=torch.int32)
+        fillers = background[:, c:]  # (B, T - c)
+        if device.type == "cpu":  # drawn in place: the same draws as the int32 tensor below (tested), without it
+            fillers.random_(K, self.kv_vocab, generator=gen)
+        else:  # drawn as int32 (faster than int64) and widened on the copy
+            fillers.copy_(torch.randint(K, self.kv_vocab, (B, T - c), generator=gen, device=device, dtype=torch.int32))
         query_pos = slots.mul_(self.pair_width).add_(c)  # (B, k)
         if a == b == 1 and noise is None:  # one-token pairs filling [0, c): back to back, the fast path
             return place_pairs(background, keys[..., 0], values[..., 0], query_pos, latest)
