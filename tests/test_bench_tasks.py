@@ -4,9 +4,10 @@
     pytest -m benchmark --benchmark-enable tests/test_bench_tasks.py
 
 - every registered task at its default params, 256 sequences of 256 tokens, on the CPU;
-- the acceptance case: associative_recall, vocab_size=8192, num_kv_pairs=64, 20,000 sequences of 256
-  tokens (target <= 150 ms on a 2-core CPU), timed beside a per-row numpy generator in the style of the
-  field's (a Python loop over rows, np.random.choice per row), so the speed-up is measured in one run;
+- the acceptance case: associative_recall, vocab_size=8192, 20,000 sequences at three shapes of Zoology's
+  mixture (256 tokens with 64 pairs, its training length; 64 with 4, its shortest; 1024 with 256, its longest),
+  each timed beside a per-row numpy generator in the style of the field's (a Python loop over rows,
+  np.random.choice per row, after Zoology's), so the speed-up is measured in one run, on one thread;
 - the same case on CUDA (target >= 1e9 tokens/s), skipped when there is no GPU;
 - the recall variants (key overwrite, noisy_recall, fuzzy_recall) at 256 x 256 on the CPU, each timed beside
   multi_turn_qa, the slowest generator before them, in the same run (target: ratio <= 1).
@@ -81,19 +82,23 @@ def per_row_numpy_mqar(
     return np.where(inputs == 0, noise, inputs), labels
 
 
-def test_associative_recall_20k_cpu_vs_per_row_numpy(benchmark, capsys):
-    """The acceptance figure: 20,000 x 256 MQAR sequences (V=8192, k=64) on the CPU, and the speed-up over
-    the per-row numpy generator of the same data, timed once in this run."""
-    task = get_task("associative_recall", **MQAR_PARAMS)
-    tokens = MQAR_BATCH * MQAR_LENGTH
-    benchmark.group = "associative_recall 20,000 x 256, V=8192, k=64"
-    benchmark.pedantic(task.sample, args=(MQAR_BATCH, MQAR_LENGTH), kwargs={"seed": 0}, rounds=7, warmup_rounds=1)
+ZOOLOGY_SHAPES = [(256, 64), (64, 4), (1024, 256)]  # (seq_len, num_kv_pairs) of Zoology's MQAR mixture
+
+
+@pytest.mark.parametrize("seq_len, num_kv_pairs", ZOOLOGY_SHAPES, ids=[f"T{t}-kv{k}" for t, k in ZOOLOGY_SHAPES])
+def test_associative_recall_20k_cpu_vs_per_row_numpy(benchmark, capsys, seq_len, num_kv_pairs):
+    """The acceptance figure: 20,000 MQAR sequences (V=8192) on the CPU, and the speed-up over the per-row numpy
+    generator of the same data, timed once in this run."""
+    task = get_task("associative_recall", vocab_size=8192, num_kv_pairs=num_kv_pairs)
+    tokens = MQAR_BATCH * seq_len
+    benchmark.group = f"associative_recall 20,000 x {seq_len}, V=8192, k={num_kv_pairs}"
+    benchmark.pedantic(task.sample, args=(MQAR_BATCH, seq_len), kwargs={"seed": 0}, rounds=7, warmup_rounds=1)
     best = report(benchmark, capsys, "associative_recall (torch, CPU)", tokens)
 
     start = time.perf_counter()
-    inputs, labels = per_row_numpy_mqar(8192, MQAR_BATCH, MQAR_LENGTH, 64)
+    inputs, labels = per_row_numpy_mqar(8192, MQAR_BATCH, seq_len, num_kv_pairs)
     baseline = time.perf_counter() - start
-    assert inputs.shape == labels.shape == (MQAR_BATCH, MQAR_LENGTH)  # it made the same amount of data
+    assert inputs.shape == labels.shape == (MQAR_BATCH, seq_len)  # it made the same amount of data
     if best is not None:
         benchmark.extra_info.update(per_row_numpy_seconds=baseline, speedup=baseline / best)
         with capsys.disabled():
