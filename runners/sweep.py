@@ -73,19 +73,14 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
     tables.remove_temporaries(out)
     notes: list[str] = []
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
-    finished = {}  # trial files holding every row their config implies
-    for trial_id, payload in tables.read_trials(out, notes).items():
-        slices = [s.name for s in configs[trial_id].eval_slices] if trial_id in configs else None
-        lacking = tables.missing_rows(payload, slices)
-        if not lacking:
-            finished[trial_id] = payload
-        else:
-            notes.append(f"trial file {out / tables.TRIALS_DIR / trial_id}.json is incomplete ({lacking}); "
-                         + ("its trial will re-run" if trial_id in configs else "its rows in the tables are kept"))
-    kept = tables.kept_rows(out, finished)  # rows of trials without a (complete) file: never dropped
+    slices = {i: [s.name for s in c.eval_slices] for i, c in configs.items()}
+    finished = tables.read_trials(out, notes, slices)  # valid, complete trial files; the others set aside, noted
+    try:
+        kept = tables.kept_rows(out, finished, notes)  # rows of trials without a valid file: never dropped
+    finally:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     if kept:
         n = len(kept.get("runs", ()))
         print(f"note: {out} holds {n} runs rows of trials without a complete file in {tables.TRIALS_DIR}/: "
