@@ -1,5 +1,5 @@
-"""The README's "Benchmark your own architecture" section works as written, from a user's folder outside the
-repository that has a `models/` package of its own."""
+"""The manual's "Bring your own" page (docs/byo.md) works as written, from a user's folder outside the
+repository that has a `models/` package of its own; the README shows the same mixer and commands."""
 
 from __future__ import annotations
 
@@ -20,13 +20,21 @@ from tests.helpers import run_cli, undo_plugin_side_effects  # noqa: F401 (autou
 
 ROOT = Path(__file__).resolve().parent.parent
 
+PAGE = ROOT / "docs" / "byo.md"
 README = ROOT / "README.md"
 
 
-def section_blocks(kind: str) -> list[str]:
-    text = README.read_text()
-    section = text.split("## Benchmark your own architecture", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{kind}\n(.*?)```", section, re.S)
+def section_blocks(kind: str, page: Path = PAGE) -> list[str]:
+    """The ```kind blocks of the page (of the README: its "benchmark your own" section), in order."""
+    text = page.read_text()
+    if page == README:
+        text = text.split("## Add a model, or benchmark your own", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{kind}\n(.*?)```", text, re.S)
+
+
+def test_the_readme_shows_the_manuals_mixer_and_commands():
+    assert section_blocks("python", README)[0] == section_blocks("python")[0]
+    assert section_blocks("bash", README)[0] == section_blocks("bash")[0]
 
 
 def commands(block: str) -> list[list[str]]:

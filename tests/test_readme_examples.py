@@ -1,4 +1,5 @@
-"""The README's "Add a new task" and "Add a new model" examples work as written."""
+"""The manual's "Add a task" and "Add a model" examples work as written, on every page that shows them (the
+README and docs/tasks.md show the task; docs/models.md the model)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ import torch
 from membench.memtasks import TASKS, get_task
 from membench.models import MODELS, build_model
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def examples(marker: str) -> list[tuple[str, str]]:
+    """(page name, source) of every python block of the manual that contains `marker`."""
+    found = [(page.name, block) for page in PAGES
+             for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if marker in block]
+    assert found, f"no example with {marker!r}"
+    return found
 
 
 def exec_example(source: str, name: str, registry) -> None:
@@ -32,8 +40,13 @@ def exec_example(source: str, name: str, registry) -> None:
         del sys.modules[module.__name__]
 
 
-def test_add_a_task_example_registers_a_working_task():
-    exec_example(readme_blocks()[0], "parity_recall", TASKS)
+def test_the_task_example_is_on_the_front_page_and_in_the_manual():
+    assert {page for page, _ in examples('@register_task("parity_recall")')} == {"README.md", "tasks.md"}
+
+
+@pytest.mark.parametrize("page, source", examples('@register_task("parity_recall")'))
+def test_add_a_task_example_registers_a_working_task(page, source):
+    exec_example(source, "parity_recall", TASKS)
     try:
         task = get_task("parity_recall")
         batch = task.sample(16, 9, seed=0)
@@ -44,8 +57,9 @@ def test_add_a_task_example_registers_a_working_task():
         TASKS.unregister("parity_recall")
 
 
-def test_add_a_model_example_registers_a_working_causal_model():
-    exec_example(readme_blocks()[1], "cumulative_mean", MODELS)
+@pytest.mark.parametrize("page, source", examples('@register_model("cumulative_mean")'))
+def test_add_a_model_example_registers_a_working_causal_model(page, source):
+    exec_example(source, "cumulative_mean", MODELS)
     try:
         model = build_model("cumulative_mean", vocab_size=8, d_model=16)
         tokens = torch.randint(0, 8, (2, 12))

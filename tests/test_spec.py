@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
-from pathlib import Path
 
 import pytest
 
 from membench.memtasks import list_tasks
 from membench.models import list_models
 from membench.runners.cli import main
-from membench.runners.spec import PRESETS, SETTINGS, TOP_KEYS, SweepSpec, load_spec
+from membench.runners.spec import PRESETS, SETTINGS, load_spec
 from membench.runners.trial import EvalSlice, TrialConfig
 
 CHEAP = {"models": ["mlp"]}  # parameter matching of one family keeps loading fast
@@ -219,32 +217,6 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv):
     assert code == 2
     assert err.startswith("membench: error: ") and err.count("\n") == 1
     assert not out.exists()
-
-
-def readme_schema() -> str:
-    """The spec schema block of the README (the TOML block that documents `name = "my-sweep"`)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    return next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if b.startswith('name = "my-sweep"'))
-
-
-def test_the_readme_schema_states_the_defaults_the_code_uses():
-    """Every top-level key of the README schema not marked "example" shows its real default, and every
-    setting and top-level key of the spec is documented there: the docs cannot drift from the code."""
-    text = readme_schema().split("\n[")[0]  # the top-level keys (the tables below are examples)
-    documented = tomllib.loads(text)
-    examples = {line.split("=")[0].strip() for line in text.splitlines() if "# example" in line}
-    spec_defaults = {f.name: f.default for f in dataclasses.fields(SweepSpec) if f.default is not dataclasses.MISSING}
-    for key, value in documented.items():
-        if key in examples or isinstance(value, dict):
-            continue
-        if key in SETTINGS:
-            assert SETTINGS[key][1] == value, f"README says {key} = {value!r}, the code's default is {SETTINGS[key][1]!r}"
-        elif key in spec_defaults:
-            assert spec_defaults[key] == value, f"README says {key} = {value!r}, SweepSpec's is {spec_defaults[key]!r}"
-        else:
-            assert key in ("tasks", "models", "name") and value in ("all", "my-sweep"), key
-    assert (set(SETTINGS) | set(TOP_KEYS)) - {"cost_classes"} <= set(documented), "undocumented spec keys"
-    assert "[cost_classes." in readme_schema()
 
 
 def test_trial_settings_take_the_trial_configs_own_defaults():
