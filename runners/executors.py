@@ -11,13 +11,27 @@ the sweep writes them, so every executor produces the same files.
 `make_executor` validates everything (executor name, device, Ray importable, GPUs present) before the
 sweep creates its output directory. Devices: "auto" (every GPU when there are any, else the CPU), "cpu",
 "cuda" (every GPU) or "cuda:N".
+
+Interrupts: the sweep's process alone answers Ctrl-C and SIGTERM. Its workers start with SIGINT blocked and
+then ignore it (a Ctrl-C reaches the terminal's whole process group: they print nothing); when the sweep is
+interrupted, its pool's workers are terminated at once, their trials abandoned (they have no trial file, so
+the next run into the directory runs them again). A worker also ends with its parent, `kill -9` included
+(see _die_with_parent), so no worker outlives the sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
+import re
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
@@ -27,6 +41,7 @@ import torch
 from membench.checks import check_device
 from membench.registry import unknown_name_message
 from membench.runners.errors import UsageError
+from membench.runners.metrics import short_error
 from membench.runners.precision import check_compile
 from membench.runners.trial import TrialConfig, failed_trial, run_trial
 
@@ -83,6 +98,7 @@ class LocalExecutor:
                  threads: int | None = None, worker=None) -> None:
         self.devices, self.compile, self.progress, self.threads = devices, compile, progress, threads
         self.worker = worker or _worker_trial
+        self._pool: ProcessPoolExecutor | None = None  # the pool of the run in progress
 
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         trials = list(trials)
@@ -107,7 +123,10 @@ class LocalExecutor:
             yield from self._one_pool(queue)
 
     def _one_pool(self, queue: list) -> Iterator[dict]:
-        """Run trials from the front of `queue` on one fresh pool until it is done, broken or poisoned."""
+        """Run trials from the front of `queue` on one fresh pool until it is done, broken or poisoned.
+
+        Anything that ends it early (Ctrl-C, SIGTERM, the caller closing this generator) stops the pool's
+        workers at once (stop_workers) rather than waiting for their trials."""
         ctx = multiprocessing.get_context("spawn")
         free = ctx.Queue()
         for device in self.devices:
@@ -115,16 +134,21 @@ class LocalExecutor:
         in_flight: dict = {}  # future -> (config, alone)
         crashed: list = []  # (config, alone) of the trials whose worker died
         stop = False  # no more submissions to this pool (broken or poisoned)
-        with ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_claim_device,
-                                 initargs=(free, len(self.devices))) as pool:
-            def fill() -> None:
-                while queue and not stop and len(in_flight) < len(self.devices):
-                    config, alone = queue[0]
-                    if (alone and in_flight) or any(a for _, a in in_flight.values()):
-                        return  # a suspect runs with nothing beside it
-                    queue.pop(0)
-                    in_flight[pool.submit(self.worker, config, self.compile, self.threads)] = (config, alone)
+        pool = ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_start_worker,
+                                   initargs=(free, len(self.devices), os.getpid()))
+        self._pool = pool
 
+        def fill() -> None:
+            while queue and not stop and len(in_flight) < len(self.devices):
+                config, alone = queue[0]
+                if (alone and in_flight) or any(a for _, a in in_flight.values()):
+                    return  # a suspect runs with nothing beside it
+                queue.pop(0)
+                with sigint_blocked():  # submit may start a worker: it inherits the block (see _start_worker)
+                    future = pool.submit(self.worker, config, self.compile, self.threads)
+                in_flight[future] = (config, alone)
+
+        try:
             fill()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -141,6 +165,12 @@ class LocalExecutor:
                     stop = stop or is_sticky(payload)
                 fill()  # the freed workers start their next trials while the sweep writes these results
                 yield from payloads
+        except BaseException:  # interrupted, or closed by the caller: the trials in flight are abandoned
+            stop_workers(pool)
+            raise
+        finally:
+            self._pool = None
+        pool.shutdown()
         if len(crashed) == 1 or any(alone for _, alone in crashed):
             for config, _ in crashed:  # the one trial in flight when its worker died: that trial's fault
                 err = WorkerDied("the worker process died while running this trial (killed, crashed or out "
@@ -150,7 +180,83 @@ class LocalExecutor:
             queue[:0] = [(config, True) for config, _ in crashed]
 
     def close(self) -> None:
-        """Nothing to release (the pool closes with its run)."""
+        """Stop the workers of a pool whose run was left unfinished (the caller stopped reading it: an
+        exception while it wrote a result); a finished run has closed its pool already."""
+        if self._pool is not None:
+            stop_workers(self._pool)
+            self._pool = None
+
+
+STOP_GRACE = 2.0  # seconds a terminated worker has to end before it is killed
+PARENT_POLL = 1.0  # seconds between two looks at the parent's pid (where PR_SET_PDEATHSIG is not available)
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal this process gets when its parent dies
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """SIGINT held back in this thread: a process started meanwhile inherits the block (the signal mask
+    survives fork and exec), so a worker never sees a Ctrl-C, not even while it imports torch; one that
+    arrives meanwhile stays pending here and is raised when the block ends. Without pthread_sigmask
+    (Windows) nothing is blocked."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool now: SIGTERM to every worker (a trial in flight is abandoned), SIGKILL to one still alive
+    after STOP_GRACE seconds; the futures not started are cancelled."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the live workers, by pid
+    sentinels = {}
+    for process in processes:
+        with contextlib.suppress(ValueError, OSError):  # a process already closed or gone
+            sentinels[process.sentinel] = process
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_GRACE
+    while sentinels and time.monotonic() < deadline:
+        for ended in multiprocessing.connection.wait(list(sentinels), deadline - time.monotonic()):
+            sentinels.pop(ended)
+    for process in sentinels.values():
+        with contextlib.suppress(ValueError, OSError):
+            process.kill()
+
+
+def _start_worker(free, workers: int, parent: int) -> None:
+    """Pool initializer: ignore Ctrl-C (the sweep's process answers it and stops the pool), end with the
+    parent `parent` (_die_with_parent), then take a device (_claim_device)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    _claim_device(free, workers)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when `parent` ends, however it ends (kill -9 included). On Linux the kernel sends
+    SIGKILL (prctl PR_SET_PDEATHSIG; it fires when the thread that started the worker ends, which is the
+    thread running the sweep); elsewhere a daemon thread looks at os.getppid() every PARENT_POLL seconds.
+    A parent gone before either was armed (the worker was then adopted: another ppid) ends it at once."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no libc to load, or no prctl in it
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), name="membench-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(1)
 
 
 _worker_device = "cpu"  # the device of this worker process, claimed once when it starts
@@ -213,13 +319,31 @@ class RayExecutor:
                 config = pending.pop(ref)
                 try:
                     yield ray.get(ref)
-                except ray.exceptions.RayError as err:  # the worker itself died (e.g. killed for memory)
-                    status = "oom" if isinstance(err, ray.exceptions.OutOfMemoryError) else "error"
-                    yield failed_trial(config, status, err, device)
+                except ray.exceptions.RayError as err:  # the worker died (e.g. killed for memory), or the task raised
+                    yield ray_failure(ray, err, config, device)
 
     def close(self) -> None:
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+# a terminal escape sequence (Ray colours its messages), or what is left of one that a length limit cut short
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]?)?")
+
+
+def ray_failure(ray, err: BaseException, config: TrialConfig, device: str) -> dict:
+    """The payload of a Ray task that failed: status oom when Ray killed it for memory, else error. A task that
+    raised (RayTaskError) is recorded by its own exception, with Ray's full traceback (payload "traceback");
+    every text without the colour codes Ray puts in it.
+
+        >>> ANSI_ESCAPE.sub("", "\x1b[36mray::run_trial()\x1b[39m (pid=7)")
+        'ray::run_trial() (pid=7)'
+    """
+    status = "oom" if isinstance(err, ray.exceptions.OutOfMemoryError) else "error"
+    cause = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayTaskError) else None
+    reason = ANSI_ESCAPE.sub("", short_error(cause if isinstance(cause, BaseException) else err))
+    trace = ANSI_ESCAPE.sub("", str(err)) if isinstance(err, ray.exceptions.RayTaskError) else ""
+    return failed_trial(config, status, reason, device, trace=trace)
 
 
 def make_executor(name: str, device: str = "auto", compile: str = "none", address: str | None = None,
