@@ -4,13 +4,15 @@
 Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigError` (a task, model or
 spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
 and the exit code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated"
-(exit 143), at start-up too. Any other exception is a bug: it keeps its traceback (exit 1), so that it can be
-reported.
+(exit 143), at start-up too: one that comes while the commands and plugin folders import (torch among them) is
+held until they have imported (see _held_signals). Any other exception is a bug: it keeps its traceback
+(exit 1), so that it can be reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -51,13 +53,31 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+@contextlib.contextmanager
+def _held_signals():
+    """Ctrl-C and SIGTERM recorded while the block runs, then raised (KeyboardInterrupt, Terminated) once it
+    has ended. Raised in the middle of torch's import, a Ctrl-C was seen to end the process with SIGINT after
+    the one line (exit -2 instead of 130); raised here, it unwinds from plain Python code."""
+    held: list[int] = []
+    previous = {signum: _install(signum, lambda signum, frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # (None: a handler not set from Python, unknown: the default)
+            _install(signum, signal.SIG_DFL if handler is None else handler)
+    if held:
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn bad input, Ctrl-C and SIGTERM into one line: exit 2, 130 and 143."""
     previous = _install(signal.SIGTERM, _terminate)
     try:
-        args = build_parser().parse_args(argv)  # imports every command (torch): Ctrl-C may land here
-        for folder in getattr(args, "include", None) or []:  # plugin folders, before the command looks anything up
-            plugins.include(folder)
+        with _held_signals():  # start-up: every command imports (torch), then the plugin folders
+            args = build_parser().parse_args(argv)
+            for folder in getattr(args, "include", None) or []:  # before the command looks anything up
+                plugins.include(folder)
         return int(args.handler(args) or 0)
     except (UsageError, ConfigError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held
