@@ -23,7 +23,8 @@ What an import path may name, for models: a `MemoryModel` subclass (used as it i
 attribute 'no_such' (closest: none; it defines Block, MLP, MemoryModel, Mixer, ...)
 
 A plugin that fails to import gets a one-line warning (`warn`) naming it and its error; membench keeps
-working. Where every registered name came from is the registry's `source(name)`: "membench", "include
+working. A model or task from outside membench that raises while membench uses it (builds, counts, samples)
+is bad input, reported in one line naming it (`blamed_on`); membench's own keep their traceback (a bug). Where every registered name came from is the registry's `source(name)`: "membench", "include
 DIR/file.py", "entry point DIST", or the defining module.
 """
 
@@ -70,6 +71,43 @@ def loading(source: str):
         _source.pop()
 
 
+class PluginError(ConfigError):
+    """A model or task from outside membench raised (see blamed_on)."""
+
+
+def is_external(kind: str, name: str) -> bool:
+    """True for a model or task ("model" or "task") that membench does not ship: an import path, or a name
+    registered by a plugin folder, an entry point or the user's own code."""
+    if is_import_path(name):
+        return True
+    if kind == "model":
+        from membench.models import MODELS as registry
+    else:
+        from membench.memtasks import TASKS as registry
+    return registry.source(name) != "membench"
+
+
+@contextlib.contextmanager
+def blamed_on(kind: str, name: str, doing: str):
+    """An exception that a model or task from outside membench raises inside this block becomes one line
+    naming it (PluginError); ConfigError passes as it is, and membench's own models and tasks keep their
+    traceback (an exception there is a bug of membench).
+
+        >>> with blamed_on("model", "my_mixers:Broken", "while being built"):   # whose __init__ raises
+        ...     raise RuntimeError("bad shape")
+        Traceback (most recent call last):
+        membench.plugins.PluginError: model my_mixers:Broken raised RuntimeError while being built: bad shape
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as err:
+        if not is_external(kind, name):
+            raise
+        raise PluginError(f"{kind} {name} raised {type(err).__name__} {doing}: {err}") from None
+
+
 def warn(message: str) -> None:
     """One line on stderr, `membench: warning: ...`; kept in WARNINGS (tests and `membench models` read it)."""
     line = " ".join(message.split())
@@ -113,6 +151,10 @@ def load_object(kind: str, path: str) -> object:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{kind} {path!r}: an import path is MODULE:NAME, e.g. my_pkg.mixers:MyMixer")
+    if module_name.startswith(".") or any(sep in module_name for sep in "/\\"):
+        raise ConfigError(f"{kind} {path!r}: {module_name} is a relative or file path, not a module name; an import "
+                          f"path names a module by its dotted name from the current directory or the installed "
+                          f"packages (my_pkg.mixers:MyMixer for my_pkg/mixers.py), or give the folder with --include")
     cwd_importable()
     try:
         module = importlib.import_module(module_name)

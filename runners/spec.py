@@ -16,7 +16,10 @@ the longest segment and `lengths` does not apply. Eval lengths the task cannot d
 are skipped; training lengths it cannot do are skipped with a note, and a task left with none is an error.
 
 Validation builds every task, model and size (parameter matching, on the meta device) before anything
-runs, so a bad spec fails with one line and writes nothing. Sizes are bounded by membench.checks.LIMITS
+runs, so a bad spec fails with one line and writes nothing; a model from outside membench that raises while
+it is built is named in that line (plugins.blamed_on). A model the spec does not name (an empty spec, or
+`models = "all"`: every registered family) that cannot be matched to target_params at a task's vocabulary
+is skipped for that task with a note; a model it names is an error. Sizes are bounded by membench.checks.LIMITS
 (seeds < 2^32, tokens per sequence, batch_size x length, eval slice tokens, vocabulary, parameters of a
 model, ...); eval slice names must be unique and non-empty, and cost-class tables must name a cost class.
 """
@@ -127,6 +130,17 @@ def _check_keys(table: dict, valid: list[str], where: str) -> None:
     for key in table:
         if key not in valid:
             raise ConfigError(f"{where}: {unknown_name_message('key', key, sorted(valid))}")
+
+
+class Unmatched(ConfigError):
+    """No width of a model is within match_tolerance of target_params (at a task's vocabulary)."""
+
+
+def _named(value) -> set[str]:
+    """The names a tasks/models value picks itself (not the registered ones that "all" brings in)."""
+    if isinstance(value, list):
+        return set(value)
+    return {name for name in value if name != "all"} if isinstance(value, dict) else set()
 
 
 def _settings(table: dict, where: str) -> dict:
@@ -333,6 +347,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
                            "task", list_tasks(), "task")
     model_entries = _select(_entries(raw.get("models"), "models", list_models(), label), overrides.get("models"),
                             "model", list_models(), "model")
+    named = set(overrides["models"]) if "models" in overrides else _named(raw.get("models"))
     tasks = [_Task(name, table, label) for name, table in task_entries.items()]
     models = []
     for table_name, table in model_entries.items():
@@ -342,7 +357,8 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         cls = model_class(name)
         params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
         cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
-        models += [(name, point, cost, _settings(table, where)) for point in param_grid(params, where)]
+        chosen = table_name in named or name in named  # else brought in by "all": skipped where unmatched
+        models += [(name, point, cost, _settings(table, where), chosen) for point in param_grid(params, where)]
     if not tasks or not models:
         raise ConfigError(f"{label}: the sweep has no {'tasks' if not tasks else 'models'}")
     classes = sorted({model_class(m).cost_class for m in [*list_models(), *(m[0] for m in models)]})
@@ -352,13 +368,20 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
 
     trials, rates, notes = [], [], []
     for task in tasks:
-        task_trials = []
-        for model, model_params, cost, model_settings in models:
+        task_trials, unmatched = [], 0
+        for model, model_params, cost, model_settings, chosen in models:
             s = _merge([top_settings, task.settings, cost, model_settings, flag_settings])
-            task_trials += _expand(task, model, model_params, s, notes, top.get("gpu_workers", 1))
+            try:
+                task_trials += _expand(task, model, model_params, s, notes, top.get("gpu_workers", 1))
+            except Unmatched as err:
+                if chosen:
+                    raise
+                unmatched += 1
+                _note(notes, f"{task.name}: {model} skipped: {err}")
         if not task_trials:
             why = "; ".join(n.split(": ", 1)[1] for n in notes if n.startswith(f"{task.name}: "))
-            raise ConfigError(f"{task.where}: every training length was skipped ({why})")
+            skipped = "every model was skipped" if unmatched == len(models) else "every training length was skipped"
+            raise ConfigError(f"{task.where}: {skipped} ({why})")
         trials += [trial for trial, _ in task_trials]
         rates += [trial_rates for _, trial_rates in task_trials]
     # absent: SweepSpec's defaults
@@ -400,12 +423,14 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
             check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
                         sl.n_sequences * sl.seq_len, "eval_tokens")
         for d_model in _widths(model, model_params, s, vocab, task.where):
-            _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
-            time_cap = s["time_cap"]
-            if time_cap == "auto":
-                seconds = estimate.trial_seconds(model, model_params, vocab, d_model, s["n_layers"], s["batch_size"],
-                                                 longest, s["steps"], s["eval_every"], slices, rates, workers)
-                time_cap = estimate.auto_time_cap(sum(seconds), s["max_time_cap"])
+            with plugins.blamed_on("model", model, f"while being built for {task.where} at d_model {d_model}"):
+                _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
+                time_cap = s["time_cap"]
+                if time_cap == "auto":
+                    seconds = estimate.trial_seconds(model, model_params, vocab, d_model, s["n_layers"],
+                                                     s["batch_size"], longest, s["steps"], s["eval_every"], slices,
+                                                     rates, workers)
+                    time_cap = estimate.auto_time_cap(sum(seconds), s["max_time_cap"])
             for lr in s["learning_rates"]:
                 for seed in s["seeds"]:
                     trials.append((TrialConfig(
@@ -429,13 +454,16 @@ def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> 
         return [s["d_model"]]
     targets = s["target_params"] if isinstance(s["target_params"], list) else [s["target_params"]]
     try:
-        return list(dict.fromkeys(
-            _matched_width(model, target, vocab, s["n_layers"], s["match_tolerance"],
-                           json.dumps(model_params, sort_keys=True))
-            for target in targets))
+        with plugins.blamed_on("model", model, f"while being matched to target_params for {where}"):
+            return list(dict.fromkeys(
+                _matched_width(model, target, vocab, s["n_layers"], s["match_tolerance"],
+                               json.dumps(model_params, sort_keys=True))
+                for target in targets))
+    except plugins.PluginError:
+        raise
     except ConfigError as err:
-        raise ConfigError(f"{where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
-                          f"or give this model a fixed d_model") from None
+        raise Unmatched(f"{where}, vocab_size {vocab}: {err}; or raise match_tolerance, "
+                        f"or give this model a fixed d_model") from None
 
 
 def _check_size(model: str, model_params: dict, vocab: int, d_model: int, n_layers: int, notes: list[str]) -> None:

@@ -28,7 +28,11 @@ def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
     for note in spec.notes:  # what the spec skipped, as `membench run` says it
         print(f"note: {note}", file=sys.stderr)
-    rows = plan(spec.trials, spec.rates, spec.gpu_workers)
+    distinct: dict = {}  # trial_id -> (trial, rates): a trial the spec lists twice runs once (runners/sweep.py)
+    for trial, rates in zip(spec.trials, spec.rates):
+        distinct.setdefault(trial.trial_id, (trial, rates))
+    trials, rates = [t for t, _ in distinct.values()], [r for _, r in distinct.values()]
+    rows = plan(trials, rates, spec.gpu_workers)
     table = [(r["model"], str(r["trials"]), str(r["longest"]), f"{r['hours']:.2f}", f"{r['eval_hours']:.2f}",
               f"{r['cap_hours']:.2f}") for r in rows]
     total = [sum(r[key] for r in rows) for key in ("trials", "hours", "eval_hours", "cap_hours")]
@@ -43,7 +47,7 @@ def run(args) -> int:
           "rates the spec assumes (flops_rate, step_latency, token_latency; runners/cost/estimate.py); a plateau "
           "or threshold stop takes less.")
     if args.against:
-        compared = against(spec.trials, spec.rates, read_results(args.against).runs, spec.gpu_workers)
+        compared = against(trials, rates, read_results(args.against).runs, spec.gpu_workers)
         if not compared:
             raise UsageError(f"{args.against} holds no trial of this spec; give the --out directory of a run of it")
         print(f"\nmeasured / estimated ms per step, over the trials of this spec in {args.against}:")

@@ -6,6 +6,7 @@ import typing
 
 from membench.checks import ConfigError, check_limit
 from membench.memtasks import get_task, task_class
+from membench.plugins import blamed_on
 from membench.runners.parsing import key_values, positive_int
 
 HELP = "render one example of a task (scored positions marked [input -> answer])"
@@ -21,9 +22,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cls = task_class(args.task)
     params = key_values(args.param, typing.get_type_hints(cls))
-    task = get_task(args.task, **params)
+    with blamed_on("task", args.task, "while being built"):
+        task = get_task(args.task, **params)
+        vocab_size = task.vocab_size
     length = positive_int(args.length, "--length", "length")
-    check_limit(f"task {args.task} vocab_size (from its params)", task.vocab_size, "vocab_size")
+    check_limit(f"task {args.task} vocab_size (from its params)", vocab_size, "vocab_size")
     try:
         seed = int(args.seed)
     except ValueError:
@@ -31,9 +34,13 @@ def run(args) -> int:
     if seed < 0:
         raise ConfigError(f"--seed must be an integer >= 0, got {args.seed!r}")
     check_limit("--seed", seed, "seed")
-    batch = task.sample(1, length, seed=seed)
-    scored = int(batch.scored.sum())
-    print(f"{task.name} v{task.version} ({task.describe_params()}), length {length}, seed {seed}, "
-          f"{scored} scored positions marked [input -> answer]:")
-    print(task.render(batch, 0))
+    with blamed_on("task", args.task, f"in sample() at length {length}, seed {seed}"):
+        batch = task.sample(1, length, seed=seed)
+        scored = int(batch.scored.sum())
+    with blamed_on("task", args.task, "in render()"):
+        heading = (f"{task.name} v{task.version} ({task.describe_params()}), length {length}, seed {seed}, "
+                   f"{scored} scored positions marked [input -> answer]:")
+        example = task.render(batch, 0)
+    print(heading)
+    print(example)
     return 0
