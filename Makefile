@@ -11,7 +11,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LATEST     := .venv-latest
 
-.PHONY: install test test-latest constraints bench leaderboard clean
+.PHONY: install test test-latest constraints bench bench-baseline leaderboard clean
 
 install: $(STAMP)
 
@@ -37,8 +37,19 @@ constraints: $(LATEST)/versions.txt
 test: install
 	$(PY) -m pytest -q
 
+# Benchmarks, then their costs against benchmarks/baseline.json: a guarded one more than 25 % slower fails the run.
+BENCH_RUN  := .benchmarks/latest.json
+BENCH_ARGS := -p tests.bench_baseline -m benchmark --benchmark-enable --benchmark-json=$(BENCH_RUN)
 bench: install
-	$(PY) -m pytest -q -m benchmark --benchmark-enable --benchmark-columns=min,median,max,rounds
+	mkdir -p $(dir $(BENCH_RUN))
+	$(PY) -m pytest -q $(BENCH_ARGS) --benchmark-columns=min,median,max,rounds
+	$(PY) -m tests.bench_baseline check $(BENCH_RUN)
+
+# Rewrites benchmarks/baseline.json from the guarded benchmarks (generation, training steps, evaluation) on this machine.
+bench-baseline: install
+	mkdir -p $(dir $(BENCH_RUN))
+	$(PY) -m pytest -q $(BENCH_ARGS) tests/test_bench_tasks.py tests/test_bench_models.py tests/test_bench_eval.py
+	$(PY) -m tests.bench_baseline update $(BENCH_RUN)
 
 leaderboard: install
 	$(VENV)/bin/membench leaderboard --out results/latest
