@@ -158,7 +158,8 @@ def matched_width(name: str, target_params: int, vocab_size: int, n_layers: int 
         return one + (n_layers - 1) * (two - one)
 
     shallow = n_layers <= 4
-    best, counts = _closest_width(name, target_params, multiple, tolerance, heads, params, exact if shallow else by_depth)
+    count = exact if shallow else by_depth
+    best, counts = _closest_width(name, target_params, multiple, tolerance, heads, params, count)
     if not shallow and exact(best) != counts[best]:  # layers that differ (a mixer pattern): count every depth
         best, counts = _closest_width(name, target_params, multiple, tolerance, heads, params, exact)
     if counts[best] is None or abs(counts[best] - target_params) > tolerance * target_params:

@@ -146,7 +146,9 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
                     changed[:, t + 1:] = (changed[:, t + 1:] + 1) % vocab_size  # every later token differs
                     moved = (model(changed)[:, : t + 1] - base[:, : t + 1]).abs().max().item()
                     if moved > 1e-4:
-                        raise Failed(f"changing tokens after position {t} changed a logit at or before it by {moved:.3g}")
+                        raise Failed(
+                            f"changing tokens after position {t} changed a logit at or before it by {moved:.3g}"
+                        )
             model.set_path("fast").train()
             return "future tokens never change past logits"
         return check
@@ -198,7 +200,8 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
             raise Failed(f"an O(n^2) model's state should grow with length: {sizes}")
         if cost in ("O(n)", "O(n*w)") and sizes[4096] != sizes[8192]:
             raise Failed(f"a bounded-memory ({cost}) model's state grows: {sizes}")
-        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 ({kind + ', ' if kind else ''}cost class {cost})"
+        kind_note = kind + ", " if kind else ""
+        return f"{sizes[64]:,} floats at length 64, {sizes[4096]:,} at 4096 ({kind_note}cost class {cost})"
 
     def flops() -> str:
         counter = count_reference_forward(model, tokens(2, 32))
@@ -247,7 +250,9 @@ def check_task(name: str, params: dict | None = None) -> list[CheckResult]:
             batch = task.sample(8, seq_len, seed=1)
             for label, t in (("inputs", batch.inputs), ("targets", batch.targets), ("lags", batch.lags)):
                 if t.shape != (8, seq_len) or t.dtype != torch.int64:
-                    raise Failed(f"{label} at length {seq_len}: {t.dtype} {tuple(t.shape)}, expected int64 (8, {seq_len})")
+                    raise Failed(
+                        f"{label} at length {seq_len}: {t.dtype} {tuple(t.shape)}, expected int64 (8, {seq_len})"
+                    )
         return f"lengths {', '.join(map(str, lengths))}"
 
     def token_range() -> None:
@@ -256,7 +261,9 @@ def check_task(name: str, params: dict | None = None) -> list[CheckResult]:
             scored = batch.scored
             if int(batch.inputs.min()) < 0 or int(batch.inputs.max()) >= task.vocab_size:
                 raise Failed(f"inputs outside [0, {task.vocab_size}) at length {seq_len}")
-            if scored.any() and (int(batch.targets[scored].min()) < 0 or int(batch.targets[scored].max()) >= task.vocab_size):
+            if scored.any() and (
+                int(batch.targets[scored].min()) < 0 or int(batch.targets[scored].max()) >= task.vocab_size
+            ):
                 raise Failed(f"scored targets outside [0, {task.vocab_size}) at length {seq_len}")
             if not ((batch.targets[~scored] == IGNORE).all() and (batch.lags[~scored] == NO_LAG).all()):
                 raise Failed("unscored positions must hold target IGNORE (-100) and lag NO_LAG (-1)")
@@ -284,7 +291,8 @@ def check_task(name: str, params: dict | None = None) -> list[CheckResult]:
             solved = task.solve(batch.inputs)
             wrong = (solved[batch.scored] != batch.targets[batch.scored]).sum().item()
             if solved.shape != batch.inputs.shape or wrong:
-                raise Failed(f"at length {seq_len} the solver disagrees with {wrong} of {int(batch.scored.sum())} labels")
+                labels = int(batch.scored.sum())
+                raise Failed(f"at length {seq_len} the solver disagrees with {wrong} of {labels} labels")
 
     def lags() -> str:
         batch = task.sample(32, typical + 5, seed=4)

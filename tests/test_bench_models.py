@@ -5,8 +5,8 @@
 Setting: d_model 128, 2 layers, vocabulary 64, the fast path, cross-entropy on every position,
 batch = tokens // length. On CUDA: 32768 tokens per batch, lengths 256 / 1024 / 4096, bf16 autocast.
 On CPU (fp32) a feasible subset: 8192 tokens per batch, lengths 256 and 1024, and a combination
-whose first (warm-up) step takes longer than CPU_STEP_BUDGET_S is skipped with its time in the reason. Deselected by default
-(marker `benchmark`); CUDA variants skip cleanly without a GPU.
+whose first (warm-up) step takes longer than CPU_STEP_BUDGET_S is skipped with its time in the reason.
+Deselected by default (marker `benchmark`); CUDA variants skip cleanly without a GPU.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def test_accuracy_vs_length_draws_the_seed_interval_when_cells_have_seeds(tmp_pa
     (tmp_path / "charts").mkdir()
     (svg,) = [p for p in accuracy_vs_length(sweep, tmp_path / "charts") if p.suffix == ".svg"]
     assert "95 % bootstrap interval over seeds" in svg.read_text()
-    one_seed = Sweep.from_results(read_results(write_sweep(tmp_path / "one", pd.DataFrame(rows[:4], columns=RUNS_COLUMNS))))
+    one_seed_rows = pd.DataFrame(rows[:4], columns=RUNS_COLUMNS)
+    one_seed = Sweep.from_results(read_results(write_sweep(tmp_path / "one", one_seed_rows)))
     (svg,) = [p for p in accuracy_vs_length(one_seed, tmp_path / "charts") if p.suffix == ".svg"]
     assert "bootstrap" not in svg.read_text()
 

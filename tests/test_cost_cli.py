@@ -38,7 +38,8 @@ def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):
         import pyarrow  # noqa: F401
     except ImportError:
         return  # the Parquet copies are optional (the `parquet` extra); CI installs it
-    assert pd.read_parquet(out_dir / "cost.parquet").equals(cost) and len(pd.read_parquet(out_dir / "cost_fit.parquet")) == 2
+    assert pd.read_parquet(out_dir / "cost.parquet").equals(cost)
+    assert len(pd.read_parquet(out_dir / "cost_fit.parquet")) == 2
 
 
 @pytest.mark.parametrize(
@@ -81,8 +82,8 @@ def test_out_must_be_a_directory(tmp_path, capsys):
 
 
 def test_the_installed_command_exits_2():
-    done = subprocess.run([sys.executable, "-m", "membench.runners", "cost", "--models", "transformr", "--out", "unused"],
-                          capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "membench.runners", "cost", "--models", "transformr", "--out", "unused"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("membench: error: unknown model 'transformr'") and done.stderr.count("\n") == 1
     assert "did you mean 'transformer'" in done.stderr and not done.stdout

@@ -23,7 +23,8 @@ def test_cost_row_flops_match_the_reference_path(name, monkeypatch):
     with FlopCounterMode(display=False) as counter:
         model(torch.randint(0, VOCAB_SIZE, (batch, seq_len)))
     counted = counter.get_total_flops()
-    monkeypatch.setattr("membench.runners.cost.measure.make_step", lambda *args: lambda: None)  # FLOPs only: no step is run
+    # FLOPs only: no step is run
+    monkeypatch.setattr("membench.runners.cost.measure.make_step", lambda *args: lambda: None)
     config = CostConfig(models=(name,), lengths=(seq_len,), batch_tokens=batch * seq_len)
     row, _ = measure_point(model, name, seq_len, config, torch.device("cpu"))
     assert row["batch_size"] == batch

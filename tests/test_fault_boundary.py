@@ -243,7 +243,9 @@ def test_a_sweep_goes_on_says_how_many_failed_and_retries_them(tmp_path, capsys,
     import membench.runners.executors as executors
 
     real = executors.run_trial
-    monkeypatch.setattr(executors, "run_trial", lambda config, *a, **k: ran.append(config.model) or real(config, *a, **k))
+    monkeypatch.setattr(
+        executors, "run_trial", lambda config, *a, **k: ran.append(config.model) or real(config, *a, **k)
+    )
     assert main(["run", "--spec", spec, "--out", out, "--quiet"]) == 1 and ran == []  # resumed: nothing re-runs
     assert main(["run", "--spec", spec, "--out", out, "--quiet", "--retry-failed"]) == 1
     assert sorted(ran) == ["exits", "flops_raises"]

@@ -117,7 +117,8 @@ def test_five_heads_on_the_transformer_match_or_fail_with_one_line(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(spec_text().replace('models = ["mlp"]', '')
                     .replace("d_model = 16", "target_params = 100000")
-                    + "[models.transformer]\nparams = { n_heads = 5 }\n[models.sliding_window]\nparams = { n_heads = 3 }\n")
+                    + "[models.transformer]\nparams = { n_heads = 5 }\n"
+                    + "[models.sliding_window]\nparams = { n_heads = 3 }\n")
     try:
         spec = load_spec(None, str(path))
     except ConfigError as err:

@@ -18,7 +18,9 @@ from membench.models.families.gated_deltaproduct import GatedDeltaProduct
 from membench.models.families.kda import KimiDeltaAttention
 from membench.models.families.rwkv7 import rwkv7_reference
 from membench.models.scan_vector_decay import (
-    MIN_LOG_DECAY, vector_decay_delta_chunked, vector_decay_delta_reference,
+    MIN_LOG_DECAY,
+    vector_decay_delta_chunked,
+    vector_decay_delta_reference,
 )
 from tests.helpers import assert_paths_agree, assert_same_outputs_and_grads, run_cli
 

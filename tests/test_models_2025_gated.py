@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from membench.checks import ConfigError
-from membench.models import build_model, model_class, width_step
-from membench.models import scan_log_linear
+from membench.models import build_model, model_class, scan_log_linear, width_step
 from membench.models.families import fox as fox_module
 from membench.models.families import gla as gla_module
 from membench.models.families.fox import ForgettingAttention, forgetting_attention_reference
@@ -129,7 +128,7 @@ def fox_paper_attention(q, k, v, log_forget):
     for i in range(seq_len):
         logits = []
         for j in range(i + 1):
-            bias = sum((log_forget[..., l] for l in range(j + 1, i + 1)), torch.zeros_like(log_forget[..., 0]))
+            bias = sum((log_forget[..., step] for step in range(j + 1, i + 1)), torch.zeros_like(log_forget[..., 0]))
             logits.append((q[..., i, :] * k[..., j, :]).sum(-1) / math.sqrt(q.shape[-1]) + bias)
         weights = torch.stack(logits, dim=-1).softmax(-1)  # (B, H, i + 1)
         out = out.index_copy(-2, torch.tensor([i]), (weights.unsqueeze(-2) @ v[..., : i + 1, :]))

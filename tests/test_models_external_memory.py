@@ -50,7 +50,9 @@ def test_write_hand_computed():
     torch.testing.assert_close(write_memory(memory, weights, erase, add), expected)
     # the docstring's worked example: slot 0 fully erased and overwritten, slot 1 untouched
     torch.testing.assert_close(
-        write_memory(torch.tensor([[[1.0], [0.0]]]), torch.tensor([[1.0, 0.0]]), torch.ones(1, 1), torch.full((1, 1), 5.0)),
+        write_memory(
+            torch.tensor([[[1.0], [0.0]]]), torch.tensor([[1.0, 0.0]]), torch.ones(1, 1), torch.full((1, 1), 5.0)
+        ),
         torch.tensor([[[5.0], [0.0]]]),
     )
 

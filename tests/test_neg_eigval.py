@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from membench.checks import ConfigError
-from membench.memtasks import eval_seed, get_task, train_seed
 from membench.models import build_model, family_params
 from membench.models.families import ssm as ssm_module
 from membench.models.families.deltanet import DeltaNet

@@ -34,7 +34,8 @@ class ShiftMixer(nn.Module):
 
     def __init__(self, d_model, layer_idx=0, gain=1.0):
         super().__init__()
-        self.prev, self.now, self.gain, self.layer_idx = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model), gain, layer_idx
+        self.prev, self.now = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.gain, self.layer_idx = gain, layer_idx
 
     def forward(self, x):  # (B, T, D) -> (B, T, D)
         shifted = nn.functional.pad(x, (0, 0, 1, 0))[:, :-1]
@@ -303,7 +304,8 @@ def test_entry_points_register_models_and_tasks_with_their_source(tmp_path, monk
         plugins.load_entry_points(MODELS)
         plugins.load_entry_points(TASKS)
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"plugin ep_broken_{n} (mbplug_{n}.missing:Thing, from mbplug-{n}) failed" in err
+        assert err.count("\n") == 1
+        assert f"plugin ep_broken_{n} (mbplug_{n}.missing:Thing, from mbplug-{n}) failed" in err
         assert f"ep_shift_{n}" in list_models() and MODELS.source(f"ep_shift_{n}") == f"entry point mbplug-{n}"
         assert build_model(f"ep_shift_{n}", vocab_size=8, d_model=16).name == f"ep_shift_{n}"
         assert TASKS.source(f"ep_echo_{n}") == f"entry point mbplug-{n}"

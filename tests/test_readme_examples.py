@@ -8,12 +8,11 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 from membench.memtasks import TASKS, get_task
 from membench.models import MODELS, build_model
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -10,7 +10,12 @@ import torch
 
 from membench.memtasks import get_task, make_generator
 from membench.memtasks.tasks.associative_recall import (
-    first_arrivals, first_arrivals_reference, place_pairs, place_recall, redraw_repeats, redraw_repeats_reference,
+    first_arrivals,
+    first_arrivals_reference,
+    place_pairs,
+    place_recall,
+    redraw_repeats,
+    redraw_repeats_reference,
 )
 
 CPU = torch.device("cpu")

@@ -224,7 +224,8 @@ def test_a_bug_inside_training_is_recorded_and_shown_with_its_traceback(tmp_path
     sweep prints the whole traceback to stderr (the trial file keeps it too)."""
     payload = run_trial(trial(model="broken"))
     assert "Traceback" in payload["traceback"] and 'raise ValueError("boom")' in payload["traceback"]
-    code = main(["run", "--spec", echo_spec(tmp_path, models=["broken"], lengths=[8], steps=5), "--out", str(tmp_path / "out"), "--quiet"])
+    spec = echo_spec(tmp_path, models=["broken"], lengths=[8], steps=5)
+    code = main(["run", "--spec", spec, "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
     assert "1 of 1 trials failed with an error" in err and "--retry-failed" in err  # the exit code and why

@@ -1,4 +1,5 @@
-"""The slice table (runners/reporting/slices.py) and the leaderboard's flag for trials evaluated on named slices only."""
+"""The slice table (runners/reporting/slices.py) and the leaderboard's flag for trials evaluated on named slices
+only."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from tests.sweeps import known_runs, trial, write_sweep
 def sliced_only(trial_rows: list[dict], accuracies: dict[str, float], steps_to_threshold: float) -> list[dict]:
     """A recipe-style trial: its plain rows replaced by named slices with these accuracies."""
     base = trial_rows[0]
-    return [{**base, "trial_id": base["trial_id"] + "-recipe", "slice": name, "eval_len": int(name[1:].split("-")[0]), "accuracy": acc,
-             "time_to_accuracy_steps": steps_to_threshold, "time_to_accuracy_seconds": 12.5,
+    return [{**base, "trial_id": base["trial_id"] + "-recipe", "slice": name, "eval_len": int(name[1:].split("-")[0]),
+             "accuracy": acc, "time_to_accuracy_steps": steps_to_threshold, "time_to_accuracy_seconds": 12.5,
              "time_to_accuracy_tokens": 1e6} for name, acc in accuracies.items()]
 
 

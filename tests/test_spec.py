@@ -58,8 +58,8 @@ def test_all_with_tables_runs_every_family_and_overrides_some(tmp_path):
 
 
 def test_execution_options(tmp_path):
-    spec = load_spec(None, write(tmp_path, 'cpu_threads = 1\ncompile = "torch_compile"\nd_model = 8\nmodels = ["mlp"]\n'),
-                     {"device": "cpu", "executor": "ray"})
+    text = 'cpu_threads = 1\ncompile = "torch_compile"\nd_model = 8\nmodels = ["mlp"]\n'
+    spec = load_spec(None, write(tmp_path, text), {"device": "cpu", "executor": "ray"})
     assert (spec.cpu_threads, spec.compile, spec.device, spec.executor) == (1, "torch_compile", "cpu", "ray")
     assert load_spec("standard", None, CHEAP).cpu_threads is None
 

@@ -86,7 +86,9 @@ def test_delayed_match_distractors_share_the_sample_alphabet():
     seed=st.integers(0, 2**40),
 )
 def test_delayed_match_solver_agrees_for_any_params(pattern_len, num_symbols, num_trials, delay, extra, seed):
-    task = get_task("delayed_match", pattern_len=pattern_len, num_symbols=num_symbols, num_trials=num_trials, delay=delay)
+    task = get_task(
+        "delayed_match", pattern_len=pattern_len, num_symbols=num_symbols, num_trials=num_trials, delay=delay
+    )
     seq_len = task.min_length() + extra
     batch = task.sample(4, seq_len, seed=seed)
     assert batch.scored.any(dim=1).all()

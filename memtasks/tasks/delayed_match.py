@@ -66,7 +66,9 @@ class DelayedMatch(Task):
     num_trials: int | None = None
     delay: int | None = None
 
-    description: ClassVar[str] = "hold a k-token sample through a delay of distractors; say MATCH or NONMATCH to a probe"
+    description: ClassVar[str] = (
+        "hold a k-token sample through a delay of distractors; say MATCH or NONMATCH to a probe"
+    )
     version: ClassVar[int] = 1
     recalls_token: ClassVar[bool] = False
 

@@ -91,7 +91,9 @@ class MultiTurnQA(Task):
     ask_prob: float = 0.35
     update_prob: float = 0.3
 
-    description: ClassVar[str] = "a dialogue states and updates entity facts among chit-chat; answer questions with the latest value"
+    description: ClassVar[str] = (
+        "a dialogue states and updates entity facts among chit-chat; answer questions with the latest value"
+    )
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:

@@ -116,7 +116,8 @@ def parse_based_pattern(pattern: str, n_layers: int) -> list[str]:
 @register_model("based", order=80)
 class BasedModel(MemoryModel):
     """Params: `mixer_pattern` (layer kinds), `n_heads` and `feature_dim` d' of the Taylor layers,
-    `window_heads` and `window` w of the window layers, `short_conv` k. Defaults: the Based paper's 360M recipe, scaled down."""
+    `window_heads` and `window` w of the window layers, `short_conv` k.
+    Defaults: the Based paper's 360M recipe, scaled down."""
 
     memory_mechanism = "Taylor-feature linear attention (global summary) + sliding-window softmax (local, exact)"
     cost_class = "O(n*w)"

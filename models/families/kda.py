@@ -43,7 +43,9 @@ from membench.models import MemoryModel, linear_flops, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params, writing_strength
 from membench.models.scan import carry_dtype
 from membench.models.scan_vector_decay import (
-    MIN_LOG_DECAY, vector_decay_delta_chunked, vector_decay_delta_reference,
+    MIN_LOG_DECAY,
+    vector_decay_delta_chunked,
+    vector_decay_delta_reference,
 )
 
 

@@ -34,7 +34,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if len(set(args.compare_models)) < 2:
-        raise UsageError("compare needs at least two different models, e.g. membench compare lstm transformer --task copy")
+        raise UsageError(
+            "compare needs at least two different models, e.g. membench compare lstm transformer --task copy"
+        )
     flags = {**overrides(args), "tasks": [args.task], "models": list(dict.fromkeys(args.compare_models)),
              "steps": positive_int(args.steps, "--steps") if args.steps else None, "budget": args.budget}
     spec = load_spec(None if args.spec else "compare", args.spec, flags)

@@ -197,7 +197,8 @@ def recall_vs_state(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def recall_vs_width(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy of the best config at each width against d_model (log2 x), a panel per task x length."""
-    fig, axes, models, styles, panels = _frontier_panels(table, "Recall against model width (best config at each width)")
+    title = "Recall against model width (best config at each width)"
+    fig, axes, models, styles, panels = _frontier_panels(table, title)
     for ax, task, length, panel in panels:
         for model in models:
             mine = panel[panel["model"] == model]

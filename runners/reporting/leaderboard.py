@@ -81,8 +81,9 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its cell, config, params, costs, status and accuracy at the trained length.
 
     A trial's status is that of its plain row at the trained length (or the failure status of its rows,
-    see runners/reporting/results.py, when it has no such row); a trial whose status is not in SCORED (ok, timeout) gets accuracy 0, and so does a trial
-    without that row or without an accuracy in it (`evaluated` False).
+    see runners/reporting/results.py, when it has no such row); a trial whose status is not in SCORED
+    (ok, timeout) gets accuracy 0, and so does a trial without that row or without an accuracy in it
+    (`evaluated` False).
     """
     plain = (runs["eval_len"] == runs["train_len"]) & is_plain_slice(runs)
     at_train = runs[plain].drop_duplicates("trial_id").set_index("trial_id")

@@ -51,7 +51,10 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], left
     """A Markdown table; columns named in `left` are left-aligned, the others right-aligned (numbers).
     Cells are escaped so that a `|` or a line break in a value cannot break the table."""
     left = set(left)
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join("---" if h in left else "---:" for h in header) + "|"]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join("---" if h in left else "---:" for h in header) + "|",
+    ]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
