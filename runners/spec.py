@@ -5,10 +5,10 @@ are named with `--preset NAME`. Recipes reproduce one published setup (they set 
 zoology_mqar) and are named with `--spec NAME`; `--spec` takes a file path too, and a path to an existing
 file wins over a shipped name.
 
-Schema: the README's "Run the leaderboard" section lists every key with its default, one place for
-users and code alike: tests/test_spec.py checks each default written there against `SETTINGS` below, whose
-defaults are in turn `TrialConfig`'s own field defaults wherever the setting is a field of a trial. An
-unknown key anywhere is an error naming the closest valid keys.
+Schema: docs/sweeps.md lists every key with its default, generated from `SETTINGS` and `TOP_KEYS` below
+by runners/reference_docs.py (tests/test_docs.py fails when the page is stale); `SETTINGS`' defaults are in
+turn `TrialConfig`'s own field defaults wherever the setting is a field of a trial. An unknown key anywhere
+is an error naming the closest valid keys.
 
 Precedence (later wins): defaults < top level < task table < cost-class table < model table < command-line
 flags (tasks, models, lengths, seeds, device, executor). With a train_mixture, the trial's train length is

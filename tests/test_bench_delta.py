@@ -9,7 +9,7 @@ same test, alternating, min of ROUNDS each: with one thread in CPU time of this 
 the work done, which a busy shared machine inflates far less than wall time), with two in wall time (CPU time
 would add up both threads). The issue's target is a speed-up of SPEED_UP_TARGET: the test asserts it where it
 is met (TARGET_MET: both cores, chunks of 32) and SPEED_UP_FLOOR elsewhere, below the least speed-up measured
-there (README, "Benchmarks"), so that a regression fails; it reports every ratio.
+there (docs/benchmarks.md), so that a regression fails; it reports every ratio.
 """
 
 from __future__ import annotations
