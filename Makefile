@@ -11,7 +11,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LATEST     := .venv-latest
 
-.PHONY: install test test-latest constraints bench bench-baseline leaderboard clean
+.PHONY: install lint test test-latest constraints bench bench-baseline leaderboard clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ constraints: $(LATEST)/versions.txt
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 # Benchmarks, then their costs against benchmarks/baseline.json: a guarded one more than 25 % slower fails the run.
 BENCH_RUN  := .benchmarks/latest.json

@@ -24,8 +24,9 @@ attribute 'no_such' (closest: none; it defines Block, MLP, MemoryModel, Mixer, .
 
 A plugin that fails to import gets a one-line warning (`warn`) naming it and its error; membench keeps
 working. A model or task from outside membench that raises while membench uses it (builds, counts, samples)
-is bad input, reported in one line naming it (`blamed_on`); membench's own keep their traceback (a bug). Where every registered name came from is the registry's `source(name)`: "membench", "include
-DIR/file.py", "entry point DIST", or the defining module.
+is bad input, reported in one line naming it (`blamed_on`); membench's own keep their traceback (a bug).
+Where every registered name came from is the registry's `source(name)`: "membench", "include DIR/file.py",
+"entry point DIST", or the defining module.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class DirectoryLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise UsageError(f"cannot write in {self.directory}: {err.strerror or err}; give a writable --out") from None
+            raise UsageError(f"cannot write in {self.directory}: {err.strerror or err}; give a writable --out") \
+                from None
         try:
             if fcntl is not None:
                 try:

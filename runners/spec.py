@@ -103,7 +103,8 @@ TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.te
             "tasks": None, "models": None, "cost_classes": checks.table, "include": checks.list_of(checks.text)}
 TASK_KEYS = {"task": checks.text, "params": checks.table, "train_mixture": None, "eval_slices": None}
 MODEL_KEYS = {"model": checks.text, "params": checks.table}
-SEGMENT_KEYS = {"seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table, "weight": checks.number(0, low_open=True)}
+SEGMENT_KEYS = {"seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table,
+                "weight": checks.number(0, low_open=True)}
 SLICE_KEYS = {"name": checks.name, "seq_len": checks.limited(checks.integer(1), "length"), "params": checks.table,
               "n_sequences": checks.limited(checks.integer(1), "eval_sequences")}
 OVERRIDES = ("tasks", "models", "lengths", "seeds", "device", "executor", "steps", "budget")
@@ -202,7 +203,8 @@ def _entries(value, kind: str, registered: list[str], where: str) -> dict[str, d
         return {name: {} for name in value}
     if isinstance(value, dict):
         everyone = checks.check_bool(f"{where}: [{kind}] all", value.get("all", False))
-        tables = {name: checks.table(table, f"{where} [{kind}.{name}]") for name, table in value.items() if name != "all"}
+        tables = {name: checks.table(table, f"{where} [{kind}.{name}]")
+                  for name, table in value.items() if name != "all"}
         return {**{name: {} for name in registered}, **tables} if everyone else tables
     raise ConfigError(f"{where}: {kind} must be \"all\", a list of names or tables [{kind}.NAME], got {value!r}")
 
@@ -355,7 +357,8 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
         _check_keys(table, [*MODEL_KEYS, *SETTINGS], where)
         name = checks.text(table.get("model", table_name), f"{where} model")
         cls = model_class(name)
-        params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)), where)
+        params = _check_params(checks.table(table.get("params", {}), f"{where} params"), list(family_params(name)),
+                               where)
         cost = _settings(cost_tables.get(cls.cost_class, {}), f"{label} [cost_classes.{cls.cost_class}]")
         chosen = table_name in named or name in named  # else brought in by "all": skipped where unmatched
         models += [(name, point, cost, _settings(table, where), chosen) for point in param_grid(params, where)]
@@ -414,7 +417,8 @@ def _expand(task: _Task, model: str, model_params: dict, s: dict, notes: list[st
     for length in lengths:
         slices = _slices(task, length, s)
         longest = max([seg.seq_len for seg in segments] or [length])
-        vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in (task.segments or []) + (task.slices or [])])
+        parts = (task.segments or []) + (task.slices or [])
+        vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in parts])
         check_limit(f"{task.where} vocab_size", vocab, "vocab_size")
         for seg_len in [seg.seq_len for seg in segments] or [length]:
             check_limit(f"{task.where} batch_size x length ({s['batch_size']} x {seg_len})",

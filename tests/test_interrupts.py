@@ -148,7 +148,8 @@ def test_ctrl_c_stops_the_sweep_and_its_workers_with_one_line_and_the_next_run_r
     assert statuses(out) == {"copy": ["ok"], "flip_flop": ["timeout"]}
 
 
-@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("signum, code, words",
+                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_to_the_sweep_alone_stops_its_workers_at_once(tmp_path, signum, code, words):
     out = tmp_path / "out"
     proc = start(out, tmp_path / "spec.toml")

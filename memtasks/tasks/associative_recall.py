@@ -457,7 +457,8 @@ class AssociativeRecall(Task):
                 f"keys; the maximum is {self.num_kv_pairs or self.num_key_motifs}"
             )
         if self.num_updates and self.num_values ** self.value_size >= 2**62:
-            raise ConfigError(f"num_updates needs fewer than 2^62 value motifs, got {self.num_values}^{self.value_size}")
+            raise ConfigError(f"num_updates needs fewer than 2^62 value motifs, got "
+                              f"{self.num_values}^{self.value_size}")
         a = self.power_a
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
             raise ConfigError(f"power_a must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
