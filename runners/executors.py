@@ -43,7 +43,8 @@ from membench.registry import unknown_name_message
 from membench.runners.errors import UsageError
 from membench.runners.metrics import short_error
 from membench.runners.precision import check_compile
-from membench.runners.trial import TrialConfig, failed_trial, run_trial
+from membench.runners.rows import failed_trial
+from membench.runners.trial import TrialConfig, run_trial
 
 EXECUTORS = ("local", "ray")
 

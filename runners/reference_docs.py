@@ -269,7 +269,7 @@ def spec_tables() -> str:
 def _synthetic_runs() -> pd.DataFrame:
     """One ok runs.csv row of task "<task>" evaluated on a named slice "<slice>" and on its plain length: what
     the reports need to show every column they can write."""
-    from membench.runners.tables import RUNS_COLUMNS
+    from membench.runners.schema import RUNS_COLUMNS
 
     row = dict.fromkeys(RUNS_COLUMNS, 0)
     row.update(trial_id="t", task="<task>", task_params="{}", model="m", model_params="{}", d_model=8, n_layers=1,
@@ -287,7 +287,7 @@ def table_columns() -> dict[str, tuple[str, list[str]]]:
     from membench.runners.reporting.frontier import COLUMNS as FRONTIER_COLUMNS
     from membench.runners.reporting.leaderboard import build_leaderboard
     from membench.runners.reporting.slices import slice_table
-    from membench.runners.tables import TABLES
+    from membench.runners.schema import TABLES
 
     runs = _synthetic_runs()
     tables = {name: (f"{name}.csv", columns) for name, columns in TABLES.items()}

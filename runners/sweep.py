@@ -34,8 +34,8 @@ from membench.runners.executors import make_executor
 from membench.runners.lock import DirectoryLock
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import count, text_table
+from membench.runners.schema import STATUSES
 from membench.runners.spec import SweepSpec
-from membench.runners.trial import STATUSES
 
 TABLES_EVERY = 15.0  # seconds between two rebuilds of the tables during a sweep, at least
 TABLES_COST_SHARE = 0.05  # ... and at most this share of the sweep's time spent rebuilding them

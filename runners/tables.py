@@ -1,4 +1,6 @@
-"""The results tables of a sweep directory, and the per-trial files they are rebuilt from.
+"""The files of a results directory: the per-trial files and the tables rebuilt from them, written
+atomically and checked when read back. What the tables hold (columns, statuses, valid cells) is
+runners.schema; the rows themselves are made by runners.rows.
 
 Layout of a sweep directory:
 
@@ -16,7 +18,7 @@ only its own and those of processes that no longer exist (never another live wri
 Resume trusts nothing it reads. A trial file counts as finished only when it is valid (`trial_problem`): a
 JSON object named by its trial_id, with every row its config implies (`missing_rows`: a runs row per eval
 slice, each table a list of rows), every row with all its table's columns and its file's trial_id, and every
-value passing the tables' own checks (`cell_problems`). Any other file is set aside as
+value passing the tables' own checks (`runners.schema.cell_problems`). Any other file is set aside as
 `<trial_id>.json.bad-<n>` (never deleted), with a note, and its trial re-runs.
 
 No row is ever dropped: rows of the tables whose trial has no valid file in trials/ (a directory of tables
@@ -27,56 +29,35 @@ file are not, since they are rebuilt from it. An invalid row is left out only wh
 aside (that file holds the trial's rows), with a note; any other bad row stops the sweep with a one-line
 error naming the file, row and column, before anything is written.
 
-Reading checks each table's columns (`check_table`: types, ranges, known statuses) and names the file,
-row and column of the first bad cell.
+Reading checks each table's cells (`check_table`, with the schema's checks: types, ranges, known statuses)
+and names the file, row and column of the first bad cell.
 
 A user's own columns: columns a user adds to a table (notes, tags) are kept when the sweep rewrites it
 (`write_tables`): they follow the schema's columns, and each row takes them from the old row of the same
 ROW_KEYS (runs: trial_id and slice), so a re-run trial's rows keep them too.
 
-Column order is fixed (RUNS_COLUMNS, LAGS_COLUMNS, CURVES_COLUMNS, SLICE_CURVES_COLUMNS); the leaderboard and
-charts read only these tables. slice_curves (every slice's accuracy at every evaluation) came later: trial
-files written before it have none, and their trials add no rows.
+Column order is fixed (the schema's TABLES); the leaderboard and charts read only these tables. slice_curves
+(every slice's accuracy at every evaluation) came later: trial files written before it have none, and their
+trials add no rows.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-RUNS_COLUMNS = [
-    "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
-    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy",
-    "exact_match", "loss", "scored", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second",
-    "peak_memory_mb", "flops_per_step", "tflops_per_s", "attention_flops_share", "memory_flops_share", "state_size",
-    "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained",
-    "status", "error", "device", "precision", "git_commit", "torch_version",
-]
-LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
-CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
-                  "eval_accuracy"]
-SLICE_CURVES_COLUMNS = ["trial_id", "task", "model", "d_model", "train_len", "seed", "slice", "eval_len", "step",
-                        "seconds", "tokens", "accuracy"]
-TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, "slice_curves": SLICE_CURVES_COLUMNS}
-# the columns that name one row of each table (a user's own columns follow a row through a rewrite by them)
-ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_bucket"],
-            "curves": ["trial_id", "step"], "slice_curves": ["trial_id", "slice", "step"]}
+from membench.runners.errors import UsageError
+from membench.runners.schema import ROW_KEYS, STATUSES, STRING_COLUMNS, TABLES, as_bool, cell_problems
+
 TRIALS_DIR = "trials"
 _TMP = ".tmp-"  # + "<pid>-": whose file it is
 # row order of every table: by these columns where present, then trial order within a trial
 _SORT = ["task", "model", "d_model", "train_len", "seed", "lr", "trial_id"]
-
-
-def state_cell(size: int | None) -> float | int:
-    """The state_size column's value: NaN (an empty cell, "unknown" in tables and charts) for a model that
-    declares no state size, never 0, which would claim a memoryless model."""
-    return math.nan if size is None else size
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -198,8 +179,6 @@ def _value_problems(trials: dict[str, dict]) -> dict[str, str]:
 def set_aside(path: Path) -> Path:
     """Rename the file at `path` to <name>.bad-<n> beside it, n the first number free; the new path. It is
     never deleted: what it holds can be read back by hand."""
-    from membench.runners.errors import UsageError
-
     n = 1
     while path.with_name(f"{path.name}.bad-{n}").exists():
         n += 1
@@ -226,8 +205,6 @@ def missing_rows(payload: dict, slices: list[str] | None = None) -> str:
         >>> missing_rows({"trial_id": "ab12", "runs": []}, ["L16"])
         'no lags rows list'
     """
-    from membench.runners.trial import STATUSES
-
     for name in TABLES:
         rows = payload.get(name)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -276,8 +253,6 @@ def kept_rows(out_dir: Path, trial_ids, notes: list[str] | None = None) -> dict[
     UsageError naming the file, row and column, and a fix that works, for any other bad row, a missing
     column, or a table that cannot be read (rather than overwrite it).
     """
-    from membench.runners.errors import UsageError
-
     kept, ids = {}, set(trial_ids)
     for name, columns in TABLES.items():
         path = Path(out_dir) / f"{name}.csv"
@@ -311,16 +286,9 @@ def kept_rows(out_dir: Path, trial_ids, notes: list[str] | None = None) -> dict[
     return kept
 
 
-STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
-                  "status": str, "error": str, "device": str, "precision": str, "stop_reason": str, "git_commit": str,
-                  "torch_version": str}
-
-
 def _read_csv_table(path: Path, name: str) -> pd.DataFrame | None:
     """Table `name` (a key of TABLES) from `path`, its text columns read as text, not yet checked; None when
     the file is empty. Raises UsageError naming the file when it is not a CSV with a trial_id column."""
-    from membench.runners.errors import UsageError
-
     table = _read_csv(path, dtype={k: v for k, v in STRING_COLUMNS.items() if k in TABLES[name]})
     if table is not None and "trial_id" not in table.columns:
         raise UsageError(f"{path} lacks column trial_id, so its rows cannot be matched to their trials; restore "
@@ -331,8 +299,6 @@ def _read_csv_table(path: Path, name: str) -> pd.DataFrame | None:
 def _read_csv(path: Path, **options) -> pd.DataFrame | None:
     """pd.read_csv(path, **options); None when the file is empty. Raises UsageError naming the file when it
     is not a readable CSV."""
-    from membench.runners.errors import UsageError
-
     try:
         return pd.read_csv(path, **options)
     except pd.errors.EmptyDataError:
@@ -342,81 +308,10 @@ def _read_csv(path: Path, **options) -> pd.DataFrame | None:
         raise UsageError(f"{path} is not a readable CSV table ({why}); move it away or restore it") from None
 
 
-# --- the checks of a table's values: one home for the tables read back and the trial files ---------------
-_INTEGER = {"d_model", "n_layers", "params", "train_len", "eval_len", "seed", "batch_size", "steps", "lag_bucket",
-            "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
-            "time_to_accuracy_tokens"}
-_FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}
-_SIGNED = {"seed", "loss", "train_loss"}  # every other number is a count, size, time, rate or fraction: >= 0
-_BOOLEAN = {"is_train_len", "under_trained"}  # True/False (or text or 0/1 that reads as one)
-_REQUIRED = {"trial_id", "task", "model", "slice", "status", "is_train_len"}  # never empty
-_TRUE, _FALSE = {"true", "1", "1.0"}, {"false", "0", "0.0"}  # the text of a yes/no cell, lower case
-
-
-def cell_problems(name: str, table: pd.DataFrame) -> pd.Series:
-    """Per row of `table` (table `name`, read from a CSV or made from trial files' rows): '' when its cells
-    are valid, else its first bad cell, as "column C: V why". A cell is bad when it is: empty in trial_id,
-    task, model, slice, status or is_train_len; not text in a text column; an unknown status; not true or
-    false in a yes/no column; not a number (a bool is not one) in a numeric column; not an integer where one
-    is due (lengths, seeds, steps, counts); outside [0, 1] for a fraction; negative, except in seed and the
-    losses. Empty numeric cells are valid (NaN: a failed trial's metrics). Columns outside the schema (a
-    user's own) are not checked.
-
-        >>> rows = pd.DataFrame({"trial_id": ["ab12", "ab12"], "slice": ["L8", "L16"], "accuracy": [0.5, 5.0]})
-        >>> cell_problems("runs", rows).tolist()
-        ['', 'column accuracy: 5.0 is outside [0, 1]']
-    """
-    from membench.runners.trial import STATUSES
-
-    found = pd.Series("", index=table.index, dtype=object)
-    for column in (c for c in TABLES[name] if c in table.columns):
-        values = table[column]
-        for bad, why in _bad_cells(column, values, STATUSES):
-            first = bad & (found == "")
-            found[first] = [f"column {column}: {v!r} {why}" for v in values[first]]
-    return found
-
-
-def _bad_cells(column: str, values: pd.Series, statuses) -> list[tuple[pd.Series, str]]:
-    """(mask of bad cells, why) for each rule of cell_problems that applies to `column`, in order."""
-    if column in STRING_COLUMNS:
-        text = _each(values, lambda v: isinstance(v, str), pd.api.types.is_string_dtype(values.dtype))
-        empty = values.isna() | (text & (values.astype(str).str.strip() == ""))
-        rules = [(empty, "is empty")] if column in _REQUIRED else []
-        rules.append((values.notna() & ~text, "is not text"))
-        if column == "status":
-            rules.append((~empty & ~values.isin(statuses), f"is not a status ({', '.join(statuses)})"))
-        return rules
-    if column in _BOOLEAN:
-        readable = _each(values, lambda v: str(v).strip().lower() in _TRUE | _FALSE, values.dtype == bool)
-        rules = [(values.isna(), "is empty")] if column in _REQUIRED else []
-        return [*rules, (values.notna() & ~readable, "is not true or false")]
-    numbers = pd.to_numeric(values, errors="coerce")
-    a_bool = _each(values, lambda v: isinstance(v, bool), values.dtype == bool)
-    rules = [((numbers.isna() & values.notna()) | a_bool, "is not a number")]
-    if column in _INTEGER:
-        rules.append((numbers.notna() & (numbers != numbers.round()), "is not an integer"))
-    if column in _FRACTION:
-        rules.append((numbers.notna() & ((numbers < 0) | (numbers > 1)), "is outside [0, 1]"))
-    elif column not in _SIGNED:
-        rules.append((numbers.notna() & (numbers < 0), "is negative"))
-    return rules
-
-
-def _each(values: pd.Series, test, typed: bool) -> pd.Series:
-    """`test` of each value of an object column (mixed values: a trial file's, or a CSV column with text in
-    it); for a column of one dtype, `typed` (what `test` gives for every value of that dtype)."""
-    if values.dtype == object:
-        return values.map(test).astype(bool)
-    return pd.Series(bool(typed), index=values.index)
-
-
 def check_table(name: str, table: pd.DataFrame, path) -> None:
     """Raise UsageError naming `path`, the row (its line in the file) and the column of the first bad cell
     (cell_problems) of `table`, read from `path` with its default index, and the fix: running the sweep again
     when the row's trial has a file in trials/ beside the table (it rebuilds the row), else fixing the row."""
-    from membench.runners.errors import UsageError
-
     problems = cell_problems(name, table)
     if (problems != "").any():
         index = (problems != "").idxmax()
@@ -440,14 +335,10 @@ def frames(trials: dict[str, dict], kept: dict[str, pd.DataFrame] | None = None)
         keys = [c for c in _SORT if c in columns]
         df = df.sort_values(keys, kind="stable", ignore_index=True) if len(df) else df
         if name == "runs":
-            df["is_train_len"] = df["is_train_len"].map(_as_bool).astype(bool)
+            df["is_train_len"] = df["is_train_len"].map(as_bool).astype(bool)
             df["error"] = df["error"].fillna("")
         result[name] = df.infer_objects() if extra is not None else df
     return result
-
-
-def _as_bool(value) -> bool:
-    return str(value).strip().lower() in _TRUE
 
 
 def write_tables(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
+from membench.runners.schema import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 
 PARAMS = {"mlp": 1000, "lstm": 5000, "gru": 4000}
 STATE = {"mlp": 0, "lstm": 256, "gru": 128}

@@ -8,7 +8,7 @@ import pytest
 
 from membench.runners.commands.compare import side_by_side
 from membench.runners.reporting.leaderboard import build_leaderboard, leaderboard_markdown
-from membench.runners.tables import RUNS_COLUMNS
+from membench.runners.schema import RUNS_COLUMNS
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 from tests.sweeps import trial
 

@@ -12,7 +12,7 @@ from membench.runners.cli import main
 from membench.runners.reporting.charts import CHARTS, Sweep, accuracy_vs_length, draw_charts, heatmap
 from membench.runners.reporting.figures import count_label, family_styles
 from membench.runners.reporting.results import read_results
-from membench.runners.tables import RUNS_COLUMNS
+from membench.runners.schema import RUNS_COLUMNS
 from tests.helpers import run_cli
 from tests.sweeps import known_runs, trial, write_sweep
 

@@ -15,7 +15,8 @@ import torch
 
 from membench.runners import executors
 from membench.runners.executors import LocalExecutor, is_sticky
-from membench.runners.trial import EvalSlice, TrialConfig, failed_trial
+from membench.runners.rows import failed_trial
+from membench.runners.trial import EvalSlice, TrialConfig
 
 
 def tiny(seed: int) -> TrialConfig:

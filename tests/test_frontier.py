@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from membench.runners.reporting.frontier import efficiency_table, frontier_table, has_sizes, pareto_front
-from membench.runners.tables import RUNS_COLUMNS
+from membench.runners.schema import RUNS_COLUMNS
 from tests.helpers import run_cli, tiny_spec
 from tests.sweeps import trial
 

@@ -13,7 +13,7 @@ import pytest
 from membench.runners.errors import UsageError
 from membench.runners.reporting.leaderboard import build_leaderboard, horizon, write_leaderboard
 from membench.runners.reporting.results import read_results, task_labels
-from membench.runners.tables import RUNS_COLUMNS
+from membench.runners.schema import RUNS_COLUMNS
 from tests.sweeps import NAN, PARAMS, known_runs, trial, write_sweep
 
 

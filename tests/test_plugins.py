@@ -339,7 +339,7 @@ def test_entry_points_load_on_first_use_and_join_models_all(tmp_path):
 
 
 def test_state_size_nan_is_not_zero():
-    from membench.runners.tables import state_cell
+    from membench.runners.schema import state_cell
 
     assert math.isnan(state_cell(None)) and state_cell(0) == 0
 

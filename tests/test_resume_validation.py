@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from membench.runners import tables
+from membench.runners import schema, tables
 from membench.runners.errors import UsageError
+from membench.runners.schema import RUNS_COLUMNS
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
 from tests.helpers import MICRO_COPY, MICRO_SETTINGS, run_cli
@@ -207,7 +208,7 @@ def test_table_missing_a_column_is_rebuilt_when_every_row_has_a_file(out, capsys
     code, err = run(capsys, out)
     assert code == 0, err
     runs = pd.read_csv(out / "runs.csv")
-    assert list(runs.columns) == tables.RUNS_COLUMNS and runs["peak_memory_mb"].notna().all()
+    assert list(runs.columns) == RUNS_COLUMNS and runs["peak_memory_mb"].notna().all()
 
 
 def test_table_missing_a_column_with_rows_of_no_file_is_refused_and_the_fix_works(out, capsys):
@@ -252,7 +253,7 @@ def test_users_own_columns_are_kept_through_a_rebuild(out, capsys):
     code, err = run(capsys, out, "--seeds", "1")  # another trial: the tables are rebuilt with its rows
     assert code == 0, err
     runs = pd.read_csv(out / "runs.csv", dtype=str, keep_default_na=False)
-    assert list(runs.columns) == [*tables.RUNS_COLUMNS, "note", "tag"]
+    assert list(runs.columns) == [*RUNS_COLUMNS, "note", "tag"]
     mine = runs[runs["trial_id"] == first].set_index("slice")
     assert mine.loc["L8", "note"] == "looks off" and mine.loc["L16", "note"] == "007"  # as written: not 7
     assert (mine["tag"] == "x").all()
@@ -281,6 +282,6 @@ def test_user_columns_are_matched_by_row_key_numbers_as_text(tmp_path):
     assert list(tables.with_user_columns(new, "cost", path).columns) == list(new.columns)  # no row key: as given
 
 
-def test_docstring_examples_of_tables_run():
-    result = doctest.testmod(tables)
-    assert result.failed == 0 and result.attempted >= 4
+def test_docstring_examples_of_tables_and_schema_run():
+    results = [doctest.testmod(module) for module in (tables, schema)]
+    assert [r.failed for r in results] == [0, 0] and min(r.attempted for r in results) >= 3

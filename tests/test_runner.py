@@ -21,11 +21,12 @@ from membench.memtasks import IGNORE, NO_LAG, TASKS, Batch, Task, eval_seed, get
 from membench.models import MODELS, MemoryModel, build_model, model_class, register_model
 from membench.runners import metrics
 from membench.runners.cli import main
+from membench.runners.rows import describe_checkout
+from membench.runners.schema import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
-from membench.runners.tables import CURVES_COLUMNS, LAGS_COLUMNS, RUNS_COLUMNS
 from membench.runners.train import lr_at, segment_schedule
-from membench.runners.trial import EvalSlice, Segment, TrialConfig, describe_checkout, run_trial
+from membench.runners.trial import EvalSlice, Segment, TrialConfig, run_trial
 from tests.helpers import tiny_spec
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from membench.runners.reporting.leaderboard import build_leaderboard
 from membench.runners.reporting.slices import named_slice_rows, slice_table, write_slices
-from membench.runners.tables import RUNS_COLUMNS, SLICE_CURVES_COLUMNS
+from membench.runners.schema import RUNS_COLUMNS, SLICE_CURVES_COLUMNS
 from tests.helpers import run_cli
 from tests.sweeps import known_runs, trial, write_sweep
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from membench.runners.errors import UsageError
-from membench.runners.tables import STRING_COLUMNS, check_table
+from membench.runners.schema import STRING_COLUMNS
+from membench.runners.tables import check_table
 
 # a trial's config: its family params and size, learning rate and batch (not steps: those taken vary by seed)
 CONFIG_COLUMNS = ["model_params", "d_model", "n_layers", "lr", "batch_size"]
