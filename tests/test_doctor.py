@@ -10,7 +10,7 @@ import torch
 
 from membench.models.families import recurrent
 from membench.runners import doctor
-from membench.runners.doctor import Check, run_checks
+from membench.runners.doctor import Check, run_checks, training, trials
 from tests.helpers import run_cli
 
 CPU = torch.device("cpu")
@@ -75,10 +75,10 @@ def test_the_capture_rows_skip_the_families_auto_never_captures(monkeypatch):
     """compile = "auto" runs the loops over tokens and cuDNN's RNNs eagerly, so capturing them is no check:
     their rows are skipped with the reason, and only the others are captured."""
     captured = []
-    monkeypatch.setattr(doctor, "list_models", lambda: ["lstm", "mlp"])
-    monkeypatch.setattr(doctor, "_train_losses", lambda name, *a, **k: (captured.append(name), ([1.0, 0.9], 0.1))[1])
-    monkeypatch.setattr(doctor, "_dynamo_counts", lambda: (0, 0))
-    rows = list(doctor.check_capture(CPU))
+    monkeypatch.setattr(training, "list_models", lambda: ["lstm", "mlp"])
+    monkeypatch.setattr(training, "_train_losses", lambda name, *a, **k: (captured.append(name), ([1.0, 0.9], 0.1))[1])
+    monkeypatch.setattr(training, "_dynamo_counts", lambda: (0, 0))
+    rows = list(training.check_capture(CPU))
     assert [(r.name, r.status) for r in rows] == [("capture lstm T=1024", "skipped"), ("capture mlp T=1024", "pass"),
                                                   ("capture lstm T=4096", "skipped"), ("capture mlp T=4096", "pass")]
     assert captured == ["mlp", "mlp"] and "runs it eagerly" in rows[0].detail
@@ -109,7 +109,7 @@ def test_the_recompile_limit_warning_is_caught():
     """What the "trials in one process" row looks for: dynamo's warning when it gives up compiling."""
     step = torch.compile(lambda x: x * 2, backend="eager")
     torch.compiler.reset()
-    with torch._dynamo.config.patch(recompile_limit=2), doctor.recompile_limit_warnings() as hits:
+    with torch._dynamo.config.patch(recompile_limit=2), trials.recompile_limit_warnings() as hits:
         for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):  # a recompile each
             step(torch.ones(3, dtype=dtype))
     torch.compiler.reset()

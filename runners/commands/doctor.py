@@ -1,4 +1,4 @@
-"""`membench doctor [--device DEVICE] [--out DIR] [--quick]`: check this install on this device (runners/doctor.py).
+"""`membench doctor [--device DEVICE] [--out DIR] [--quick]`: check this install on this device (runners/doctor/).
 
 Prints one row per check (pass, FAIL with the reason, or skipped and why); `--out DIR` also writes
 doctor.md and doctor.csv with the date, commit, torch version and device. Exit 0 when nothing FAILed, else 1.
