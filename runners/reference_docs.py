@@ -13,7 +13,7 @@ reports the stale ones and exits 1; tests/test_docs.py fails on a stale page). T
     spec-settings   the sweep settings of runners/spec.py (SETTINGS) with their defaults
     spec-top        the other top-level keys of a spec (TOP_KEYS), defaults from SweepSpec
     spec-tables     the keys of [tasks.NAME], [models.NAME], train_mixture segments and eval slices
-    tables          every column of every table a results directory holds (runners/tables.py and the
+    tables          every column of every table a results directory holds (runners/schema.py and the
                     reports), in each table's own column order
     families        membench's own model families, from the registry (what `membench models` lists)
     tasks           membench's own tasks, from the registry (what `membench tasks` lists)
