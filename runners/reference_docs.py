@@ -10,7 +10,7 @@ A page of docs/ holds a generated block between two marker lines; everything els
 `python -m membench.runners.reference_docs docs/` rewrites every such block from the code (`--check` only
 reports the stale ones and exits 1; tests/test_docs.py fails on a stale page). The blocks (BLOCKS):
 
-    spec-settings   the sweep settings of runners/spec.py (SETTINGS) with their defaults
+    spec-settings   the sweep settings of runners/spec_keys.py (SETTINGS) with their defaults
     spec-top        the other top-level keys of a spec (TOP_KEYS), defaults from SweepSpec
     spec-tables     the keys of [tasks.NAME], [models.NAME], train_mixture segments and eval slices
     tables          every column of every table a results directory holds (runners/schema.py and the
@@ -233,14 +233,15 @@ def _describe_key(key: str) -> str:
 
 
 def spec_settings() -> str:
-    from membench.runners.spec import SETTINGS
+    from membench.runners.spec_keys import SETTINGS
 
     rows = [[f"`{key}`", toml_value(default), _describe_key(key)] for key, (_, default) in SETTINGS.items()]
     return markdown_rows(["key", "default", "what it sets"], rows)
 
 
 def spec_top() -> str:
-    from membench.runners.spec import SETTINGS, TOP_KEYS, SweepSpec
+    from membench.runners.spec import SweepSpec
+    from membench.runners.spec_keys import SETTINGS, TOP_KEYS
 
     fields = {f.name: f.default for f in dataclasses.fields(SweepSpec) if f.default is not dataclasses.MISSING}
     rows = []
@@ -252,7 +253,7 @@ def spec_top() -> str:
 
 
 def spec_tables() -> str:
-    from membench.runners.spec import MODEL_KEYS, SEGMENT_KEYS, SLICE_KEYS, TASK_KEYS
+    from membench.runners.spec_keys import MODEL_KEYS, SEGMENT_KEYS, SLICE_KEYS, TASK_KEYS
 
     tables = {"task": ("[tasks.NAME]", TASK_KEYS), "model": ("[models.NAME]", MODEL_KEYS),
               "segment": ("[[tasks.NAME.train_mixture]]", SEGMENT_KEYS),
