@@ -1,7 +1,7 @@
 """One writer per results directory: an exclusive lock on DIR/.membench.lock, held while a sweep runs.
 
-    >>> with DirectoryLock("out/smoke"):        # a second process here gets UsageError:
-    ...     run_the_sweep()                     # "out/smoke is being written by PID 4242 (started ...)"
+    with DirectoryLock("out/smoke"):        # a second process here gets UsageError:
+        run_the_sweep()                     # "out/smoke is being written by PID 4242 (started ...)"
 
 The lock is `fcntl.flock` on the lock file, so the kernel releases it when its process exits, however it
 exits (kill -9 included): a lock file left by a dead process is simply taken over. The file holds the

@@ -1,8 +1,8 @@
 """Run a sweep: every trial of a spec on an executor, resumable, into a results directory.
 
-    >>> spec = load_spec("smoke", None, {"models": ["lstm"]})
-    >>> runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
-    >>> runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
+    spec = load_spec("smoke", None, {"models": ["lstm"]})
+    runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
+    runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
 
 Trials already in the directory (by trial_id, with every row their config implies) are skipped; each
 finished trial's file is written at once, and the tables are rebuilt from every trial file in the directory,
