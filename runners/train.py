@@ -33,13 +33,16 @@ evaluation pauses the clock, so the eval frequency does not change them, except 
 of `eval_every` steps. The time cap counts the trial's wall time from the first step, evaluation included:
 no training step and no eval batch starts after it (an evaluation cut short ends training with status
 timeout), and the final evaluation may take one more cap, so a trial ends within about 2 x time_cap after
-its first step. Compilation is none of these: it happens in a warm-up before the first step (`warm_up`),
-timed as `compile_seconds`.
+its first step. Compilation is none of these: it happens in a warm-up before the first step
+(`Training.warm_up`), timed as `compile_seconds`.
 
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
 which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA for a family that declares capture
-helps it, `compile_friendly`; none elsewhere: `resolve_compile`).
+helps it, `compile_friendly`; none elsewhere: `resolve_compile`, asked once per trial).
+
+A trial's run is one `Training`: its state (tasks, optimizer, captured step, counters, the outcome so far)
+and its stages as methods, from the warm-up to the final evaluation; `train` runs one.
 """
 
 from __future__ import annotations
@@ -205,21 +208,24 @@ def loss_fn(model, compile: str, device: torch.device):
     """The training forward (inputs (B, T), index (C,), picked (C,)) -> () loss, captured per `compile`
     ("auto" resolved by `resolve_compile`; see the module doc). Evaluation always runs eagerly (its lengths
     vary)."""
-    compile = resolve_compile(model, compile, device)
+    return _captured_loss(model, resolve_compile(model, compile, device), device)
+
+
+_CAPTURE_OPTIONS = {"torch_compile": {}, "cuda_graphs": {"mode": "reduce-overhead"}}  # torch.compile's, per mode
+
+
+def _captured_loss(model, mode: str, device: torch.device):
+    """`loss_fn` for a mode `resolve_compile` has given: none (eager), torch_compile or cuda_graphs."""
     dtype = precision.choose_precision(device)  # chosen here, outside what torch.compile captures
 
     def forward(inputs: torch.Tensor, index: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         with metrics.autocast_to(device, dtype):
             return scored_loss(model, model.features(inputs), index, picked)
 
-    if compile == "none":
+    if mode == "none":
         return forward
-    if compile == "torch_compile":
-        return torch.compile(forward)
-    if compile == "cuda_graphs":
-        precision.check_compile(compile, device)
-        return torch.compile(forward, mode="reduce-overhead")
-    raise ConfigError(f"unknown compile mode {compile!r}; valid: {', '.join(COMPILE_MODES)}")
+    precision.check_compile(mode, device)  # cuda_graphs needs an sm_80+ GPU
+    return torch.compile(forward, **_CAPTURE_OPTIONS[mode])
 
 
 def segment_schedule(weights: list[float], steps: int, seed: int) -> list[int]:
@@ -246,35 +252,210 @@ class _Clock:
         self._since = time.perf_counter()
 
 
-@dataclass
-class _Run:
-    """What one trial's training loop reads and updates: its tasks, optimizer, counters and results so far."""
+class Training:
+    """One trial's training run: what it reads (model, config, tasks, schedule, optimizer, captured step) and
+    what it updates (the loss on the device, the counters, the outcome so far), with its stages as methods.
 
-    config: object  # runners.trial.TrialConfig
-    model: torch.nn.Module
-    device: torch.device
-    train_tasks: list  # one task per training segment
-    eval_tasks: dict  # slice name -> task
-    at_train_len: list[str]  # the slices whose mean is the curve's eval_accuracy
-    stop_names: list[str]  # the slices that must reach the threshold to stop early
-    schedule: list[int]  # segment of each step
-    optimizer: torch.optim.Optimizer
-    params: list  # the model's parameters in its order (what clip_grad_norm scales)
-    compile: str  # the capture of the step, "auto" resolved (see resolve_compile)
-    step_loss: object  # (inputs, index, picked) -> () loss, captured per `compile`
-    capacity: list[int | None]  # gather rows of each segment, set from its first batch
-    out: TrainOutcome
-    loss_sum: torch.Tensor  # () on the device: the loss summed since the last reading
-    excess: torch.Tensor  # () int64 on the device: scored positions dropped (must stay 0)
-    clock: _Clock | None = None
-    started: float = 0.0  # time.perf_counter() at the first step: the time cap counts from it
-    bar: object = None  # tqdm progress bar, or None
-    points: dict = field(default_factory=dict)  # step -> curve point
-    window: int = 0  # steps summed in loss_sum
-    loss_value: float = math.nan  # the last loss reading
-    last_eval: int = -1  # step of the last evaluation
-    best: float = -math.inf  # the best mean accuracy of the early-stop slices so far
-    stale: int = 0  # evaluations since `best` last rose by at least config.min_delta
+    `run` is the loop: `__init__` (the state before the first step, the compile mode resolved once) ->
+    `warm_up` (compile, before the clocks) -> `train_step` for each step -> `read_loss` every `log_every`
+    steps -> `evaluate` every `eval_every` steps, which asks `stop_check` whether to stop -> a final
+    `read_loss` and `evaluate`. `train` is `Training(model, config, device, compile).run(progress)`.
+    """
+
+    def __init__(self, model, config, device: torch.device, compile: str) -> None:
+        self.model, self.config, self.device = model, config, device  # config: a runners.trial.TrialConfig
+        self.eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}  # slice name -> task
+        self.compile = resolve_compile(model, compile, device)  # the capture of the step, "auto" resolved
+        self.train_tasks = [config.segment_task(s) for s in config.segments]  # one task per training segment
+        # the slices whose mean is the curve's eval_accuracy, and those that must reach the threshold to stop early
+        self.at_train_len = ([s.name for s in config.eval_slices if s.seq_len == config.train_len]
+                             or list(self.eval_tasks))
+        self.stop_names = list(self.eval_tasks) if config.early_stop == "all_slices" else self.at_train_len
+        self.schedule = segment_schedule([s.weight for s in config.segments], config.steps, config.seed)
+        self.optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+        self.params = list(model.parameters())  # in the model's order: what clip_grad_norm scales
+        self.step_loss = _captured_loss(model, self.compile, device)  # (inputs, index, picked) -> () loss
+        self.capacity: list[int | None] = [None] * len(config.segments)  # gather rows of each segment
+        self.out = TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments))
+        self.loss_sum = torch.zeros((), device=device)  # () the loss summed since the last reading
+        self.excess = torch.zeros((), dtype=torch.long, device=device)  # () scored positions dropped (stays 0)
+        self.window = 0  # steps summed in loss_sum
+        self.loss_value = math.nan  # the last loss reading
+        self.points: dict[int, dict] = {}  # step -> curve point
+        self.last_eval = -1  # step of the last evaluation
+        self.best = -math.inf  # the best mean accuracy of the early-stop slices so far
+        self.stale = 0  # evaluations since `best` last rose by at least config.min_delta
+        self.clock: _Clock | None = None  # training seconds, from the first step (set by `run`)
+        self.started = 0.0  # time.perf_counter() at the first step: the time cap counts from it
+        self.bar = None  # tqdm progress bar, or None
+
+    def run(self, progress: bool = False) -> TrainOutcome:
+        """The loop, stage by stage: the compile warm-up (before the clocks start); steps until the budget,
+        the time cap or an early stop, the loss read every `log_every` steps and the slices scored every
+        `eval_every`; then the last loss reading, the training time, and a final evaluation unless the last
+        step was just evaluated."""
+        config, out = self.config, self.out
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
+        self.model.train()
+        try:
+            out.compile_seconds = self.warm_up()
+            self.started = time.perf_counter()
+            self.clock = _Clock(self.device)
+            for step in range(config.steps):
+                if time.perf_counter() - self.started > config.time_cap:
+                    out.timed_out = True
+                    break
+                self.train_step(step)
+                if self.bar is not None:
+                    self.bar.update()
+                if out.steps % config.log_every == 0:
+                    self.read_loss(out.steps)
+                if out.steps % config.eval_every == 0 and self.evaluate(out.steps):
+                    break
+            if self.window:
+                self.read_loss(out.steps)
+            out.train_seconds = self.clock.pause()
+            self.clock.resume()
+            if self.last_eval != out.steps or out.timed_out:
+                self.evaluate(out.steps, final=True)
+            if out.timed_out:
+                out.stop_reason = "time_cap"
+            out.under_trained = (out.stop_reason in ("budget", "time_cap") and self.best < config.threshold
+                                 and self.stale < config.patience)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        out.curve = [self.points[s] for s in sorted(self.points)]
+        return out
+
+    def draw(self, step: int):
+        """The batch of step `step`, on the device, and its scored positions gathered to its segment's capacity
+        (set from the segment's first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
+        seg = self.schedule[step]
+        batch = self.train_tasks[seg].sample(self.config.batch_size, self.config.segments[seg].seq_len,
+                                             train_seed(self.config.seed, step), self.device)
+        if self.capacity[seg] is None:
+            self.capacity[seg] = gather_capacity(batch.targets)
+            self.out.head_rows[seg] = self.capacity[seg]
+        return (batch.inputs, *scored_positions(batch.targets, self.capacity[seg]))
+
+    def warm_up(self) -> float:
+        """Compile the captured step before the clock starts; returns its wall seconds (0.0 when eager).
+
+        One forward and backward on the first batch of each segment (the batch its first step will draw, so
+        the capacities are the ones training uses; each segment's shapes compile now, not mid-run), twice
+        under cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped
+        after each backward pass and the optimizer is not stepped, so nothing is learnt and training's numbers
+        are those of an eager run. (Dropped after each one, not after both: under cuda_graphs the first
+        backward's gradients live in the graphs' memory pool, which the second forward overwrites, and a second
+        backward adding to them fails.)
+        """
+        if self.compile == "none":
+            return 0.0
+        started = time.perf_counter()
+        first_steps = {}  # segment -> its first step
+        for step, seg in enumerate(self.schedule):
+            first_steps.setdefault(seg, step)
+        for step in first_steps.values():
+            inputs, index, picked, _ = self.draw(step)
+            for _ in range(2 if self.compile == "cuda_graphs" else 1):
+                self.step_loss(inputs, index, picked).backward()
+                self.model.zero_grad(set_to_none=True)
+        metrics.synchronize(self.device)
+        return time.perf_counter() - started
+
+    def train_step(self, step: int) -> None:
+        """Step `step` (0-based): draw its batch, forward and backward, clip, update; the loss stays on the
+        device."""
+        config, out = self.config, self.out
+        seg = self.schedule[step]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+        inputs, index, picked, dropped = self.draw(step)  # (B, T), (C,), (C,), ()
+        loss = self.step_loss(inputs, index, picked)
+        self.excess += dropped
+        loss.backward()
+        clip_grad_norm(self.params, config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_sum += loss.detach()
+        self.window += 1
+        out.steps, out.tokens = step + 1, out.tokens + config.batch_size * config.segments[seg].seq_len
+        out.segment_steps[seg] += 1
+
+    def read_loss(self, step: int) -> None:
+        """Host sync: the mean loss since the last reading, recorded on the curve; raises Diverged when it is
+        not finite and CapacityExceeded when a step dropped scored positions."""
+        self.loss_value = float(self.loss_sum) / self.window
+        if int(self.excess):
+            raise CapacityExceeded(
+                f"{int(self.excess)} scored positions did not fit the gather capacity {self.capacity} (per "
+                f"segment, set from its first batch) in steps {step - self.window + 1}..{step}: this task's count "
+                f"of scored positions varies more than the margin of one sequence")
+        if not math.isfinite(self.loss_value):
+            raise Diverged(f"training loss is {self.loss_value} at step {step}")
+        self.point(step, self.clock.pause())["train_loss"] = self.loss_value
+        self.clock.resume()
+        self.loss_sum.zero_()
+        self.window = 0
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {self.loss_value:.3f}")
+
+    def evaluate(self, step: int, final: bool = False) -> bool:
+        """Score every slice (clock paused); record the curve and time-to-accuracy; True when training should
+        stop. Scoring stops at the time cap (the final evaluation may take one more time cap)."""
+        config, out = self.config, self.out
+        seconds = self.clock.pause()
+        deadline = self.started + config.time_cap * (2 if final else 1)
+        out.slices = {
+            s.name: metrics.evaluate(self.model, self.eval_tasks[s.name], s.seq_len, s.n_sequences,
+                                     config.batch_size, config.seed, self.device, deadline)
+            for s in config.eval_slices
+        }
+        if not final and time.perf_counter() > deadline:
+            out.timed_out = True  # this evaluation was cut short: the final one (with its grace) replaces it
+        self.clock.resume()
+        self.last_eval = step
+        accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
+        out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
+                            for name, a in accuracy.items()]
+        point = self.point(step, seconds)
+        point["eval_accuracy"] = sum(accuracy[n] for n in self.at_train_len) / len(self.at_train_len)
+        reached = {name for name, a in accuracy.items() if a >= config.threshold}
+        if not out.time_to_accuracy and reached == set(accuracy):
+            out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {self.loss_value:.3f} acc {point['eval_accuracy']:.3f}")
+        return self.stop_check(accuracy, reached, final)
+
+    def stop_check(self, accuracy: dict[str, float], reached: set[str], final: bool = False) -> bool:
+        """After an evaluation: update the plateau counters and say whether training stops, and why.
+
+        progress = the mean accuracy of the early-stop slices; it improves when it rises by at least min_delta
+        over the best so far. Training stops at the threshold (every early-stop slice reached it) or, with
+        budget "plateau", after `patience` evaluations without an improvement, once `min_steps` are done: a
+        task can sit at chance for hundreds of steps before a model learns it (a loss plateau, then a sudden
+        drop), and a stop inside that plateau would read as a memory that cannot do the task.
+        """
+        config, out = self.config, self.out
+        progress = sum(accuracy[n] for n in self.stop_names) / len(self.stop_names)
+        if progress >= self.best + config.min_delta:  # NaN (a slice that failed) never improves
+            self.best, self.stale = progress, 0
+        else:
+            self.stale += 1
+            self.best = progress if progress > self.best else self.best
+        if final:  # training has ended already: its reason stands
+            return False
+        if set(self.stop_names) <= reached:
+            out.stop_reason = "threshold"
+            return True
+        if config.budget == "plateau" and self.stale >= config.patience and out.steps >= config.min_steps:
+            out.stop_reason = "plateau"
+            return True
+        return False
 
     def point(self, step: int, seconds: float) -> dict:
         """The curve point of `step`, created at `seconds` on first use."""
@@ -282,198 +463,7 @@ class _Run:
                                              "train_loss": math.nan, "eval_accuracy": math.nan})
 
 
-def start(model, config, device: torch.device, compile: str) -> _Run:
-    """The state of a trial before its first step: tasks, schedule, optimizer, captured loss, empty counters."""
-    eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}
-    compile = resolve_compile(model, compile, device)
-    at_train_len = [s.name for s in config.eval_slices if s.seq_len == config.train_len] or list(eval_tasks)
-    return _Run(
-        config=config, model=model, device=device,
-        train_tasks=[config.segment_task(s) for s in config.segments],
-        eval_tasks=eval_tasks, at_train_len=at_train_len,
-        stop_names=list(eval_tasks) if config.early_stop == "all_slices" else at_train_len,
-        schedule=segment_schedule([s.weight for s in config.segments], config.steps, config.seed),
-        optimizer=make_optimizer(model, config.lr, config.weight_decay, device), params=list(model.parameters()),
-        compile=compile, step_loss=loss_fn(model, compile, device),
-        capacity=[None] * len(config.segments),
-        out=TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments)),
-        loss_sum=torch.zeros((), device=device),
-        excess=torch.zeros((), dtype=torch.long, device=device),
-    )
-
-
-def draw(run: _Run, step: int):
-    """The batch of step `step`, on the device, and its scored positions gathered to its segment's capacity
-    (set from the segment's first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
-    seg = run.schedule[step]
-    batch = run.train_tasks[seg].sample(run.config.batch_size, run.config.segments[seg].seq_len,
-                                        train_seed(run.config.seed, step), run.device)
-    if run.capacity[seg] is None:
-        run.capacity[seg] = gather_capacity(batch.targets)
-        run.out.head_rows[seg] = run.capacity[seg]
-    return (batch.inputs, *scored_positions(batch.targets, run.capacity[seg]))
-
-
-def warm_up(run: _Run) -> float:
-    """Compile the captured step before the clock starts; returns its wall seconds (0.0 when eager).
-
-    One forward and backward on the first batch of each segment (the batch its first step will draw, so the
-    capacities are the ones training uses; each segment's shapes compile now, not mid-run), twice under
-    cuda_graphs (the first call compiles, the second records the graph); the gradients are dropped after each
-    backward pass and the optimizer is not stepped, so nothing is learnt and training's numbers are those of an
-    eager run. (Dropped after each one, not after both: under cuda_graphs the first backward's gradients live in
-    the graphs' memory pool, which the second forward overwrites, and a second backward adding to them fails.)
-    """
-    if run.compile == "none":
-        return 0.0
-    started = time.perf_counter()
-    first_steps = {}  # segment -> its first step
-    for step, seg in enumerate(run.schedule):
-        first_steps.setdefault(seg, step)
-    for step in first_steps.values():
-        inputs, index, picked, _ = draw(run, step)
-        for _ in range(2 if run.compile == "cuda_graphs" else 1):
-            run.step_loss(inputs, index, picked).backward()
-            run.model.zero_grad(set_to_none=True)
-    metrics.synchronize(run.device)
-    return time.perf_counter() - started
-
-
-def train_step(run: _Run, step: int) -> None:
-    """Step `step` (0-based): draw its batch, forward and backward, clip, update; the loss stays on the device."""
-    config, out = run.config, run.out
-    seg = run.schedule[step]
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-    inputs, index, picked, dropped = draw(run, step)  # (B, T), (C,), (C,), ()
-    loss = run.step_loss(inputs, index, picked)
-    run.excess += dropped
-    loss.backward()
-    clip_grad_norm(run.params, config.grad_clip)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.loss_sum += loss.detach()
-    run.window += 1
-    out.steps, out.tokens = step + 1, out.tokens + config.batch_size * config.segments[seg].seq_len
-    out.segment_steps[seg] += 1
-
-
-def read_loss(run: _Run, step: int) -> None:
-    """Host sync: the mean loss since the last reading, recorded on the curve; raises Diverged when it is
-    not finite and CapacityExceeded when a step dropped scored positions."""
-    run.loss_value = float(run.loss_sum) / run.window
-    if int(run.excess):
-        raise CapacityExceeded(
-            f"{int(run.excess)} scored positions did not fit the gather capacity {run.capacity} (per segment, "
-            f"set from its first batch) in steps {step - run.window + 1}..{step}: this task's count of scored "
-            f"positions varies more than the margin of one sequence")
-    if not math.isfinite(run.loss_value):
-        raise Diverged(f"training loss is {run.loss_value} at step {step}")
-    run.point(step, run.clock.pause())["train_loss"] = run.loss_value
-    run.clock.resume()
-    run.loss_sum.zero_()
-    run.window = 0
-    if run.bar is not None:
-        run.bar.set_postfix_str(f"loss {run.loss_value:.3f}")
-
-
-def evaluate(run: _Run, step: int, final: bool = False) -> bool:
-    """Score every slice (clock paused); record the curve and time-to-accuracy; True when training should stop.
-    Scoring stops at the time cap (the final evaluation may take one more time cap)."""
-    config, out = run.config, run.out
-    seconds = run.clock.pause()
-    deadline = run.started + config.time_cap * (2 if final else 1)
-    out.slices = {
-        s.name: metrics.evaluate(run.model, run.eval_tasks[s.name], s.seq_len, s.n_sequences, config.batch_size,
-                                 config.seed, run.device, deadline)
-        for s in config.eval_slices
-    }
-    if not final and time.perf_counter() > deadline:
-        out.timed_out = True  # this evaluation was cut short: the final one (with its grace) replaces it
-    run.clock.resume()
-    run.last_eval = step
-    accuracy = {name: r.accuracy if r.status == "ok" else math.nan for name, r in out.slices.items()}
-    out.slice_curve += [{"step": step, "seconds": seconds, "tokens": out.tokens, "slice": name, "accuracy": a}
-                        for name, a in accuracy.items()]
-    point = run.point(step, seconds)
-    point["eval_accuracy"] = sum(accuracy[n] for n in run.at_train_len) / len(run.at_train_len)
-    reached = {name for name, a in accuracy.items() if a >= config.threshold}
-    if not out.time_to_accuracy and reached == set(accuracy):
-        out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
-    if run.bar is not None:
-        run.bar.set_postfix_str(f"loss {run.loss_value:.3f} acc {point['eval_accuracy']:.3f}")
-    return stop_check(run, accuracy, reached, final)
-
-
-def stop_check(run: _Run, accuracy: dict[str, float], reached: set[str], final: bool = False) -> bool:
-    """After an evaluation: update the plateau counters and say whether training stops, and why.
-
-    progress = the mean accuracy of the early-stop slices; it improves when it rises by at least min_delta
-    over the best so far. Training stops at the threshold (every early-stop slice reached it) or, with
-    budget "plateau", after `patience` evaluations without an improvement, once `min_steps` are done: a
-    task can sit at chance for hundreds of steps before a model learns it (a loss plateau, then a sudden
-    drop), and a stop inside that plateau would read as a memory that cannot do the task.
-    """
-    config, out = run.config, run.out
-    progress = sum(accuracy[n] for n in run.stop_names) / len(run.stop_names)
-    if progress >= run.best + config.min_delta:  # NaN (a slice that failed) never improves
-        run.best, run.stale = progress, 0
-    else:
-        run.stale += 1
-        run.best = progress if progress > run.best else run.best
-    if final:  # training has ended already: its reason stands
-        return False
-    if set(run.stop_names) <= reached:
-        out.stop_reason = "threshold"
-        return True
-    if config.budget == "plateau" and run.stale >= config.patience and out.steps >= config.min_steps:
-        out.stop_reason = "plateau"
-        return True
-    return False
-
-
 def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
-    """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it.
-
-    The loop, stage by stage: the compile warm-up (before the clocks start); steps until the budget, the
-    time cap or an early stop, the loss read every `log_every` steps and the slices scored every
-    `eval_every`; then the last loss reading, the training time, and a final evaluation unless the last
-    step was just evaluated.
-    """
-    run = start(model, config, device, compile)
-    out = run.out
-    if progress:
-        from tqdm.auto import tqdm
-
-        run.bar = tqdm(total=config.steps, desc=config.label(), unit="step", leave=False, position=1)
-    model.train()
-    try:
-        out.compile_seconds = warm_up(run)
-        run.started = time.perf_counter()
-        run.clock = _Clock(device)
-        for step in range(config.steps):
-            if time.perf_counter() - run.started > config.time_cap:
-                out.timed_out = True
-                break
-            train_step(run, step)
-            if run.bar is not None:
-                run.bar.update()
-            if out.steps % config.log_every == 0:
-                read_loss(run, out.steps)
-            if out.steps % config.eval_every == 0 and evaluate(run, out.steps):
-                break
-        if run.window:
-            read_loss(run, out.steps)
-        out.train_seconds = run.clock.pause()
-        run.clock.resume()
-        if run.last_eval != out.steps or out.timed_out:
-            evaluate(run, out.steps, final=True)
-        if out.timed_out:
-            out.stop_reason = "time_cap"
-        out.under_trained = (out.stop_reason in ("budget", "time_cap") and run.best < config.threshold
-                             and run.stale < config.patience)
-    finally:
-        if run.bar is not None:
-            run.bar.close()
-    out.curve = [run.points[s] for s in sorted(run.points)]
-    return out
+    """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it: one
+    `Training` run (its `run` gives the stages)."""
+    return Training(model, config, device, compile).run(progress)

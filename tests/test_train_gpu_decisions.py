@@ -137,9 +137,9 @@ def test_the_cuda_graphs_warm_up_drops_the_gradients_after_each_backward(monkeyp
         grads_seen.append(model.weight.grad)
         return model(torch.ones(1, 2)).sum()
 
-    monkeypatch.setattr(train_module, "draw", lambda run, step: (None, None, None, None))
-    run = SimpleNamespace(compile="cuda_graphs", schedule=[0, 0, 1], model=model, step_loss=step_loss, device=CPU)
-    train_module.warm_up(run)
+    run = SimpleNamespace(compile="cuda_graphs", schedule=[0, 0, 1], model=model, step_loss=step_loss, device=CPU,
+                          draw=lambda step: (None, None, None, None))
+    train_module.Training.warm_up(run)
     assert len(grads_seen) == 4 and all(g is None for g in grads_seen)  # 2 segments x (compile, record)
     assert model.weight.grad is None  # nothing left for the first real step to add to
 
