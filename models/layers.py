@@ -95,10 +95,13 @@ def optional_short_conv(channels: int, kernel_size: object) -> ShortConv | None:
 
 
 class ConvQKVMixer(Mixer):
-    """Base of the matrix-memory mixers over H heads (linear_attention, deltanet) whose q, k and v come from
-    one dense layer D -> 3D and the optional short convolution over those 3D channels:
+    """Base of the matrix-memory mixers over H heads (linear_attention, deltanet, gla, kda, rwkv7, ...) whose
+    q, k and v come from one dense layer D -> 3D and the optional short convolution over those 3D channels:
         q, k, v = split_heads(act(conv_K(W_qkv x)))       # (B, T, H, d) each, d = D / H
-    Subclasses add their memory and output layers after these (so the parameters are drawn in that order)."""
+    Subclasses add their memory and output layers after these (so the parameters are drawn in that order).
+
+    Cost, shared: the state is H d x d memories plus the convolution's (`state_size`); the FLOPs are the
+    dense layers a subclass lists in `projections()`, the convolution and its `memory_flops` (`flops`)."""
 
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
         super().__init__()
@@ -121,6 +124,18 @@ class ConvQKVMixer(Mixer):
 
     def conv_flops(self, batch_size: int, seq_len: int) -> int:
         return 0 if self.conv is None else self.conv.flops(batch_size, seq_len)
+
+    def projections(self) -> list[nn.Linear]:
+        """Every dense layer applied to each token (for `flops`); subclasses list theirs."""
+        raise NotImplementedError
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
+
+    def flops(self, batch_size: int, seq_len: int) -> int:
+        tokens = batch_size * seq_len
+        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
+        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
 
 def mamba_decay_params(n_heads: int) -> tuple[nn.Parameter, nn.Parameter]:

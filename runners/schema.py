@@ -17,8 +17,6 @@ lengths, seeds, steps and counts; in [0, 1] for a fraction; not negative except 
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")  # a trial's (or one slice's) outcome, runs.csv `status`
@@ -44,12 +42,6 @@ ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag
 STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
                   "status": str, "error": str, "device": str, "precision": str, "stop_reason": str, "git_commit": str,
                   "torch_version": str}
-
-
-def state_cell(size: int | None) -> float | int:
-    """The state_size column's value: NaN (an empty cell, "unknown" in tables and charts) for a model that
-    declares no state size, never 0, which would claim a memoryless model."""
-    return math.nan if size is None else size
 
 
 # --- the checks of a table's values: one home for the tables read back and the trial files ---------------

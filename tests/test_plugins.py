@@ -339,9 +339,11 @@ def test_entry_points_load_on_first_use_and_join_models_all(tmp_path):
 
 
 def test_state_size_nan_is_not_zero():
-    from membench.runners.schema import state_cell
+    from membench.runners.faults import cost_value
 
-    assert math.isnan(state_cell(None)) and state_cell(0) == 0
+    warnings = []
+    assert math.isnan(cost_value("state_size(8)", lambda n: None, (8,), warnings, unknown_ok=True))
+    assert cost_value("state_size(8)", lambda n: 0, (8,), warnings) == 0 and warnings == []
 
 
 def test_a_spec_include_that_is_not_a_folder_names_the_spec(tmp_path):

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.models import MemoryModel, linear_flops, register_model
+from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, writing_strength
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
@@ -81,14 +81,6 @@ class DeltaNet(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.beta, self.out]
-
-    def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
-
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
-        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.checks import check_int
-from membench.models import MemoryModel, linear_flops, register_model
+from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads
 from membench.models.scan import carry_dtype, read_state
 
@@ -147,14 +147,9 @@ class GatedLinearAttention(ConvQKVMixer):
         o = self.norm(o.to(carry_dtype(o))) * F.silu(self.out_gate(x)).view_as(o)  # (B, T, H, d)
         return self.out(o.reshape(batch, seq_len, self.d_model))
 
-    def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
-
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        layers = (self.qkv, self.gate_down, self.gate_up, self.out_gate, self.out)
-        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in layers)
-        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
+    def projections(self) -> list[nn.Linear]:
+        """Every dense layer applied to each token (for `flops`)."""
+        return [self.qkv, self.gate_down, self.gate_up, self.out_gate, self.out]
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: write k v^T and read S^T q, d x d multiply-adds each per head and token

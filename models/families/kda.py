@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.models import MemoryModel, linear_flops, register_model
+from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params, writing_strength
 from membench.models.scan import carry_dtype
 from membench.models.scan_vector_decay import (
@@ -87,14 +87,6 @@ class KimiDeltaAttention(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.beta, self.decay_down, self.decay_up, self.gate_down, self.gate_up, self.out]
-
-    def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
-
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
-        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # recall S^T k, write k u^T, read S^T q: d x d multiply-adds each, per head and token (the decay is

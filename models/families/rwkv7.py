@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.models import MemoryModel, linear_flops, register_model
+from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, writing_strength
 from membench.models.scan import carry_dtype, read_state
 
@@ -104,14 +104,6 @@ class RWKV7TimeMix(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.decay, self.rate, self.gate, self.out]
-
-    def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.d_head * self.d_head + self.conv_state_size()
-
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
-        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # erase read kappa_hat^T S, erase write, write k~ v^T, read S^T r: d x d multiply-adds each, per head
