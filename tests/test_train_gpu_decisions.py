@@ -312,10 +312,10 @@ def test_retry_failed_reruns_only_the_trials_that_errored(tmp_path, monkeypatch,
     monkeypatch.setattr(trial_module, "train", train)
     broken = True
     argv = ["run", "--spec", str(spec_file), "--out", str(out), "--quiet"]
-    assert run_cli(capsys, *argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 1  # a trial failed with an error: the exit code says so
     assert ran == [0, 1]
     broken = False  # e.g. torch upgraded
-    assert run_cli(capsys, *argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 1  # its error row is still there
     assert ran == [0, 1], "a plain resume skips every finished trial, failed or not"
     code, text, _ = run_cli(capsys, *argv, "--retry-failed")
     assert code == 0 and ran == [0, 1, 1]
