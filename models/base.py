@@ -155,6 +155,10 @@ class MemoryModel(nn.Module):
     # False when `flops` is counted by running a forward (Hugging Face and imported models) rather than
     # computed from the shapes: such a model cannot be costed on the meta device
     analytic_flops: ClassVar[bool] = True
+    # seconds per token and layer (forward + backward) that the fast path spends stepping through the tokens one
+    # at a time on a GPU (cuDNN's RNNs, a per-token loop), 0 for a family that processes a sequence at once: the
+    # cost model's token_latency for the family wherever a spec sets none (runners/cost/estimate.py)
+    token_latency: ClassVar[float] = 0.0
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -54,7 +54,7 @@ SPEC_KEY_DOCS = {
     "flops_rate": "FLOP/s the device's training reaches (auto time caps, `membench plan`)",
     "step_latency": "seconds a step costs however small it is (kernel launches)",
     "token_latency": "seconds per token and layer of a family that loops over tokens (cuDNN's RNNs, the "
-                     "external memory)",
+                     "external memory); none: each family's own (`MemoryModel.token_latency`)",
     "max_time_cap": "the largest auto time cap",
     "batch_size": "sequences per training step",
     "threshold": "stop training early once the evaluation accuracy reaches this",

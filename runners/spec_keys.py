@@ -45,7 +45,7 @@ SETTINGS = {
     # time_cap = "auto": sized from the trial's FLOPs by the cost model of runners/cost/estimate.py
     "flops_rate": (checks.number(0, low_open=True), 1e13),
     "step_latency": (checks.number(0), 0.0),
-    "token_latency": (checks.number(0), 0.0),
+    "token_latency": (checks.number(0), None),  # none: each family's own (MemoryModel.token_latency)
     "max_time_cap": (checks.number(0, low_open=True), 1800.0),
     "batch_size": (checks.integer(1), 32),
     "threshold": (checks.number(0, 1, low_open=True), _TRIAL_DEFAULTS["threshold"]),

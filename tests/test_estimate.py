@@ -23,8 +23,8 @@ def test_forward_flops_are_the_familys_own():
 
 
 def test_a_step_costs_its_arithmetic_or_its_latency_whichever_is_larger():
-    assert step_seconds(10**12, 64, 2, Rates(1e12)) == pytest.approx(3.0)  # 3 x forward at 1e12 FLOP/s
-    assert step_seconds(10**6, 64, 2, Rates(1e12, step_latency=0.01)) == pytest.approx(0.01)
+    assert step_seconds(10**12, 64, 2, Rates(1e12, token_latency=0.0)) == pytest.approx(3.0)  # 3 x forward at 1e12
+    assert step_seconds(10**6, 64, 2, Rates(1e12, step_latency=0.01, token_latency=0.0)) == pytest.approx(0.01)
     # a per-token loop: 2 layers x 1000 tokens x 1 ms
     assert step_seconds(10**6, 1000, 2, Rates(1e12, 0.01, token_latency=1e-3)) == pytest.approx(2.01)
 
@@ -59,7 +59,7 @@ def test_auto_caps_grow_with_the_trials_cost_and_a_number_stays_a_number(tmp_pat
         assert rates == Rates(1e9)
         flops = forward_flops(trial.model, {}, trial.vocab_size(), trial.d_model, trial.n_layers, trial.batch_size,
                               trial.train_len)
-        seconds = step_seconds(flops, trial.train_len, trial.n_layers, rates)
+        seconds = step_seconds(flops, trial.train_len, trial.n_layers, rates.of_family(trial.model))
         assert estimate.trial_step_seconds(trial, rates) == seconds
         training, evaluating = estimate.trial_seconds(
             trial.model, {}, trial.vocab_size(), trial.d_model, trial.n_layers, trial.batch_size, trial.train_len,
@@ -78,6 +78,23 @@ def test_a_family_table_sets_its_own_token_latency(tmp_path):
     seconds = {t.model: estimate.trial_step_seconds(t, rates) for t, rates in zip(spec.trials, spec.rates)}
     assert seconds["lstm"] == pytest.approx(1 * 64 * 0.001)  # n_layers = 1 in the tiny spec
     assert seconds["mlp"] < 1e-3
+
+
+def test_a_spec_without_token_latency_takes_each_familys_own_and_one_that_sets_it_overrides_it(tmp_path):
+    from membench.models import model_class
+
+    def step_seconds_of(spec_path) -> dict[str, float]:
+        spec = load_spec(None, spec_path, {})
+        return {t.model: estimate.trial_step_seconds(t, rates) for t, rates in zip(spec.trials, spec.rates)}
+
+    settings = dict(models=["mlp", "lstm", "external_memory"], lengths=[64], time_cap="auto", flops_rate=1e15)
+    own = step_seconds_of(tiny_spec(tmp_path, COPY, **settings))
+    assert model_class("mlp").token_latency == 0.0 and own["mlp"] < 1e-4  # arithmetic only, at 1e15 FLOP/s
+    for family in ("lstm", "external_memory"):
+        assert model_class(family).token_latency > 0
+        assert own[family] == pytest.approx(1 * 64 * model_class(family).token_latency)  # one layer, 64 tokens
+    zero = step_seconds_of(tiny_spec(tmp_path, COPY, file="zero.toml", token_latency=0.0, **settings))
+    assert all(zero[family] < 1e-4 for family in zero)  # a spec's 0 is a value, not "unset"
 
 
 class UncountedMixer(torch.nn.Module):
@@ -177,7 +194,8 @@ def test_standard_fits_its_two_hours_by_its_own_estimate_with_every_attention_he
 def test_plan_against_a_finished_sweep_compares_estimated_and_measured_step_times(tmp_path, capsys):
     from membench.runners.sweep import run_sweep
 
-    path = tiny_spec(tmp_path, COPY, models=["mlp", "lstm"], steps=4, eval_every=4, step_latency=0.01)
+    path = tiny_spec(tmp_path, COPY, models=["mlp", "lstm"], steps=4, eval_every=4, step_latency=0.01,
+                     token_latency=0.0)
     spec = load_spec(None, path, {})
     runs = run_sweep(spec, tmp_path / "out", progress=False)
     rows = estimate.against(spec.trials, spec.rates, runs)

@@ -121,6 +121,7 @@ class ExternalMemoryModel(MemoryModel):
     memory_mechanism = "LSTM controller writing to and reading from content-addressed memory slots (NTM/DNC)"
     cost_class = "O(n)"
     compile_friendly = False  # a trace unrolls T steps per layer: minutes of compile at long lengths
+    token_latency = 1e-4  # a read and a write of the memory per token
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, num_slots: int = 32,
                  slot_size: int = 32, num_reads: int = 1, compile: bool = False, mlp_ratio: int = 4) -> None:

@@ -44,6 +44,7 @@ class MemoryTransformerModel(MemoryModel):
     memory_mechanism = "M memory vectors carried from segment to segment (RMT), attention within a segment"
     cost_class = "O(n*w)"
     has_reference_path = True
+    token_latency = 1e-5  # a loop over the segments, each handing its memory to the next
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *,
                  segment_len: int = 32, num_memory: int = 8, n_heads: int = 4, mlp_ratio: int = 4) -> None:

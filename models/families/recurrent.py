@@ -112,6 +112,7 @@ class _RecurrentModel(MemoryModel):
     cost_class = "O(n)"
     has_reference_path = True
     compile_friendly = False  # the cuDNN RNN call is a graph break: capture gains nothing
+    token_latency = 5e-6  # cuDNN steps through the tokens
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, mlp_ratio: int = 4) -> None:
         kind = self.kind

@@ -64,6 +64,7 @@ class RNNAttentionModel(MemoryModel):
     cost_class = "O(n^2)"
     has_reference_path = True
     compile_friendly = False  # the cuDNN LSTM call is a graph break: capture gains nothing
+    token_latency = 5e-6  # cuDNN's LSTM steps through the tokens
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
                  mlp_ratio: int = 4) -> None:

@@ -17,7 +17,9 @@ of latency-bound trials runs about W times faster in all and a compute-bound one
 settings of the sweep (per cost class or per family, like any setting): `flops_rate`, the FLOP/s a small model's
 training reaches on the device; `step_latency`, the seconds a step costs however small (kernel launches of an
 eager step); `token_latency`, the seconds per token and layer (forward + backward) of a family whose fast path
-still steps through the tokens one at a time (cuDNN's RNNs, the external memory's loop), 0 for the rest.
+still steps through the tokens one at a time (cuDNN's RNNs, the external memory's loop), 0 for the rest. A spec
+that sets no `token_latency` takes each family's own, declared on its class (`MemoryModel.token_latency`: 5e-6 s
+for cuDNN's RNNs and rnn_attention, 1e-5 s for the memory transformer, 1e-4 s for the external memory).
 Evaluation counts because the time cap does (runners/train.py): every slice is scored every `eval_every`
 steps, and the slices at 2x and 4x the trained length cost an attention model 4x and 16x per sequence.
 CAP_MARGIN leaves room for a step slower than estimated; a trial that stops on a plateau or at the threshold
@@ -31,6 +33,7 @@ max(3 * 4.1e10 / 1e13, 0.003) = 12 ms; at T = 64, F = 1.0e9 and the step is late
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -50,7 +53,18 @@ class Rates:
 
     flops_rate: float  # FLOP/s of training
     step_latency: float = 0.0  # seconds per step, whatever its size
-    token_latency: float = 0.0  # seconds per token and layer, for families that loop over tokens
+    token_latency: float | None = None  # seconds per token and layer of a loop over tokens; None: the family's own
+
+    def of_family(self, model: str) -> Rates:
+        """These rates for the family `model`: a token_latency left unset is the family's own.
+
+            >>> unset, zero = Rates(1e13), Rates(1e13, token_latency=0.0)
+            >>> unset.of_family("lstm").token_latency, unset.of_family("mlp").token_latency, zero.of_family("lstm")
+            (5e-06, 0.0, Rates(flops_rate=10000000000000.0, step_latency=0.0, token_latency=0.0))
+        """
+        if self.token_latency is not None:
+            return self
+        return dataclasses.replace(self, token_latency=model_class(model).token_latency)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -72,7 +86,8 @@ def forward_flops(model: str, model_params: dict, vocab_size: int, d_model: int,
 
 
 def step_seconds(flops: int, seq_len: int, n_layers: int, rates: Rates, workers: int = 1) -> float:
-    """Estimated seconds of one training step whose forward pass costs `flops`, `workers` sharing the device."""
+    """Estimated seconds of one training step whose forward pass costs `flops`, `workers` sharing the device,
+    at one family's rates (`Rates.of_family`: its token_latency set)."""
     return max(workers * 3 * flops / rates.flops_rate,
                rates.step_latency + n_layers * seq_len * rates.token_latency)
 
@@ -90,7 +105,7 @@ def model_step_seconds(model: str, model_params: dict, vocab_size: int, d_model:
                        batch_size: int, seq_len: int, rates: Rates, workers: int = 1) -> float:
     """The cost model's seconds per training step of this model on (batch_size, seq_len) batches."""
     flops = forward_flops(model, model_params, vocab_size, d_model, n_layers, batch_size, seq_len)
-    return step_seconds(flops, seq_len, n_layers, rates, workers)
+    return step_seconds(flops, seq_len, n_layers, rates.of_family(model), workers)
 
 
 def evaluations(steps: int, eval_every: int) -> int:
