@@ -35,7 +35,7 @@ def get_task(name: str, **params) -> Task:
     """Build task `name` with validated params.
 
     Unknown names raise UnknownNameError listing the closest valid names; unknown or invalid params
-    raise ValueError naming the param and what is allowed.
+    raise ConfigError naming the param and what is allowed.
     """
     cls = TASKS.get(name)
     fields = [f.name for f in dataclasses.fields(cls)]

@@ -88,7 +88,7 @@ class Task:
 
     # --- what a subclass provides -------------------------------------------------------
     def check_params(self) -> None:
-        """Raise ValueError naming the param and what is allowed, for length-independent errors."""
+        """Raise ConfigError naming the param and what is allowed, for length-independent errors."""
 
     def min_length(self) -> int:
         """Shortest seq_len these params allow."""
@@ -99,7 +99,7 @@ class Task:
         return f"the minimum is {self.min_length()}"
 
     def check_length(self, seq_len: int) -> None:
-        """Raise ValueError if `seq_len` is impossible with these params (the message says why)."""
+        """Raise ConfigError if `seq_len` is impossible with these params (the message says why)."""
         if seq_len < self.min_length():
             raise ConfigError(f"seq_len={seq_len} is too short for task {self.name} with {self.describe_params()}; "
                               f"{self.length_rule()}")

@@ -157,7 +157,7 @@ def load_spec(preset: str | None = None, spec_file: str | None = None, overrides
     """Read a preset or a TOML spec file, apply command-line overrides and validate everything.
 
     `overrides` keys (None or absent = not given): tasks, models (lists of names), lengths (list of
-    positive ints), seeds (list of ints >= 0), device, executor. Raises ValueError (one line) on any error.
+    positive ints), seeds (list of ints >= 0), device, executor. Raises ConfigError (one line) on any error.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_keys(overrides, list(OVERRIDES), "overrides")

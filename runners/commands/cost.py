@@ -81,7 +81,7 @@ def parse_lengths(lengths: str | None, max_length: str | None, device: str) -> t
 
 
 def build_config(args) -> CostConfig:
-    """Every argument checked, nothing written: a bad one raises UsageError or ValueError."""
+    """Every argument checked, nothing written: a bad one raises UsageError or ConfigError."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     resolve_device(device)
     kind = device.split(":")[0]  # the defaults are per device type

@@ -119,7 +119,7 @@ def length_ladder(max_length: int) -> list[int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> a torch.device; ValueError when it is unknown or not present here."""
+    """'cpu', 'cuda' or 'cuda:N' -> a torch.device; ConfigError when it is unknown or not present here."""
     if not isinstance(name, str) or name == "auto" or not _DEVICE.fullmatch(name):
         raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
