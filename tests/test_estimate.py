@@ -159,7 +159,7 @@ def test_gpu_workers_put_several_workers_on_each_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, hours", [("standard", "9.0 trial-hours"), ("full", "1,833 GPU-hours")])
+@pytest.mark.parametrize("preset, hours", [("standard", "11.4 trial-hours"), ("full", "2,521 GPU-hours")])
 def test_the_gpu_presets_train_to_a_plateau_with_caps_from_cost_and_state_their_plan(preset, hours):
     """standard and full: 3 seeds, plateau budgets, auto caps; the estimate in each preset's comment is what
     `membench plan` computes from it now (a change to the preset or to a family's FLOPs shows here)."""

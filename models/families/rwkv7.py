@@ -118,6 +118,7 @@ class RWKV7Model(MemoryModel):
     memory_mechanism = "generalised delta rule: vector decay, erase key and write key decoupled (RWKV-7)"
     cost_class = "O(n)"
     compile_friendly = False  # a trace unrolls T steps per layer: minutes of compile at long lengths
+    token_latency = 1e-4  # a loop over tokens: a decay, two rank-1 updates and a read per token, twice back
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, *, n_heads: int = 4,
                  short_conv: int = 4, allow_neg_eigval: bool = False, mlp_ratio: int = 4) -> None:
