@@ -24,6 +24,7 @@ from membench.runners.cost.measure import CostConfig, measure_family
 from membench.runners.faults import FaultBoundary, cost_value
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 from tests.test_runner import Echo, echo_spec
+from tests.test_runner import trial as echo_trial
 
 
 class Plain(MemoryModel):
@@ -138,10 +139,10 @@ def registered():
 
 
 def trial(**change) -> TrialConfig:
-    fields = dict(task="echo", task_params={}, model="mlp", model_params={}, d_model=8, n_layers=1, train_len=8,
-                  seed=0, lr=1e-2, batch_size=8, steps=6, eval_every=3, log_every=3,
-                  eval_slices=(EvalSlice("L8", 8, 16), EvalSlice("L16", 16, 16)))
-    return TrialConfig(**{**fields, **change})
+    """test_runner's echo trial, smaller: these trials only need to get through every stage."""
+    return echo_trial(**{"model": "mlp", "d_model": 8, "batch_size": 8, "steps": 6, "eval_every": 3,
+                         "log_every": 3, "eval_slices": (EvalSlice("L8", 8, 16), EvalSlice("L16", 16, 16)),
+                         **change})
 
 
 def runs_of(payload) -> pd.DataFrame:
