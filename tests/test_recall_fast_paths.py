@@ -1,4 +1,4 @@
-"""associative_recall's CPU fast paths give the bytes of their references, and the generators the bytes they
+"""recall_blocks' CPU fast paths give the bytes of their references, and the recall generators the bytes they
 gave before the fast paths (the committed results were drawn with them; changing them needs a version bump)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from membench.memtasks import get_task, make_generator
-from membench.memtasks.tasks.associative_recall import (
+from membench.memtasks.recall_blocks import (
     first_arrivals,
     first_arrivals_reference,
     place_pairs,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from membench.memtasks import IGNORE, get_task, make_generator
-from membench.memtasks.tasks.associative_recall import distinct_randint, distinct_randint_reference, power_law_slots
+from membench.memtasks.recall_blocks import distinct_randint, distinct_randint_reference, power_law_slots
 from membench.memtasks.tasks.copy import BLANK, GO
 from tests.helpers import DEVICES
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from membench.memtasks import IGNORE, get_task, make_generator
-from membench.memtasks.tasks.associative_recall import motif_codes, motif_tokens, rebind, solve_recall
+from membench.memtasks.recall_blocks import motif_codes, motif_tokens
+from membench.memtasks.tasks.associative_recall import rebind, solve_recall
 from tests.helpers import DEVICES
 
 

@@ -27,7 +27,8 @@ import torch
 
 from membench.checks import ConfigError, check_int, check_number
 from membench.memtasks import register_task
-from membench.memtasks.tasks.associative_recall import AssociativeRecall, distinct_randint_reference
+from membench.memtasks.recall_blocks import distinct_randint_reference
+from membench.memtasks.tasks.associative_recall import AssociativeRecall
 
 
 @register_task("noisy_recall", order=11)
