@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,26 @@ def counted_flops(module: torch.nn.Module, *args) -> int:
     with FlopCounterMode(display=False) as counter:
         module(*args)
     return counter.get_total_flops()
+
+
+# --- timing a fast path against its reference (the benchmarks) -------------------------------------------------
+def forward_backward_seconds(fn, inputs: list[torch.Tensor | None]) -> float:
+    """Seconds for one forward + backward pass of `fn` on fresh leaves made from `inputs`: CPU time of this
+    process with one torch thread (the work done, which a busy shared machine inflates far less than wall
+    time), wall time with more."""
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    leaves = [None if x is None else x.clone().requires_grad_(True) for x in inputs]
+    start = clock()
+    fn(*leaves).square().mean().backward()
+    return clock() - start
+
+
+def best_seconds(reference, fast, inputs: list[torch.Tensor | None], rounds: int) -> tuple[float, float]:
+    """(reference, fast): the best of `rounds` forward + backward passes of each, alternating in one run (so a
+    drift of the machine's speed slows both alike), after one untimed pass of `fast` (allocations)."""
+    forward_backward_seconds(fast, inputs)
+    reference_s, fast_s = [], []
+    for _ in range(rounds):
+        reference_s.append(forward_backward_seconds(reference, inputs))
+        fast_s.append(forward_backward_seconds(fast, inputs))
+    return min(reference_s), min(fast_s)

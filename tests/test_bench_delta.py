@@ -14,13 +14,12 @@ there (docs/benchmarks.md), so that a regression fails; it reports every ratio.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from membench.models.scan import delta_rule_chunked, delta_rule_reference
+from tests.helpers import best_seconds, forward_backward_seconds
 
 pytestmark = pytest.mark.benchmark
 
@@ -42,16 +41,6 @@ def make_inputs(decay: bool) -> list[torch.Tensor | None]:
     return [q, k, v, beta, log_decay]
 
 
-def forward_backward(fn, inputs: list[torch.Tensor | None]) -> float:
-    """Seconds for one forward + backward pass of `fn` on fresh leaves made from `inputs`: CPU time with one
-    torch thread, wall time with more."""
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
-    leaves = [None if x is None else x.clone().requires_grad_(True) for x in inputs]
-    start = clock()
-    fn(*leaves).square().mean().backward()
-    return clock() - start
-
-
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
 def threads(request):
     """Run the test with this many torch threads, then restore the suite's one."""
@@ -66,17 +55,13 @@ def threads(request):
 def test_chunked_delta_rule_against_the_reference(benchmark, decay, chunk_size, threads):
     inputs = make_inputs(decay)
     chunked = lambda *a: delta_rule_chunked(*a, chunk_size=chunk_size)  # noqa: E731
-    forward_backward(chunked, inputs)  # warm-up: allocations
-    reference_s, chunked_s = [], []
-    for _ in range(ROUNDS):
-        reference_s.append(forward_backward(delta_rule_reference, inputs))
-        chunked_s.append(forward_backward(chunked, inputs))
-    ratio = min(reference_s) / min(chunked_s)
-    benchmark.extra_info.update(reference_s=min(reference_s), chunked_s=min(chunked_s), speed_up=ratio,
+    reference_s, chunked_s = best_seconds(delta_rule_reference, chunked, inputs, ROUNDS)
+    ratio = reference_s / chunked_s
+    benchmark.extra_info.update(reference_s=reference_s, chunked_s=chunked_s, speed_up=ratio,
                                 target=SPEED_UP_TARGET, threads=torch.get_num_threads())
-    benchmark.pedantic(forward_backward, args=(chunked, inputs), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(forward_backward_seconds, args=(chunked, inputs), rounds=1, warmup_rounds=0)
     clock = "CPU time" if threads == 1 else "wall time"
-    print(f"\ndelta rule, decay={decay}, chunk {chunk_size}, {threads} thread(s): reference {min(reference_s):.2f} s, "
-          f"chunked {min(chunked_s):.3f} s ({clock}): {ratio:.1f}x (target {SPEED_UP_TARGET:.0f}x)")
+    print(f"\ndelta rule, decay={decay}, chunk {chunk_size}, {threads} thread(s): reference {reference_s:.2f} s, "
+          f"chunked {chunked_s:.3f} s ({clock}): {ratio:.1f}x (target {SPEED_UP_TARGET:.0f}x)")
     floor = SPEED_UP_TARGET if (threads, chunk_size) in TARGET_MET else SPEED_UP_FLOOR
-    assert ratio >= floor, f"chunked {min(chunked_s):.3f} s, reference {min(reference_s):.2f} s: {ratio:.1f}x < {floor}"
+    assert ratio >= floor, f"chunked {chunked_s:.3f} s, reference {reference_s:.2f} s: {ratio:.1f}x < {floor}"

@@ -13,14 +13,13 @@ the slow one). The issue's target is a speed-up of SPEED_UP_TARGET; the test ass
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from membench.models.families.gla import gated_scan_chunked, gated_scan_reference
 from membench.models.scan_log_linear import levels, log_linear_chunked, log_linear_reference
+from tests.helpers import forward_backward_seconds
 
 pytestmark = pytest.mark.benchmark
 
@@ -48,25 +47,17 @@ KERNELS = {
 }
 
 
-def forward_backward(fn, inputs: list[torch.Tensor]) -> float:
-    """CPU seconds for one forward + backward pass of `fn` on fresh leaves made from `inputs`."""
-    leaves = [x.clone().requires_grad_(True) for x in inputs]
-    start = time.process_time()
-    fn(*leaves).square().mean().backward()
-    return time.process_time() - start
-
-
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_chunked_form_against_the_token_loop_at_2048(benchmark, name):
     make_inputs, chunked, reference = KERNELS[name]
     inputs = make_inputs(torch.Generator().manual_seed(0))
-    forward_backward(chunked, inputs)  # warm-up: allocations
-    chunked_s = min(forward_backward(chunked, inputs) for _ in range(ROUNDS))
-    reference_s = forward_backward(reference, inputs)
+    forward_backward_seconds(chunked, inputs)  # warm-up: allocations
+    chunked_s = min(forward_backward_seconds(chunked, inputs) for _ in range(ROUNDS))
+    reference_s = forward_backward_seconds(reference, inputs)
     ratio = reference_s / chunked_s
     benchmark.extra_info.update(reference_s=reference_s, chunked_s=chunked_s, speed_up=ratio,
                                 target=SPEED_UP_TARGET, threads=torch.get_num_threads())
-    benchmark.pedantic(forward_backward, args=(chunked, inputs), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(forward_backward_seconds, args=(chunked, inputs), rounds=1, warmup_rounds=0)
     print(f"\n{name}, T = {LENGTH}, {torch.get_num_threads()} thread(s): reference {reference_s:.2f} s, "
           f"chunked {chunked_s:.3f} s (CPU time): {ratio:.1f}x (target {SPEED_UP_TARGET:.0f}x)")
     assert ratio >= SPEED_UP_TARGET, f"chunked {chunked_s:.3f} s, reference {reference_s:.2f} s: {ratio:.1f}x"
