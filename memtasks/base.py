@@ -69,7 +69,8 @@ class Task:
 
     Subclasses set `description` (one line) and `version` (bump it whenever the generated
     distribution changes: it is stored with every result), and implement `check_params`,
-    `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`.
+    `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`; a task with a closed answer set
+    also implements `answer_candidates` (its `chance_level` follows).
     """
 
     name: ClassVar[str] = "task"  # set by @register_task
@@ -119,7 +120,23 @@ class Task:
         """Readable name of one token id, used by `render`."""
         return str(token)
 
+    def answer_candidates(self) -> list[int] | None:
+        """The token ids a scored target can take (a closed answer set), or None when it is open.
+
+        A plugin task that does not say is open. Example: flip_flop's answers are the bits, [0, 1].
+        """
+        return None
+
     # --- shared behaviour ------------------------------------------------------------------
+    @property
+    def chance_level(self) -> float:
+        """Accuracy of a uniform guess among `answer_candidates`: 1 / their number, 0.0 when the set is open.
+
+        Example: delayed_match answers MATCH or NONMATCH, so its chance level is 0.5.
+        """
+        candidates = self.answer_candidates()
+        return 1.0 / len(candidates) if candidates else 0.0
+
     def sample(self, batch_size: int, seq_len: int, seed: int, device: torch.device | str = "cpu") -> Batch:
         """Draw `batch_size` sequences of length `seq_len` on `device`, deterministically from `seed`."""
         check_int("batch_size", batch_size)

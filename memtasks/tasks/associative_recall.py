@@ -249,6 +249,10 @@ class AssociativeRecall(Task):
     def num_values(self) -> int:
         return self.kv_vocab - self.num_keys
 
+    def answer_candidates(self) -> list[int]:
+        """The value tokens [K, kv_vocab): every token of a value motif is one of them."""
+        return list(range(self.num_keys, self.kv_vocab))
+
     @property
     def num_key_motifs(self) -> int:
         """Distinct keys: K^a."""

@@ -113,6 +113,10 @@ class Copy(Task):
     def vocab_size(self) -> int:
         return self._first_noise + (self.content_vocab if self.noise else 0)
 
+    def answer_candidates(self) -> list[int]:
+        """The content symbols: every output is one of them."""
+        return list(range(_FIRST_CONTENT, self._first_noise))
+
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, T, V = batch_size, seq_len, self.content_vocab

@@ -100,6 +100,9 @@ class DelayedMatch(Task):
     def vocab_size(self) -> int:
         return _FIRST_SYMBOL + self.num_symbols
 
+    def answer_candidates(self) -> list[int]:
+        return [MATCH, NONMATCH]
+
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, k, S = batch_size, self.pattern_len, self.num_symbols

@@ -104,6 +104,10 @@ class FlipFlop(Task):
     def vocab_size(self) -> int:
         return len(_NAMES)
 
+    def answer_candidates(self) -> list[int]:
+        """The two bits."""
+        return [ZERO, ONE]
+
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, T = batch_size, seq_len

@@ -133,6 +133,10 @@ class MultiTurnQA(Task):
     def vocab_size(self) -> int:
         return self._first_word + self.num_words
 
+    def answer_candidates(self) -> list[int]:
+        """The value tokens: a question is answered with a fact's value."""
+        return list(range(self._first_value, self._first_word))
+
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, N = batch_size, seq_len // TURN_LEN

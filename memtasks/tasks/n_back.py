@@ -89,6 +89,9 @@ class NBack(Task):
     def vocab_size(self) -> int:
         return _FIRST_SYMBOL + self.num_symbols
 
+    def answer_candidates(self) -> list[int]:
+        return [MATCH, NONMATCH]
+
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, T, S, n = batch_size, seq_len, self.num_symbols, self.back(seq_len)

@@ -158,6 +158,10 @@ class StateTracking(Task):
     def vocab_size(self) -> int:
         return {"parity": 2, "cyclic": self.modulus, "S3": 6, "S5": 120}[self.group]
 
+    def answer_candidates(self) -> list[int]:
+        """Every element of the group: a running product can be any of them."""
+        return list(range(self.vocab_size))
+
     def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The (G, G) multiplication table of the group on `device`."""
         return multiplication_table(self.group, self.modulus, torch.device(device))
