@@ -11,7 +11,8 @@ evaluation draw from disjoint seed spaces, see `train_seed` and `eval_seed`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -61,6 +62,46 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.inputs.to(device), self.targets.to(device), self.lags.to(device))
+
+
+@dataclass(frozen=True)
+class Joints:
+    """The text between the symbols of one example of T tokens, for the readable mode of `memtasks.text`.
+
+    before: T strings; before[t] is written before symbol t (before[0] is usually "").
+    marks:  T strings; at a scored t whose answer is written after symbol t, marks[t] goes between the two
+            (it ends in whitespace, so the answer starts a fresh token). Ignored elsewhere.
+    fed:    the scored positions t whose answer is symbol t + 1 itself (the task feeds the answer back, as
+            flip_flop's read bit or the tokens of a fuzzy_recall value): nothing is written, the answer's
+            span is that symbol's.
+
+    Example: inputs k3 v2 k3 v5, the second k3 (t = 2) scored with answer v2, before ["", ": ", "\n", " "],
+    marks[2] = ": ", fed empty: "k3: v2\nk3: v2 v5".
+    """
+
+    before: list[str]
+    marks: list[str]
+    fed: frozenset[int] = frozenset()
+
+    @classmethod
+    def spaced(cls, length: int, mark: str = ": ") -> "Joints":
+        """One space between symbols, every answer after `mark`: the default of a task that declares none."""
+        return cls([""] + [" "] * (length - 1), [mark] * length)
+
+
+@dataclass(frozen=True)
+class SymbolTable:
+    """How a task reads as text (the readable mode of `memtasks.text.render_text`).
+
+    word:        a token id -> its readable word, no whitespace (associative_recall: 5 -> "k5").
+    instruction: one line written before the example ("" for none).
+    joints:      (inputs, targets) of one example, as lists -> its `Joints`; by default one space between
+                 symbols and each answer written after ": ".
+    """
+
+    word: Callable[[int], str]
+    instruction: str = ""
+    joints: Callable[[list[int], list[int]], Joints] = field(default=lambda inputs, targets: Joints.spaced(len(inputs)))
 
 
 @dataclass
@@ -119,6 +160,11 @@ class Task:
     def token_name(self, token: int) -> str:
         """Readable name of one token id, used by `render`."""
         return str(token)
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """How an example of length `seq_len` reads as text. The default, for a task that declares none: its
+        token names, one space apart, each answer after ": ", no instruction."""
+        return SymbolTable(word=self.token_name)
 
     def answer_candidates(self) -> list[int] | None:
         """The token ids a scored target can take (a closed answer set), or None when it is open.

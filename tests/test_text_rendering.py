@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from membench.checks import ConfigError
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, get_task, list_tasks
+from membench.memtasks.text import plain_vocabulary, render_text, with_shots
 
 TASKS = list_tasks()
 # params beside the defaults whose answers or layout differ (motifs, noise, updates, groups)
@@ -74,3 +76,139 @@ class _Echo(Task):
 
 def test_a_task_that_declares_no_answer_set_is_open_with_chance_zero():
     assert _Echo().answer_candidates() is None and _Echo().chance_level == 0.0
+
+
+# --- text rendering (memtasks/text.py) ------------------------------------------------------------------------
+
+
+def examples(task: Task, seed: int = 3):
+    """(batch, i) of a few examples at several lengths."""
+    for seq_len in lengths_of(task):
+        batch = task.sample(3, seq_len, seed=seed)
+        for i in range(3):
+            yield batch, i
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_readable_answers_are_their_gold_text_in_order_one_per_scored_position(case):
+    task = get_task(case[0], **case[1])
+    for batch, i in examples(task):
+        table = task.symbol_table(batch.inputs.shape[1])
+        example = render_text(task, batch, i)
+        text, scored = example.text, batch.scored[i].nonzero().flatten().tolist()
+        assert example.mode == "readable"
+        assert [a.position for a in example.answers] == scored
+        assert [a.lag for a in example.answers] == batch.lags[i, scored].tolist()
+        assert all(a.gold == table.word(int(batch.targets[i, a.position])) for a in example.answers)
+        starts = [a.start for a in example.answers]
+        assert starts == sorted(set(starts))
+        for a in example.answers:
+            assert text[a.start:a.end] == a.gold and a.gold and not any(c.isspace() for c in a.gold)
+            assert text[a.start - 1].isspace(), f"{text[max(0, a.start - 20):a.end]!r}: no space before the answer"
+            assert a.end == len(text) or text[a.end].isspace(), f"{text[a.start:a.end + 5]!r}: the word runs on"
+            assert a.candidates is None or a.gold in a.candidates
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_readable_symbol_spans_hold_every_input_and_the_evidence(case):
+    task = get_task(case[0], **case[1])
+    for batch, i in examples(task):
+        table = task.symbol_table(batch.inputs.shape[1])
+        example = render_text(task, batch, i, instruction=False)
+        spans = example.symbol_spans
+        assert len(spans) == batch.inputs.shape[1] and spans[0][0] == 0
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        assert [example.text[s:e] for s, e in spans] == [table.word(t) for t in batch.inputs[i].tolist()]
+        for a in example.answers:
+            evidence = spans[a.position - a.lag]
+            assert evidence[1] <= a.start  # the evidence comes before its answer
+            if task.recalls_token:
+                assert example.text[slice(*evidence)] == a.gold
+            # an answer is written after its symbol, or is the next symbol (fed back), never inside another
+            assert a.start >= spans[a.position][1]
+            assert (a.start, a.end) in spans or all(e <= a.start or s >= a.end for s, e in spans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_plain_text_is_the_inputs_words_and_answers_are_insertion_points(case):
+    task = get_task(case[0], **case[1])
+    vocab = plain_vocabulary(task)
+    assert len(vocab) == task.vocab_size == len(set(vocab)) and all(w and w.split() == [w] for w in vocab)
+    for batch, i in examples(task):
+        example = render_text(task, batch, i, mode="plain")
+        inputs, targets = batch.inputs[i].tolist(), batch.targets[i].tolist()
+        assert example.text.split(" ") == [vocab[t] for t in inputs]
+        assert [example.text[s:e] for s, e in example.symbol_spans] == [vocab[t] for t in inputs]
+        assert [a.position for a in example.answers] == [t for t, y in enumerate(targets) if y != IGNORE]
+        for a in example.answers:
+            assert a.start == a.end == example.symbol_spans[a.position][1] and a.gold == vocab[targets[a.position]]
+            if task.recalls_token:
+                assert example.text[slice(*example.symbol_spans[a.position - a.lag])] == a.gold
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_same_seed_same_text_other_seed_other_text(name):
+    task = get_task(name)
+    seq_len = max(64, task.min_length())
+    first, again, other = (render_text(task, task.sample(2, seq_len, seed=s), 1) for s in (7, 7, 8))
+    assert first == again and first.text != other.text
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_the_instruction_is_one_line_before_the_example(name):
+    task = get_task(name)
+    batch = task.sample(1, max(64, task.min_length()), seed=0)
+    bare, told = render_text(task, batch, instruction=False), render_text(task, batch)
+    head = told.text[:len(told.text) - len(bare.text)]
+    assert told.text.endswith(bare.text) and head.count("\n") == (1 if head else 0) and head[:-1].strip() == head[:-1]
+    shift = len(head)
+    assert [a.start - shift for a in told.answers] == [a.start for a in bare.answers]
+
+
+@pytest.mark.parametrize("mode", ["readable", "plain"])
+def test_shots_come_first_and_only_the_example_is_scored(mode):
+    task = get_task("associative_recall", num_kv_pairs=4)
+    batch = task.sample(3, 40, seed=1)
+    shots = [render_text(task, batch, 0, mode=mode), render_text(task, batch, 1, mode=mode, instruction=False)]
+    example = render_text(task, batch, 2, mode=mode, instruction=False)
+    combined = with_shots(example, shots, separator="\n\n")
+    assert combined.text == shots[0].text + "\n\n" + shots[1].text + "\n\n" + example.text
+    assert len(combined.answers) == len(example.answers) and combined.mode == mode
+    shift = len(combined.text) - len(example.text)
+    for a, b in zip(combined.answers, example.answers):
+        assert (a.start, a.end) == (b.start + shift, b.end + shift) and a.gold == b.gold and a.position == b.position
+        assert combined.text[slice(*combined.symbol_spans[a.position - a.lag])] == a.gold
+        if mode == "readable":
+            assert combined.text[a.start:a.end] == a.gold
+    assert with_shots(example, []) == example
+    with pytest.raises(ValueError, match="mode"):
+        with_shots(example, [render_text(task, batch, 0, mode="plain" if mode == "readable" else "readable")])
+
+
+def test_a_task_that_declares_no_symbol_table_reads_by_its_token_names():
+    task = _Echo()
+    batch = task.sample(1, 6, seed=0)
+    example = render_text(task, batch)
+    inputs = batch.inputs[0].tolist()
+    # the default: names one space apart, each answer (the previous token) after ": "
+    assert example.text == str(inputs[0]) + "".join(f" {x}: {y}" for x, y in zip(inputs[1:], inputs))
+    assert example.answers[0].candidates is None
+
+
+def test_plain_vocabulary_falls_back_to_ids_when_names_clash():
+    class Clashing(_Echo):
+        def token_name(self, token: int) -> str:
+            return "x y" if token == 0 else "same"
+
+    assert plain_vocabulary(Clashing()) == ["<0>", "<1>", "<2>", "<3>", "<4>"]
+
+
+def test_an_unknown_mode_is_a_config_error():
+    task = get_task("copy")
+    with pytest.raises(ConfigError, match="readable, plain"):
+        render_text(task, task.sample(1, 16, seed=0), mode="words")
+
+
+def test_the_id_level_render_is_unchanged():
+    task = get_task("associative_recall", vocab_size=8, num_kv_pairs=2)
+    assert task.render(task.sample(1, 9, seed=2)) == "pairs:   k1=v2 k3=v3\nqueries: [k3 -> v3] v2 [k1 -> v2] v3 v3"

@@ -49,6 +49,7 @@ import torch
 
 from membench.checks import ConfigError, check_int
 from membench.memtasks import IGNORE, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 from membench.memtasks.recall_blocks import (
     distinct_randint,
     motif_codes,
@@ -351,6 +352,50 @@ class AssociativeRecall(Task):
     # --- display ---------------------------------------------------------------------------
     def token_name(self, token: int) -> str:
         return f"k{token}" if token < self.num_keys else f"v{token - self.num_keys}"
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: a binding per line, `k1: v3` (a motif's tokens one space apart, `k1 k0: v2 v3`), noise
+        on lines of its own; then the query region, each query answered after `: ` and ending its line:
+
+            k1: v2
+            k3: v3
+            k3: v3
+            v2 k1: v2
+            v3 v3
+        """
+        return SymbolTable(
+            word=self.token_name,
+            instruction="Each line 'key: value' binds a key to a value; answer each key asked again with its latest "
+                        "value.",
+            joints=self._joints,
+        )
+
+    def _joints(self, inputs: list[int], targets: list[int]) -> Joints:
+        T, a, w, c = len(inputs), self.key_size, self.pair_width, self.context_len(len(inputs))
+        before, marks, fed = [" "] * T, [": "] * T, set()
+        t = 0
+        while t < c:  # a binding starts at a key token; anything else in the context is noise
+            before[t] = "\n"
+            if inputs[t] < self.num_keys:
+                before[t + a] = ": "
+                t += w
+            else:
+                t += 1
+        if c < T:
+            before[c] = "\n"
+        for t in range(c, T):
+            if targets[t] == IGNORE:
+                continue
+            after_key = inputs[t] < self.num_keys  # the answer's first token, else a value token fed back
+            if t + 1 < T and targets[t + 1] != IGNORE:  # the value goes on: this token is fed back next
+                fed.add(t)
+                before[t + 1] = ": " if after_key else " "
+            else:
+                marks[t] = ": " if after_key else " "
+                if t + 1 < T:
+                    before[t + 1] = "\n"
+        before[0] = ""
+        return Joints(before, marks, frozenset(fed))
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """Two lines: the context with each binding as `k1=v3` (a motif's names run together: `k1k0=v2v3`),

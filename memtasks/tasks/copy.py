@@ -21,6 +21,7 @@ import torch
 
 from membench.checks import check_bool, check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 BLANK, GO = range(2)
 _SPECIAL_NAMES = ("_", "GO")
@@ -161,6 +162,22 @@ class Copy(Task):
         if token < self._first_noise:
             return f"c{token - _FIRST_CONTENT}"
         return f"n{token - self._first_noise}"
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: the symbols before GO on one line, then GO and each symbol of the output phase on a
+        line of its own with its answer after `: ` (`c0 c3 c1 _ _` / `GO: c0` / `_: c3` / `_: c1` / `_`)."""
+        return SymbolTable(
+            word=self.token_name,
+            instruction="Remember the c symbols; from GO on, write them back in order, one after each symbol.",
+            joints=self._joints,
+        )
+
+    def _joints(self, inputs: list[int], targets: list[int]) -> Joints:
+        before = [""] + [" "] * (len(inputs) - 1)
+        for t in range(1, len(inputs)):
+            if inputs[t] == GO or targets[t - 1] != IGNORE:
+                before[t] = "\n"
+        return Joints(before, [": "] * len(inputs))
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """One line, scored positions marked [input -> answer], runs of 4+ unscored blanks as `_*k`."""

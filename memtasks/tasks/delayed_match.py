@@ -19,9 +19,11 @@ import torch
 
 from membench.checks import check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 PAD, SAMPLE, PROBE, QUERY, MATCH, NONMATCH = range(6)
 _SPECIAL_NAMES = ("_", "SAMPLE", "PROBE", "?", "MATCH", "NONMATCH")
+_READABLE_NAMES = ("_", "sample", "probe", "?", "yes", "no")  # the words of the text rendering
 _FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
 _MAX_TRIALS = 8  # trials per sequence when both num_trials and delay are derived (fewer if they do not fit)
 
@@ -167,6 +169,31 @@ class DelayedMatch(Task):
         if 0 <= token < _FIRST_SYMBOL:
             return _SPECIAL_NAMES[token]
         return f"s{token - _FIRST_SYMBOL}"
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: a trial per line, its answer yes (MATCH) or no (NONMATCH) after the `?`:
+        `sample s0 s3 | s2 s3 | probe s0 s3? yes`; padding on a last line of its own."""
+        return SymbolTable(
+            word=lambda token: _READABLE_NAMES[token] if token < _FIRST_SYMBOL else self.token_name(token),
+            instruction="After each '?', answer yes if the probe's symbols are the sample's, else no.",
+            joints=self._joints,
+        )
+
+    def _joints(self, inputs: list[int], targets: list[int]) -> Joints:
+        n, D = self.layout(len(inputs))
+        k, L = self.pattern_len, self._overhead + D
+        before = [" "] * len(inputs)
+        for j in range(n):
+            a = j * L
+            before[a] = "\n"  # SAMPLE
+            if D:
+                before[a + 1 + k] = " | "  # the first distractor
+            before[a + 1 + k + D] = " | "  # PROBE
+            before[a + L - 1] = ""  # `?` right after the probe
+        if n * L < len(inputs):
+            before[n * L] = "\n"  # padding
+        before[0] = ""
+        return Joints(before, [" "] * len(inputs))
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """One trial per line: `trial 1: SAMPLE s1 s3 | s0 s2 | PROBE s1 s3 | ? -> MATCH`."""

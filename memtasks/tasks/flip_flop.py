@@ -30,6 +30,7 @@ import torch
 
 from membench.checks import ConfigError, check_number
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 ZERO, ONE, WRITE, READ, IGNORE_OP = range(5)  # tokens: the two bits, then the three instructions
 _NAMES = ("0", "1", "w", "r", "i")
@@ -148,6 +149,21 @@ class FlipFlop(Task):
     # --- display ---------------------------------------------------------------------------
     def token_name(self, token: int) -> str:
         return _NAMES[token] if 0 <= token < len(_NAMES) else str(token)
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: a pair per line, `w 1` / `i 0` / `r 1`; a read's answer is the bit that follows it (fed
+        by the task itself), or written after it when the sequence ends on the read."""
+        return SymbolTable(
+            word=self.token_name,
+            instruction="'w b' writes the bit b, 'i b' is ignored; each 'r' is followed by the bit written last.",
+            joints=self._joints,
+        )
+
+    def _joints(self, inputs: list[int], targets: list[int]) -> Joints:
+        T = len(inputs)
+        before = ["" if t == 0 else "\n" if t % 2 == 0 else " " for t in range(T)]
+        fed = frozenset(t for t in range(0, T - 1, 2) if targets[t] != IGNORE)  # a read, and its bit follows
+        return Joints(before, [" "] * T, fed)
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """One cell per (instruction, bit) pair, `w1 i0 [r -> 1] ...`: a read shows its answer, not its bit."""

@@ -26,6 +26,7 @@ import torch
 
 from membench.checks import ConfigError, check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 TURN_LEN = 5
 PAD, USER, BOT, IS, WHAT = range(5)
@@ -240,6 +241,26 @@ class MultiTurnQA(Task):
             if token >= first:
                 return f"{prefix}{token - first}"
         return _SPECIAL_NAMES[token]
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: a turn per line, `USER: E0 A1 is V3`; a question is answered after its `?`:
+        `USER: what is E0 A1? V3`; padding on a last line of its own."""
+        return SymbolTable(
+            word=self.token_name,
+            instruction="Answer each question with the value stated last for that entity and attribute.",
+            joints=self._joints,
+        )
+
+    def _joints(self, inputs: list[int], targets: list[int]) -> Joints:
+        T = len(inputs)
+        N = T // TURN_LEN
+        before = [" "] * T
+        for t in range(0, N * TURN_LEN, TURN_LEN):
+            before[t], before[t + 1] = "\n", ": "  # the speaker starts a line
+        if N * TURN_LEN < T:
+            before[N * TURN_LEN] = "\n"
+        before[0] = ""
+        return Joints(before, ["? "] * T)
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """The dialogue, one turn per line (`USER: E3 A2 is V7`); a question's answer shown [A2 -> V7]."""

@@ -27,9 +27,11 @@ import torch
 
 from membench.checks import check_int, check_number
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 MATCH, NONMATCH = range(2)
 _SPECIAL_NAMES = ("MATCH", "NONMATCH")
+_READABLE_NAMES = ("yes", "no")  # the words of the text rendering
 _FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
 _TOKENS_PER_BACK = 8  # n=None: n = seq_len // 8
 
@@ -123,6 +125,17 @@ class NBack(Task):
         if 0 <= token < _FIRST_SYMBOL:
             return _SPECIAL_NAMES[token]
         return f"s{token - _FIRST_SYMBOL}"
+
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: the first n symbols on one line, then each later symbol on a line of its own with its
+        answer, yes (MATCH) or no (NONMATCH): `s1 s3` / `s1: yes` / `s2: no`."""
+        n = self.back(seq_len)
+        return SymbolTable(
+            word=lambda token: _READABLE_NAMES[token] if token < _FIRST_SYMBOL else self.token_name(token),
+            instruction=f"After each symbol, answer yes if it is the symbol {n} before it, else no.",
+            joints=lambda inputs, targets: Joints(
+                ["" if t == 0 else "\n" if t >= n else " " for t in range(len(inputs))], [": "] * len(inputs)),
+        )
 
     def render(self, batch: Batch, i: int = 0) -> str:
         """`2-back: s0 s0 [s2 -> NONMATCH] ...`: the stream, each scored symbol marked with its answer."""

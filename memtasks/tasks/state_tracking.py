@@ -40,10 +40,16 @@ import torch
 
 from membench.checks import ConfigError, check_choice, check_int
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks.base import Joints, SymbolTable
 
 GROUPS = ("parity", "cyclic", "S3", "S5")
 SCORES = ("all", "last")
 _MAX_MODULUS = 1024  # a cyclic group's table has modulus^2 entries
+_INSTRUCTIONS = {  # the one line before the text rendering
+    "parity": "After each bit, answer the parity of all the bits so far.",
+    "cyclic": "After each number, answer the sum of all the numbers so far modulo {modulus}.",
+    "S3": "Permutations in one-line notation: after each, answer the product of all so far, the first applied first.",
+}
 
 
 @functools.cache
@@ -201,6 +207,16 @@ class StateTracking(Task):
         return answer
 
     # --- display ---------------------------------------------------------------------------
+    def symbol_table(self, seq_len: int) -> SymbolTable:
+        """Readable text: an element per line, each scored one followed by the running product after `: `
+        (parity: `1` / `0: 1` / `1: 0`)."""
+        instruction = _INSTRUCTIONS["S3" if self.group == "S5" else self.group].format(modulus=self.modulus)
+        return SymbolTable(
+            word=self.token_name,
+            instruction=instruction,
+            joints=lambda inputs, targets: Joints([""] + ["\n"] * (len(inputs) - 1), [": "] * len(inputs)),
+        )
+
     def token_name(self, token: int) -> str:
         if self.group in ("S3", "S5"):
             return "".join(map(str, permutations(3 if self.group == "S3" else 5)[token]))
