@@ -37,7 +37,9 @@ def trial(task, model, train_len, accuracy, seed=0, status="ok", lr=1e-3, genera
             "tflops_per_s": 1e-3, "attention_flops_share": 0.0, "state_size": STATE[model],
             "time_to_accuracy_seconds": NAN, "time_to_accuracy_steps": NAN, "time_to_accuracy_tokens": NAN,
             "status": status, "error": "" if not failed else "out of memory", "device": "cpu",
-            "git_commit": "abc1234", "torch_version": "2.13.0",
+            "git_commit": "abc1234", "torch_version": "2.13.0", "model_params": "{}",
+            "scored": NAN if failed else 100, "compile_seconds": 0.0, "memory_flops_share": 0.0,
+            "stop_reason": "" if failed else "threshold", "under_trained": False, "precision": "fp32",
         })
     if not failed:  # a sliced evaluation beside the plain one: it must not enter the leaderboard
         rows.append({**rows[0], "slice": f"L{train_len}-kv4", "accuracy": 0.0})

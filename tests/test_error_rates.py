@@ -13,6 +13,7 @@ import torch
 from membench.memtasks import eval_seed, get_task
 from membench.models import build_model
 from membench.runners import metrics
+from membench.runners.errors import UsageError
 from membench.runners.reporting.error_rates import (
     ERROR_COLUMNS,
     clopper_pearson,
@@ -20,8 +21,10 @@ from membench.runners.reporting.error_rates import (
     log_binomial_cdf,
     write_error_rates,
 )
+from membench.runners.reporting.results import read_results
 from membench.runners.spec import load_spec
 from membench.runners.sweep import run_sweep
+from tests.sweeps import write_sweep
 
 
 # --- the interval -------------------------------------------------------------------------------
@@ -94,8 +97,13 @@ def test_the_table_counts_errors_of_error_rate_tasks_only():
     assert table.loc[0, "ci_high"] == pytest.approx(1 - 0.025 ** (1 / 1000))
 
 
-def test_runs_without_the_scored_column_give_no_table():
-    assert error_rate_table(runs_rows().drop(columns="scored")).empty
+def test_a_results_folder_without_the_scored_column_is_refused_in_one_line(tmp_path):
+    """Every runs.csv membench writes has `scored`; a table without it is not a membench table."""
+    write_sweep(tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv").drop(columns="scored")
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    with pytest.raises(UsageError, match=r"runs.csv in .* lacks column\(s\) scored; it must follow"):
+        read_results(tmp_path)
 
 
 def test_a_flip_flop_sweep_writes_error_rates_with_its_named_slices(tmp_path):

@@ -55,7 +55,7 @@ def side_by_side(runs: pd.DataFrame, models: list[str]) -> str:
     best = acc.groupby(level=[0, 1, 2, 3]).max()
     status = runs.groupby(["train_len", "slice", "model"])["status"].agg(failure_status)
     under = (runs.assign(u=runs["under_trained"].astype(str).str.lower().isin(["true", "1", "1.0"]))
-             .groupby(["train_len", "model"])["u"].any() if "under_trained" in runs.columns else pd.Series(dtype=bool))
+             .groupby(["train_len", "model"])["u"].any())
     sizes = runs.drop_duplicates("model").set_index("model")
     lines = ["  ".join(f"{m}: d_model={sizes.loc[m, 'd_model']}, {int(sizes.loc[m, 'params']):,} params"
                        if m in sizes.index and sizes.loc[m, "params"] == sizes.loc[m, "params"] else f"{m}: -"

@@ -110,8 +110,6 @@ def reports_error_rate(task: str) -> bool:
 
 def error_rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     """ERROR_COLUMNS, one row per runs.csv row of an error-rate task that was scored (reads known and > 0)."""
-    if "scored" not in runs.columns:  # written before runs.csv had the column
-        return pd.DataFrame(columns=ERROR_COLUMNS)
     mine = runs[runs["task"].astype(str).map(reports_error_rate)]
     mine = mine[mine["scored"].notna() & (mine["scored"] > 0) & mine["accuracy"].notna()]
     rows = []

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from membench.runners.reporting.figures import RC, family_styles, panel_grid, save_figure
 from membench.runners.reporting.intervals import bootstrap_draws, interval
 from membench.runners.reporting.leaderboard import SCORED, model_order, task_order
-from membench.runners.reporting.results import CONFIG_COLUMNS, is_plain_slice, with_model_params
+from membench.runners.reporting.results import CONFIG_COLUMNS, is_plain_slice
 from membench.runners.reporting.text import count, fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
@@ -49,7 +49,6 @@ COLUMNS = ["task", "train_len", "slice", "eval_len", "model", "config", "model_p
 
 def has_sizes(runs: pd.DataFrame) -> bool:
     """True when some family was trained at two or more sizes or state settings of one (task, length)."""
-    runs = with_model_params(runs)
     configs = runs.groupby(["task", "train_len", "model"])[["model_params", "d_model"]].apply(
         lambda g: len(g.drop_duplicates()))
     return bool((configs >= 2).any())
@@ -58,7 +57,6 @@ def has_sizes(runs: pd.DataFrame) -> bool:
 def frontier_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per point (see the module docstring), COLUMNS in order, sorted by task, length, slice, model
     and state size."""
-    runs = with_model_params(runs)
     runs = runs.assign(
         config=runs[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1),
         scored=np.where(runs["status"].isin(SCORED), runs["accuracy"].fillna(0.0), 0.0),

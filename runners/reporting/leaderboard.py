@@ -40,7 +40,6 @@ from membench.runners.reporting.results import (
     Results,
     failure_status,
     is_plain_slice,
-    with_model_params,
 )
 from membench.runners.reporting.text import fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
@@ -91,13 +90,12 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     status = runs.groupby("trial_id")["status"].agg(failure_status)
     status.update(at_train["status"])
     at_train = at_train.loc[at_train["status"].isin(SCORED), "accuracy"].dropna()
-    first = with_model_params(runs).drop_duplicates("trial_id").set_index("trial_id")
+    first = runs.drop_duplicates("trial_id").set_index("trial_id")
     keep = ["task", "model", "train_len", "seed", *CONFIG_COLUMNS, "params", "train_seconds", "steps",
             "flops_per_step", "state_size", "peak_memory_mb"]
     trials = first[keep].copy()
     trials["status"] = status
-    under = first["under_trained"] if "under_trained" in first.columns else pd.Series(False, index=first.index)
-    trials["under_trained"] = under.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+    trials["under_trained"] = first["under_trained"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
     trials["evaluated"] = trials.index.isin(at_train.index) & trials["status"].isin(SCORED)
     trials["accuracy"] = np.where(trials["evaluated"], at_train.reindex(trials.index), 0.0)
     trials["config"] = trials[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1)
@@ -162,10 +160,9 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/reporting/slices.py), under_trained_cells (empty for tables written before
-    runs.csv had under_trained), then per task "<task> horizon" and "<task> mean_accuracy",
-    then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and per task
-    "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
+    length, counted 0: see runners/reporting/slices.py), under_trained_cells, then per task "<task> horizon"
+    and "<task> mean_accuracy", then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and
+    per task "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
     runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
     """
     trials = trial_table(runs)
@@ -201,8 +198,6 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     board["seeds"] = board["model"].map(seeds).fillna(0).astype(int)
     board = board.merge(family_intervals(chosen_trials(trials, cells), cells, tasks), on="model", how="left")
     board["tied_rank"] = tie_groups(board)
-    if "under_trained" not in runs.columns:  # not recorded: unknown, not zero
-        board["under_trained_cells"] = np.nan
     return board, tasks
 
 
@@ -264,8 +259,6 @@ def with_interval(value: float, low: float, high: float) -> str:
 
 def under_trained_line(board: pd.DataFrame) -> str:
     """The footnote on under-trained cells: how many, and what it means."""
-    if board["under_trained_cells"].isna().all():
-        return "Under-training was not recorded for these trials (their tables predate the `under_trained` column)."
     n = int(board["under_trained_cells"].sum())
     if not n:
         return "No cell is under-trained: every trial stopped at the threshold, on a plateau, or no longer improving."

@@ -31,20 +31,13 @@ CONFIG_COLUMNS = ["model_params", "d_model", "n_layers", "lr", "batch_size"]
 # the columns of each table that the leaderboard and charts read (the full schema: runners.tables)
 REQUIRED = {
     "runs": ["trial_id", "task", "task_version", "task_params", "model", "params", "train_len", "eval_len",
-             "slice", "seed", *CONFIG_COLUMNS[1:], "steps", "accuracy", "train_seconds", "peak_memory_mb",
-             "flops_per_step", "state_size", "status"],
+             "slice", "seed", *CONFIG_COLUMNS, "steps", "accuracy", "scored", "train_seconds", "peak_memory_mb",
+             "flops_per_step", "state_size", "status", "stop_reason", "under_trained"],
     "lags": ["trial_id", "task", "model", "train_len", "eval_len", "lag_bucket", "accuracy", "count"],
     "curves": ["trial_id", "task", "model", "train_len", "step", "tokens", "eval_accuracy"],
     "slice_curves": ["trial_id", "task", "slice", "step", "tokens", "accuracy"],
 }
 _STRING_COLUMNS = STRING_COLUMNS  # the text columns of the tables (runners.tables)
-
-
-def with_model_params(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with its model_params column, "{}" (the family's defaults) where absent: tables written before
-    the column existed lack it (REQUIRED does not ask for it)."""
-    params = runs["model_params"].astype(object).fillna("{}") if "model_params" in runs.columns else "{}"
-    return runs.assign(model_params=params)
 
 
 def is_plain_slice(runs: pd.DataFrame) -> pd.Series:
@@ -107,7 +100,7 @@ def read_results(directory: str | os.PathLike) -> Results:
             raise UsageError(f"{name}.csv in {directory} lacks column(s) {', '.join(missing)}; "
                              f"it must follow the membench {name} schema")
         check_table(name, table, directory / f"{name}.csv") if table is not None else None  # types, ranges
-    runs = with_model_params(runs).assign(task=task_labels(runs))
+    runs = runs.assign(task=task_labels(runs))
     label = runs.drop_duplicates("trial_id").set_index("trial_id")["task"]
     for name in ("lags", "curves", "slice_curves"):  # these carry the bare task name: take the label from runs
         if tables[name] is not None:

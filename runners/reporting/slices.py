@@ -48,7 +48,6 @@ def slice_table(runs: pd.DataFrame) -> pd.DataFrame:
     slices = list(dict.fromkeys(named["slice"].astype(str)))
     accuracy = named.pivot_table(index="trial_id", columns="slice", values="accuracy", aggfunc="first",
                                  dropna=False).reindex(columns=slices)
-    named = named.assign(**{c: named.get(c, "") for c in ("stop_reason", "under_trained")})  # older tables
     trials = named.drop_duplicates("trial_id").set_index("trial_id")[TRIAL_COLUMNS]
     table = trials.join(accuracy)
     table["min"] = accuracy.reindex(table.index).min(axis=1)  # over the slices the trial was evaluated on
