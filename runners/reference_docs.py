@@ -66,6 +66,9 @@ SPEC_KEY_DOCS = {
     "min_steps": "no plateau stop before this many steps (a task can sit at chance for hundreds of steps "
                  "before a model learns it)",
     "eval_multipliers": "also evaluate at these multiples of the training length",
+    "eval_lengths": "also evaluate at these lengths (those the task cannot do are skipped with a note)",
+    "train_length_range": "[lo, hi]: train on lengths drawn uniformly from lo..hi each step (seeded), instead of "
+                          "`lengths`; the train length is hi",
     "eval_sequences": "held-out sequences per eval slice",
     "max_eval_tokens": "at most this many tokens an eval slice: fewer sequences where `eval_sequences` x "
                        "length is more (a slice's own `n_sequences` stays); none: no limit",
@@ -125,7 +128,9 @@ COLUMN_DOCS = {
     "task_params": "the task's params (JSON)", "model": "family name or import path",
     "model_version": "the family's `version` when the trial ran", "model_params": "the family's params (JSON)",
     "d_model": "width", "n_layers": "layers", "params": "trainable parameters of the model",
-    "train_len": "training length (the longest segment of a training mixture)",
+    "train_len": "training length (the longest segment of a training mixture, the top of a length range)",
+    "train_len_min": "the shortest length trained on (a range's lo, a mixture's shortest segment; else train_len)",
+    "train_len_max": "the longest length trained on (equal to train_len)",
     "eval_len": "length of the evaluated sequences", "slice": "eval slice name: `L<eval_len>` for a plain "
     "length, the spec's name for a named slice", "is_train_len": "the slice's length is the training length",
     "seed": "the trial's seed", "lr": "peak learning rate", "batch_size": "sequences per training step",

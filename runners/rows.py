@@ -96,7 +96,9 @@ def _runs_rows(config: TrialConfig, task_params: dict, cost: TrialCost | None, m
         "model": config.model, "model_version": config.model_version,
         "model_params": json.dumps(config.model_params, sort_keys=True), "d_model": config.d_model,
         "n_layers": config.n_layers, "params": params,
-        "train_len": config.train_len, "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
+        "train_len": config.train_len, "train_len_min": config.trained_lengths()[0],
+        "train_len_max": config.trained_lengths()[1], "seed": config.seed, "lr": config.lr,
+        "batch_size": config.batch_size,
     }
     timing = dict.fromkeys(
         ["steps", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second", "tflops_per_s",

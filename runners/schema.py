@@ -23,7 +23,8 @@ STATUSES = ("ok", "oom", "diverged", "timeout", "error")  # a trial's (or one sl
 
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
-    "params", "train_len", "eval_len", "slice", "is_train_len", "seed", "lr", "batch_size", "steps", "accuracy",
+    "params", "train_len", "train_len_min", "train_len_max", "eval_len", "slice", "is_train_len", "seed", "lr",
+    "batch_size", "steps", "accuracy",
     "exact_match", "loss", "scored", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second",
     "peak_memory_mb", "flops_per_step", "tflops_per_s", "attention_flops_share", "memory_flops_share", "state_size",
     "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained",
@@ -45,7 +46,8 @@ STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_param
 
 
 # --- the checks of a table's values: one home for the tables read back and the trial files ---------------
-_INTEGER = {"d_model", "n_layers", "params", "train_len", "eval_len", "seed", "batch_size", "steps", "lag_bucket",
+_INTEGER = {"d_model", "n_layers", "params", "train_len", "train_len_min", "train_len_max", "eval_len", "seed",
+            "batch_size", "steps", "lag_bucket",
             "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
             "time_to_accuracy_tokens"}
 _FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}

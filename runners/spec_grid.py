@@ -6,7 +6,8 @@ trials in run order. For each task, then each model point (a family with one poi
 
     lengths x widths x learning rates x seeds
 
-trials, each with the eval slices of its length and the rates of the cost model by which time_cap = "auto"
+trials (a train_length_range [lo, hi] is one length: trials trained on lengths drawn from lo..hi, its train
+length hi), each with the eval slices of its length and the rates of the cost model by which time_cap = "auto"
 is sized (runners/cost/estimate.py). Example: lengths [64, 128], target_params [1e5, 4e5], one learning
 rate, seeds [0, 1] -> 2 x 2 x 1 x 2 = 8 trials of the pair.
 
@@ -88,9 +89,17 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
     """The trials of one (task, model) pair, lengths x widths x learning rates x seeds, each with the rates
     of the cost model (runners/cost/estimate.py) by which time_cap = "auto" is sized."""
     rates = estimate.Rates(s["flops_rate"], s["step_latency"], s["token_latency"])
+    length_range = ()
     if task.segments is not None:
+        if s["train_length_range"]:
+            raise ConfigError(f"{task.where}: a train_mixture and a train_length_range cannot be combined; "
+                              f"give the task lengths instead of the range, or drop its train_mixture")
         segments = tuple(Segment(p["seq_len"], p["params"], p.get("weight", 1.0)) for p in task.segments)
         lengths = [max(seg.seq_len for seg in segments)]
+    elif s["train_length_range"]:
+        segments, length_range = (), tuple(s["train_length_range"])
+        _check_range(task, length_range)
+        lengths = [length_range[1]]
     else:
         segments, lengths = (), []
         for length in dict.fromkeys(s["lengths"]):
@@ -105,7 +114,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
         lengths = [n for n in lengths if n <= s["max_length"]]
     trials = []
     for length in lengths:
-        slices = _slices(task, length, s)
+        slices = _slices(task, length, s, notes)
         longest = max([seg.seq_len for seg in segments] or [length])
         parts = (task.segments or []) + (task.slices or [])
         vocab = max([task.task.vocab_size] + [p["task"].vocab_size for p in parts])
@@ -135,7 +144,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
                         segments=segments, task_version=task_class(task.name).version,
                         early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
-                        min_delta=s["min_delta"], min_steps=s["min_steps"],
+                        min_delta=s["min_delta"], min_steps=s["min_steps"], train_length_range=length_range,
                     ), rates))
     return trials
 
@@ -185,8 +194,21 @@ def _check_model_size(model: str, vocab: int, d_model: int, n_layers: int, param
                 n, "params")
 
 
-def _slices(task: TaskTable, train_len: int, s: dict) -> tuple[EvalSlice, ...]:
-    """Explicit slices, or the train length and its multiples that the task can do."""
+def _check_range(task: TaskTable, length_range: tuple[int, int]) -> None:
+    """Every length of a train_length_range must be one the task can train at (one line naming the first
+    that is not)."""
+    low, high = length_range
+    for length in range(low, high + 1):
+        try:
+            task.task.check_length(length)
+        except ConfigError as err:
+            raise ConfigError(f"{task.where} train_length_range [{low}, {high}]: length {length} is drawn from it "
+                              f"but {err}; narrow the range") from None
+
+
+def _slices(task: TaskTable, train_len: int, s: dict, notes: list[str]) -> tuple[EvalSlice, ...]:
+    """Explicit slices, or the train length, its multiples and the eval_lengths, those the task can do (an
+    eval_length it cannot do is skipped with a note)."""
     if task.slices is not None:
         return tuple(
             EvalSlice(p.get("name", slice_name(p["seq_len"], p["params"])), p["seq_len"],
@@ -194,10 +216,12 @@ def _slices(task: TaskTable, train_len: int, s: dict) -> tuple[EvalSlice, ...]:
             for p in task.slices
         )
     slices = []
-    for length in dict.fromkeys([train_len] + [train_len * m for m in s["eval_multipliers"]]):
+    for length in dict.fromkeys([train_len] + [train_len * m for m in s["eval_multipliers"]] + s["eval_lengths"]):
         try:
             task.task.check_length(length)
-        except ConfigError:
+        except ConfigError as err:
+            if length in s["eval_lengths"]:
+                _note(notes, f"{task.name}: eval length {length} skipped: {err}")
             continue
         slices.append(EvalSlice(slice_name(length, {}), length, _eval_sequences(s, length)))
     return tuple(slices)

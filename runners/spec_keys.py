@@ -12,7 +12,8 @@ One home for the schema that runners/spec.py reads and runners/reference_docs.py
 
 A setting that is a field of TrialConfig takes that field's default, so a default is written once.
 `merge_settings` applies the levels of the precedence (defaults < top level < task < cost class < model <
-command line); one size key (target_params, d_model, d_models) at a level replaces the others:
+command line); one size key (target_params, d_model, d_models) at a level replaces the others, and so does one
+length key (lengths, train_length_range):
 
     >>> merged = merge_settings([{"target_params": 50_000}, {"d_model": 32}])
     >>> merged["d_model"], merged["target_params"], merged["steps"]
@@ -32,12 +33,21 @@ from membench.memtasks import get_task, task_class
 from membench.registry import unknown_name_message
 from membench.runners.executors import EXECUTORS
 from membench.runners.train import COMPILE_MODES
-from membench.runners.trial import BUDGETS, EARLY_STOPS, TrialConfig
+from membench.runners.trial import BUDGETS, EARLY_STOPS, TrialConfig, check_length_range
+
+
+def _length_range(value, label: str) -> list[int]:
+    """A train_length_range: two lengths [lo, hi], lo < hi, each within the length limit."""
+    check_length_range(value, label)
+    return checks.list_of(checks.limited(checks.integer(1), "length"))(value, label)
+
 
 _TRIAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig)
                    if f.default is not dataclasses.MISSING}
 SETTINGS = {
     "lengths": (checks.list_of(checks.limited(checks.integer(1), "length")), [64, 128, 256]),
+    # [lo, hi]: one trial per seed etc. trained on lengths drawn from lo..hi each step (replaces lengths)
+    "train_length_range": (_length_range, _TRIAL_DEFAULTS["train_length_range"]),  # (): none
     "seeds": (checks.list_of(checks.limited(checks.integer(0), "seed")), [0]),
     "learning_rates": (checks.list_of(checks.number(0, LIMITS["learning_rate"], low_open=True)), [1e-3]),
     "steps": (checks.limited(checks.integer(1), "steps"), 1000),
@@ -55,6 +65,7 @@ SETTINGS = {
     "min_delta": (checks.number(0, 1), _TRIAL_DEFAULTS["min_delta"]),
     "min_steps": (checks.integer(0), _TRIAL_DEFAULTS["min_steps"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
+    "eval_lengths": (checks.list_of(checks.limited(checks.integer(1), "length"), allow_empty=True), []),
     "eval_sequences": (checks.limited(checks.integer(1), "eval_sequences"), 256),
     "max_eval_tokens": (checks.integer(1), None),  # None: eval_sequences at every length
     "eval_every": (checks.integer(1), _TRIAL_DEFAULTS["eval_every"]),
@@ -70,6 +81,7 @@ SETTINGS = {
     "max_length": (checks.integer(1), None),
 }
 _SIZE_KEYS = ("target_params", "d_model", "d_models")  # one excludes the others; the most specific wins
+_LENGTH_KEYS = ("lengths", "train_length_range")  # the same: fixed lengths, or one range drawn from
 TOP_KEYS = {"name": checks.text, "description": checks.text, "recipe": checks.text, "device": checks.device,
             "compile": checks.choice(COMPILE_MODES), "executor": checks.choice(EXECUTORS),
             "cpu_threads": checks.limited(checks.integer(1), "cpu_threads"), "cpu_workers": checks.cpu_workers,
@@ -105,6 +117,9 @@ def table_settings(table: dict, where: str) -> dict:
     if sum(k in found for k in _SIZE_KEYS) > 1:
         raise ConfigError(f"{where}: set one of d_model (a fixed width), d_models (a sweep of widths) or "
                           f"target_params (matched widths), not several")
+    if all(k in found for k in _LENGTH_KEYS):
+        raise ConfigError(f"{where}: set lengths (one trial per length) or train_length_range (lengths drawn "
+                          f"from [lo, hi] each step), not both")
     return found
 
 
@@ -112,10 +127,11 @@ def merge_settings(levels: list[dict]) -> dict:
     """Every setting: its default, overridden by each level in turn (see the module doc)."""
     merged = {k: default for k, (_, default) in SETTINGS.items()}
     for level in levels:
-        for key in _SIZE_KEYS:
-            if key in level:  # a size at a more specific level replaces the other size key
-                merged.update(dict.fromkeys(_SIZE_KEYS), **{key: level[key]})
-        merged.update({k: v for k, v in level.items() if k not in _SIZE_KEYS})
+        for keys in (_SIZE_KEYS, _LENGTH_KEYS):
+            for key in keys:
+                if key in level:  # a size (lengths) at a more specific level replaces the other size (length) key
+                    merged.update(dict.fromkeys(keys), **{key: level[key]})
+        merged.update({k: v for k, v in level.items() if k not in _SIZE_KEYS + _LENGTH_KEYS})
     return merged
 
 
@@ -139,8 +155,9 @@ class TaskTable:
         self.task = self._build(self.params)
         self.segments = self._parts(table.get("train_mixture"), "train_mixture", SEGMENT_KEYS, fields)
         self.slices = self._parts(table.get("eval_slices"), "eval_slices", SLICE_KEYS, fields)
-        if self.segments is not None and "lengths" in table:
-            raise ConfigError(f"{where}: give lengths or train_mixture, not both")
+        for key in _LENGTH_KEYS:
+            if self.segments is not None and key in table:
+                raise ConfigError(f"{where}: give {key} or train_mixture, not both")
 
     def _build(self, params: dict, where: str | None = None):
         try:

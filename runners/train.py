@@ -2,7 +2,9 @@
 
 Each step s draws a fresh batch on the model's device from one segment of the training mixture (chosen
 in proportion to the segments' weights by a generator seeded with the trial seed), with data seed
-`train_seed(seed, s)`. The output head and the loss are computed only at the N scored positions:
+`train_seed(seed, s)`. A trial with a `train_length_range` (lo, hi) draws each step's length uniformly from
+lo..hi instead (`length_schedule`, seeded by the trial seed: the same seed gives the same lengths), as the
+length-generalisation papers train. The output head and the loss are computed only at the N scored positions:
 
     h = model.features(x)                                # (B, T, D)
     logits = model.head(h[scored])                       # (N, V)
@@ -10,7 +12,7 @@ in proportion to the segments' weights by a generator seeded with the trial seed
 
 That is `scored_loss_reference`. Selecting a data-dependent number of rows needs N on the host, a wait for
 the device at every step, so training uses a sync-free form of it (`scored_positions`, `scored_loss`):
-the first batch of each segment fixes a capacity C >= N (`gather_capacity`), and every step gathers
+the first batch of each segment (and length) fixes a capacity C >= N (`gather_capacity`), and every step gathers
 exactly C rows, the N scored ones in order and C - N padding rows whose target is ignored:
 
     index  = nonzero_static(scored.flatten(), size=C)    # (C,) scored positions, then padding
@@ -39,7 +41,8 @@ its first step. Compilation is none of these: it happens in a warm-up before the
 `compile` captures the training forward (features, gather, head and loss; the backward follows through
 AOTAutograd): "none" (eager), "torch_compile", "cuda_graphs" (torch.compile's "reduce-overhead" mode,
 which replays CUDA graphs; CUDA only) or "auto" (cuda_graphs on CUDA for a family that declares capture
-helps it, `compile_friendly`; none elsewhere: `resolve_compile`, asked once per trial).
+helps it, `compile_friendly`; none elsewhere, and none for a trial with a length range, whose every length would
+be captured anew: `resolve_compile`, asked once per trial).
 
 A trial's run is one `Training`: its state (tasks, optimizer, captured step, counters, the outcome so far)
 and its stages as methods, from the warm-up to the final evaluation; `train` runs one.
@@ -228,6 +231,18 @@ def _captured_loss(model, mode: str, device: torch.device):
     return torch.compile(forward, **_CAPTURE_OPTIONS[mode])
 
 
+def length_schedule(length_range: tuple[int, ...], steps: int, seed: int) -> list[int]:
+    """The length of each step's batch: uniform on lo..hi (both ends included), i.i.d., fixed by `seed`.
+
+        >>> lengths = length_schedule((8, 12), 6, seed=0)
+        >>> lengths == length_schedule((8, 12), 6, seed=0), all(8 <= n <= 12 for n in lengths)
+        (True, True)
+    """
+    low, high = length_range
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high + 1, (steps,), generator=gen).tolist()
+
+
 def segment_schedule(weights: list[float], steps: int, seed: int) -> list[int]:
     """Which segment each step draws from: i.i.d. in proportion to `weights`, fixed by `seed`."""
     if len(weights) == 1:
@@ -265,6 +280,8 @@ class Training:
     def __init__(self, model, config, device: torch.device, compile: str) -> None:
         self.model, self.config, self.device = model, config, device  # config: a runners.trial.TrialConfig
         self.eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}  # slice name -> task
+        if config.train_length_range and compile == "auto":
+            compile = "none"  # a capture per drawn length would cost more than it saves
         self.compile = resolve_compile(model, compile, device)  # the capture of the step, "auto" resolved
         self.train_tasks = [config.segment_task(s) for s in config.segments]  # one task per training segment
         # the slices whose mean is the curve's eval_accuracy, and those that must reach the threshold to stop early
@@ -272,10 +289,13 @@ class Training:
                              or list(self.eval_tasks))
         self.stop_names = list(self.eval_tasks) if config.early_stop == "all_slices" else self.at_train_len
         self.schedule = segment_schedule([s.weight for s in config.segments], config.steps, config.seed)
+        # each step's sequence length: its segment's, or drawn from the trial's train_length_range
+        self.lengths = (length_schedule(config.train_length_range, config.steps, config.seed)
+                        if config.train_length_range else [config.segments[seg].seq_len for seg in self.schedule])
         self.optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
         self.params = list(model.parameters())  # in the model's order: what clip_grad_norm scales
         self.step_loss = _captured_loss(model, self.compile, device)  # (inputs, index, picked) -> () loss
-        self.capacity: list[int | None] = [None] * len(config.segments)  # gather rows of each segment
+        self.capacity: dict[tuple[int, int], int] = {}  # (segment, length) -> its gather rows
         self.out = TrainOutcome(segment_steps=[0] * len(config.segments), head_rows=[None] * len(config.segments))
         self.loss_sum = torch.zeros((), device=device)  # () the loss summed since the last reading
         self.excess = torch.zeros((), dtype=torch.long, device=device)  # () scored positions dropped (stays 0)
@@ -332,15 +352,15 @@ class Training:
         return out
 
     def draw(self, step: int):
-        """The batch of step `step`, on the device, and its scored positions gathered to its segment's capacity
-        (set from the segment's first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
-        seg = self.schedule[step]
-        batch = self.train_tasks[seg].sample(self.config.batch_size, self.config.segments[seg].seq_len,
-                                             train_seed(self.config.seed, step), self.device)
-        if self.capacity[seg] is None:
-            self.capacity[seg] = gather_capacity(batch.targets)
-            self.out.head_rows[seg] = self.capacity[seg]
-        return (batch.inputs, *scored_positions(batch.targets, self.capacity[seg]))
+        """The batch of step `step`, on the device, and its scored positions gathered to the capacity of its
+        segment and length (set from their first batch): inputs (B, T), index (C,), picked (C,), dropped ()."""
+        seg, length = self.schedule[step], self.lengths[step]
+        batch = self.train_tasks[seg].sample(self.config.batch_size, length, train_seed(self.config.seed, step),
+                                             self.device)
+        if (seg, length) not in self.capacity:
+            self.capacity[seg, length] = gather_capacity(batch.targets)
+            self.out.head_rows[seg] = max(self.out.head_rows[seg] or 0, self.capacity[seg, length])
+        return (batch.inputs, *scored_positions(batch.targets, self.capacity[seg, length]))
 
     def warm_up(self) -> float:
         """Compile the captured step before the clock starts; returns its wall seconds (0.0 when eager).
@@ -383,7 +403,7 @@ class Training:
         self.optimizer.zero_grad(set_to_none=True)
         self.loss_sum += loss.detach()
         self.window += 1
-        out.steps, out.tokens = step + 1, out.tokens + config.batch_size * config.segments[seg].seq_len
+        out.steps, out.tokens = step + 1, out.tokens + config.batch_size * self.lengths[step]
         out.segment_steps[seg] += 1
 
     def read_loss(self, step: int) -> None:
@@ -393,8 +413,8 @@ class Training:
         if int(self.excess):
             raise CapacityExceeded(
                 f"{int(self.excess)} scored positions did not fit the gather capacity {self.capacity} (per "
-                f"segment, set from its first batch) in steps {step - self.window + 1}..{step}: this task's count "
-                f"of scored positions varies more than the margin of one sequence")
+                f"segment and length, set from its first batch) in steps {step - self.window + 1}..{step}: this "
+                f"task's count of scored positions varies more than the margin of one sequence")
         if not math.isfinite(self.loss_value):
             raise Diverged(f"training loss is {self.loss_value} at step {step}")
         self.point(step, self.clock.pause())["train_loss"] = self.loss_value

@@ -109,6 +109,7 @@ class TrialConfig:
     patience: int = 5  # plateau: evaluations without an improvement of at least `min_delta` ...
     min_delta: float = 0.01  # ... of the early-stop slices' mean accuracy (also what "still improving" means)
     min_steps: int = 0  # plateau: no plateau stop before this many steps (a loss plateau can precede learning)
+    train_length_range: tuple[int, ...] = ()  # (lo, hi): each step's length drawn from lo..hi (train_len = hi)
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
@@ -121,6 +122,13 @@ class TrialConfig:
             object.__setattr__(self, "model_version", model_class(self.model).version)
         if not self.segments:
             object.__setattr__(self, "segments", (Segment(self.train_len),))
+        object.__setattr__(self, "train_length_range", tuple(self.train_length_range))  # a list when read back
+        if self.train_length_range:
+            check_length_range(self.train_length_range, "train_length_range")
+            if self.train_length_range[1] != self.train_len or len(self.segments) > 1:
+                raise ConfigError(f"train_length_range {list(self.train_length_range)} needs train_len equal to "
+                                  f"its upper end and no train_mixture (got train_len {self.train_len}, "
+                                  f"{len(self.segments)} segments)")
 
     def __hash__(self) -> int:
         return hash(self.trial_id)
@@ -147,7 +155,23 @@ class TrialConfig:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def label(self) -> str:
-        return f"{self.task} {self.model} L{self.train_len} seed{self.seed} lr{self.lr:g}"
+        lengths = "L{}-{}".format(*self.train_length_range) if self.train_length_range else f"L{self.train_len}"
+        return f"{self.task} {self.model} {lengths} seed{self.seed} lr{self.lr:g}"
+
+    def trained_lengths(self) -> tuple[int, int]:
+        """(shortest, longest) length trained on: the range's ends, the mixture's, or train_len twice.
+
+            >>> base = dict(task="copy", task_params={}, model="lstm", model_params={}, d_model=8, n_layers=1,
+            ...             seed=0, lr=1e-3, batch_size=4, steps=1, eval_slices=())
+            >>> TrialConfig(**base, train_len=32).trained_lengths()
+            (32, 32)
+            >>> TrialConfig(**base, train_len=32, train_length_range=(8, 32)).trained_lengths()
+            (8, 32)
+        """
+        if self.train_length_range:
+            return self.train_length_range[0], self.train_length_range[1]
+        lengths = [s.seq_len for s in self.segments]
+        return min(lengths), max(lengths)
 
     # --- the tasks it draws from -------------------------------------------------------
     def segment_task(self, segment: Segment):
@@ -170,7 +194,26 @@ class TrialConfig:
 
 # field -> default: hashed only when set otherwise, so the ids of trials made before the field existed hold
 _LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01,
-                 "min_steps": 0}
+                 "min_steps": 0, "train_length_range": ()}
+
+
+def check_length_range(value, where: str) -> tuple[int, int]:
+    """A range of training lengths [lo, hi], two integers with 1 <= lo < hi; ConfigError otherwise.
+
+        >>> check_length_range([8, 32], "train_length_range")
+        (8, 32)
+        >>> check_length_range([32, 8], "train_length_range")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        membench.checks.ConfigError: train_length_range must be [lo, hi] with lo < hi, got [32, 8]; ...
+    """
+    pair = list(value) if isinstance(value, (list, tuple)) else value
+    if (not isinstance(pair, list) or len(pair) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair)):
+        raise ConfigError(f"{where} must be two lengths [lo, hi], integers >= 1, got {value!r}")
+    if pair[0] >= pair[1]:
+        raise ConfigError(f"{where} must be [lo, hi] with lo < hi, got {pair}; write the shorter length first "
+                          f"(one length: use lengths)")
+    return pair[0], pair[1]
 
 
 def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False,
