@@ -44,6 +44,7 @@ from membench.runners.errors import UsageError
 from membench.runners.metrics import short_error
 from membench.runners.precision import check_compile
 from membench.runners.rows import failed_trial
+from membench.runners.trackers import TrackerSettings
 from membench.runners.trial import TrialConfig, run_trial
 
 EXECUTORS = ("local", "ray")
@@ -92,12 +93,14 @@ class LocalExecutor:
       that pool, those in flight finish, and the rest run on a fresh pool (fresh processes, fresh CUDA
       contexts). In this process (one device), the rest move to a one-worker pool.
 
-    `worker` is the function a pool runs for each trial (tests replace it with one that crashes).
+    `worker` is the function a pool runs for each trial (tests replace it with one that crashes); `trackers`
+    go to each worker when it starts, which makes each trial's trackers itself (runners.trackers).
     """
 
     def __init__(self, devices: list[str], compile: str = "none", progress: bool = False,
-                 threads: int | None = None, worker=None) -> None:
+                 threads: int | None = None, worker=None, trackers: TrackerSettings | None = None) -> None:
         self.devices, self.compile, self.progress, self.threads = devices, compile, progress, threads
+        self.trackers = trackers
         self.worker = worker or _worker_trial
         self._pool: ProcessPoolExecutor | None = None  # the pool of the run in progress
 
@@ -108,7 +111,8 @@ class LocalExecutor:
             gc.freeze()  # what lives now outlives the sweep: each trial's gc.collect skips it (see _claim_device)
             try:
                 while trials:
-                    payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads)
+                    payload = run_trial(trials.pop(0), self.devices[0], self.compile, self.progress, self.threads,
+                                        self.trackers)
                     gc.freeze()  # what outlived the trial's garbage collection (see _worker_trial)
                     yield payload
                     if is_sticky(payload):
@@ -136,7 +140,7 @@ class LocalExecutor:
         crashed: list = []  # (config, alone) of the trials whose worker died
         stop = False  # no more submissions to this pool (broken or poisoned)
         pool = ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_start_worker,
-                                   initargs=(free, len(self.devices), os.getpid()))
+                                   initargs=(free, len(self.devices), os.getpid(), self.trackers))
         self._pool = pool
 
         def fill() -> None:
@@ -228,9 +232,11 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
             process.kill()
 
 
-def _start_worker(free, workers: int, parent: int) -> None:
+def _start_worker(free, workers: int, parent: int, trackers: TrackerSettings | None = None) -> None:
     """Pool initializer: ignore Ctrl-C (the sweep's process answers it and stops the pool), end with the
-    parent `parent` (_die_with_parent), then take a device (_claim_device)."""
+    parent `parent` (_die_with_parent), keep the sweep's `trackers`, then take a device (_claim_device)."""
+    global _worker_trackers
+    _worker_trackers = trackers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     _claim_device(free, workers)
@@ -261,6 +267,7 @@ def _exit_when_orphaned(parent: int) -> None:
 
 
 _worker_device = "cpu"  # the device of this worker process, claimed once when it starts
+_worker_trackers: TrackerSettings | None = None  # the trackers its trials log to, set when it starts
 
 
 def _claim_device(free, workers: int) -> None:
@@ -278,7 +285,7 @@ def _claim_device(free, workers: int) -> None:
 
 
 def _worker_trial(config: TrialConfig, compile: str, threads: int | None) -> dict:
-    payload = run_trial(config, _worker_device, compile, threads=threads)
+    payload = run_trial(config, _worker_device, compile, threads=threads, trackers=_worker_trackers)
     # What outlived the trial's garbage collection joins the frozen heap: the modules its first optimizer
     # imported (torch._dynamo, ~200k objects: ~55 ms a collection) and the caches it filled. Each trial's
     # collection then walks only the objects made since the last one: ~1 ms instead of ~55 on the CPU
@@ -290,12 +297,12 @@ class RayExecutor:
     """Each trial a Ray task with one GPU (or one CPU); results are gathered by the driver as they finish."""
 
     def __init__(self, device: str, compile: str = "none", address: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, trackers: TrackerSettings | None = None) -> None:
         try:
             import ray
         except ImportError:
             raise UsageError("executor ray needs Ray, which is not installed: pip install membench[ray]") from None
-        self.ray, self.compile, self.threads = ray, compile, threads
+        self.ray, self.compile, self.threads, self.trackers = ray, compile, threads, trackers
         self._started = not ray.is_initialized()
         if self._started:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -313,7 +320,8 @@ class RayExecutor:
         resources = {"num_gpus": 1} if self.use_gpu else {"num_cpus": self.threads or 1}
         task = ray.remote(**resources)(run_trial)
         device = "cuda" if self.use_gpu else "cpu"  # Ray makes the task's own GPU the only visible one
-        pending = {task.remote(config, device, self.compile, False, self.threads): config for config in trials}
+        pending = {task.remote(config, device, self.compile, False, self.threads, self.trackers): config
+                   for config in trials}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -349,19 +357,20 @@ def ray_failure(ray, err: BaseException, config: TrialConfig, device: str) -> di
 
 def make_executor(name: str, device: str = "auto", compile: str = "none", address: str | None = None,
                   progress: bool = False, threads: int | None = None, cpu_workers: int | str = 1,
-                  gpu_workers: int = 1):
+                  gpu_workers: int = 1, trackers: TrackerSettings | None = None):
     """A ready executor; UsageError for an unknown name, an unavailable device or a missing Ray.
 
     `cpu_workers`: on the CPU, that many worker processes (or "cores": one per core) each run trials with
     `threads` torch threads; `gpu_workers`: that many worker processes share each GPU (small models leave a
     large GPU mostly idle, waiting on kernel launches). A trial's rows do not depend on which worker ran it
     (its seeds fix its data, weights and evaluation), only its timings do: trials sharing a GPU slow each
-    other down, so their ms_per_step is not a cost measurement (`membench cost` is)."""
+    other down, so their ms_per_step is not a cost measurement (`membench cost` is). `trackers`: where each
+    trial's curves also go (runners.trackers)."""
     if name not in EXECUTORS:
         raise UsageError(unknown_name_message("executor", name, list(EXECUTORS)))
     check_device("device", device)
     if name == "ray":
-        return RayExecutor(device, compile, address, threads)
+        return RayExecutor(device, compile, address, threads, trackers)
     if address is not None:
         raise UsageError("--address is only for --executor ray")
     devices = local_devices(device)
@@ -372,4 +381,4 @@ def make_executor(name: str, device: str = "auto", compile: str = "none", addres
         devices = ["cpu"] * max(1, workers)
     else:
         devices = [gpu for gpu in devices for _ in range(gpu_workers)]
-    return LocalExecutor(devices, compile, progress, threads)
+    return LocalExecutor(devices, compile, progress, threads, trackers=trackers)

@@ -32,23 +32,27 @@ from membench.runners import tables
 from membench.runners.errors import UsageError
 from membench.runners.executors import make_executor
 from membench.runners.lock import DirectoryLock
+from membench.runners.progress import SweepProgress, redrawn
 from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import count, text_table
 from membench.runners.schema import STATUSES
 from membench.runners.spec import SweepSpec
+from membench.runners.trackers import TrackerSettings, check_installed
 
 TABLES_EVERY = 15.0  # seconds between two rebuilds of the tables during a sweep, at least
 TABLES_COST_SHARE = 0.05  # ... and at most this share of the sweep's time spent rebuilding them
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,
-              progress: bool = True, retry_failed: bool = False) -> pd.DataFrame:
+              progress: bool = True, retry_failed: bool = False, log: tuple[str, ...] = ()) -> pd.DataFrame:
     """Run the unfinished trials of `spec` into `out_dir`; returns the runs rows of the spec's trials.
 
     `retry_failed`: also re-run the finished trials whose status is "error" (e.g. after an upgrade that fixes
-    what raised); their new result replaces the old one.
+    what raised); their new result replaces the old one. `progress`: a bar on a terminal, a line per trial
+    elsewhere (runners.progress); False: none. `log`: the trackers each trial's curves also go to
+    (runners.trackers; each one's package is checked installed first).
 
-    Everything is validated (executor, device, Ray) before `out_dir` is created; then the directory is
+    Everything is validated (executor, device, Ray, trackers) before `out_dir` is created; then the directory is
     locked for this process (runners.lock: one writer per directory) and checked writable, before any
     trial trains. Notes (trial files that will re-run) go to stderr.
     """
@@ -56,12 +60,14 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
         raise UsageError("--out is empty; give a directory")
     out = Path(out_dir)
     check_out_dir(out)
-    runner = make_executor(executor, spec.device, spec.compile, address, progress, spec.cpu_threads,
-                           spec.cpu_workers, spec.gpu_workers)
+    check_installed(log)
+    trackers = TrackerSettings(log, str(out.resolve()), spec.name) if log else None
+    runner = make_executor(executor, spec.device, spec.compile, address, redrawn(progress), spec.cpu_threads,
+                           spec.cpu_workers, spec.gpu_workers, trackers)
     try:
         _make_dirs(out)
         with DirectoryLock(out):
-            finished = _run(spec, out, runner, progress, retry_failed)
+            finished = _run(spec, out, runner, progress, retry_failed, trackers)
     finally:
         runner.close()
     configs = {t.trial_id for t in spec.trials}
@@ -69,7 +75,8 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
 
 
-def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False) -> dict[str, dict]:
+def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False,
+         trackers: TrackerSettings | None = None) -> dict[str, dict]:
     tables.remove_temporaries(out)
     notes: list[str] = []
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
@@ -85,12 +92,10 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
         n = len(kept.get("runs", ()))
         print(f"note: {out} holds {n} runs rows of trials without a complete file in {tables.TRIALS_DIR}/: "
               f"they are kept", file=sys.stderr)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(configs), initial=len(configs) - len(pending), desc=spec.name, unit="trial",
-                   position=0)
+    shown = SweepProgress(spec.name, len(configs), len(configs) - len(pending), progress)
+    tracker_warned: set[str] = set()
+    if trackers is not None and pending:
+        _warn_trackers(trackers.prepare(), "setting up the sweep", tracker_warned)
     rebuild = _TableRebuilds(out, finished, kept)
     try:
         for payload in runner.run(pending):
@@ -100,19 +105,17 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
                       file=sys.stderr, end="")
             for warning in payload.get("warnings", ()):  # e.g. a cost method that answered nonsense
                 print(f"membench: warning: {label}: {warning}", file=sys.stderr)
+            _warn_trackers(payload.pop("tracker_problems", {}), label, tracker_warned)
             _write(out, lambda: tables.write_trial(out, payload))
             finished[payload["trial_id"]] = payload
             rebuild.after_trial()
-            if bar is not None:
-                bar.set_postfix_str(f"{configs[payload['trial_id']].label()}: {_status(payload)}")
-                bar.update()
+            shown.trial_finished(configs[payload["trial_id"]].label(), _status(payload))
     except BaseException as err:  # Ctrl-C, SIGTERM, a bug: the tables catch up with the trial files written so far
         if not isinstance(err, UsageError):  # (a write that failed is not tried again)
             rebuild.if_behind()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
     rebuild.if_behind()  # the end of the sweep; also when nothing ran: the tables exist and match the trial files
     return finished
 
@@ -174,6 +177,16 @@ def _write(out: Path, write) -> None:
         where = f" ({err.filename})" if err.filename else ""
         raise UsageError(f"cannot write in {out}{where}: {err.strerror or err}; the trials already written are "
                          f"kept, and re-running resumes") from None
+
+
+def _warn_trackers(problems: dict[str, str], where: str, warned: set[str]) -> None:
+    """One warning line per failing tracker per sweep (one that fails in a trial most likely fails in every
+    trial); the trials go on, their rows written, only that tracker's copy of their curves missing."""
+    for name, problem in problems.items():
+        if name not in warned:
+            warned.add(name)
+            print(f"membench: warning: --log {name} failed ({where}): {problem}; trials still run and write "
+                  f"their rows, without {name} where it fails (said once)", file=sys.stderr)
 
 
 def _errored(payload: dict) -> bool:

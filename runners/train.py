@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, train_seed
 from membench.runners import metrics, precision
+from membench.runners.trackers import NO_TRACKER, Tracker
 
 COMPILE_MODES = ("none", "torch_compile", "cuda_graphs", "auto")
 
@@ -277,7 +278,8 @@ class Training:
     `read_loss` and `evaluate`. `train` is `Training(model, config, device, compile).run(progress)`.
     """
 
-    def __init__(self, model, config, device: torch.device, compile: str) -> None:
+    def __init__(self, model, config, device: torch.device, compile: str, tracker: Tracker = NO_TRACKER) -> None:
+        self.tracker = tracker  # also receives the loss, lr and accuracies as they are read (runners.trackers)
         self.model, self.config, self.device = model, config, device  # config: a runners.trial.TrialConfig
         self.eval_tasks = {s.name: config.slice_task(s) for s in config.eval_slices}  # slice name -> task
         if config.train_length_range and compile == "auto":
@@ -418,6 +420,7 @@ class Training:
         if not math.isfinite(self.loss_value):
             raise Diverged(f"training loss is {self.loss_value} at step {step}")
         self.point(step, self.clock.pause())["train_loss"] = self.loss_value
+        self.tracker.log(step, {"train/loss": self.loss_value, "train/lr": self.optimizer.param_groups[0]["lr"]})
         self.clock.resume()
         self.loss_sum.zero_()
         self.window = 0
@@ -444,6 +447,8 @@ class Training:
                             for name, a in accuracy.items()]
         point = self.point(step, seconds)
         point["eval_accuracy"] = sum(accuracy[n] for n in self.at_train_len) / len(self.at_train_len)
+        by_slice = {f"eval/{name}": a for name, a in accuracy.items()}
+        self.tracker.log(step, {"eval/accuracy": point["eval_accuracy"], **by_slice})
         reached = {name for name, a in accuracy.items() if a >= config.threshold}
         if not out.time_to_accuracy and reached == set(accuracy):
             out.time_to_accuracy = {"seconds": seconds, "steps": step, "tokens": out.tokens}
@@ -483,7 +488,8 @@ class Training:
                                              "train_loss": math.nan, "eval_accuracy": math.nan})
 
 
-def train(model, config, device: torch.device, compile: str = "none", progress: bool = False) -> TrainOutcome:
+def train(model, config, device: torch.device, compile: str = "none", progress: bool = False,
+          tracker: Tracker = NO_TRACKER) -> TrainOutcome:
     """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it: one
     `Training` run (its `run` gives the stages)."""
-    return Training(model, config, device, compile).run(progress)
+    return Training(model, config, device, compile, tracker).run(progress)

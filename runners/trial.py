@@ -43,6 +43,7 @@ from membench.models import build_model, model_class
 from membench.runners import metrics
 from membench.runners.faults import FaultBoundary, cost_value
 from membench.runners.rows import failed_trial, git_commit, trial_payload
+from membench.runners.trackers import Trackers, TrackerSettings, hparams
 from membench.runners.train import Diverged, train
 
 EARLY_STOPS = ("train_len", "all_slices")  # which slices must reach the threshold to stop training early
@@ -217,21 +218,25 @@ def check_length_range(value, where: str) -> tuple[int, int]:
 
 
 def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", progress: bool = False,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, trackers: TrackerSettings | None = None) -> dict:
     """Train and evaluate one trial on `device`; never raises for a failed trial (see the module doc).
 
     `threads`: torch's intra-op threads for a trial on the CPU (None: leave torch's setting alone).
+    `trackers`: where its curves also go (runners.trackers), made here, in the process that trains it; one
+    that fails is dropped and named in the payload's "tracker_problems", never the trial's failure.
     """
     device = torch.device(device)
     git_commit()  # read now, before training, not when the result is written
     model, cost, task_params, memory = None, None, config.task_params, metrics.PeakMemory(device)
     warnings: list[str] = []
+    tracker = trackers.open() if trackers else Trackers({})
+    tracker.start(config.trial_id, config.label(), hparams(config))
     with FaultBoundary() as fault, _cpu_threads(threads if device.type == "cpu" else None):
         task_params = get_task(config.task, **config.task_params).params()  # the task's defaults filled in
         model = config.build_model().to(device)
         cost = measure_cost(config, model, warnings)
         with memory:
-            outcome = train(model, config, device, compile=compile, progress=progress)
+            outcome = train(model, config, device, compile=compile, progress=progress, tracker=tracker)
         status = "timeout" if outcome.timed_out else "ok"
         payload = trial_payload(config, task_params, cost, model, outcome, status, "", memory.peak_mb, device)
         if slice_traces := [f"slice {name}: {r.traceback}" for name, r in outcome.slices.items() if r.traceback]:
@@ -253,6 +258,9 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
         metrics.end_trial(device)  # success or failure: reset dynamo, release memory (the next trial starts clean)
     if cleanup.failed and not fault.failed:  # e.g. a sticky CUDA error: this trial's numbers are not to be trusted
         payload = failed_trial(config, "error", cleanup.reason, str(device), cleanup.traceback)
+    tracker.finish(next((row["status"] for row in payload["runs"] if row["status"] != "ok"), "ok"))
+    if tracker.problems:  # the sweep says them (once per tracker); not kept in the trial file
+        payload["tracker_problems"] = tracker.problems
     if warnings:
         payload["warnings"] = warnings
     return payload  # after a sticky error the executor moves the rest of the sweep to a fresh process

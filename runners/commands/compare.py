@@ -14,6 +14,7 @@ from membench.runners.reporting.results import failure_status
 from membench.runners.reporting.text import text_table
 from membench.runners.spec import load_spec
 from membench.runners.sweep import report_failures, run_sweep
+from membench.runners.trackers import tracker_names
 from membench.runners.trial import BUDGETS
 
 HELP = "train a few families on one task (parameter-matched) and print their accuracy by length side by side"
@@ -43,7 +44,7 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed)
+                     retry_failed=args.retry_failed, log=tracker_names(args.log))
     print(side_by_side(runs, list(dict.fromkeys(args.compare_models))))
     return report_failures(runs, args.out)
 

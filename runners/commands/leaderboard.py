@@ -17,6 +17,7 @@ from membench.runners.parsing import out_dir
 from membench.runners.reporting.publish import publish
 from membench.runners.spec import PRESETS, load_spec
 from membench.runners.sweep import report_failures, run_sweep
+from membench.runners.trackers import tracker_names
 
 HELP = "run (or resume) a sweep, then write leaderboard.md, leaderboard.csv and charts/ into --out"
 
@@ -44,6 +45,6 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed)
+                     retry_failed=args.retry_failed, log=tracker_names(args.log))
     print(publish(args.out).summary())
     return report_failures(runs, args.out)

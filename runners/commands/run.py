@@ -7,6 +7,7 @@ import sys
 from membench.runners.parsing import add_include_flag, int_list, name_list, out_dir, seed_list
 from membench.runners.spec import PRESETS, RECIPES, load_spec
 from membench.runners.sweep import format_summary, report_failures, run_sweep
+from membench.runners.trackers import TRACKERS, tracker_names
 
 HELP = "run a sweep of trials from a preset or a TOML spec (re-running resumes)"
 
@@ -41,7 +42,11 @@ def add_sweep_flags(parser, tasks: bool = True) -> None:
     parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
     add_selection_flags(parser, tasks)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the summary: no progress (a bar on a terminal, else a line per trial)")
+    parser.add_argument("--log", action="append", metavar="TRACKER",
+                        help=f"also log each trial's training curves to {', '.join(TRACKERS)} (repeatable, or a "
+                             f"comma list; each an extra: pip install 'membench[NAME]'); off by default")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also re-run finished trials whose status is error (a resumed sweep skips them)")
     add_include_flag(parser)
@@ -64,7 +69,7 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed)
+                     retry_failed=args.retry_failed, log=tracker_names(args.log))
     print(format_summary(runs))
     print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv, slice_curves.csv")
     return report_failures(runs, args.out)
