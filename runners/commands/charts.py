@@ -1,4 +1,5 @@
-"""`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv and every chart from a sweep's tables,
+"""`membench charts DIR`: rebuild leaderboard.md, leaderboard.csv, every chart and report.html (the page of
+runners/reporting/html_report.py) from a sweep's tables,
 and slices.md / slices.csv when the sweep evaluates named slices (see runners/reporting/slices.py); a sweep with
 named slices only gets the slice table and its chart alone.
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 from membench.runners.errors import UsageError
 from membench.runners.parsing import out_dir
+from membench.runners.reporting.html_report import write_report
 from membench.runners.reporting.publish import publish
 
-HELP = "rebuild the leaderboard and every chart of a sweep directory from its tables alone (no training)"
+HELP = ("rebuild the leaderboard, every chart and report.html of a sweep directory from its tables alone "
+        "(no training)")
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +25,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     try:
         print(publish(args.dir).summary())
+        print(f"wrote {write_report(args.dir)}")
     except OSError as err:  # a read-only or full directory
         where = f" ({err.filename})" if err.filename else ""
         raise UsageError(f"cannot write in {args.dir}{where}: {err.strerror or err}") from None
