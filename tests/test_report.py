@@ -30,7 +30,8 @@ def written(tmp_path_factory):
     runs["under_trained"] = runs["trial_id"].str.startswith("copy-mlp-128")
     write_sweep(folder, runs)
     (folder / "claims.csv").write_text("claim,paper,ours\nlstm copies at 64,1.00,0.98\n")
-    (folder / "verdicts.md").write_text("# Verdicts\n\n| claim | verdict |\n|---|---|\n| lstm copies | <b>holds</b> |\n")
+    (folder / "verdicts.md").write_text("# Verdicts\n\n| claim | verdict |\n|---|---|\n"
+                                        "| lstm copies | <b>holds</b> |\n")
     return write_report(folder)
 
 
