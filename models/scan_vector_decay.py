@@ -14,24 +14,25 @@ k = e2, then nothing (beta = 1, 1, 0). S = (1, 0), then (1/2, 5), then (1/4, 5):
 halves while the second keeps its value, so q = e1 reads 1, 1/2, 1/4 and q = e2 reads 0, 5, 5.
 
 Shapes (time on dim 1, as in models.scan): q, k (B, T, H, N); v (B, T, H, P); beta (B, T, H) in [0, 2];
-log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `decayed_scores`).
+log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `decay_factors`).
 Output (B, T, H, P). `vector_decay_delta_reference` loops over tokens (the ground truth);
-`vector_decay_delta_chunked` over chunks of `chunk_size` tokens, with matmuls inside them.
+`vector_decay_delta_chunked` over chunks of at most MAX_CHUNK tokens, with matmuls inside them.
 """
 
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from membench.checks import check_int
-from membench.models.scan import carry_dtype, delta_rule_step
+from membench.models.scan import _scatter, carry_dtype, delta_rule_step
 
 MIN_LOG_DECAY = -5.0  # the least log-decay of a token and channel the chunked form takes (kda's gate keeps to it)
-SUB_CHUNK = 16  # rows of a secondary chunk in `decayed_scores`: 15 tokens of MIN_LOG_DECAY stay below e^88
-MAX_EXPONENT = -SUB_CHUNK * MIN_LOG_DECAY  # 80: the clamp of the exponents that are masked anyway
+MAX_CHUNK = 16  # the longest chunk of the chunked form: 16 tokens at the floor decay by e^-80, within float range
+CPU_BLOCK_TOKENS = 256  # tokens per block of chunks on the CPU: few enough to stay in cache, enough to amortise
+                        # the cost of each operation over many small chunks
 
 
 def vector_decay_delta_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -52,92 +53,239 @@ def vector_decay_delta_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.stack(outputs, dim=1).to(v.dtype)  # (B, T, H, P)
 
 
-def decayed_scores(x: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
-    """M_ij = sum_c x_ic k_jc exp(L_ic - L_jc) for j <= i, 0 above: the dot products of a chunk's rows x with its
-    keys k through the per-channel decay from j to i. x (..., C, N), k and cum (..., C, N), cum = L the
-    cumulative log-decay (non-increasing along C, by at most -MIN_LOG_DECAY a token); x may carry extra leading
-    dims (queries and keys at once).
+class DecayFactors(NamedTuple):
+    """A chunk's per-channel decays, from the cumulative log-decay L (..., C, N) of its tokens: the decay from
+    token j to token i >= j of the chunk is exp(L_i - L_j) = g_i * grow_j, channel by channel."""
 
-    exp(L_i) and exp(-L_j) apart overflow once a chunk's decay passes e^-88, so (GLA's secondary chunking) the
-    rows are cut into sub-chunks of s = gcd(C, SUB_CHUNK) rows, each with its first row r as the reference:
-    exp(L_i - L_j) = exp(L_i - L_r) exp(L_r - L_j), one matmul per sub-chunk. The first factor is <= 1; the
-    second is <= 1 for keys before the sub-chunk and at most exp(-(s - 1) MIN_LOG_DECAY) <= e^75 for keys
-    inside it (the bound that keeps float32 finite); the keys after row i, masked, are clamped to MAX_EXPONENT.
+    g: torch.Tensor  # (..., C, N): exp(L_i), the decay from the chunk's start to i, in [e^-80, 1]
+    grow: torch.Tensor  # (..., C, N): exp(-L_j) = 1 / g_j, back from j to the chunk's start, in [1, e^80]
 
-        >>> x = torch.ones(1, 3, 1); cum = torch.log(torch.tensor([[1.0], [0.5], [0.25]]))
-        >>> decayed_scores(x, x, cum)[0]                          # exp(L_i - L_j), j <= i
+
+def decay_factors(cum: torch.Tensor) -> DecayFactors:
+    """The `DecayFactors` of cum = L (..., C, N). exp(L_i) and exp(-L_j) apart leave the float32 range (its
+    exponent ends at about +-88) once a chunk's decay passes e^-88; with log-decays >= MIN_LOG_DECAY and
+    C <= MAX_CHUNK tokens, |L| <= 80 keeps both in it (GLA's chunkwise form, without its secondary chunks):
+
+        >>> g, grow = decay_factors(torch.log(torch.tensor([[1.0], [0.5], [0.25]])))
+        >>> (g @ grow.mT).tril()                                  # exp(L_i - L_j), j <= i
         tensor([[1.0000, 0.0000, 0.0000],
                 [0.5000, 1.0000, 0.0000],
                 [0.2500, 0.5000, 1.0000]])
     """
-    size = k.shape[-2]
-    sub = math.gcd(size, SUB_CHUNK)
-    xs, cs = x.unflatten(-2, (size // sub, sub)), cum.unflatten(-2, (size // sub, sub))  # (..., n, s, N) each
-    ref = cs[..., :1, :]  # (..., n, 1, N): L at each sub-chunk's first row
-    x_in = xs * (cs - ref).exp()  # (..., n, s, N): rows decayed from their reference
-    k_to = k.unsqueeze(-3) * (ref - cum.unsqueeze(-3)).clamp(max=MAX_EXPONENT).exp()  # (..., n, C, N)
-    return (x_in @ k_to.mT).flatten(-3, -2).tril()  # (..., n, s, C) -> (..., C, C), zero above the diagonal
+    g = cum.exp()
+    return DecayFactors(g, g.reciprocal())
 
 
 def vector_decay_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-                               log_decay: torch.Tensor, chunk_size: int = 32) -> torch.Tensor:
-    """The same output as `vector_decay_delta_reference`, with matmuls inside chunks of C tokens and a loop over
-    the T / C chunks only: the WY / UT-transform form of models.scan.delta_rule_chunked, its decay a vector.
+                               log_decay: torch.Tensor, chunk_size: int = MAX_CHUNK) -> torch.Tensor:
+    """The same output as `vector_decay_delta_reference`, with matmuls inside chunks of C <= MAX_CHUNK tokens
+    and a loop over the T / C chunks only: the WY / UT-transform form of models.scan.delta_rule_chunked, its
+    decay a vector.
 
     Inside a chunk entered with state S_0, with L_i (N,) the cumulative log-decay from the chunk's start to i,
-    g_i = exp(L_i) and the decayed dot products M(x, k)_ij = sum_c x_ic k_jc exp(L_ic - L_jc) (`decayed_scores`),
-    the state after i is S_i = Diag(g_i) S_0 + sum_{j <= i} Diag(exp(L_i - L_j)) k_j u_j^T, so the writes u solve
+    g_i = exp(L_i), K^_j = exp(-L_j) k_j (`decay_factors`) and so the decayed dot products
+    M(x, k)_ij = sum_c x_ic k_jc exp(L_ic - L_jc) = (g_i x_i) . K^_j, the state after i is
+    S_i = Diag(g_i) S_0 + sum_{j <= i} Diag(exp(L_i - L_j)) k_j u_j^T, so the writes u solve
 
         u_i + sum_{j < i} A_ij u_j = beta_i v_i - beta_i (g_i k_i)^T S_0,     A_ij = beta_i M(k, k)_ij
 
     i.e. U = U' - W S_0 with (I + A) [U' | W] = [beta v | beta g k], and then, with K~_j = exp(L_C - L_j) k_j
-    and P = M(q, k):
+    and P = M(q, k) (zero above the diagonal):
 
         U_c = U' - W S_0              S_C = Diag(g_C) S_0 + K~^T U_c              Y_c = P U_c + (g q) S_0
 
-    Four stages, numbered in the code: (1) the decayed scores of each chunk, (2) the UT transform, (3) the loop
-    over chunks, (4) the outputs. Every exponent is a causal difference of log-decays (factors in [0, 1]). T need
-    not be a multiple of C: the tail is padded with beta = 0 and log_decay = 0, which leave the state as it is.
-    Gradients come from autograd; under autocast everything runs in float32 at least (the output in v's dtype).
+    Four stages, numbered in `_ChunkedVectorDecayDelta.forward`: (1) chunk the inputs, (2) the UT transform,
+    (3) the loop over chunks, (4) the outputs. T need not be a multiple of C: the tail is padded with beta = 0
+    and log_decay = 0, which leave the state as it is. beta may lie anywhere in [0, 2] (`allow_neg_eigval`):
+    it enters only products and the unit triangular solve. The backward pass is written by hand
+    (`_ChunkedVectorDecayDelta.backward`); under autocast everything runs in float32 at least (the output in
+    v's dtype).
     """
-    check_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size, maximum=MAX_CHUNK)
     with torch.autocast(v.device.type, enabled=False):
+        return _ChunkedVectorDecayDelta.apply(q, k, v, beta, log_decay, min(chunk_size, k.shape[1]))
+
+
+class _Factors(NamedTuple):
+    """What a block of chunks computes from its inputs alone, each (nb Z, ...) for the nb chunks of the block
+    times the Z = B H sequences: the forward pass's, computed again by the backward pass."""
+
+    g: torch.Tensor  # (nb Z, C, N): exp(L_i)
+    grow: torch.Tensor  # (nb Z, C, N): exp(-L_j)
+    g_last: torch.Tensor  # (nb Z, N, 1): g_C, over the whole chunk
+    gqk: torch.Tensor  # (nb Z, 2C, N): [g q ; g k], the queries then the keys decayed from the chunk's start
+    gkb: torch.Tensor  # (nb Z, C, N): beta g k
+    k_grown: torch.Tensor  # (nb Z, C, N): K^ = exp(-L) k
+    k_out: torch.Tensor  # (nb Z, C, N): K~ = g_C K^
+    scores: torch.Tensor  # (nb Z, C, C): P = M(q, k), zero above the diagonal
+    gram: torch.Tensor  # (nb Z, C, C): M(k, k) (only j < i is ever read)
+
+
+def _chunk_factors(qk: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor) -> _Factors:
+    """The `_Factors` of a block of chunks (recomputed by the backward pass block by block: cheaper than
+    reading them back from memory). qk (nb Z, 2C, N) the queries then the keys of each chunk (`_to_chunks`),
+    bc (nb Z, C, 1), cum (nb Z, C, N)."""
+    rows, size, n = cum.shape
+    g, grow = decay_factors(cum)  # (nb Z, C, N) each
+    gqk = (qk.view(rows, 2, size, n) * g.unsqueeze(1)).view(rows, 2 * size, n)  # (nb Z, 2C, N)
+    k_grown = qk[:, size:] * grow  # (nb Z, C, N)
+    scores_gram = torch.bmm(gqk, k_grown.mT)  # (nb Z, 2C, C): [P ; M(k, k)], not yet masked
+    g_last = g[:, -1].unsqueeze(-1)  # (nb Z, N, 1)
+    return _Factors(g, grow, g_last, gqk, bc * gqk[:, size:], k_grown, k_grown * g_last.mT,
+                    scores_gram[:, :size].tril_(), scores_gram[:, size:])
+
+
+def _chunks_per_block(device: torch.device, size: int, chunks: int) -> int:
+    """How many chunks of `size` tokens `_ChunkedVectorDecayDelta` takes together: about CPU_BLOCK_TOKENS
+    tokens on the CPU (blocks of 64 to 512 tokens ran within 10 % of each other with chunks of 16, single
+    chunks 1.5x slower, all of them at once 1.3x slower), all of them elsewhere (fewer kernel launches)."""
+    if device.type != "cpu":
+        return chunks
+    return max(1, min(chunks, CPU_BLOCK_TOKENS // size))
+
+
+def _to_chunks(xs: list[torch.Tensor], size: int, dtype: torch.dtype) -> torch.Tensor:
+    """xs, each (B, T, H, d), as one flat (nC B H, len(xs) C, d) tensor in `dtype`, chunk-major (chunk by
+    chunk, B H rows each), the chunks of xs side by side along time (queries then keys: one matmul for both),
+    the tail padded with zeros to whole chunks. One copy of each (models.scan._to_chunks's layout)."""
+    batch, seq_len, heads, d = xs[0].shape
+    pad = -seq_len % size
+    chunks = (seq_len + pad) // size
+    out = torch.empty(chunks, batch, heads, len(xs), size, d, dtype=dtype, device=xs[0].device)
+    for j, x in enumerate(xs):
+        x = F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
+        out[:, :, :, j].copy_(x.reshape(batch, chunks, size, heads, d).permute(1, 0, 3, 2, 4))  # (nC, B, H, C, d)
+    return out.view(chunks * batch * heads, len(xs) * size, d)
+
+
+class _ChunkedVectorDecayDelta(torch.autograd.Function):
+    """`vector_decay_delta_chunked` with its backward pass derived by hand: models.scan._ChunkedDeltaRule's,
+    its decays vectors. With T = (I + A)^-1 (so [U' | W] = T R, R = [beta v | beta g k]), given dY, in reverse
+    chunk order (dS_C = 0 for the last chunk), with dS_C the gradient of the state a chunk hands on:
+
+        dU   = P^T dY + K~ dS_C                                    # (C, P)
+        dR_v = T^T dU                                              # (C, P)
+        dS_0 = Diag(g_C) dS_C + (g q)^T dY - (beta g k)^T dR_v     # (N, P), handed to the chunk before
+
+    and then, batched over chunks (U = U' - W S_0 folds the W and U' paths into one):
+
+        dR_w = -dR_v S_0^T      dA = -strict_lower(dR_v U^T)      dP = lower(dY U^T)      dG = beta dA
+        dv = beta dR_v          dbeta = v . dR_v + g k . dR_w + rowsum(dA o M(k, k))
+
+    A decayed dot product M(x, k)_ij = (g_i x_i) . K^_j has the gradients dx = g o (dM K^) and
+    dk = exp(-L) o (dM^T (g x)), and since L_i enters g_i with + and K^_i with -, its gradient in L is
+    x o dx - k o dk. Sorting every gradient of q and k that way (rows of P and G, g q, beta g k: with g;
+    keys of P and G, K~ = exp(L_C - L) k: with exp(-L)):
+
+        dq = g o (dP K^ + dY S_0^T)       dk_x = g o (dG K^ + beta dR_w)
+        dk_key = exp(-L) o (dP^T (g q) + dG^T (g k) + U (Diag(g_C) dS_C)^T)       dk = dk_x + dk_key
+        dL = q o dq + k o (dk_x - dk_key),   dL_C += rowsum(S_C o dS_C) (the state handed on, through g_C and K~)
+
+    and d log_decay is the reverse cumulative sum of dL along the chunk. The inputs are chunked once into flat
+    chunk-major (nC B H, C, d) tensors (`_to_chunks`), so that a block of chunks (`_chunks_per_block`) is a
+    slice of rows; the forward pass saves the chunked inputs, the states entering the chunks (and the last
+    one), their writes U and the inverses T^T; the backward pass recomputes the `_Factors` block by block.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, log_decay, size):
         dtype = carry_dtype(v)
         batch, seq_len, heads, n = k.shape
-        size = min(chunk_size, seq_len)
-        pad = -seq_len % size
-        chunks = (seq_len + pad) // size
+        p, rows = v.shape[-1], batch * heads  # Z = B H rows per chunk
+        chunks = -(-seq_len // size)
+        # 1. chunk the inputs; the cumulative log-decay L inside each chunk
+        qk = _to_chunks([q, k], size, dtype)  # (nC Z, 2C, N)
+        vc, bc = _to_chunks([v], size, dtype), _to_chunks([beta.unsqueeze(-1)], size, dtype)  # (nC Z, C, P / 1)
+        cum = _to_chunks([log_decay], size, dtype).cumsum_(1)  # (nC Z, C, N)
+        block = _chunks_per_block(v.device, size, chunks)
 
-        def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (nC, Z, C, d), Z = B H, zero-padded
-            x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
-            x = x.view(batch, chunks, size, heads, x.shape[-1]).permute(1, 0, 3, 2, 4)  # (nC, B, H, C, d)
-            return x.reshape(chunks, batch * heads, size, x.shape[-1])
+        states = v.new_empty((chunks + 1) * rows, n, p, dtype=dtype)  # (nC Z + Z, N, P): entering each chunk, last
+        written = v.new_empty(chunks * rows, size, p, dtype=dtype)  # (nC Z, C, P): U
+        inverses = v.new_empty(chunks * rows, size, size, dtype=dtype)  # (nC Z, C, C): T^T = (I + A)^-T
+        out = v.new_empty(batch, chunks * size, heads, p, dtype=dtype)  # (B, T', H, P): Y, T' = nC C
+        eye = torch.eye(size, dtype=dtype, device=v.device)
+        states[:rows] = 0
+        for first in range(0, chunks, block):
+            last = min(first + block, chunks)
+            blk = slice(first * rows, last * rows)
+            b_b = bc[blk]  # (nb Z, C, 1)
+            f = _chunk_factors(qk[blk], b_b, cum[blk])
+            # 2. the UT transform: (I + A) [U' | W] = [beta v | beta g k], via T^T solved as T^T (I + A)^T = I
+            #    (the memory layout LAPACK wants; the solve reads only the strictly lower triangle of A)
+            a = b_b * f.gram  # (nb Z, C, C): A
+            torch.linalg.solve_triangular(a.mT, eye.expand(a.shape), upper=True, left=False, unitriangular=True,
+                                          out=inverses[blk])
+            inverse = inverses[blk].mT  # (nb Z, C, C): T
+            u_prime, w = torch.bmm(inverse, b_b * vc[blk]), torch.bmm(inverse, f.gkb)  # (nb Z, C, P), (nb Z, C, N)
+            # 3. the only loop: carry the state from chunk to chunk; the chunk entered with S_0 writes
+            #    U = U' - W S_0 and hands on S_C = Diag(g_C) S_0 + K~^T U
+            for c in range(first, last):
+                i, now, after = slice((c - first) * rows, (c - first + 1) * rows), slice(c * rows, (c + 1) * rows), \
+                    slice((c + 1) * rows, (c + 2) * rows)
+                # (Z, C, P) - (Z, C, N) @ (Z, N, P)
+                torch.baddbmm(u_prime[i], w[i], states[now], alpha=-1, out=written[now])
+                # (Z, N, P) + (Z, N, C) @ (Z, C, P)
+                torch.baddbmm(f.g_last[i] * states[now], f.k_out[i].mT, written[now], out=states[after])
+            # 4. outputs: the chunk's own writes through P, plus the read of the state entering it
+            y = torch.baddbmm(torch.bmm(f.gqk[:, :size], states[blk]), f.scores, written[blk])  # (nb Z, C, P)
+            _scatter(y, out, first, last, size)
+        ctx.save_for_backward(qk, vc, bc, cum, states, written, inverses)
+        ctx.layout = (batch, seq_len, heads, size, chunks, block, [x.dtype for x in (q, k, v, beta, log_decay)])
+        return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
-        qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (nC, Z, C, N / N / P)
-        bc = to_chunks(beta.unsqueeze(-1))  # (nC, Z, C, 1)
-        cum = to_chunks(log_decay).cumsum(-2)  # (nC, Z, C, N): L
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        qk, vc, bc, cum, states, written, inverses = ctx.saved_tensors
+        batch, seq_len, heads, size, chunks, block, dtypes = ctx.layout
+        dtype, rows, n = states.dtype, batch * heads, qk.shape[-1]
+        d_y = _to_chunks([d_out], size, dtype)  # (nC Z, C, P)
+        grads = [states.new_empty(batch, chunks * size, heads, d) for d in (n, n, vc.shape[-1], 1, n)]
+        d_handed = torch.empty_like(states[rows:])  # (nC Z, N, P): dS_C of each chunk
+        d_handed[-rows:] = 0
+        with torch.autocast(d_out.device.type, enabled=False):
+            for first in reversed(range(0, chunks, block)):
+                last = min(first + block, chunks)
+                blk = slice(first * rows, last * rows)
+                b_b, v_b, d_yc = bc[blk], vc[blk], d_y[blk]  # (nb Z, C, 1 / P / P)
+                s_b, u_b, inv_b = states[blk], written[blk], inverses[blk]  # S_0, U, T^T of the block's chunks
+                f = _chunk_factors(qk[blk], b_b, cum[blk])
 
-        # 1. the decayed scores of each chunk: M(q, k) and M(k, k) in one pass
-        scores, gram = decayed_scores(torch.stack([qc, kc]), kc, cum).unbind(0)  # (nC, Z, C, C) each
-        # 2. the UT transform: (I + A) [U' | W] = [beta v | beta g k]
-        g = cum.exp()  # (nC, Z, C, N)
-        unit_lower = torch.eye(size, dtype=dtype, device=v.device) + (bc * gram).tril(-1)  # (nC, Z, C, C): I + A
-        rhs = torch.cat([bc * vc, bc * g * kc], dim=-1)  # (nC, Z, C, P + N)
-        u_w = torch.linalg.solve_triangular(unit_lower, rhs, upper=False, unitriangular=True)
-        u_prime, w = u_w.split([vc.shape[-1], n], dim=-1)  # (nC, Z, C, P), (nC, Z, C, N)
-        # 3. the only loop: the chunk entered with S_0 writes U = U' - W S_0 and hands on Diag(g_C) S_0 + K~^T U
-        k_out = kc * (cum[..., -1:, :] - cum).exp()  # (nC, Z, C, N): K~
-        g_last = g[..., -1, :].unsqueeze(-1)  # (nC, Z, N, 1)
-        state = v.new_zeros(batch * heads, n, vc.shape[-1], dtype=dtype)  # (Z, N, P)
-        entering, written = [], []
-        for u_prime_c, w_c, g_last_c, k_out_c in zip(u_prime.unbind(0), w.unbind(0), g_last.unbind(0),
-                                                    k_out.unbind(0)):  # unbind, not [c]: a faster backward
-            entering.append(state)
-            u = torch.baddbmm(u_prime_c, w_c, state, alpha=-1)  # (Z, C, P) - (Z, C, N) @ (Z, N, P)
-            written.append(u)
-            state = torch.baddbmm(g_last_c * state, k_out_c.mT, u)  # (Z, N, P) + (Z, N, C) @ (Z, C, P)
-        # 4. outputs: the chunk's own writes through P, plus the read of the state entering it
-        out = scores @ torch.stack(written) + (g * qc) @ torch.stack(entering)  # (nC, Z, C, P)
-        out = out.view(chunks, batch, heads, size, -1).permute(1, 0, 3, 2, 4)  # (B, nC, C, H, P)
-        out = out.reshape(batch, chunks * size, heads, -1)[:, :seq_len]  # (B, T, H, P)
-        return out.to(v.dtype)
+                # the reverse loop: dU = P^T dY + K~ dS_C, dR_v = T^T dU, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
+                from_y = torch.bmm(f.scores.mT, d_yc)  # (nb Z, C, P): P^T dY
+                read_y = torch.bmm(f.gqk[:, :size].mT, d_yc)  # (nb Z, N, P): (g q)^T dY
+                d_written, d_rv = torch.empty_like(u_b), torch.empty_like(u_b)  # (nb Z, C, P) each: dU, dR_v
+                for c in reversed(range(first, last)):
+                    i, now, before = slice((c - first) * rows, (c - first + 1) * rows), \
+                        slice(c * rows, (c + 1) * rows), slice((c - 1) * rows, c * rows)
+                    torch.baddbmm(from_y[i], f.k_out[i], d_handed[now], out=d_written[i])  # (Z, C, N) @ (Z, N, P)
+                    torch.bmm(inv_b[i], d_written[i], out=d_rv[i])  # (Z, C, C) @ (Z, C, P)
+                    if c > 0:  # (Z, N, P) - (Z, N, C) @ (Z, C, P)
+                        torch.addcmul(read_y[i], f.g_last[i], d_handed[now], out=d_handed[before])
+                        d_handed[before].baddbmm_(f.gkb[i].mT, d_rv[i], alpha=-1)
+
+                # everything else, from [dY ; dR_v] against U and S_0: [dY U^T ; -dA] and [dY S_0^T ; -dR_w]
+                d_y_rv = torch.cat([d_yc, d_rv], dim=1)  # (nb Z, 2C, P)
+                d_m = torch.bmm(d_y_rv, u_b.mT)  # (nb Z, 2C, C)
+                d_m[:, :size].tril_()  # dP
+                d_m[:, size:].tril_(-1)  # -dA
+                d_read = torch.bmm(d_y_rv, s_b.mT)  # (nb Z, 2C, N): [dY S_0^T ; -dR_w]
+                d_b = torch.linalg.vecdot(v_b, d_rv) - torch.linalg.vecdot(d_m[:, size:], f.gram)  # (nb Z, C)
+                d_b -= torch.linalg.vecdot(f.gqk[:, size:], d_read[:, size:])  # dbeta
+                d_m[:, size:] *= -b_b  # dG = beta dA
+                d_read[:, size:] *= -b_b  # beta dR_w
+                d_x = torch.baddbmm(d_read, d_m, f.k_grown)  # (nb Z, 2C, N): [dP K^ + dY S_0^T ; dG K^ + beta dR_w]
+                d_x.view(-1, 2, size, n).mul_(f.g.unsqueeze(1))  # [dq ; dk_x]
+                d_handed_b = d_handed[blk]  # (nb Z, N, P): dS_C
+                d_key = torch.bmm(u_b, (f.g_last * d_handed_b).mT)  # (nb Z, C, N): U (Diag(g_C) dS_C)^T
+                d_key.baddbmm_(d_m.mT, f.gqk).mul_(f.grow)  # (nb Z, C, N): dk_key, + [dP^T | dG^T] [g q ; g k]
+                qk_dx = qk[blk] * d_x  # (nb Z, 2C, N): [q o dq ; k o dk_x]
+                d_l = qk_dx[:, :size] + qk_dx[:, size:]  # (nb Z, C, N)
+                d_l.addcmul_(qk[blk, size:], d_key, value=-1)  # dL
+                d_l[:, -1] += (states[(first + 1) * rows:(last + 1) * rows] * d_handed_b).sum(-1)  # S_C o dS_C
+                block_grads = [d_x[:, :size], d_x[:, size:] + d_key, b_b * d_rv, d_b.unsqueeze(-1),
+                               d_l.flip(1).cumsum(1).flip(1)]  # (nb Z, C, N / N / P / 1 / N)
+                for grad, full in zip(block_grads, grads):
+                    _scatter(grad, full, first, last, size)
+        dq, dk, dv, db, dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes))
+        return dq, dk, dv, db.squeeze(-1), dl, None

@@ -14,8 +14,8 @@ some features for long and let others go at once. Per head (H heads of width d =
 
 The decay and the output gate are low-rank (D -> d -> D), as in the paper. The decay is Mamba-2's, -A dt with
 A = exp(A_log) and dt_bias per channel, saturated softly at -5 a token (alpha >= e^-5; -A dt to first order):
-that floor lets the chunked form factor the decay inside sub-chunks of 16 tokens without overflow
-(models.scan_vector_decay.MIN_LOG_DECAY), as fla's bounded ("safe") KDA gate does with a sigmoid.
+that floor lets the chunked form factor the decay inside chunks of up to 16 tokens without overflow
+(models.scan_vector_decay.MIN_LOG_DECAY, MAX_CHUNK), as fla's bounded ("safe") KDA gate does with a sigmoid.
 With `allow_neg_eigval` (Grazzi et al. 2025) beta lies in (0, 2), so I - beta k k^T has the eigenvalue
 1 - beta in (-1, 1) along k: the memory can flip a sign.
 
@@ -24,7 +24,8 @@ v = 5 under e2, then nothing (beta = 0). The memory's rows are (1, 0), (1/2, 5),
 1, 1/2, 1/4 (that channel forgets by halves) while q = e2 reads 0, 5, 5 (this one keeps).
 
 Shapes: (B, T, D) -> (B, T, D). Fast path: `models.scan_vector_decay.vector_decay_delta_chunked` (the UT
-transform inside chunks of `chunk_size`, the decays folded into keys and queries per sub-chunk); reference:
+transform inside chunks of `chunk_size` <= 16, the decays folded into keys and queries, a backward pass
+written by hand); reference:
 `vector_decay_delta_reference`, one token at a time. Both share the projections, the convolution, the
 norm and the gate. State per layer: H d^2 = D^2 / H floats (the memories S) + (K - 1) * 3D (the
 convolution's last K - 1 inputs), constant in length: with D = 64, H = 4, K = 4: 1,024 + 576 = 1,600.
@@ -39,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membench.checks import check_int
 from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params, writing_strength
 from membench.models.scan import carry_dtype
 from membench.models.scan_vector_decay import (
+    MAX_CHUNK,
     MIN_LOG_DECAY,
     vector_decay_delta_chunked,
     vector_decay_delta_reference,
@@ -97,7 +100,8 @@ class KimiDeltaAttention(ConvQKVMixer):
 @register_model("kda", order=48)
 class KimiDeltaAttentionModel(MemoryModel):
     """Params: `n_heads` H (memory D^2 / H), `short_conv` K (4; 0 = off), `chunk_size` of the fast path (16:
-    the fastest on a CPU) and `allow_neg_eigval` (beta in (0, 2) instead of (0, 1))."""
+    the most the decay floor allows, and the fastest on a CPU) and `allow_neg_eigval` (beta in (0, 2) instead
+    of (0, 1))."""
 
     memory_mechanism = "delta-rule matrix memory per head with a decay per key channel (Kimi Delta Attention)"
     cost_class = "O(n)"
@@ -107,6 +111,7 @@ class KimiDeltaAttentionModel(MemoryModel):
                  short_conv: int = 4, chunk_size: int = 16, allow_neg_eigval: bool = False,
                  mlp_ratio: int = 4) -> None:
         check_heads(d_model, n_heads, rope=False)
+        check_int("chunk_size", chunk_size, maximum=MAX_CHUNK)
         super().__init__(vocab_size, d_model, n_layers,
                          lambda i: KimiDeltaAttention(d_model, n_heads, short_conv, chunk_size, allow_neg_eigval),
                          mlp_ratio=mlp_ratio)
