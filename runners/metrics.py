@@ -161,6 +161,18 @@ def evaluate(model, task, seq_len: int, n_sequences: int, batch_size: int, seed:
 
 
 # --- failures ----------------------------------------------------------------------------
+def scaled_accuracy(accuracy: float, chance: float) -> float:
+    """Accuracy rescaled so that chance is 0 and perfect is 1, (acc - chance) / (1 - chance), as Grazzi et al.
+    (2025) report it; the accuracy itself where chance is 0 (an open answer set), NaN where chance is 1.
+
+        >>> scaled_accuracy(0.75, 0.5), scaled_accuracy(0.5, 0.5), scaled_accuracy(0.25, 0.5), scaled_accuracy(0.3, 0.0)
+        (0.5, 0.0, -0.5, 0.3)
+    """
+    if chance >= 1:
+        return math.nan
+    return (accuracy - chance) / (1 - chance)
+
+
 def is_oom(err: BaseException) -> bool:
     """True for CUDA's OutOfMemoryError and the RuntimeErrors torch raises when an allocation fails."""
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):

@@ -65,6 +65,10 @@ SPEC_KEY_DOCS = {
     "min_delta": "the smallest gain that counts as an improvement (also what \"still improving\" means)",
     "min_steps": "no plateau stop before this many steps (a task can sit at chance for hundreds of steps "
                  "before a model learns it)",
+    "near_chance": "plateau: a plateau whose scaled accuracy is below this is not convergence and trains on to "
+                   "`steps` (0: off)",
+    "second_lr": "with near_chance: a trial that ends near chance is run again from its initial weights at this "
+                 "learning rate, the better run kept (0: none)",
     "eval_multipliers": "also evaluate at these multiples of the training length",
     "eval_lengths": "also evaluate at these lengths (those the task cannot do are skipped with a note)",
     "train_length_range": "[lo, hi]: train on lengths drawn uniformly from lo..hi each step (seeded), instead of "
@@ -151,6 +155,11 @@ COLUMN_DOCS = {
     "time_to_accuracy_tokens": "training tokens until the slice first reached the threshold",
     "stop_reason": "what ended training: threshold, plateau, budget or time_cap",
     "under_trained": "stopped by the budget or the time cap below the threshold while still improving",
+    "chance_plateau": "what the near-chance rule did: more_steps (a plateau near chance trained on), "
+                      "second_lr_better / second_lr_worse (run again at second_lr; these rows are the better run's), "
+                      "or empty",
+    "scaled_accuracy": "(accuracy - chance) / (1 - chance), chance the task's `chance_level` (Grazzi et al. 2025); "
+                       "the accuracy itself for a task with an open answer set",
     "status": "ok, timeout, oom, diverged or error", "error": "the exception's message when the trial failed",
     "device": "device the trial ran on", "precision": "number format of training: fp32 or bf16",
     "git_commit": "the checkout's commit, `+dirty` when the code had uncommitted changes",

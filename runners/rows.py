@@ -138,6 +138,9 @@ def _runs_rows(config: TrialConfig, task_params: dict, cost: TrialCost | None, m
             "status": row_status, "error": row_error,
             "stop_reason": outcome.stop_reason if outcome is not None else "",
             "under_trained": outcome.under_trained if outcome is not None else False,
+            "chance_plateau": outcome.chance_plateau if outcome is not None else "",
+            "scaled_accuracy": metrics.scaled_accuracy(result.accuracy, config.slice_task(s).chance_level)
+            if scored else nan,
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
     return rows

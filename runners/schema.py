@@ -24,10 +24,11 @@ STATUSES = ("ok", "oom", "diverged", "timeout", "error")  # a trial's (or one sl
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
     "params", "train_len", "train_len_min", "train_len_max", "eval_len", "slice", "is_train_len", "seed", "lr",
-    "batch_size", "steps", "accuracy",
+    "batch_size", "steps", "accuracy", "scaled_accuracy",
     "exact_match", "loss", "scored", "train_seconds", "compile_seconds", "ms_per_step", "tokens_per_second",
     "peak_memory_mb", "flops_per_step", "tflops_per_s", "attention_flops_share", "memory_flops_share", "state_size",
     "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained",
+    "chance_plateau",
     "status", "error", "device", "precision", "git_commit", "torch_version",
 ]
 LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
@@ -40,7 +41,8 @@ TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, 
 ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_bucket"],
             "curves": ["trial_id", "step"], "slice_curves": ["trial_id", "slice", "step"]}
 
-STRING_COLUMNS = {"trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
+STRING_COLUMNS = {"chance_plateau": str,
+                  "trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
                   "status": str, "error": str, "device": str, "precision": str, "stop_reason": str, "git_commit": str,
                   "torch_version": str}
 
@@ -51,7 +53,8 @@ _INTEGER = {"d_model", "n_layers", "params", "train_len", "train_len_min", "trai
             "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
             "time_to_accuracy_tokens"}
 _FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}
-_SIGNED = {"seed", "loss", "train_loss"}  # every other number is a count, size, time, rate or fraction: >= 0
+_SIGNED = {"seed", "loss", "train_loss", "scaled_accuracy"}  # every other number is a count, size, time, rate or
+# fraction: >= 0
 _BOOLEAN = {"is_train_len", "under_trained"}  # True/False (or text or 0/1 that reads as one)
 _REQUIRED = {"trial_id", "task", "model", "slice", "status", "is_train_len"}  # never empty
 _TRUE, _FALSE = {"true", "1", "1.0"}, {"false", "0", "0.0"}  # the text of a yes/no cell, lower case

@@ -145,6 +145,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
                         segments=segments, task_version=task_class(task.name).version,
                         early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
                         min_delta=s["min_delta"], min_steps=s["min_steps"], train_length_range=length_range,
+                        near_chance=s["near_chance"], second_lr=s["second_lr"],
                     ), rates))
     return trials
 

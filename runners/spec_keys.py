@@ -64,6 +64,8 @@ SETTINGS = {
     "patience": (checks.integer(1), _TRIAL_DEFAULTS["patience"]),
     "min_delta": (checks.number(0, 1), _TRIAL_DEFAULTS["min_delta"]),
     "min_steps": (checks.integer(0), _TRIAL_DEFAULTS["min_steps"]),
+    "near_chance": (checks.number(0, 1, high_open=True), _TRIAL_DEFAULTS["near_chance"]),
+    "second_lr": (checks.number(0, LIMITS["learning_rate"]), _TRIAL_DEFAULTS["second_lr"]),
     "eval_multipliers": (checks.list_of(checks.integer(1), allow_empty=True), [2, 4]),
     "eval_lengths": (checks.list_of(checks.limited(checks.integer(1), "length"), allow_empty=True), []),
     "eval_sequences": (checks.limited(checks.integer(1), "eval_sequences"), 256),

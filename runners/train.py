@@ -50,6 +50,7 @@ and its stages as methods, from the warm-up to the final evaluation; `train` run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class TrainOutcome:
     timed_out: bool = False
     stop_reason: str = "budget"  # threshold, plateau, budget or time_cap: what ended training
     under_trained: bool = False  # stopped by the budget or the time cap below threshold while still improving
+    progress: float = math.nan  # the early-stop slices' mean accuracy at the final evaluation
+    chance_plateau: str = ""  # the near-chance rule: "", more_steps, second_lr_better or second_lr_worse
     slices: dict = field(default_factory=dict)  # slice name -> metrics.SliceResult (final evaluation)
     time_to_accuracy: dict = field(default_factory=dict)  # seconds, steps, tokens; empty if never reached
     curve: list[dict] = field(default_factory=list)  # step, seconds, tokens, train_loss, eval_accuracy
@@ -307,13 +310,16 @@ class Training:
         self.last_eval = -1  # step of the last evaluation
         self.best = -math.inf  # the best mean accuracy of the early-stop slices so far
         self.stale = 0  # evaluations since `best` last rose by at least config.min_delta
+        # the chance level of the early-stop slices (their mean): what a near-chance plateau is measured against
+        self.chance = sum(self.eval_tasks[n].chance_level for n in self.stop_names) / len(self.stop_names)
         self.clock: _Clock | None = None  # training seconds, from the first step (set by `run`)
         self.started = 0.0  # time.perf_counter() at the first step: the time cap counts from it
         self.bar = None  # tqdm progress bar, or None
 
     def run(self, progress: bool = False) -> TrainOutcome:
         """The loop, stage by stage: the compile warm-up (before the clocks start); steps until the budget,
-        the time cap or an early stop, the loss read every `log_every` steps and the slices scored every
+        the time cap or an early stop (a plateau near chance is no stop: `stop_check`), the loss read every
+        `log_every` steps and the slices scored every
         `eval_every`; then the last loss reading, the training time, and a final evaluation unless the last
         step was just evaluated."""
         config, out = self.config, self.out
@@ -464,9 +470,15 @@ class Training:
         budget "plateau", after `patience` evaluations without an improvement, once `min_steps` are done: a
         task can sit at chance for hundreds of steps before a model learns it (a loss plateau, then a sudden
         drop), and a stop inside that plateau would read as a memory that cannot do the task.
+
+        The near-chance rule (`config.near_chance` > 0): a plateau whose best scaled accuracy is below
+        near_chance is not convergence, so it earns more steps: training goes on to the step budget (or the
+        threshold), and the outcome's `chance_plateau` says "more_steps". Example: chance 1/32 (MQAR, 32
+        values), near_chance 0.1: a plateau at 0.11 (scaled 0.08) trains on; one at 0.20 (scaled 0.17) stops.
         """
         config, out = self.config, self.out
         progress = sum(accuracy[n] for n in self.stop_names) / len(self.stop_names)
+        out.progress = progress
         if progress >= self.best + config.min_delta:  # NaN (a slice that failed) never improves
             self.best, self.stale = progress, 0
         else:
@@ -478,9 +490,17 @@ class Training:
             out.stop_reason = "threshold"
             return True
         if config.budget == "plateau" and self.stale >= config.patience and out.steps >= config.min_steps:
+            if self.near_chance(self.best):  # not convergence: a flat stretch before learning looks the same
+                out.chance_plateau = "more_steps"
+                return False
             out.stop_reason = "plateau"
             return True
         return False
+
+    def near_chance(self, progress: float) -> bool:
+        """Whether an accuracy of the early-stop slices is near chance: its scaled accuracy (runners.metrics
+        `scaled_accuracy`) below `config.near_chance` (never, when that is 0)."""
+        return self.config.near_chance > 0 and metrics.scaled_accuracy(progress, self.chance) < self.config.near_chance
 
     def point(self, step: int, seconds: float) -> dict:
         """The curve point of `step`, created at `seconds` on first use."""
@@ -491,5 +511,29 @@ class Training:
 def train(model, config, device: torch.device, compile: str = "none", progress: bool = False,
           tracker: Tracker = NO_TRACKER) -> TrainOutcome:
     """Train `model` (already on `device`) under `config` (a runners.trial.TrialConfig) and evaluate it: one
-    `Training` run (its `run` gives the stages)."""
-    return Training(model, config, device, compile, tracker).run(progress)
+    `Training` run (its `run` gives the stages), or two under the near-chance rule's second learning rate.
+
+    With `config.second_lr` (and near_chance) set, a run that ends with its early-stop slices still near chance
+    is run again from the same initial weights at second_lr, and the better of the two (by their final
+    accuracy) is the outcome, its `chance_plateau` "second_lr_better" (the second run's) or "second_lr_worse"
+    (the first run's, its weights restored), as Zoology's sweep keeps the best learning rate of each cell.
+    """
+    initial = _weights(model) if config.second_lr else None
+    training = Training(model, config, device, compile, tracker)
+    first = training.run(progress)
+    if initial is None or not training.near_chance(first.progress):
+        return first
+    reached = _weights(model)
+    model.load_state_dict(initial)
+    second = Training(model, dataclasses.replace(config, lr=config.second_lr), device, compile, tracker).run(progress)
+    better = second.progress > first.progress  # NaN (a failed slice) is never better
+    if not better:
+        model.load_state_dict(reached)
+    kept = second if better else first
+    kept.chance_plateau = "second_lr_better" if better else "second_lr_worse"
+    return kept
+
+
+def _weights(model) -> dict:
+    """A copy of the model's parameters and buffers (on their device)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

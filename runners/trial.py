@@ -111,12 +111,17 @@ class TrialConfig:
     min_delta: float = 0.01  # ... of the early-stop slices' mean accuracy (also what "still improving" means)
     min_steps: int = 0  # plateau: no plateau stop before this many steps (a loss plateau can precede learning)
     train_length_range: tuple[int, ...] = ()  # (lo, hi): each step's length drawn from lo..hi (train_len = hi)
+    near_chance: float = 0.0  # plateau: one whose scaled accuracy is below this is not convergence (0: off) ...
+    second_lr: float = 0.0  # ... and a run that ends there is run again at this learning rate (0: none)
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
             raise ConfigError(f"early_stop must be one of {', '.join(EARLY_STOPS)}, got {self.early_stop!r}")
         if self.budget not in BUDGETS:
             raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if not 0 <= self.near_chance < 1 or self.second_lr < 0 or (self.second_lr and not self.near_chance):
+            raise ConfigError(f"near_chance must be in [0, 1) and second_lr >= 0, a second_lr only with a "
+                              f"near_chance above 0, got near_chance {self.near_chance}, second_lr {self.second_lr}")
         if not self.task_version:
             object.__setattr__(self, "task_version", task_class(self.task).version)
         if not self.model_version:
@@ -195,7 +200,7 @@ class TrialConfig:
 
 # field -> default: hashed only when set otherwise, so the ids of trials made before the field existed hold
 _LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01,
-                 "min_steps": 0, "train_length_range": ()}
+                 "min_steps": 0, "train_length_range": (), "near_chance": 0.0, "second_lr": 0.0}
 
 
 def check_length_range(value, where: str) -> tuple[int, int]:
