@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from membench.checks import ConfigError
 from membench.memtasks import IGNORE, NO_LAG, Batch, Task, get_task, list_tasks
 from membench.memtasks.text import plain_vocabulary, render_text, with_shots
+from tests.helpers import run_cli
 
 TASKS = list_tasks()
 # params beside the defaults whose answers or layout differ (motifs, noise, updates, groups)
@@ -212,3 +214,55 @@ def test_an_unknown_mode_is_a_config_error():
 def test_the_id_level_render_is_unchanged():
     task = get_task("associative_recall", vocab_size=8, num_kv_pairs=2)
     assert task.render(task.sample(1, 9, seed=2)) == "pairs:   k1=v2 k3=v3\nqueries: [k3 -> v3] v2 [k1 -> v2] v3 v3"
+
+
+# --- membench show TASK --text ---------------------------------------------------------------------------------
+def test_show_text_marks_every_answer_and_counts_words(capsys):
+    task = get_task("associative_recall")
+    example = render_text(task, task.sample(1, 48, seed=3))
+    code, out, err = run_cli(capsys, "show", "associative_recall", "--text", "--length", "48", "--seed", "3")
+    assert code == 0, err
+    heading, *body, count = out.splitlines()
+    assert f"as readable text, {len(example.answers)} answers marked [answer]" in heading
+    shown = "\n".join(body)
+    assert re.findall(r"\[([^\]]+)\]", shown) == [a.gold for a in example.answers]
+    assert shown.replace("[", "").replace("]", "") == example.text
+    assert count.startswith(f"length: {len(example.text.split())} whitespace-separated words")
+
+
+def test_show_text_plain_marks_insertion_points(capsys):
+    code, out, _ = run_cli(capsys, "show", "flip_flop", "--text", "--plain", "--length", "15", "--seed", "43")
+    assert code == 0
+    # the docstring's worked example: reads at t = 2, 8, 14 answer 1, 1, 0
+    assert out.splitlines()[1] == "w 1 r [-> 1] 1 i 1 i 0 r [-> 1] 1 w 0 i 1 r [-> 0]"
+
+
+def test_show_text_counts_tokens_with_a_saved_tokenizer(capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "GO": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()  # words and runs of punctuation: "GO:" is two
+    saved = transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
+    saved.save_pretrained(tmp_path / "tok")
+    example = render_text(get_task("copy"), get_task("copy").sample(1, 32, seed=0))
+    code, out, err = run_cli(capsys, "show", "copy", "--text", "--length", "32", "--tokenizer", str(tmp_path / "tok"))
+    assert code == 0, err
+    pieces = len(re.findall(r"\w+|[^\w\s]+", example.text))
+    assert pieces > len(example.text.split())
+    assert out.splitlines()[-1] == f"length: {pieces} tokens by the tokenizer in {tmp_path / 'tok'}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--text", "--tokenizer", "no/such/folder"], "--tokenizer no/such/folder: no such folder"),
+    (["--plain"], "--plain goes with --text"),
+    (["--tokenizer", "x"], "--tokenizer goes with --text"),
+])
+def test_show_text_bad_input_is_one_line(capsys, argv, message):
+    code, out, err = run_cli(capsys, "show", "copy", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_show_text_a_folder_without_a_tokenizer_is_one_line(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    code, _, err = run_cli(capsys, "show", "copy", "--text", "--tokenizer", str(tmp_path))
+    assert code == 2 and "no tokenizer could be loaded" in err and len(err.strip().splitlines()) == 1
