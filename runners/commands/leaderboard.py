@@ -1,4 +1,4 @@
-"""`membench leaderboard`: run (or resume) a sweep, then write its leaderboard and charts.
+"""`membench leaderboard`: run (or resume) a sweep, then write its leaderboard, charts and report.html.
 
     membench leaderboard --out results/latest                 # default preset: standard on CUDA, else smoke
     membench leaderboard --preset smoke --out /tmp/smoke --models lstm,gru
@@ -14,12 +14,13 @@ import sys
 
 from membench.runners.commands.run import add_sweep_flags, overrides
 from membench.runners.parsing import out_dir
+from membench.runners.reporting.html_report import write_report
 from membench.runners.reporting.publish import publish
 from membench.runners.spec import PRESETS, load_spec
 from membench.runners.sweep import report_failures, run_sweep
 from membench.runners.trackers import tracker_names
 
-HELP = "run (or resume) a sweep, then write leaderboard.md, leaderboard.csv and charts/ into --out"
+HELP = "run (or resume) a sweep, then write leaderboard.md, leaderboard.csv, charts/ and report.html into --out"
 
 
 def add_arguments(parser) -> None:
@@ -47,4 +48,5 @@ def run(args) -> int:
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
                      retry_failed=args.retry_failed, log=tracker_names(args.log))
     print(publish(args.out).summary())
+    print(f"wrote {write_report(args.out)}")
     return report_failures(runs, args.out)

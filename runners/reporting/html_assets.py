@@ -62,8 +62,8 @@ td a:hover { color: var(--accent); }
 .mark { font-weight: 700; margin-left: 2px; }
 .mark.failed, .mark.missing { color: var(--bad); }
 .mark.timeout, .mark.under { color: var(--warn); }
-td.failed, td.missing { box-shadow: inset 3px 0 0 var(--bad); }
-td.under, td.timeout { box-shadow: inset 3px 0 0 #d4a72c; }
+td.failed, td.missing { box-shadow: inset 0 -3px 0 var(--bad); }
+td.under, td.timeout { box-shadow: inset 0 -3px 0 #d4a72c; }
 .flags { color: var(--bad); font-size: 12px; }
 figure { margin: 10px 0; }
 figure svg { max-width: 100%; height: auto; }
@@ -133,8 +133,10 @@ function drawCurves(index) {
     svg.appendChild(element("line", {x1: left, x2: width - 10, y1: y(tick), y2: y(tick), stroke: "#e6e9ed"}));
     svg.appendChild(element("text", {x: left - 6, y: y(tick) + 4, "text-anchor": "end"}, tick.toFixed(2)));
   }
-  for (const tick of [0, most / 2, most])
-    svg.appendChild(element("text", {x: x(tick), y: height - 8, "text-anchor": "middle"}, shortCount(tick)));
+  [0, most].forEach((tick, i) => svg.appendChild(element("text",
+    {x: x(tick), y: height - 8, "text-anchor": i ? "end" : "start"}, shortCount(tick))));
+  svg.appendChild(element("text", {x: (left + width) / 2, y: height - 8, "text-anchor": "middle"},
+                          "training tokens"));
   svg.appendChild(element("line", {x1: left, x2: width - 10, y1: y(curves.threshold), y2: y(curves.threshold),
                                    stroke: "#888", "stroke-dasharray": "4 3"}));
   const legend = panel.querySelector(".legend");
@@ -143,6 +145,8 @@ function drawCurves(index) {
     const colour = COLOURS[i % COLOURS.length];
     const points = trial.x.map((v, j) => `${x(v).toFixed(1)},${y(trial.y[j]).toFixed(1)}`).join(" ");
     svg.appendChild(element("polyline", {points, fill: "none", stroke: colour, "stroke-width": 1.8}));
+    trial.x.forEach((v, j) => svg.appendChild(element("circle", {cx: x(v), cy: y(trial.y[j]), r: 3,
+                                                                  fill: colour})));
     const key = document.createElement("span");
     key.innerHTML = `<b style="color:${colour}">&#9644;</b> `;
     key.appendChild(document.createTextNode(trial.label));
