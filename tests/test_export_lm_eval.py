@@ -3,6 +3,7 @@ offline on a tiny local model, scoring every document as a greedy decode with tr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -145,3 +146,28 @@ def test_lm_eval_scores_each_document_as_a_greedy_decode_does(capsys, tmp_path, 
     assert [word for word, _ in harness] == [word for word, _ in greedy]
     assert [right for _, right in harness] == [float(word == d["target"]) for (word, _), d in zip(greedy, docs)]
     assert 0 < sum(right for _, right in harness) < len(docs), "the check needs documents right and wrong"
+    if importlib.util.find_spec("membench.runners.pretrained_eval") is None:
+        return  # the pretrained scorer is not there to compare with
+    # membench's teacher-forced scoring: right exactly when the greedy decode writes the gold's own tokens
+    forced = teacher_forced(model, tokenizer, task, task.sample(4, 24, seed=eval_seed(0, 0)), docs)
+    assert [right for right, _ in forced] == [tuple(tokens[:len(gold)]) == gold for (_, tokens), (_, gold)
+                                              in zip(greedy, forced)]
+    assert [float(right) for right, _ in forced] == [right for _, right in harness]
+
+
+def teacher_forced(model, tokenizer, task, batch, docs: list[dict]) -> list[tuple[bool, tuple[int, ...]]]:
+    """membench's own scoring of each document's answer (runners/pretrained_eval.py's token spans, one forward
+    per example): (every gold token the argmax given the true prefix, the gold tokens)."""
+    from membench.runners.pretrained_eval import Tokeniser
+
+    tokenise = Tokeniser(tokenizer)
+    scored = {}
+    for i in sorted({d["example"] for d in docs}):
+        example = render_text(task, batch, i)
+        tokens = tokenise(example)
+        with torch.no_grad():
+            best = model(torch.tensor([tokens.ids])).logits[0].argmax(dim=-1)  # (n,)
+        for text_answer, a in zip(example.answers, tokens.answers):
+            right = all(int(best[a.first - 1 + j]) == g for j, g in enumerate(a.gold))
+            scored[i, text_answer.position] = (right, a.gold)
+    return [scored[d["example"], d["position"]] for d in docs]
