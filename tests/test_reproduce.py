@@ -113,11 +113,11 @@ def test_zoology_judge_tells_a_failure_of_attention_from_a_plateau_near_chance()
     attention = runs["model"].eq("transformer") & runs["d_model"].eq(16)
     judge = get_reproduction("zoology_fig2").judge
     failed = judge(runs.assign(accuracy=runs["accuracy"].where(~attention, 0.5)))  # far above chance, below 0.9
-    assert {f.verdict for f in failed if f.model == "transformer"} == {DOES_NOT_HOLD}
+    assert {f.verdict for f in failed if f.model.startswith("transformer")} == {DOES_NOT_HOLD}
     stuck = judge(runs.assign(accuracy=runs["accuracy"].where(~attention, 0.04)))  # chance is 1/32
-    assert {f.verdict for f in stuck if f.model == "transformer"} == {NOT_COMPARABLE}
+    assert {f.verdict for f in stuck if f.model.startswith("transformer")} == {NOT_COMPARABLE}
     solved = judge(runs.assign(accuracy=runs["accuracy"].where(~runs["model"].eq("transformer"), 1.0)))
-    assert {f.verdict for f in solved if f.model == "transformer"} == {HOLDS}
+    assert {f.verdict for f in solved if f.model.startswith("transformer")} == {HOLDS}
 
 
 # --- the rules on small synthetic tables ------------------------------------------------------------

@@ -137,7 +137,7 @@ def findings_markdown(title: str, findings: list[Finding]) -> str:
 
 def draw_findings(findings: list[Finding], title: str, out_dir: Path) -> list[Path]:
     """claims.png / claims.svg: per metric, the paper's number (a black cross, where it is a number) beside
-    ours (a dot with its interval), coloured by verdict; claims that are not comparable are left out."""
+    ours (a dot with its interval), coloured by verdict; claims without a number of ours are left out."""
     shown = [f for f in findings if not math.isnan(f.ours)]
     metrics = list(dict.fromkeys(f.metric for f in shown))
     if not metrics:

@@ -70,8 +70,9 @@ def attention_findings(points: pd.DataFrame, chance: dict[str, float]) -> list[F
                                              f"before the induction head forms, not a limit of attention")
         else:
             verdict, rule = DOES_NOT_HOLD, f"lowest {lowest:.3f} < {RECALLS}"
+        pairs = _pairs(task)
         findings.append(Finding(
-            f"attention recalls MQAR at every width ({_pairs(task)} pairs)", ATTENTION, SOURCE,
+            f"attention recalls MQAR at every width ({pairs} pairs)", f"{ATTENTION}, {pairs} pairs", SOURCE,
             "lowest accuracy over widths", "~1.0 at every width", verdict,
             f"{rule} (width: accuracy {widths}); one seed, no interval" if mine["seeds"].max() == 1
             else f"{rule} (width: accuracy {widths})", lowest, seeds=int(mine["seeds"].min())))
