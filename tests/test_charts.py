@@ -16,8 +16,8 @@ from membench.runners.schema import RUNS_COLUMNS
 from tests.helpers import run_cli
 from tests.sweeps import known_runs, trial, write_sweep
 
-STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_cost",
-         "training_curves"]
+STEMS = ["accuracy_vs_length", "heatmap", "accuracy_vs_lag", "length_generalisation", "accuracy_vs_eval_length",
+         "accuracy_vs_cost", "training_curves"]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from membench.checks import ConfigError
+from membench.runners.reporting.charts import Sweep
+from membench.runners.reporting.length_generalisation import (
+    accuracy_vs_eval_length,
+    length_table,
+    write_length_generalisation,
+)
+from membench.runners.reporting.results import read_results
+from membench.runners.schema import RUNS_COLUMNS
 from membench.runners.spec import load_spec
 from membench.runners.train import Training, length_schedule
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 from tests.helpers import run_cli
+from tests.sweeps import trial
 
 BASE = dict(task="copy", task_params={}, model="mlp", model_params={}, d_model=8, n_layers=1, seed=0, lr=1e-2,
             batch_size=4, steps=30, eval_every=10, log_every=10)
@@ -106,3 +116,36 @@ def test_bad_ranges_are_one_line_errors(tmp_path, capsys, text, says):
     code, out, stderr = run_cli(capsys, "run", "--spec", str(path), "--out", str(tmp_path / "out"))
     assert code == 2 and stderr.count("\n") == 1 and says in stderr and not (tmp_path / "out").exists()
 
+
+
+def test_the_table_and_chart_show_accuracy_against_evaluated_length_apart_from_the_trained_range(tmp_path):
+    """A synthetic sweep: lstm trained on the range 16-64 (two seeds, one under-trained), gru on 64 alone;
+    both evaluated at 64, 128 and 256. The table keeps the trained range beside each evaluated length."""
+    def write_sweep(directory, runs):  # runs.csv alone: the chart and the table read nothing else
+        directory.mkdir()
+        runs.to_csv(directory / "runs.csv", index=False)
+        return directory
+
+    rows = trial("copy", "lstm", 64, 1.0, seed=0) + trial("copy", "lstm", 64, 0.8, seed=1)
+    rows += trial("copy", "gru", 64, 0.6)
+    for row in rows:
+        row.update(train_len_min=16 if row["model"] == "lstm" else 64, train_len_max=64,
+                   scaled_accuracy=row["accuracy"], under_trained=row["model"] == "lstm" and row["seed"] == 1)
+    directory = write_sweep(tmp_path / "sweep", pd.DataFrame(rows, columns=RUNS_COLUMNS))
+    results = read_results(directory)
+    table = length_table(results.runs, results.runs["trial_id"]).set_index(["model", "eval_len"])
+    assert table.loc[("lstm", 128), "accuracy"] == pytest.approx((1.0 + 0.8) * 0.5 / 2)  # 2x: generalisation 0.5
+    assert (table.loc["lstm", "train_len_min"] == 16).all() and (table.loc["gru", "train_len_min"] == 64).all()
+    assert table.loc[("lstm", 64), "inside"] and not table.loc[("lstm", 256), "inside"]
+    assert table.loc[("lstm", 256), "under_trained"] == 1 and table.loc[("gru", 256), "under_trained"] == 0
+    md, csv = write_length_generalisation(results)
+    page = md.read_text()
+    assert "## copy, trained on 16-64" in page and "## copy, trained on 64" in page and "64 (trained)" in page
+    assert "0.450*" in page  # lstm at 128: the mean of 0.5 and 0.4, a seed under-trained
+    assert pd.read_csv(csv)["eval_len"].tolist() == [64, 128, 256, 64, 128, 256]
+    drawn = accuracy_vs_eval_length(Sweep.from_results(results), tmp_path)
+    assert [p.name for p in drawn] == ["accuracy_vs_eval_length.png", "accuracy_vs_eval_length.svg"]
+    only_trained = pd.DataFrame([r for r in rows if r["eval_len"] == 64], columns=RUNS_COLUMNS)
+    plain = read_results(write_sweep(tmp_path / "plain", only_trained))
+    assert write_length_generalisation(plain) == []
+    assert accuracy_vs_eval_length(Sweep.from_results(plain), tmp_path) == []

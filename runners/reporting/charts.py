@@ -5,6 +5,8 @@
     accuracy_vs_lag        accuracy by lag bucket [b, 2b) at each task's longest trained length
     length_generalisation  accuracy at 1x, 2x, 4x ... the trained length (the lengths evaluated at every
                            multiple, averaged)
+    accuracy_vs_eval_length accuracy against the evaluated length, the trained length or range shaded, when
+                           a sweep evaluates beyond it (runners/reporting/length_generalisation.py)
     accuracy_vs_cost       accuracy against training FLOPs (flops_per_step * steps; train seconds when FLOPs
                            are unknown), bubble area growing with the state size (or peak memory)
     training_curves        evaluation accuracy against training tokens at each task's longest length
@@ -48,6 +50,7 @@ from membench.runners.reporting.leaderboard import (
     task_order,
     trial_table,
 )
+from membench.runners.reporting.length_generalisation import accuracy_vs_eval_length
 from membench.runners.reporting.results import Results, is_plain_slice
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
@@ -357,7 +360,8 @@ def cost_charts(results: Results, out_dir: Path) -> list[Path]:
     return [Path(p) for p in draw_cost_charts(results.cost, fits, out_dir)]
 
 
-CHARTS = (accuracy_vs_length, heatmap, accuracy_vs_lag, length_generalisation, accuracy_vs_cost, training_curves)
+CHARTS = (accuracy_vs_length, heatmap, accuracy_vs_lag, length_generalisation, accuracy_vs_eval_length,
+          accuracy_vs_cost, training_curves)
 
 
 def draw_charts(results: Results, out_dir: str | Path, parallel: bool = False) -> list[Path]:

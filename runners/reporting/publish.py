@@ -3,10 +3,11 @@
 `publish(DIR)` reads the tables once and writes leaderboard.md / leaderboard.csv, slices.md / slices.csv
 (when the sweep evaluates named slices), error_rates.md / error_rates.csv (for tasks that report error
 rates with intervals: flip_flop), frontier.md / frontier.csv (when it sweeps sizes or state settings
-of a family: runners/reporting/frontier.py) and charts/. A sweep evaluated on named slices only (a recipe such
-as zoology_mqar) gets its slice table and slice chart alone: a leaderboard of plain evaluations would be
-all zeros. The result says what was written and carries the tables to show, so the command line prints
-them without reading any file back.
+of a family: runners/reporting/frontier.py), length_generalisation.md / .csv (when it evaluates beyond the
+trained lengths: runners/reporting/length_generalisation.py) and charts/. A sweep evaluated on named slices
+only (a recipe such as zoology_mqar) gets its slice table and slice chart alone: a leaderboard of plain
+evaluations would be all zeros. The result says what was written and carries the tables to show, so the
+command line prints them without reading any file back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from membench.runners.reporting.error_rates import write_error_rates
 from membench.runners.reporting.figures import PARALLEL_FROM, draw_in_parallel
 from membench.runners.reporting.frontier import write_frontier
 from membench.runners.reporting.leaderboard import write_leaderboard
+from membench.runners.reporting.length_generalisation import write_length_generalisation
 from membench.runners.reporting.results import read_results
 from membench.runners.reporting.slices import named_slice_rows, slice_curves_chart, write_slices
 
@@ -65,6 +67,7 @@ def publish(directory: str | Path) -> Published:
     if not out.slices_only:
         board_files, board_table = write_leaderboard(results)
         frontier_files, frontier_charts = write_frontier(results.runs, results.directory)
+        frontier_files += write_length_generalisation(results)  # when a sweep evaluates beyond its trained lengths
         jobs += chart_jobs(results, charts)
     drawn = draw_in_parallel(jobs, parallel=results.runs["trial_id"].nunique() >= PARALLEL_FROM)
     if slice_files:
