@@ -65,6 +65,7 @@ def test_list_names_every_reproduction_and_its_recipe(capsys):
     (["reproduce", "grazzi2024", "--out", "{out}"], "unknown reproduction 'grazzi2024'"),
     (["reproduce", "grazzi2025"], "give --out DIR"),
     (["reproduce", "grazzi2025", "--verdicts-only", "{missing}"], "does not exist"),
+    (["reproduce", "grazzi2025", "--verdicts-only", "{missing}", "--seeds", "0"], "--seeds select what a run"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
     out, missing = tmp_path / "out", tmp_path / "missing"

@@ -46,6 +46,9 @@ def run(args) -> int:
                          "(membench reproduce --list lists them)")
     reproduction = get_reproduction(args.name)
     if args.verdicts_only is not None:
+        given = [f"--{k}" for k, v in overrides(args).items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} select what a run trains; --verdicts-only trains nothing: drop them")
         findings = reproduction.judge(read_results(args.verdicts_only).runs)
         print(findings_markdown(reproduction.title, findings), end="")
         if args.out is not None:
