@@ -30,6 +30,8 @@ def written(tmp_path_factory):
     runs["under_trained"] = runs["trial_id"].str.startswith("copy-mlp-128")
     write_sweep(folder, runs)
     (folder / "claims.csv").write_text("claim,paper,ours\nlstm copies at 64,1.00,0.98\n")
+    (folder / "claims.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
+    (folder / "verdicts.csv").write_text("claim,verdict\nshown by verdicts.md,holds\n")
     (folder / "verdicts.md").write_text("# Verdicts\n\n| claim | verdict |\n|---|---|\n"
                                         "| lstm copies | <b>holds</b> |\n")
     return write_report(folder)
@@ -37,7 +39,7 @@ def written(tmp_path_factory):
 
 def cells_of(page: str, model: str) -> list[str]:
     """The <td> elements of `model`'s leaderboard row."""
-    board = page[page.index('id="leaderboard"'):]
+    board = page[page.index('id="board"'):]
     row = next(r for r in board.split("<tr>") if f"<strong>{model}</strong>" in r)
     return re.findall(r"<td[^>]*>.*?</td>", row)
 
@@ -45,7 +47,7 @@ def cells_of(page: str, model: str) -> list[str]:
 def test_the_page_is_self_contained(written):
     page = written.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert not re.search(r"<(script|img|link|iframe)[^>]*\b(src|href)=", page), "nothing is loaded from anywhere"
+    assert not re.search(r'<(script|img|link|iframe)[^>]*\b(src|href)="(?!data:)', page), "nothing is loaded"
     assert not re.search(r"url\((?!#)", page) and "@import" not in page
     assert page.count("<svg") == 2  # a figure per task, inline
     assert "<?xml" not in page
@@ -66,7 +68,7 @@ def test_failed_missing_and_under_trained_cells_are_marked_and_explained(written
 
 def test_the_leaderboard_holds_the_computed_values_with_sort_keys(written):
     page = written.read_text()
-    order = re.findall(r"<td[^>]*><strong>(\w+)</strong></td>", page[page.index('id="leaderboard"'):])[:3]
+    order = re.findall(r"<td[^>]*><strong>(\w+)</strong></td>", page[page.index('id="board"'):])[:3]
     assert order == ["lstm", "gru", "mlp"]  # the ranking of tests/test_leaderboard.py's worked example
     score = cells_of(page, "lstm")[2]
     assert 'data-sort="0.708333"' in score  # copy (1.0 + 0.95 + 0.5) / 3, recall ((1.0 + 0.8) / 2 + (0.6 + 0) / 2) / 2
@@ -92,6 +94,9 @@ def test_other_files_of_the_folder_are_shown_as_tables(written):
     assert "<td>lstm copies at 64</td>" in files and '<td class="num">0.98</td>' in files
     assert "<h4>Verdicts</h4>" in files
     assert "&lt;b&gt;holds&lt;/b&gt;" in files  # raw HTML in a file is shown as text, never run
+    assert '<img alt="claims.svg" src="data:image/svg+xml;base64,' in files  # an image: its script never runs
+    assert "alert(1)" not in page
+    assert "shown by verdicts.md" not in page and "<code>verdicts.csv</code>" not in page  # its .md shows it
 
 
 def test_the_same_tables_give_the_same_bytes(written):
@@ -148,3 +153,22 @@ def test_every_committed_results_folder_has_its_report_up_to_date(folder, tmp_pa
     assert committed.is_file(), f"run `membench report results/{folder}`"
     copy = shutil.copytree(ROOT / "results" / folder, tmp_path / folder, ignore=shutil.ignore_patterns("charts"))
     assert write_report(copy).read_bytes() == committed.read_bytes(), f"run `membench report results/{folder}`"
+
+
+def test_a_sweep_of_sizes_gets_the_frontier_and_one_with_cost_csv_the_cost_curves(tmp_path):
+    rows = trial("copy", "gru", 64, 0.5) + trial("copy", "lstm", 64, 0.9)
+    wider = [{**row, "trial_id": row["trial_id"] + "-d64", "d_model": 64, "state_size": 512, "accuracy": 0.99}
+             for row in trial("copy", "gru", 64, 0.5)]
+    folder = write_sweep(tmp_path / "sizes", pd.DataFrame(rows + wider).reindex(columns=known_runs().columns))
+    pd.DataFrame({"model": ["gru"] * 3, "seq_len": [64, 128, 256], "batch_size": [8] * 3,
+                  "ms_per_step": [1.0, 2.0, 4.0], "peak_memory_mb": [1.0, 2.0, 4.0], "flops": [1e6, 2e6, 4e6],
+                  "attention_flops": [0.0] * 3, "tflops_per_s": [1e-3] * 3, "tokens_per_second": [1e5] * 3,
+                  "state_size": [64] * 3, "status": ["ok"] * 3, "device": ["cpu"] * 3}
+                 ).to_csv(folder / "cost.csv", index=False)
+    page = write_report(folder).read_text()
+    frontier = page[page.index('<section id="frontier">'):page.index('<section id="cost">')]
+    assert frontier.count("<svg") == 1 and "<td>gru</td>" in frontier and "<td>lstm</td>" in frontier
+    cost = page[page.index('<section id="cost">'):]
+    assert cost.count("<svg") == 3  # time, memory, FLOPs (no attention share: gru has none)
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "the figures' ids never meet"

@@ -140,7 +140,7 @@ def opened(tmp_path_factory):
 
 def test_the_300_trial_report_is_small_and_renders_fast_without_errors(opened):
     browser, seconds, report = opened
-    assert browser.evaluate("document.querySelectorAll('#leaderboard tbody tr').length") == 22
+    assert browser.evaluate("document.querySelectorAll('#board tbody tr').length") == 22
     assert report.stat().st_size < 5_000_000
     assert seconds < 2.0, f"loading took {seconds:.2f} s"
     # nothing was fetched from anywhere but the file itself
@@ -150,12 +150,12 @@ def test_the_300_trial_report_is_small_and_renders_fast_without_errors(opened):
 
 def test_clicking_a_header_sorts_the_leaderboard(opened):
     browser, _, _ = opened
-    rows = "Array.from(document.querySelectorAll('#leaderboard tbody tr'))"
+    rows = "Array.from(document.querySelectorAll('#board tbody tr'))"
     params_column = browser.evaluate(
-        "Array.from(document.querySelectorAll('#leaderboard thead th')).findIndex(th => th.textContent === 'params')")
+        "Array.from(document.querySelectorAll('#board thead th')).findIndex(th => th.textContent === 'params')")
     read = f"{rows}.map(r => [r.cells[1].textContent, Number(r.cells[{params_column}].dataset.sort)])"
     before = browser.evaluate(read)
-    box = browser.evaluate(f"(() => {{ const th = document.querySelectorAll('#leaderboard thead th')[{params_column}];"
+    box = browser.evaluate(f"(() => {{ const th = document.querySelectorAll('#board thead th')[{params_column}];"
                            "th.scrollIntoView({block: \"center\"}); const r = th.getBoundingClientRect();"
                            "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
     for kind in ("mousePressed", "mouseReleased"):  # a real click at the header's place on the screen
@@ -174,7 +174,7 @@ def test_clicking_a_header_sorts_the_leaderboard(opened):
 
 def test_a_leaderboard_cell_opens_its_training_curves(opened):
     browser, _, _ = opened
-    browser.evaluate("document.querySelector('#leaderboard tbody a[href^=\"#curves-\"]').click()")
+    browser.evaluate("document.querySelector('#board tbody a[href^=\"#curves-\"]').click()")
     lines = browser.evaluate("document.querySelectorAll('#curve-panel polyline').length")
     assert not browser.evaluate("document.getElementById('curve-panel').hidden")
     assert lines >= 1

@@ -4,8 +4,8 @@ no remote script, style, font or image, so the file opens from disk without a se
 
     >>> print(markdown_html("# Claims\\n\\n| claim | verdict |\\n|---|---:|\\n| `copy` at 64 | **holds** |"))
     <h3>Claims</h3>
-    <table class="sortable"><thead><tr><th>claim</th><th class="num">verdict</th></tr></thead>
-    <tbody><tr><td><code>copy</code> at 64</td><td class="num"><strong>holds</strong></td></tr></tbody></table>
+    <div class="scroll"><table class="sortable"><thead><tr><th>claim</th><th class="num">verdict</th></tr></thead>
+    <tbody><tr><td><code>copy</code> at 64</td><td class="num"><strong>holds</strong></td></tr></tbody></table></div>
 
 The script does two things: a click on the header of a `table.sortable` sorts its rows by that column
 (numbers as numbers, a cell's `data-sort` value where it has one, empty cells last; a second click reverses),
@@ -66,7 +66,7 @@ td.failed, td.missing { box-shadow: inset 0 -3px 0 var(--bad); }
 td.under, td.timeout { box-shadow: inset 0 -3px 0 #d4a72c; }
 .flags { color: var(--bad); font-size: 12px; }
 figure { margin: 10px 0; }
-figure svg { max-width: 100%; height: auto; }
+figure svg, figure img { max-width: 100%; height: auto; }
 details > summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
 .legend span { margin-right: 14px; white-space: nowrap; }
 #curve-panel { position: fixed; right: 24px; bottom: 24px; z-index: 3; width: 640px; max-width: calc(100% - 48px);

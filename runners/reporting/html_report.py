@@ -13,8 +13,8 @@ DIR/report.html, in this order, each section only where the tables have somethin
     frontier        recall against state size and the memory-efficiency table (runners/reporting/frontier.py)
     named slices    the slice table and curves (runners/reporting/slices.py); error rates (error_rates.py)
     cost            the cost curves (runners/reporting/cost_charts.py)
-    other files     every other Markdown or CSV file of the folder (a reproduction's claims.csv or
-                    verdicts.md, say), rendered as it is
+    other files     every other Markdown, CSV or SVG file at the top of the folder (a reproduction's
+                    claims.md and claims.svg, say), shown as it is
 
 Charts are inline SVG and the script and style are in the page, so it opens from disk without a server and
 loads nothing from anywhere. Nothing in it depends on the time it was written: the same tables give the same
@@ -25,6 +25,7 @@ bytes. Example, with the committed results:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -112,7 +113,7 @@ def report_html(results: Results) -> str:
         sections.append(Section("error-rates", "Error rates", markdown_html(error_rates_markdown(rates))))
     if results.cost is not None and not results.cost.empty:
         sections.append(cost_section(results, figures))
-    if others := other_files(results.directory):
+    if others := other_files(results.directory, figures):
         sections.append(Section("files", "Other files", others))
     data = json.dumps(curves, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
     body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n{s.html}</section>' for s in sections)
@@ -236,7 +237,7 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
     ]
     html = f'<div class="scroll">{html_table(header, rows, numeric)}</div>'
     return Section("leaderboard", "Leaderboard",
-                   html.replace("<table", '<table id="leaderboard"', 1)
+                   html.replace("<table", '<table id="board"', 1)
                    + "".join(f'<p class="note">{n}</p>' for n in notes))
 
 
@@ -366,16 +367,27 @@ def cost_section(results: Results, figures: "_Figures") -> Section:
     return Section("cost", "Cost against length", "".join(figures.add(fig, **SAVE) for fig in drawn if fig))
 
 
-def other_files(directory: Path) -> str:
-    """Every Markdown or CSV file of the folder that the report does not rebuild, rendered as it is."""
+def other_files(directory: Path, figures: "_Figures") -> str:
+    """Every Markdown, CSV or SVG file at the top of the folder that the report does not rebuild, shown as it
+    is (a reproduction's claims.md and claims.svg, say); a CSV beside a Markdown file of its name is left to
+    the Markdown. Neither raw HTML in a Markdown file nor a script in an SVG file can run in the page."""
     parts = []
     for path in sorted(directory.iterdir()):
-        if path.name in REBUILT or path.suffix not in (".md", ".csv") or not path.is_file():
+        shown_as_markdown = path.suffix == ".csv" and path.with_suffix(".md").is_file()
+        if path.name in REBUILT or path.suffix not in (".md", ".csv", ".svg") or shown_as_markdown \
+                or not path.is_file():
             continue
         text = path.read_text(errors="replace")
-        body = markdown_html(text, shift=3) if path.suffix == ".md" else csv_html(text, path.name)
+        body = {".md": lambda: markdown_html(text, shift=3), ".csv": lambda: csv_html(text, path.name),
+                ".svg": lambda: svg_image(path)}[path.suffix]()
         parts.append(f'<h3 id="file-{_slug(path.name)}"><code>{esc(path.name)}</code></h3>{body}')
     return "\n".join(parts)
+
+
+def svg_image(path: Path) -> str:
+    """An SVG file of the folder as an image in a data URI: shown, never run (a script in it stays inert)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{esc(path.name)}" src="data:image/svg+xml;base64,{data}"></figure>'
 
 
 class _Figures:
@@ -388,14 +400,15 @@ class _Figures:
         buffer = io.BytesIO()
         with matplotlib.rc_context({**RC, "svg.hashsalt": "membench"}):
             fig.savefig(buffer, format="svg", metadata={"Date": None}, **savefig)
-        return self._figure(buffer.getvalue().decode())
+        return self.add_svg(buffer.getvalue().decode())
 
     def add_drawn(self, draw, *args) -> str:
         """The SVG a drawing function of the charts writes (it saves PNG and SVG into a folder it is given)."""
         with tempfile.TemporaryDirectory() as folder:
             svgs = [Path(p) for p in draw(*args, Path(folder)) if str(p).endswith(".svg")]
-            return self._figure(svgs[0].read_text()) if svgs else ""
+            return self.add_svg(svgs[0].read_text()) if svgs else ""
 
-    def _figure(self, svg: str) -> str:
+    def add_svg(self, svg: str) -> str:
+        """An SVG document as a figure of the page."""
         self.count += 1
         return f"<figure>{inline_svg(svg, f'f{self.count}-')}</figure>"
