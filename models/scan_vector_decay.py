@@ -243,6 +243,7 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
         grads = [states.new_empty(batch, chunks * size, heads, d) for d in (n, n, vc.shape[-1], 1, n)]
         d_handed = torch.empty_like(states[rows:])  # (nC Z, N, P): dS_C of each chunk
         d_handed[-rows:] = 0
+        to_end = torch.ones(size, size, dtype=dtype, device=states.device).triu()  # (C, C): sums from i to the end
         with torch.autocast(d_out.device.type, enabled=False):
             for first in reversed(range(0, chunks, block)):
                 last = min(first + block, chunks)
@@ -282,9 +283,10 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                 qk_dx = qk[blk] * d_x  # (nb Z, 2C, N): [q o dq ; k o dk_x]
                 d_l = qk_dx[:, :size] + qk_dx[:, size:]  # (nb Z, C, N)
                 d_l.addcmul_(qk[blk, size:], d_key, value=-1)  # dL
-                d_l[:, -1] += (states[(first + 1) * rows:(last + 1) * rows] * d_handed_b).sum(-1)  # S_C o dS_C
+                handed_on = states[(first + 1) * rows:(last + 1) * rows]  # (nb Z, N, P): S_C
+                d_l[:, -1] += torch.linalg.vecdot(handed_on, d_handed_b)  # rowsum(S_C o dS_C)
                 block_grads = [d_x[:, :size], d_x[:, size:] + d_key, b_b * d_rv, d_b.unsqueeze(-1),
-                               d_l.flip(1).cumsum(1).flip(1)]  # (nb Z, C, N / N / P / 1 / N)
+                               torch.bmm(to_end.expand(d_l.shape[0], size, size), d_l)]  # (nb Z, C, N / N / P / 1 / N)
                 for grad, full in zip(block_grads, grads):
                     _scatter(grad, full, first, last, size)
         dq, dk, dv, db, dl = (x[:, :seq_len].to(t) for x, t in zip(grads, dtypes))
