@@ -111,7 +111,8 @@ class Task:
     Subclasses set `description` (one line) and `version` (bump it whenever the generated
     distribution changes: it is stored with every result), and implement `check_params`,
     `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`; a task with a closed answer set
-    also implements `answer_candidates` (its `chance_level` follows).
+    also implements `answer_candidates` (its `chance_level` follows), and `symbol_table` says how it reads
+    as text (memtasks/text.py).
     """
 
     name: ClassVar[str] = "task"  # set by @register_task

@@ -43,11 +43,11 @@ the task's docstring):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from membench.checks import ConfigError
-from membench.memtasks.base import IGNORE, Batch, Task
+from membench.memtasks.base import IGNORE, Batch, Joints, Task
 
 MODES = ("readable", "plain")
 
@@ -120,8 +120,8 @@ def _render_plain(vocab: list[str], inputs: list[int], targets: list[int], lags:
     return TextExample(text, tuple(answers), tuple(spans), "plain")
 
 
-def _render_readable(word, joints, instruction: str, inputs: list[int], targets: list[int], lags: list[int],
-                     candidates: tuple[str, ...] | None) -> TextExample:
+def _render_readable(word: Callable[[int], str], joints: Joints, instruction: str, inputs: list[int],
+                     targets: list[int], lags: list[int], candidates: tuple[str, ...] | None) -> TextExample:
     """Symbol after symbol with `joints.before` between them; after a scored symbol its mark and answer, unless
     the next symbol is the answer fed back (then that symbol's span is the answer's)."""
     pieces = [instruction + "\n"] if instruction else []

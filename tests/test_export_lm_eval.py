@@ -72,6 +72,7 @@ def test_the_task_yaml_names_its_documents_and_scores_exact_match_of_the_first_w
     (["--tasks", "copy", "--lengths", "32", "--examples", "0"], "--examples must be a positive integer"),
     (["--tasks", "copy", "--lengths", "32", "--seed", "1.5"], "--seed must be an integer"),
     (["--tasks", "", "--lengths", "32"], "--tasks needs at least one task"),
+    (["--tasks", "copy", "--lengths", "1048576", "--examples", "2000"], "is above the limit"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, argv, message):
     code, _, err = run_cli(capsys, "export", "lm-eval", *argv, "--out", str(tmp_path / "tasks"))

@@ -58,6 +58,7 @@ def run(args) -> int:
     if not (args.seed.isascii() and args.seed.isdigit()):
         raise UsageError(f"--seed must be an integer >= 0, got {args.seed!r}")
     check_limit("--seed", int(args.seed), "seed")
+    check_limit("--examples x the longest of --lengths", examples * max(lengths), "eval_tokens")
     written = export_lm_eval(tasks, lengths, examples=examples, seed=int(args.seed), out=Path(args.out))
     for path in written:
         print(path)
