@@ -84,9 +84,9 @@ class Joints:
     fed: frozenset[int] = frozenset()
 
     @classmethod
-    def spaced(cls, length: int, mark: str = ": ") -> "Joints":
-        """One space between symbols, every answer after `mark`: the default of a task that declares none."""
-        return cls([""] + [" "] * (length - 1), [mark] * length)
+    def spaced(cls, length: int) -> "Joints":
+        """One space between symbols, every answer after ": ": the default of a task that declares none."""
+        return cls([""] + [" "] * (length - 1), [": "] * length)
 
 
 @dataclass(frozen=True)
