@@ -14,7 +14,7 @@ k = e2, then nothing (beta = 1, 1, 0). S = (1, 0), then (1/2, 5), then (1/4, 5):
 halves while the second keeps its value, so q = e1 reads 1, 1/2, 1/4 and q = e2 reads 0, 5, 5.
 
 Shapes (time on dim 1, as in models.scan): q, k (B, T, H, N); v (B, T, H, P); beta (B, T, H) in [0, 2];
-log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `decay_factors`).
+log_decay (B, T, H, N) in [MIN_LOG_DECAY, 0] (the chunked form needs the floor, see `_chunk_factors`).
 Output (B, T, H, P). `vector_decay_delta_reference` loops over tokens (the ground truth);
 `vector_decay_delta_chunked` over chunks of at most MAX_CHUNK tokens, with matmuls inside them.
 """
@@ -53,29 +53,6 @@ def vector_decay_delta_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.stack(outputs, dim=1).to(v.dtype)  # (B, T, H, P)
 
 
-class DecayFactors(NamedTuple):
-    """A chunk's per-channel decays, from the cumulative log-decay L (..., C, N) of its tokens: the decay from
-    token j to token i >= j of the chunk is exp(L_i - L_j) = g_i * grow_j, channel by channel."""
-
-    g: torch.Tensor  # (..., C, N): exp(L_i), the decay from the chunk's start to i, in [e^-80, 1]
-    grow: torch.Tensor  # (..., C, N): exp(-L_j) = 1 / g_j, back from j to the chunk's start, in [1, e^80]
-
-
-def decay_factors(cum: torch.Tensor) -> DecayFactors:
-    """The `DecayFactors` of cum = L (..., C, N). exp(L_i) and exp(-L_j) apart leave the float32 range (its
-    exponent ends at about +-88) once a chunk's decay passes e^-88; with log-decays >= MIN_LOG_DECAY and
-    C <= MAX_CHUNK tokens, |L| <= 80 keeps both in it (GLA's chunkwise form, without its secondary chunks):
-
-        >>> g, grow = decay_factors(torch.log(torch.tensor([[1.0], [0.5], [0.25]])))
-        >>> (g @ grow.mT).tril()                                  # exp(L_i - L_j), j <= i
-        tensor([[1.0000, 0.0000, 0.0000],
-                [0.5000, 1.0000, 0.0000],
-                [0.2500, 0.5000, 1.0000]])
-    """
-    g = cum.exp()
-    return DecayFactors(g, g.reciprocal())
-
-
 def vector_decay_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                                log_decay: torch.Tensor, chunk_size: int = MAX_CHUNK) -> torch.Tensor:
     """The same output as `vector_decay_delta_reference`, with matmuls inside chunks of C <= MAX_CHUNK tokens
@@ -83,7 +60,7 @@ def vector_decay_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     decay a vector.
 
     Inside a chunk entered with state S_0, with L_i (N,) the cumulative log-decay from the chunk's start to i,
-    g_i = exp(L_i), K^_j = exp(-L_j) k_j (`decay_factors`) and so the decayed dot products
+    g_i = exp(L_i), K^_j = exp(-L_j) k_j (`_chunk_factors`) and so the decayed dot products
     M(x, k)_ij = sum_c x_ic k_jc exp(L_ic - L_jc) = (g_i x_i) . K^_j, the state after i is
     S_i = Diag(g_i) S_0 + sum_{j <= i} Diag(exp(L_i - L_j)) k_j u_j^T, so the writes u solve
 
@@ -107,32 +84,39 @@ def vector_decay_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 class _Factors(NamedTuple):
-    """What a block of chunks computes from its inputs alone, each (nb Z, ...) for the nb chunks of the block
-    times the Z = B H sequences: the forward pass's, computed again by the backward pass."""
+    """A block of chunks' inputs decayed from and to each chunk's start, each (nb Z, ...) for the nb chunks of
+    the block times the Z = B H sequences: the forward pass's, computed again by the backward pass."""
 
-    g: torch.Tensor  # (nb Z, C, N): exp(L_i)
-    grow: torch.Tensor  # (nb Z, C, N): exp(-L_j)
+    g: torch.Tensor  # (nb Z, C, N): exp(L_i), the decay from the chunk's start to i
+    grow: torch.Tensor  # (nb Z, C, N): exp(-L_j), back from j to the chunk's start
     g_last: torch.Tensor  # (nb Z, N, 1): g_C, over the whole chunk
     gqk: torch.Tensor  # (nb Z, 2C, N): [g q ; g k], the queries then the keys decayed from the chunk's start
     gkb: torch.Tensor  # (nb Z, C, N): beta g k
     k_grown: torch.Tensor  # (nb Z, C, N): K^ = exp(-L) k
     k_out: torch.Tensor  # (nb Z, C, N): K~ = g_C K^
-    scores: torch.Tensor  # (nb Z, C, C): P = M(q, k), zero above the diagonal
-    gram: torch.Tensor  # (nb Z, C, C): M(k, k) (only j < i is ever read)
 
 
-def _chunk_factors(qk: torch.Tensor, bc: torch.Tensor, cum: torch.Tensor) -> _Factors:
-    """The `_Factors` of a block of chunks (recomputed by the backward pass block by block: cheaper than
-    reading them back from memory). qk (nb Z, 2C, N) the queries then the keys of each chunk (`_to_chunks`),
-    bc (nb Z, C, 1), cum (nb Z, C, N)."""
-    rows, size, n = cum.shape
-    g, grow = decay_factors(cum)  # (nb Z, C, N) each
+def _chunk_factors(qk: torch.Tensor, bc: torch.Tensor, g: torch.Tensor) -> _Factors:
+    """The `_Factors` of a block of chunks, from qk (nb Z, 2C, N) the queries then the keys of each chunk
+    (`_to_chunks`), bc (nb Z, C, 1) and g = exp(L) (nb Z, C, N).
+
+    The decay from token j to token i >= j of a chunk is exp(L_i - L_j) = g_i exp(-L_j), so the decayed dot
+    products are one matmul of the rows decayed from the chunk's start and the keys grown back to it, (g x) K^T
+    (GLA's chunkwise form). Apart, exp(L_i) and exp(-L_j) leave the float32 range (its exponent ends at about
+    +-88) once a chunk decays past e^-88; log-decays >= MIN_LOG_DECAY and C <= MAX_CHUNK keep |L| <= 80:
+
+        >>> f = _chunk_factors(torch.ones(1, 6, 1), torch.ones(1, 3, 1), torch.tensor([[[1.0], [0.5], [0.25]]]))
+        >>> (f.gqk[:, 3:] @ f.k_grown.mT)[0].tril()               # exp(L_i - L_j), j <= i
+        tensor([[1.0000, 0.0000, 0.0000],
+                [0.5000, 1.0000, 0.0000],
+                [0.2500, 0.5000, 1.0000]])
+    """
+    rows, size, n = g.shape
+    grow = g.reciprocal()  # (nb Z, C, N)
     gqk = (qk.view(rows, 2, size, n) * g.unsqueeze(1)).view(rows, 2 * size, n)  # (nb Z, 2C, N)
     k_grown = qk[:, size:] * grow  # (nb Z, C, N)
-    scores_gram = torch.bmm(gqk, k_grown.mT)  # (nb Z, 2C, C): [P ; M(k, k)], not yet masked
     g_last = g[:, -1].unsqueeze(-1)  # (nb Z, N, 1)
-    return _Factors(g, grow, g_last, gqk, bc * gqk[:, size:], k_grown, k_grown * g_last.mT,
-                    scores_gram[:, :size].tril_(), scores_gram[:, size:])
+    return _Factors(g, grow, g_last, gqk, bc * gqk[:, size:], k_grown, k_grown * g_last.mT)
 
 
 def _chunks_per_block(device: torch.device, size: int, chunks: int) -> int:
@@ -193,15 +177,16 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
         batch, seq_len, heads, n = k.shape
         p, rows = v.shape[-1], batch * heads  # Z = B H rows per chunk
         chunks = -(-seq_len // size)
-        # 1. chunk the inputs; the cumulative log-decay L inside each chunk
+        # 1. chunk the inputs; the decay from each chunk's start
         qk = _to_chunks([q, k], size, dtype)  # (nC Z, 2C, N)
         vc, bc = _to_chunks([v], size, dtype), _to_chunks([beta.unsqueeze(-1)], size, dtype)  # (nC Z, C, P / 1)
-        cum = _to_chunks([log_decay], size, dtype).cumsum_(1)  # (nC Z, C, N)
+        g = _to_chunks([log_decay], size, dtype).cumsum_(1).exp_()  # (nC Z, C, N): g = exp(L)
         block = _chunks_per_block(v.device, size, chunks)
 
         states = v.new_empty((chunks + 1) * rows, n, p, dtype=dtype)  # (nC Z + Z, N, P): entering each chunk, last
         written = v.new_empty(chunks * rows, size, p, dtype=dtype)  # (nC Z, C, P): U
         inverses = v.new_empty(chunks * rows, size, size, dtype=dtype)  # (nC Z, C, C): T^T = (I + A)^-T
+        products = v.new_empty(chunks * rows, 2 * size, size, dtype=dtype)  # (nC Z, 2C, C): [P ; M(k, k)]
         out = v.new_empty(batch, chunks * size, heads, p, dtype=dtype)  # (B, T', H, P): Y, T' = nC C
         eye = torch.eye(size, dtype=dtype, device=v.device)
         states[:rows] = 0
@@ -209,10 +194,12 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
             last = min(first + block, chunks)
             blk = slice(first * rows, last * rows)
             b_b = bc[blk]  # (nb Z, C, 1)
-            f = _chunk_factors(qk[blk], b_b, cum[blk])
+            f = _chunk_factors(qk[blk], b_b, g[blk])
+            scores_gram = torch.bmm(f.gqk, f.k_grown.mT, out=products[blk])  # (nb Z, 2C, C): [P ; M(k, k)]
+            scores, gram = scores_gram[:, :size].tril_(), scores_gram[:, size:]  # P zero above the diagonal
             # 2. the UT transform: (I + A) [U' | W] = [beta v | beta g k], via T^T solved as T^T (I + A)^T = I
             #    (the memory layout LAPACK wants; the solve reads only the strictly lower triangle of A)
-            a = b_b * f.gram  # (nb Z, C, C): A
+            a = b_b * gram  # (nb Z, C, C): A (only its strictly lower triangle is read)
             torch.linalg.solve_triangular(a.mT, eye.expand(a.shape), upper=True, left=False, unitriangular=True,
                                           out=inverses[blk])
             inverse = inverses[blk].mT  # (nb Z, C, C): T
@@ -227,16 +214,16 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                 # (Z, N, P) + (Z, N, C) @ (Z, C, P)
                 torch.baddbmm(f.g_last[i] * states[now], f.k_out[i].mT, written[now], out=states[after])
             # 4. outputs: the chunk's own writes through P, plus the read of the state entering it
-            y = torch.baddbmm(torch.bmm(f.gqk[:, :size], states[blk]), f.scores, written[blk])  # (nb Z, C, P)
+            y = torch.baddbmm(torch.bmm(f.gqk[:, :size], states[blk]), scores, written[blk])  # (nb Z, C, P)
             _scatter(y, out, first, last, size)
-        ctx.save_for_backward(qk, vc, bc, cum, states, written, inverses)
+        ctx.save_for_backward(qk, vc, bc, g, states, written, inverses, products)
         ctx.layout = (batch, seq_len, heads, size, chunks, block, [x.dtype for x in (q, k, v, beta, log_decay)])
         return out[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        qk, vc, bc, cum, states, written, inverses = ctx.saved_tensors
+        qk, vc, bc, g, states, written, inverses, products = ctx.saved_tensors
         batch, seq_len, heads, size, chunks, block, dtypes = ctx.layout
         dtype, rows, n = states.dtype, batch * heads, qk.shape[-1]
         d_y = _to_chunks([d_out], size, dtype)  # (nC Z, C, P)
@@ -250,10 +237,11 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                 blk = slice(first * rows, last * rows)
                 b_b, v_b, d_yc = bc[blk], vc[blk], d_y[blk]  # (nb Z, C, 1 / P / P)
                 s_b, u_b, inv_b = states[blk], written[blk], inverses[blk]  # S_0, U, T^T of the block's chunks
-                f = _chunk_factors(qk[blk], b_b, cum[blk])
+                f = _chunk_factors(qk[blk], b_b, g[blk])
+                scores, gram = products[blk].split(size, dim=1)  # (nb Z, C, C) each: P, M(k, k)
 
                 # the reverse loop: dU = P^T dY + K~ dS_C, dR_v = T^T dU, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
-                from_y = torch.bmm(f.scores.mT, d_yc)  # (nb Z, C, P): P^T dY
+                from_y = torch.bmm(scores.mT, d_yc)  # (nb Z, C, P): P^T dY
                 read_y = torch.bmm(f.gqk[:, :size].mT, d_yc)  # (nb Z, N, P): (g q)^T dY
                 d_written, d_rv = torch.empty_like(u_b), torch.empty_like(u_b)  # (nb Z, C, P) each: dU, dR_v
                 for c in reversed(range(first, last)):
@@ -271,7 +259,7 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                 d_m[:, :size].tril_()  # dP
                 d_m[:, size:].tril_(-1)  # -dA
                 d_read = torch.bmm(d_y_rv, s_b.mT)  # (nb Z, 2C, N): [dY S_0^T ; -dR_w]
-                d_b = torch.linalg.vecdot(v_b, d_rv) - torch.linalg.vecdot(d_m[:, size:], f.gram)  # (nb Z, C)
+                d_b = torch.linalg.vecdot(v_b, d_rv) - torch.linalg.vecdot(d_m[:, size:], gram)  # (nb Z, C)
                 d_b -= torch.linalg.vecdot(f.gqk[:, size:], d_read[:, size:])  # dbeta
                 d_m[:, size:] *= -b_b  # dG = beta dA
                 d_read[:, size:] *= -b_b  # beta dR_w
