@@ -138,3 +138,71 @@ def test_the_rule_leaves_earlier_trial_ids_alone_and_is_validated():
                 {"second_lr": -1.0}):
         with pytest.raises(ConfigError, match="near_chance must be in"):
             config(**bad)
+
+
+# --- membench plan: the cells a budget is likely to leave under-trained, said in advance -------------------
+PLAN_SPEC = """
+seeds = [0, 1]
+d_model = 16
+n_layers = 1
+steps = STEPS
+time_cap = CAP
+flops_rate = 1e10
+step_latency = 0.004
+eval_multipliers = []
+[tasks.copy]
+lengths = [8, 16]
+[models.lstm]
+"""
+
+
+def plan_for(tmp_path, steps: int, cap: float):
+    from membench.runners.spec import load_spec
+
+    path = tmp_path / f"plan-{steps}-{cap}.toml"
+    path.write_text(PLAN_SPEC.replace("STEPS", str(steps)).replace("CAP", str(cap)))
+    return load_spec(None, str(path), {})
+
+
+def earlier_runs(spec, under_at: int, needed: float = math.nan):
+    """runs.csv rows of an earlier sweep of `spec`'s length-8 trials: under-trained after `under_at` steps (0:
+    not under-trained), reaching the threshold at step `needed`."""
+    import json
+
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "trial_id": f"t{t.seed}", "task": t.task, "task_params": json.dumps({"content_vocab": 8, **t.task_params}),
+        "model": t.model, "model_params": json.dumps(t.model_params), "d_model": t.d_model, "n_layers": t.n_layers,
+        "train_len": t.train_len, "eval_len": t.train_len, "steps": under_at or 100, "under_trained": bool(under_at),
+        "time_to_accuracy_steps": needed} for t in spec.trials if t.train_len == 8])
+
+
+def test_plan_names_the_cells_a_budget_will_leave_under_trained(tmp_path):
+    from membench.runners.cost.under_training import cell_count, likely_under_trained
+
+    spec = plan_for(tmp_path, steps=100, cap=600.0)
+    assert cell_count(spec.trials) == 2 and likely_under_trained(spec.trials, spec.rates) == []
+    capped = plan_for(tmp_path, steps=100, cap=0.01)  # 100 steps take ~0.4 s at these rates: the cap ends them
+    cells = likely_under_trained(capped.trials, capped.rates)
+    assert [(c["train_len"], c["trials"]) for c in cells] == [(8, 2), (16, 2)]
+    assert "its time cap (0.01 s) comes before its 100 steps" in cells[0]["why"]
+    # an earlier sweep: under-trained after 300 steps at length 8 -> a budget of 100 or 300 is short, 1,000 is not
+    for steps, flagged in ((100, [8]), (300, [8]), (1000, [])):
+        spec = plan_for(tmp_path, steps=steps, cap=600.0)
+        cells = likely_under_trained(spec.trials, spec.rates, runs=earlier_runs(spec, 300), directory="DIR")
+        assert [c["train_len"] for c in cells] == flagged
+        assert all(c["why"] == "under-trained after 300 steps in DIR" for c in cells)
+    spec = plan_for(tmp_path, steps=100, cap=600.0)  # reached the threshold at step 250: 100 steps are too few
+    (cell,) = likely_under_trained(spec.trials, spec.rates, runs=earlier_runs(spec, 0, 250.0), directory="DIR")
+    assert cell["why"] == "reached the threshold only after 250 steps in DIR"
+
+
+def test_plan_prints_the_share_of_cells_likely_under_trained(tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    spec = tmp_path / "capped.toml"
+    spec.write_text(PLAN_SPEC.replace("STEPS", "100").replace("CAP", "0.01"))
+    code, out, _ = run_cli(capsys, "plan", "--spec", str(spec))
+    assert code == 0 and "likely under-trained, from the cost model" in out and "2 of 2 cells (100 %)" in out
+    assert "copy lstm L8 (2 trial(s)): its time cap (0.01 s) comes before its 100 steps" in out

@@ -1,5 +1,7 @@
 """`membench plan (--preset NAME | --spec FILE|NAME)`: what a sweep will cost before it runs: its trials per
-family, the training time the cost model expects (runners/cost/estimate.py) and the sum of the time caps."""
+family, the training time the cost model expects (runners/cost/estimate.py), the sum of the time caps, and the
+cells its budget is likely to leave under-trained (runners/cost/under_training.py; with --against, also from
+a finished sweep's trials)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 
 from membench.runners.commands.run import add_selection_flags, add_source_flags, overrides
 from membench.runners.cost.estimate import against, plan
+from membench.runners.cost.under_training import cell_count, likely_under_trained
 from membench.runners.errors import UsageError
 from membench.runners.parsing import add_include_flag
 from membench.runners.reporting.results import read_results
@@ -46,8 +49,10 @@ def run(args) -> int:
     print("hours at all steps: every trial trains its full `steps` and evaluates every `eval_every` steps, at the "
           "rates the spec assumes (flops_rate, step_latency, token_latency; runners/cost/estimate.py); a plateau "
           "or threshold stop takes less.")
+    earlier = read_results(args.against).runs if args.against else None
+    print_under_trained(trials, rates, spec.gpu_workers, earlier, args.against or "")
     if args.against:
-        compared = against(trials, rates, read_results(args.against).runs, spec.gpu_workers)
+        compared = against(trials, rates, earlier, spec.gpu_workers)
         if not compared:
             raise UsageError(f"{args.against} holds no trial of this spec; give the --out directory of a run of it")
         print(f"\nmeasured / estimated ms per step, over the trials of this spec in {args.against}:")
@@ -55,3 +60,18 @@ def run(args) -> int:
                          [(r["model"], str(r["trials"]), f"{r['median']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}")
                           for r in compared], right=(1, 2, 3, 4)))
     return 0
+
+
+SHOWN = 25  # cells listed by name; the rest are counted
+
+
+def print_under_trained(trials, rates, workers: int, earlier, directory: str) -> None:
+    """The cells likely to end under-trained (see runners/cost/under_training.py), counted and listed."""
+    cells = likely_under_trained(trials, rates, workers, earlier, directory)
+    total = cell_count(trials)
+    source = f"the cost model and {directory}" if directory else "the cost model (give --against DIR for more)"
+    print(f"\nlikely under-trained, from {source}: {len(cells)} of {total} cells ({100 * len(cells) / total:.0f} %)")
+    for cell in cells[:SHOWN]:
+        print(f"  {cell['task']} {cell['model']} L{cell['train_len']} ({cell['trials']} trial(s)): {cell['why']}")
+    if len(cells) > SHOWN:
+        print(f"  ... and {len(cells) - SHOWN} more")
