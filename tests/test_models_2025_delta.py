@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from membench.checks import ConfigError
-from membench.models import build_model, family_params, list_models, model_class
+from membench.models import build_model, family_params, list_models, model_class, scan_vector_decay
 from membench.models.families.gated_deltanet import GatedDeltaNet
 from membench.models.families.gated_deltaproduct import GatedDeltaProduct
 from membench.models.families.kda import KimiDeltaAttention
@@ -24,7 +24,7 @@ from membench.models.scan_vector_decay import (
     vector_decay_delta_chunked,
     vector_decay_delta_reference,
 )
-from tests.helpers import assert_paths_agree, assert_same_outputs_and_grads, outputs_and_grads, run_cli
+from tests.helpers import DEVICES, assert_paths_agree, assert_same_outputs_and_grads, outputs_and_grads, run_cli
 
 SHAPES = [(2, 37, 3, 8, 4), (1, 1, 2, 4, 4), (2, 64, 2, 8, 8), (1, 70, 1, 4, 6)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-N{n}-P{p}" for b, t, h, n, p in SHAPES]
@@ -49,13 +49,23 @@ def kda_inputs(batch, seq_len, heads, n, p, seed=0, floor=MIN_LOG_DECAY):
 
 
 # --- KDA's recurrence ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk_size", [MAX_CHUNK, 12, 5])
 @pytest.mark.parametrize("batch,seq_len,heads,n,p", SHAPES, ids=SHAPE_IDS)
-def test_chunked_kda_matches_the_recurrence(batch, seq_len, heads, n, p, chunk_size):
+def test_chunked_kda_matches_the_recurrence(batch, seq_len, heads, n, p, chunk_size, device):
     """Chunks of 16 (the most), 12 and 5 (T = 37, 64, 70 leave a padded tail): outputs and gradients agree."""
-    inputs = kda_inputs(batch, seq_len, heads, n, p)
+    inputs = [t.detach().to(device).requires_grad_(True) for t in kda_inputs(batch, seq_len, heads, n, p)]
     assert_same_outputs_and_grads(lambda *a: vector_decay_delta_chunked(*a, chunk_size=chunk_size),
                                   vector_decay_delta_reference, inputs)
+
+
+@pytest.mark.parametrize("block_tokens", [4, 12, 10**6], ids=["chunk-by-chunk", "3-chunks-a-block", "all-at-once"])
+def test_chunked_kda_does_not_depend_on_its_blocks(monkeypatch, block_tokens):
+    """The chunks taken together on the CPU (every block, the last one shorter, and all of them at once as on a
+    GPU): the same outputs and gradients as the token loop, over 10 chunks of 4."""
+    monkeypatch.setattr(scan_vector_decay, "CPU_BLOCK_TOKENS", block_tokens)
+    assert_same_outputs_and_grads(lambda *a: vector_decay_delta_chunked(*a, chunk_size=4),
+                                  vector_decay_delta_reference, kda_inputs(2, 39, 2, 4, 3))
 
 
 @pytest.mark.parametrize("max_beta", [1.0, 2.0], ids=["beta-below-1", "allow_neg_eigval"])
