@@ -4,7 +4,8 @@ Three ways in, all resolved here and nowhere else:
 
     import path      "my_pkg.mixers:MyMixer" wherever a model or task name goes (--models, --tasks, a spec's
                      `model = "..."`, `membench check`); the current directory is importable, as with
-                     `python -m`. "hf:MODEL_TYPE" names a Hugging Face model (models/hf.py).
+                     `python -m`. "hf:MODEL_TYPE" names a Hugging Face model (models/hf.py), "pretrained:PATH_OR_ID"
+                     a pretrained causal language model (models/pretrained.py).
     plugin folder    `--include DIR` or a spec's `include = [...]`: every *.py file in DIR is imported, so its
                      @register_model / @register_task decorators run; DIR is importable while it loads.
     entry point      an installed package declares `[project.entry-points."membench.models"]` (or
@@ -45,6 +46,7 @@ from pathlib import Path
 from membench.checks import ConfigError
 
 HF_PREFIX = "hf:"
+PRETRAINED_PREFIX = "pretrained:"  # a causal LM and its tokenizer, by folder or hub id (models/pretrained.py)
 INCLUDE_ENV = "MEMBENCH_INCLUDE"  # folders included so far, os.pathsep-separated: spawned workers re-include them
 GROUPS = {"model": "membench.models", "task": "membench.tasks"}  # entry-point group of each registry kind
 _resolved: dict[tuple[str, str], type] = {}  # (kind, path) -> class: one class per path per process
@@ -142,6 +144,12 @@ def resolve(kind: str, path: str) -> type:
             from membench.models.hf import hf_model_class
 
             _resolved[key] = hf_model_class(path[len(HF_PREFIX):])
+        elif path.startswith(PRETRAINED_PREFIX):
+            if kind != "model":
+                raise ConfigError(f"{kind} {path!r}: pretrained: names a pretrained language model, not a {kind}")
+            from membench.models.pretrained import pretrained_model_class
+
+            _resolved[key] = pretrained_model_class(path[len(PRETRAINED_PREFIX):])
         else:
             _resolved[key] = adapt(kind, path, load_object(kind, path))
     return _resolved[key]

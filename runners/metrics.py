@@ -50,6 +50,13 @@ class SliceResult:
     lags: dict[int, tuple[int, int]] = field(default_factory=dict)
     error: str = ""
     traceback: str = ""  # of the exception of an "error" slice
+    # a pretrained model's slice (runners/pretrained_eval.py): the text it read and what reading it cost
+    token_lags: dict[int, tuple[int, int]] = field(default_factory=dict)  # `lags` with lags counted in tokens
+    context_tokens: float = math.nan  # mean tokens per sequence (NaN: the slice's length, in the model's ids)
+    accuracy_choice: float = math.nan  # the gold is the likeliest of the task's answer candidates
+    read_tokens_per_second: float = math.nan
+    read_peak_memory_mb: float = math.nan
+    kv_cache_bytes_per_token: float = math.nan
 
 
 def autocast(device: torch.device):

@@ -46,7 +46,11 @@ SPEC_KEY_DOCS = {
     "lengths": "training lengths, one trial each",
     "seeds": "seeds of model initialisation, training data and eval sets, one trial each",
     "learning_rates": "peak learning rates, one trial each",
-    "steps": "the step budget: at most this many training steps",
+    "steps": "the step budget: at most this many training steps; 0 (only for a `pretrained:` model): evaluate "
+             "it as it is",
+    "shots": "a `pretrained:` model's evaluation: solved examples of the task put before each evaluated one",
+    "save_model": "write each finished `hf:` model as a Hugging Face folder, `<out>/models/<trial_id>/`, that "
+                  "`pretrained:` loads",
     "time_cap": "seconds a trial may take, evaluation included (status `timeout` after it; the final "
                 "evaluation may take one more cap), or `\"auto\"`: twice the cost model's estimate of the "
                 "whole trial from `flops_rate`, `step_latency` and `token_latency`, at least 10 s and at most "
@@ -160,10 +164,21 @@ COLUMN_DOCS = {
                       "or empty",
     "scaled_accuracy": "(accuracy - chance) / (1 - chance), chance the task's `chance_level` (Grazzi et al. 2025); "
                        "the accuracy itself for a task with an open answer set",
-    "status": "ok, timeout, oom, diverged or error", "error": "the exception's message when the trial failed",
+    "status": "ok, timeout, oom, diverged, error, or skipped (a `pretrained:` model's slice longer than its "
+              "positions)", "error": "the exception's message when the trial failed",
     "device": "device the trial ran on", "precision": "number format of training: fp32 or bf16",
     "git_commit": "the checkout's commit, `+dirty` when the code had uncommitted changes",
     "torch_version": "torch's version",
+    "context_tokens": "mean tokens per evaluated sequence: a `pretrained:` model's tokens of the text (shots "
+                      "included), eval_len for a family",
+    "chance_level": "accuracy of a uniform guess among the task's answer candidates (0: an open answer set)",
+    "accuracy_choice": "a `pretrained:` model: share of answers whose gold is the likeliest candidate (summed "
+                       "log-likelihood of its tokens); empty without candidates",
+    "read_tokens_per_second": "a `pretrained:` model: tokens its forward passes read per second on this slice",
+    "read_peak_memory_mb": "a `pretrained:` model: peak memory while reading this slice (as peak_memory_mb)",
+    "kv_cache_bytes_per_token": "a `pretrained:` model: bytes of KV cache (or recurrent state) per token at "
+                                "context_tokens, in its weights' dtype",
+    "lag_unit": "what lag_bucket counts: symbols (the task's positions) or tokens (a `pretrained:` model's)",
     "lag_bucket": "lags in [b, 2b): how many tokens back the evidence lies",
     "count": "scored positions in the bucket", "step": "training step of the point",
     "seconds": "training seconds at the point", "tokens": "training tokens at the point",

@@ -141,9 +141,21 @@ def _runs_rows(config: TrialConfig, task_params: dict, cost: TrialCost | None, m
             "chance_plateau": outcome.chance_plateau if outcome is not None else "",
             "scaled_accuracy": metrics.scaled_accuracy(result.accuracy, config.slice_task(s).chance_level)
             if scored else nan,
+            **_text_columns(config, s, result),
         }
         rows.append({c: row[c] for c in RUNS_COLUMNS})
     return rows
+
+
+def _text_columns(config: TrialConfig, s, result) -> dict:
+    """context_tokens (a pretrained model's mean tokens per sequence; the slice's length for a family, whose
+    tokens are the task's symbols), the task's chance level, and a pretrained model's choice accuracy and cost
+    of reading (NaN where unknown). The chance level needs the task, built only for a trial that ran."""
+    names = ("accuracy_choice", "read_tokens_per_second", "read_peak_memory_mb", "kv_cache_bytes_per_token")
+    found = {n: getattr(result, n) if result is not None else math.nan for n in names}
+    context = result.context_tokens if result is not None and not math.isnan(result.context_tokens) else s.seq_len
+    chance = config.slice_task(s).chance_level if result is not None else math.nan
+    return {**found, "context_tokens": context, "chance_level": chance}
 
 
 def _precision(device: torch.device) -> str:
@@ -157,20 +169,21 @@ def _lag_rows(config: TrialConfig, outcome: TrainOutcome | None) -> list[dict]:
     """Accuracy by lag bucket at each eval length (slices of the same length are pooled)."""
     if outcome is None:
         return []
-    pooled: dict[int, dict[int, list[int]]] = {}  # eval_len -> bucket -> [correct, count]
+    pooled: dict[tuple[int, str], dict[int, list[int]]] = {}  # (eval_len, unit) -> bucket -> [correct, count]
     for s in config.eval_slices:
         result = outcome.slices.get(s.name)
         if result is None or result.status != "ok":
             continue
-        for bucket, (correct, count) in result.lags.items():
-            cell = pooled.setdefault(s.seq_len, {}).setdefault(bucket, [0, 0])
-            cell[0] += correct
-            cell[1] += count
+        for unit, lags in (("symbols", result.lags), ("tokens", result.token_lags)):  # tokens: pretrained models
+            for bucket, (correct, count) in lags.items():
+                cell = pooled.setdefault((s.seq_len, unit), {}).setdefault(bucket, [0, 0])
+                cell[0] += correct
+                cell[1] += count
     rows = [
         {"trial_id": config.trial_id, "task": config.task, "model": config.model, "train_len": config.train_len,
          "eval_len": eval_len, "seed": config.seed, "lag_bucket": bucket, "accuracy": correct / count,
-         "count": count}
-        for eval_len, buckets in sorted(pooled.items())
+         "count": count, "lag_unit": unit}
+        for (eval_len, unit), buckets in sorted(pooled.items())
         for bucket, (correct, count) in sorted(buckets.items())
     ]
     return [{c: row[c] for c in LAGS_COLUMNS} for row in rows]

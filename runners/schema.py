@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-STATUSES = ("ok", "oom", "diverged", "timeout", "error")  # a trial's (or one slice's) outcome, runs.csv `status`
+STATUSES = ("ok", "oom", "diverged", "timeout", "error", "skipped")  # a trial's (or one slice's) outcome, runs.csv
+# `status`; "skipped": a pretrained model's slice beyond its positions (the error column says why)
 
 RUNS_COLUMNS = [
     "trial_id", "task", "task_version", "task_params", "model", "model_version", "model_params", "d_model", "n_layers",
@@ -30,29 +31,35 @@ RUNS_COLUMNS = [
     "time_to_accuracy_seconds", "time_to_accuracy_steps", "time_to_accuracy_tokens", "stop_reason", "under_trained",
     "chance_plateau",
     "status", "error", "device", "precision", "git_commit", "torch_version",
+    # what the model read (context_tokens: the length for a family; tokens of a pretrained model's text), the
+    # chance level of its task, a pretrained model's choice accuracy and cost of reading (runners/pretrained_eval.py)
+    "context_tokens", "chance_level", "accuracy_choice", "read_tokens_per_second", "read_peak_memory_mb",
+    "kv_cache_bytes_per_token",
 ]
-LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count"]
+# lag_unit: "symbols" (the task's positions, every model) or "tokens" (a pretrained model's tokenizer)
+LAGS_COLUMNS = ["trial_id", "task", "model", "train_len", "eval_len", "seed", "lag_bucket", "accuracy", "count",
+                "lag_unit"]
 CURVES_COLUMNS = ["trial_id", "task", "model", "train_len", "seed", "step", "seconds", "tokens", "train_loss",
                   "eval_accuracy"]
 SLICE_CURVES_COLUMNS = ["trial_id", "task", "model", "d_model", "train_len", "seed", "slice", "eval_len", "step",
                         "seconds", "tokens", "accuracy"]
 TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, "slice_curves": SLICE_CURVES_COLUMNS}
 # the columns that name one row of each table (a user's own columns follow a row through a rewrite by them)
-ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_bucket"],
+ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_unit", "lag_bucket"],
             "curves": ["trial_id", "step"], "slice_curves": ["trial_id", "slice", "step"]}
 
 STRING_COLUMNS = {"chance_plateau": str,
                   "trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,
                   "status": str, "error": str, "device": str, "precision": str, "stop_reason": str, "git_commit": str,
-                  "torch_version": str}
-
+                  "torch_version": str, "lag_unit": str}
 
 # --- the checks of a table's values: one home for the tables read back and the trial files ---------------
 _INTEGER = {"d_model", "n_layers", "params", "train_len", "train_len_min", "train_len_max", "eval_len", "seed",
             "batch_size", "steps", "lag_bucket",
             "count", "step", "tokens", "task_version", "model_version", "state_size", "time_to_accuracy_steps",
             "time_to_accuracy_tokens"}
-_FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share"}
+_FRACTION = {"accuracy", "exact_match", "eval_accuracy", "attention_flops_share", "memory_flops_share",
+             "chance_level", "accuracy_choice"}
 _SIGNED = {"seed", "loss", "train_loss", "scaled_accuracy"}  # every other number is a count, size, time, rate or
 # fraction: >= 0
 _BOOLEAN = {"is_train_len", "under_trained"}  # True/False (or text or 0/1 that reads as one)

@@ -29,7 +29,8 @@ from typing import NamedTuple
 from membench import plugins
 from membench.checks import ConfigError, check_limit
 from membench.memtasks import task_class
-from membench.models import count_params, fast_attention_width, matched_width
+from membench.models import count_params, fast_attention_width, matched_width, model_class
+from membench.models.pretrained import is_pretrained
 from membench.runners.cost import estimate
 from membench.runners.spec_keys import TaskTable, merge_settings, slice_name
 from membench.runners.trial import EvalSlice, Segment, TrialConfig
@@ -112,6 +113,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
         for length in [n for n in lengths if n > s["max_length"]]:
             _note(notes, f"{task.name}: {model} at length {length} skipped (above max_length {s['max_length']})")
         lengths = [n for n in lengths if n <= s["max_length"]]
+    checkpoint = _checkpoint_size(model, s, task.where)  # a pretrained: model's (d_model, n_layers), else None
     trials = []
     for length in lengths:
         slices = _slices(task, length, s, notes)
@@ -125,11 +127,14 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
         for sl in slices:
             check_limit(f"{task.where} eval slice {sl.name!r} n_sequences x seq_len ({sl.n_sequences} x {sl.seq_len})",
                         sl.n_sequences * sl.seq_len, "eval_tokens")
-        for d_model in _widths(model, model_params, s, vocab, task.where):
+        widths = [checkpoint[0]] if checkpoint else _widths(model, model_params, s, vocab, task.where)
+        n_layers = checkpoint[1] if checkpoint else s["n_layers"]
+        for d_model in widths:
             with plugins.blamed_on("model", model, f"while being built for {task.where} at d_model {d_model}"):
-                _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
+                if checkpoint is None:
+                    _check_size(model, model_params, vocab, d_model, s["n_layers"], notes)
                 time_cap = s["time_cap"]
-                if time_cap == "auto":
+                if time_cap == "auto" and checkpoint is None:
                     seconds = estimate.trial_seconds(model, model_params, vocab, d_model, s["n_layers"],
                                                      s["batch_size"], longest, s["steps"], s["eval_every"], slices,
                                                      rates, workers)
@@ -138,7 +143,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
                 for seed in s["seeds"]:
                     trials.append((TrialConfig(
                         task=task.name, task_params=task.params, model=model, model_params=model_params,
-                        d_model=d_model, n_layers=s["n_layers"], train_len=length, seed=seed, lr=lr,
+                        d_model=d_model, n_layers=n_layers, train_len=length, seed=seed, lr=lr,
                         batch_size=s["batch_size"], steps=s["steps"], eval_slices=slices, time_cap=time_cap,
                         threshold=s["threshold"], eval_every=s["eval_every"], log_every=s["log_every"],
                         warmup=s["warmup"], weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
@@ -146,8 +151,27 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
                         early_stop=s["early_stop"], budget=s["budget"], patience=s["patience"],
                         min_delta=s["min_delta"], min_steps=s["min_steps"], train_length_range=length_range,
                         near_chance=s["near_chance"], second_lr=s["second_lr"],
+                        shots=s["shots"], save_model=s["save_model"],
                     ), rates))
     return trials
+
+
+def _checkpoint_size(model: str, s: dict, where: str) -> tuple[int, int] | None:
+    """(d_model, n_layers) of a pretrained: model, read from its checkpoint (the spec's sizes do not apply), or
+    None for a family. A pretrained: model is evaluated as it is (steps = 0); a family must train; only an
+    hf: model can be saved (save_model)."""
+    if s["save_model"] and not model.startswith("hf:"):
+        raise ConfigError(f"{where}: save_model writes Hugging Face folders of hf: models only; set save_model = "
+                          f"false for {model}")
+    if not is_pretrained(model):
+        if s["steps"] == 0:
+            raise ConfigError(f"{where}: steps = 0 evaluates without training, which only a pretrained: model can "
+                              f"do; give {model} steps >= 1")
+        return None
+    if s["steps"] != 0:
+        raise ConfigError(f"{where}: steps > 0 with pretrained: models is not supported yet; use steps = 0 "
+                          f"for {model}")
+    return model_class(model).checkpoint_size()
 
 
 def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> list[int]:

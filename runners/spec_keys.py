@@ -50,7 +50,9 @@ SETTINGS = {
     "train_length_range": (_length_range, _TRIAL_DEFAULTS["train_length_range"]),  # (): none
     "seeds": (checks.list_of(checks.limited(checks.integer(0), "seed")), [0]),
     "learning_rates": (checks.list_of(checks.number(0, LIMITS["learning_rate"], low_open=True)), [1e-3]),
-    "steps": (checks.limited(checks.integer(1), "steps"), 1000),
+    "steps": (checks.limited(checks.integer(0), "steps"), 1000),  # 0: evaluate a pretrained: model as it is
+    "shots": (checks.integer(0), _TRIAL_DEFAULTS["shots"]),
+    "save_model": (lambda value, label: checks.check_bool(label, value), _TRIAL_DEFAULTS["save_model"]),
     "time_cap": (checks.number_or("auto", 0, low_open=True), _TRIAL_DEFAULTS["time_cap"]),
     # time_cap = "auto": sized from the trial's FLOPs by the cost model of runners/cost/estimate.py
     "flops_rate": (checks.number(0, low_open=True), 1e13),

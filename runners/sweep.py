@@ -38,6 +38,7 @@ from membench.runners.reporting.text import count, text_table
 from membench.runners.schema import STATUSES
 from membench.runners.spec import SweepSpec
 from membench.runners.trackers import TrackerSettings, check_installed
+from membench.runners.trial import SAVED_MODELS_DIR, SAVED_MODELS_ENV
 
 TABLES_EVERY = 15.0  # seconds between two rebuilds of the tables during a sweep, at least
 TABLES_COST_SHARE = 0.05  # ... and at most this share of the sweep's time spent rebuilding them
@@ -60,6 +61,7 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
         raise UsageError("--out is empty; give a directory")
     out = Path(out_dir)
     check_out_dir(out)
+    os.environ[SAVED_MODELS_ENV] = str((out / SAVED_MODELS_DIR).resolve())  # save_model's folder (workers inherit it)
     check_installed(log)
     trackers = TrackerSettings(log, str(out.resolve()), spec.name) if log else None
     runner = make_executor(executor, spec.device, spec.compile, address, redrawn(progress), spec.cpu_threads,

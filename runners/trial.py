@@ -33,13 +33,16 @@ import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from membench.checks import ConfigError
 from membench.memtasks import get_task, task_class
 from membench.models import build_model, model_class
+from membench.models.pretrained import is_pretrained
 from membench.runners import metrics
 from membench.runners.faults import FaultBoundary, cost_value
 from membench.runners.rows import failed_trial, git_commit, trial_payload
@@ -113,6 +116,8 @@ class TrialConfig:
     train_length_range: tuple[int, ...] = ()  # (lo, hi): each step's length drawn from lo..hi (train_len = hi)
     near_chance: float = 0.0  # plateau: one whose scaled accuracy is below this is not convergence (0: off) ...
     second_lr: float = 0.0  # ... and a run that ends there is run again at this learning rate (0: none)
+    shots: int = 0  # a pretrained: model's evaluation: solved examples of the task before each evaluated one
+    save_model: bool = False  # write the finished model as a Hugging Face folder (models/pretrained.py)
 
     def __post_init__(self) -> None:
         if self.early_stop not in EARLY_STOPS:
@@ -200,7 +205,8 @@ class TrialConfig:
 
 # field -> default: hashed only when set otherwise, so the ids of trials made before the field existed hold
 _LATER_FIELDS = {"early_stop": "train_len", "model_version": 1, "budget": "fixed", "patience": 5, "min_delta": 0.01,
-                 "min_steps": 0, "train_length_range": (), "near_chance": 0.0, "second_lr": 0.0}
+                 "min_steps": 0, "train_length_range": (), "near_chance": 0.0, "second_lr": 0.0,
+                 "shots": 0, "save_model": False}
 
 
 def check_length_range(value, where: str) -> tuple[int, int]:
@@ -241,8 +247,15 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
         model = config.build_model().to(device)
         cost = measure_cost(config, model, warnings)
         with memory:
-            outcome = train(model, config, device, compile=compile, progress=progress, tracker=tracker)
+            if is_pretrained(config.model):  # steps = 0: the model as it is, reading the task as text
+                from membench.runners.pretrained_eval import evaluate_pretrained  # imports transformers
+
+                outcome = evaluate_pretrained(model, config, device, cost)
+            else:
+                outcome = train(model, config, device, compile=compile, progress=progress, tracker=tracker)
         status = "timeout" if outcome.timed_out else "ok"
+        if config.save_model:
+            save_trial_model(config, model, warnings)
         payload = trial_payload(config, task_params, cost, model, outcome, status, "", memory.peak_mb, device)
         if slice_traces := [f"slice {name}: {r.traceback}" for name, r in outcome.slices.items() if r.traceback]:
             payload["traceback"] = "".join(slice_traces)  # those slices' rows have status "error"
@@ -269,6 +282,27 @@ def run_trial(config: TrialConfig, device: str = "cpu", compile: str = "none", p
     if warnings:
         payload["warnings"] = warnings
     return payload  # after a sticky error the executor moves the rest of the sweep to a fresh process
+
+
+SAVED_MODELS_ENV = "MEMBENCH_SAVED_MODELS"  # where save_model writes: <out>/models, set by runners.sweep.run_sweep
+SAVED_MODELS_DIR = "models"
+
+
+def save_trial_model(config: TrialConfig, model, warnings: list[str]) -> None:
+    """save_model: the finished model as the folder $MEMBENCH_SAVED_MODELS/<trial_id>, which `pretrained:`
+    loads and evaluates in plain mode (models/pretrained.py: save_as_pretrained); a warning when the trial runs
+    outside a sweep (no folder to write into)."""
+    root = os.environ.get(SAVED_MODELS_ENV)
+    if not root:
+        warnings.append(f"save_model: no folder to write into (${SAVED_MODELS_ENV} is unset outside membench run)")
+        return
+    from membench.memtasks.text import plain_vocabulary
+    from membench.models.pretrained import save_as_pretrained
+
+    task = get_task(config.task, **config.task_params)
+    save_as_pretrained(model, plain_vocabulary(task), Path(root) / config.trial_id,
+                       {"trial_id": config.trial_id, "task": config.task, "task_params": config.task_params,
+                        "model": config.model, "train_len": config.train_len, "seed": config.seed})
 
 
 @dataclass

@@ -69,7 +69,7 @@ def lags_for(runs: pd.DataFrame) -> pd.DataFrame:
         while bucket < r["eval_len"]:
             acc = r["accuracy"] * (1.0 if bucket <= 16 else 16 / bucket)
             rows.append([r["trial_id"], r["task"], r["model"], r["train_len"], r["eval_len"], r["seed"], bucket,
-                         acc, 10 * bucket])
+                         acc, 10 * bucket, "symbols"])
             bucket *= 2
     return pd.DataFrame(rows, columns=LAGS_COLUMNS)
 

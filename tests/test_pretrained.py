@@ -1,0 +1,216 @@
+"""`pretrained:` models (models/pretrained.py) scored on tasks rendered as text (runners/pretrained_eval.py).
+
+No network: tiny GPT-2 and Llama models (width 32) and a byte-level tokenizer made with `tokenizers` are saved to
+a temporary folder and loaded back by path. A random model must score near chance; an oracle that predicts the
+true next token scores 1.0, and one that predicts the input itself (the bug of scoring the input instead of the
+prediction) scores near 0; bad checkpoints are one line, exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from membench.checks import ConfigError
+from membench.memtasks import get_task
+from membench.runners.trial import EvalSlice
+from tests.helpers import run_cli, tiny_spec, undo_plugin_side_effects  # noqa: F401 (autouse)
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+CPU = torch.device("cpu")
+
+
+def byte_tokenizer():
+    """Every byte one token (a byte-level BPE without merges), "<s>" (id 0) put first: offsets are exact."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = tokenizers.Tokenizer(models.BPE(vocab={"<s>": 0, **{c: i + 1 for i, c in enumerate(alphabet)}},
+                                              merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>")
+
+
+def save_checkpoint(folder: Path, kind: str = "gpt2", positions: int = 256, tokenizer: bool = True) -> Path:
+    """A randomly initialised causal LM (or, kind "bert", a masked LM) of width 32, saved with save_pretrained."""
+    torch.manual_seed(0)
+    vocab = 257
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=positions,
+                                         bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          max_position_embeddings=positions, bos_token_id=0, eos_token_id=0)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64)
+        model = transformers.BertForMaskedLM(config)
+    model.save_pretrained(folder)
+    if tokenizer:
+        byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> str:
+    return "pretrained:" + str(save_checkpoint(tmp_path_factory.mktemp("gpt2")))
+
+
+def build(name: str, **params):
+    from membench.models import build_model
+
+    return build_model(name, 16, **params)
+
+
+def score(model, task: str, seq_len: int = 16, n: int = 16, shots: int = 0, **task_params):
+    from membench.runners.pretrained_eval import evaluate_text_slice
+
+    return evaluate_text_slice(model, get_task(task, **task_params), EvalSlice(f"L{seq_len}", seq_len, n), 8, 0,
+                               shots, CPU)
+
+
+# --- loading and its errors ---------------------------------------------------------------------------------
+def test_a_folder_resolves_to_its_checkpoint_size_and_params(gpt2):
+    from membench.models import family_params, model_class
+
+    cls = model_class(gpt2)
+    assert cls.checkpoint_size() == (32, 2) and cls.cost_class == "O(n^2)"
+    assert set(family_params(gpt2)) == {"dtype", "revision", "attn_implementation", "trust_remote_code",
+                                        "chat_template", "rendering"}
+    model = build(gpt2)
+    assert model.max_positions == 256 and model.rendering == "readable"
+    assert model.num_params() == sum(p.numel() for p in model.lm.parameters())
+    assert model.state_size(10) == 2 * 32 * 10 * 2  # keys and values, 32 wide, 10 tokens, 2 layers
+
+
+def bad_checkpoint(kind: str, root: Path) -> str:
+    if kind == "missing":
+        return f"pretrained:{root / 'no_such_folder'}"
+    if kind == "no tokenizer":
+        return f"pretrained:{save_checkpoint(root / 'bare', tokenizer=False)}"
+    if kind == "masked LM":
+        return f"pretrained:{save_checkpoint(root / 'bert', kind='bert')}"
+    return "pretrained:membench-tests/no-such-model"  # a hub id, offline
+
+
+@pytest.mark.parametrize("kind, says", [("missing", "no such folder"), ("no tokenizer", "has no tokenizer"),
+                                        ("masked LM", "BertForMaskedLM, not a causal language model"),
+                                        ("hub id offline", "not a local folder, and the hub did not give it")])
+def test_a_bad_checkpoint_is_one_line_exit_2_and_nothing_written(kind, says, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # an empty cache
+    name = bad_checkpoint(kind, tmp_path)
+    capsys.readouterr()  # what saving the checkpoint printed
+    spec = tiny_spec(tmp_path, models=[name], steps=0, tasks=["flip_flop"])
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("membench: error: ") and says in lines[0], err
+    assert not out.exists()
+
+
+def test_steps_say_which_models_train(gpt2, tmp_path):
+    from membench.runners.spec import load_spec
+
+    with pytest.raises(ConfigError, match="steps = 0 evaluates without training"):
+        load_spec(spec_file=tiny_spec(tmp_path, models=["lstm"], steps=0, tasks=["flip_flop"]))
+    with pytest.raises(ConfigError, match="steps > 0 with pretrained: models is not supported yet; use steps = 0"):
+        load_spec(spec_file=tiny_spec(tmp_path, models=[gpt2], steps=5, tasks=["flip_flop"]))
+    with pytest.raises(ConfigError, match="save_model writes Hugging Face folders of hf: models only"):
+        load_spec(spec_file=tiny_spec(tmp_path, models=["lstm"], save_model=True, tasks=["flip_flop"]))
+    trials = load_spec(spec_file=tiny_spec(tmp_path, models=[gpt2], steps=0, shots=2, tasks=["flip_flop"])).trials
+    assert {(t.d_model, t.n_layers, t.steps, t.shots) for t in trials} == {(32, 2, 0, 2)}
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+def test_a_random_model_scores_near_chance(gpt2):
+    """Its argmax is almost never a whole answer (scoring the input itself would give 1.0), and its choice
+    among flip_flop's two bits is right about half the time."""
+    result = score(build(gpt2), "flip_flop", 32, n=24)
+    assert result.status == "ok" and result.scored >= 60
+    assert result.accuracy < 0.2
+    assert abs(result.accuracy_choice - get_task("flip_flop").chance_level) < 0.2
+
+
+class Oracle:
+    """A model whose logits at t put all the weight on token t + 1 + `shift` of the true text: shift 0 is a
+    perfect next-token predictor; shift -1 predicts the token it reads (the input, not the prediction)."""
+
+    def __init__(self, real, shift: int) -> None:
+        self.tokenizer, self.rendering, self.chat_template = real.tokenizer, "readable", False
+        self.max_positions, self.lm, self.shift = None, real.lm, shift
+
+    def logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        picked = ids[:, (positions + 1 + self.shift).clamp(max=ids.shape[1] - 1)]  # (B, K)
+        return torch.nn.functional.one_hot(picked, len(self.tokenizer)).float() * 20  # (B, K, V)
+
+    def state_size(self, seq_len: int) -> None:
+        return None
+
+
+def test_an_oracle_scores_one_and_reading_the_input_scores_near_zero(gpt2):
+    real = build(gpt2)
+    perfect = score(Oracle(real, 0), "flip_flop", 16)
+    assert (perfect.accuracy, perfect.exact_match, perfect.accuracy_choice) == (1.0, 1.0, 1.0)
+    assert perfect.loss < 1e-6
+    echo = score(Oracle(real, -1), "associative_recall", 16)
+    assert echo.accuracy < 0.1
+
+
+def test_shots_come_first_and_only_the_example_is_scored(gpt2):
+    model = build(gpt2)
+    alone, with_one = score(model, "flip_flop", 8, n=8), score(model, "flip_flop", 8, n=8, shots=1)
+    assert with_one.status == "ok" and with_one.scored == alone.scored
+    assert with_one.context_tokens > 1.8 * alone.context_tokens  # a solved example and the example
+
+
+def test_a_length_beyond_the_positions_is_skipped(gpt2):
+    result = score(build(gpt2), "flip_flop", 128, n=4)
+    assert result.status == "skipped" and "beyond max_position_embeddings" in result.error
+    assert result.context_tokens > 256
+
+
+def test_a_llama_checkpoint_reads_with_its_kv_cache_per_token(tmp_path):
+    model = build("pretrained:" + str(save_checkpoint(tmp_path / "llama", "llama", positions=512)))
+    result = score(model, "associative_recall", 16, n=4)
+    assert result.status == "ok" and result.scored > 0 and 0 <= result.accuracy_choice <= 1
+    assert result.kv_cache_bytes_per_token == 2 * 2 * 8 * 2 * 4  # K and V, 2 kv heads of 8, 2 layers, fp32
+    assert result.read_tokens_per_second > 0 and set(result.token_lags) and set(result.lags)
+
+
+# --- a sweep: rows like any family's ------------------------------------------------------------------------
+def test_a_zero_shot_sweep_writes_rows_like_any_familys(gpt2, tmp_path, capsys):
+    spec = tiny_spec(tmp_path, models=[gpt2], steps=0, tasks=["flip_flop"], lengths=[16, 128], eval_multipliers=[],
+                     eval_sequences=8)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--quiet")
+    assert code == 0, err
+    runs = pd.read_csv(out / "runs.csv").set_index("eval_len")
+    assert list(runs["status"].sort_index()) == ["ok", "skipped"]
+    ok, skipped = runs.loc[16], runs.loc[128]
+    assert ok["model"] == gpt2 and ok["steps"] == 0 and ok["params"] == build(gpt2).num_params()
+    assert ok["context_tokens"] > 16 and ok["chance_level"] == 0.5 and 0 <= ok["accuracy_choice"] <= 1
+    assert ok["read_tokens_per_second"] > 0 and ok["kv_cache_bytes_per_token"] == 2 * 32 * 2 * 4
+    assert "beyond max_position_embeddings" in skipped["error"] and math.isnan(skipped["accuracy"])
+    lags = pd.read_csv(out / "lags.csv")
+    assert set(lags["lag_unit"]) == {"symbols", "tokens"}
+    for unit in ("symbols", "tokens"):
+        assert lags.loc[lags["lag_unit"] == unit, "count"].sum() == ok["scored"]
+    trial = json.loads(next((out / "trials").glob("*.json")).read_text())
+    assert trial["config"]["shots"] == 0
