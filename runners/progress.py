@@ -32,7 +32,7 @@ class SweepProgress:
 
             self.bar = tqdm(total=total, initial=done, desc=name, unit="trial", position=0, file=self.stream)
         elif self.form == "lines":
-            self._line(f"{total} trials, {done} finished before, {total - done} to run")
+            self._line(f"{total} trial{'' if total == 1 else 's'}, {done} finished before, {total - done} to run")
 
     @property
     def redrawn(self) -> bool:

@@ -44,7 +44,7 @@ def test_a_resumed_sweep_says_what_finished_before(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert run_cli(capsys, "run", "--spec", spec, "--out", out)[0] == 0
     code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", out)
-    assert code == 0 and err.splitlines() == ["spec: 1 trials, 1 finished before, 0 to run"]
+    assert code == 0 and err.splitlines() == ["spec: 1 trial, 1 finished before, 0 to run"]
 
 
 class Terminal(io.StringIO):
