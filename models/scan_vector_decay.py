@@ -240,15 +240,15 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                 f = _chunk_factors(qk[blk], b_b, g[blk])
                 scores, gram = products[blk].split(size, dim=1)  # (nb Z, C, C) each: P, M(k, k)
 
-                # the reverse loop: dU = P^T dY + K~ dS_C, dR_v = T^T dU, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
-                from_y = torch.bmm(scores.mT, d_yc)  # (nb Z, C, P): P^T dY
+                # the reverse loop: dR_v = T^T P^T dY + (T^T K~) dS_C, dS_0 = g_C dS_C + (g q)^T dY - R_w^T dR_v
+                from_y = torch.bmm(inv_b, torch.bmm(scores.mT, d_yc))  # (nb Z, C, P): T^T P^T dY
+                to_rv = torch.bmm(inv_b, f.k_out)  # (nb Z, C, N): T^T K~
                 read_y = torch.bmm(f.gqk[:, :size].mT, d_yc)  # (nb Z, N, P): (g q)^T dY
-                d_written, d_rv = torch.empty_like(u_b), torch.empty_like(u_b)  # (nb Z, C, P) each: dU, dR_v
+                d_rv = torch.empty_like(u_b)  # (nb Z, C, P): dR_v
                 for c in reversed(range(first, last)):
                     i, now, before = slice((c - first) * rows, (c - first + 1) * rows), \
                         slice(c * rows, (c + 1) * rows), slice((c - 1) * rows, c * rows)
-                    torch.baddbmm(from_y[i], f.k_out[i], d_handed[now], out=d_written[i])  # (Z, C, N) @ (Z, N, P)
-                    torch.bmm(inv_b[i], d_written[i], out=d_rv[i])  # (Z, C, C) @ (Z, C, P)
+                    torch.baddbmm(from_y[i], to_rv[i], d_handed[now], out=d_rv[i])  # (Z, C, N) @ (Z, N, P)
                     if c > 0:  # (Z, N, P) - (Z, N, C) @ (Z, C, P)
                         torch.addcmul(read_y[i], f.g_last[i], d_handed[now], out=d_handed[before])
                         d_handed[before].baddbmm_(f.gkb[i].mT, d_rv[i], alpha=-1)
