@@ -147,7 +147,8 @@ def test_a_long_csv_shows_its_first_rows_and_says_so():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("folder", sorted(p.name for p in (ROOT / "results").iterdir() if (p / "runs.csv").is_file()))
+@pytest.mark.parametrize("folder", sorted(p.name for p in (ROOT / "results").iterdir()
+                                           if (p / "runs.csv").is_file() or (p / "claims.csv").is_file()))
 def test_every_committed_results_folder_has_its_report_up_to_date(folder, tmp_path):
     committed = ROOT / "results" / folder / "report.html"
     assert committed.is_file(), f"run `membench report results/{folder}`"
@@ -172,3 +173,15 @@ def test_a_sweep_of_sizes_gets_the_frontier_and_one_with_cost_csv_the_cost_curve
     assert cost.count("<svg") == 3  # time, memory, FLOPs (no attention share: gru has none)
     ids = re.findall(r'\bid="([^"]+)"', page)
     assert len(ids) == len(set(ids)), "the figures' ids never meet"
+
+
+def test_a_reproductions_folder_of_verdicts_alone_gets_its_readme_and_claims(tmp_path, capsys):
+    folder = tmp_path / "reproduce-paper"
+    folder.mkdir()
+    (folder / "README.md").write_text("# A paper\n\nMade by\n\n    membench reproduce paper --out here\n")
+    (folder / "claims.csv").write_text("claim,paper,ours,verdict\nrecall at 64,1.0,0.99,holds\n")
+    code, out, err = run_cli(capsys, "report", str(folder))
+    assert code == 0, err
+    page = (folder / "report.html").read_text()
+    assert "<code>membench reproduce paper --out here</code>" in page and "<td>holds</td>" in page
+    assert 'id="board"' not in page  # no runs: no leaderboard

@@ -4,16 +4,15 @@
     membench report results/smoke-cpu
     membench report results/*/          # every committed results folder (the shell lists them)
 
-Every folder is read before any report is written, so a folder that is not a results folder is one line
-(exit 2) and nothing is written.
+Every folder is read before any report is written, so a folder that is not a results folder (no runs.csv,
+and not a reproduction's folder of verdicts with its claims.csv) is one line (exit 2) and nothing is written.
 """
 
 from __future__ import annotations
 
 from membench.runners.errors import UsageError
 from membench.runners.parsing import out_dir
-from membench.runners.reporting.html_report import save_report
-from membench.runners.reporting.results import read_results
+from membench.runners.reporting.html_report import read_folder, save_report
 
 HELP = "write DIR/report.html: the sweep's results as one self-contained HTML page, from its tables alone"
 
@@ -24,7 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    every = [read_results(directory) for directory in args.dirs]  # all checked before anything is written
+    every = [read_folder(directory) for directory in args.dirs]  # all checked before anything is written
     for results in every:
         try:
             print(f"wrote {save_report(results)}")

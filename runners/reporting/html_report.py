@@ -14,7 +14,10 @@ DIR/report.html, in this order, each section only where the tables have somethin
     named slices    the slice table and curves (runners/reporting/slices.py); error rates (error_rates.py)
     cost            the cost curves (runners/reporting/cost_charts.py)
     other files     every other Markdown, CSV or SVG file at the top of the folder (a reproduction's
-                    claims.md and claims.svg, say), shown as it is
+                    claims.md and claims.svg, say, shown right after the run), as it is
+
+A reproduction's folder of verdicts on another folder's runs (claims.csv, no runs.csv) gets the run section
+(its README) and its files alone.
 
 Charts are inline SVG and the script and style are in the page, so it opens from disk without a server and
 loads nothing from anywhere. Nothing in it depends on the time it was written: the same tables give the same
@@ -55,7 +58,7 @@ from membench.runners.reporting.html_assets import (
     shade,
 )
 from membench.runners.reporting.leaderboard import THRESHOLD, build_leaderboard, seeds_line, under_trained_line
-from membench.runners.reporting.results import Results, failure_status, read_results
+from membench.runners.reporting.results import REQUIRED, Results, failure_status, read_results
 from membench.runners.reporting.slices import named_slice_rows, slice_curves_chart, slice_table, slices_markdown
 from membench.runners.reporting.text import count, fixed
 from membench.runners.tables import atomic_write_bytes
@@ -84,7 +87,17 @@ def write_report(directory: str | Path) -> Path:
     """Write DIR/report.html from DIR's tables (see the module docstring); return its path.
 
     Raises UsageError, before writing anything, when DIR is not a results folder (no usable runs.csv)."""
-    return save_report(read_results(directory))
+    return save_report(read_folder(directory))
+
+
+def read_folder(directory: str | Path) -> Results:
+    """The tables of a results folder (runners/reporting/results.py: UsageError when it is not one), or, for a
+    reproduction's folder of verdicts on another folder's runs (claims.csv and no runs.csv), no runs at all:
+    its report is its README and files."""
+    directory = Path(directory)
+    if (directory / "claims.csv").is_file() and not (directory / "runs.csv").exists():
+        return Results(directory, pd.DataFrame(columns=REQUIRED["runs"]))
+    return read_results(directory)
 
 
 def save_report(results: Results) -> Path:
@@ -109,18 +122,20 @@ def report_html(results: Results) -> str:
             sections.append(frontier_section(runs, figures))
     if not named.empty:
         sections.append(slices_section(results, named, figures))
-    if "scored" in runs.columns and not (rates := error_rate_table(runs)).empty:
+    if len(runs) and not (rates := error_rate_table(runs)).empty:
         sections.append(Section("error-rates", "Error rates", markdown_html(error_rates_markdown(rates))))
     if results.cost is not None and not results.cost.empty:
         sections.append(cost_section(results, figures))
-    if others := other_files(results.directory, figures):
-        sections.append(Section("files", "Other files", others))
+    if others := other_files(results.directory, figures):  # a reproduction's claims come first: its point
+        at = 1 if (results.directory / "claims.csv").is_file() else len(sections)
+        sections.insert(at, Section("files", "Other files", others))
     data = json.dumps(curves, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
     body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n{s.html}</section>' for s in sections)
     body += f'\n<script type="application/json" id="curve-data">{data}</script>'
     trials = runs["trial_id"].nunique()
     subtitle = (f"{trials} trials, {runs['task'].nunique()} tasks, {runs['model'].nunique()} families; "
-                "rebuilt from the folder's tables by membench report")
+                "rebuilt from the folder's tables by membench report") if trials else \
+        "a reproduction's verdicts on another folder's runs (its README names them); rebuilt by membench report"
     return page(f"membench report: {results.directory.name}", subtitle, [(s.anchor, s.title) for s in sections],
                 body)
 
@@ -136,18 +151,19 @@ def run_section(results: Results) -> Section:
     first = runs.drop_duplicates("trial_id")
     statuses = runs.groupby("trial_id")["status"].agg(failure_status).value_counts().sort_index()
     seconds = float(np.nansum(first["train_seconds"].to_numpy(dtype=float)))
+    command = ("<br>".join(f"<code>{esc(c)}</code>" for c in commands)
+               or "not recorded (no README.md in the folder names it)")
     rows = [
-        ("command", "<br>".join(f"<code>{esc(c)}</code>" for c in commands)
-         or "not recorded (no README.md in the folder names it)"),
+        ("command", command),
         ("commit", _distinct(runs, "git_commit")), ("device", _distinct(runs, "device")),
         ("precision", _distinct(runs, "precision")), ("torch", _distinct(runs, "torch_version")),
         ("wall time", inline_html(" ".join(wall.group(1).split())) if wall else "not recorded in README.md"),
         ("training time", f"{seconds:,.0f} s summed over the trials (train_seconds)"),
         ("trials", f"{len(first):,}: " + ", ".join(f"{n:,} {status}" for status, n in statuses.items())),
-    ]
+    ] if len(runs) else [("command", command), ("runs", "none in this folder: its README names them")]
     meta = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in rows)
-    about = (f"<details><summary>The folder's README.md</summary>{markdown_html(readme)}</details>"
-             if readme else "")
+    fold = "<details>" if len(runs) else "<details open>"  # without runs, the README is most of the page
+    about = f"{fold}<summary>The folder's README.md</summary>{markdown_html(readme)}</details>" if readme else ""
     return Section("run", "The run", f'<dl class="meta">{meta}</dl>{about}')
 
 
