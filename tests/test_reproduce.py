@@ -106,7 +106,8 @@ def test_flipflop_judge_says_does_not_hold_when_the_lstm_is_given_one_sparse_err
     row = runs.index[(runs["model"] == "lstm") & (runs["slice"] == "sparse")][0]
     doctored = runs.copy()
     doctored.loc[row, "accuracy"] = 1.0 - 1.0 / doctored.loc[row, "scored"]  # one error in its reads
-    assert _verdict(judge_flipflop(doctored), "lstm on sparse") == DOES_NOT_HOLD
+    length = int(runs.loc[row, "train_len"])
+    assert _verdict(judge_flipflop(doctored), f"lstm on sparse ({length} tokens)") == DOES_NOT_HOLD
 
 
 def test_zoology_judge_tells_a_failure_of_attention_from_a_plateau_near_chance():
@@ -132,14 +133,14 @@ def _flipflop_runs(errors: dict[tuple[str, str], int], reads: int = 1000) -> pd.
 
 def test_flipflop_glitches_hold_only_for_a_transformer_that_learned_its_training_stream():
     rare = judge_flipflop(_flipflop_runs({("transformer", "sparse"): 3}))
-    assert _verdict(rare, "transformer on sparse") == HOLDS
-    assert _verdict(rare, "lstm on sparse") == HOLDS
+    assert _verdict(rare, "transformer on sparse (64 tokens)") == HOLDS
+    assert _verdict(rare, "lstm on sparse (64 tokens)") == HOLDS
     none = judge_flipflop(_flipflop_runs({}))
-    assert _verdict(none, "transformer on sparse") == DOES_NOT_HOLD  # no glitch at all
+    assert _verdict(none, "transformer on sparse (64 tokens)") == DOES_NOT_HOLD  # no glitch at all
     wholesale = judge_flipflop(_flipflop_runs({("transformer", "sparse"): 300}))
-    assert _verdict(wholesale, "transformer on sparse") == DOES_NOT_HOLD  # 30 %: a failure, not a glitch
+    assert _verdict(wholesale, "transformer on sparse (64 tokens)") == DOES_NOT_HOLD  # 30 %: not a glitch
     unlearned = judge_flipflop(_flipflop_runs({("transformer", "sparse"): 3, ("transformer", "L64"): 50}))
-    assert _verdict(unlearned, "transformer on sparse") == NOT_COMPARABLE
+    assert _verdict(unlearned, "transformer on sparse (64 tokens)") == NOT_COMPARABLE
 
 
 def test_a_finding_rejects_an_unknown_verdict_and_the_files_carry_every_claim(tmp_path):
