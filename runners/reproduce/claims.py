@@ -161,7 +161,7 @@ def draw_findings(findings: list[Finding], title: str, out_dir: Path) -> list[Pa
             ax.set_yticks(range(len(mine)), [f"{f.model}: {f.verdict}" for f in mine])
             ax.set_ylim(len(mine) - 0.5, -0.5)
             ax.set_xlabel(metric)
-        fig.suptitle(f"{title}\n(x: the paper; dot and bar: ours, seed mean and 95 % interval)")
+        fig.suptitle(f"{title}\n(x: the paper, where it gives a number; dot and bar: ours and its 95 % interval)")
         return save_figure(fig, out_dir, "claims")
 
 
