@@ -4,14 +4,22 @@ happened (chance_plateau). Tested on synthetic accuracy curves fed to the stop r
 
 from __future__ import annotations
 
+import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from membench.checks import ConfigError
+from membench.runners.cost.under_training import cell_count, likely_under_trained
+from membench.runners.reporting.frontier import frontier_table, write_frontier
+from membench.runners.schema import RUNS_COLUMNS
+from membench.runners.spec import load_spec
 from membench.runners.train import Training, TrainOutcome, train
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
+from tests.helpers import run_cli
+from tests.sweeps import trial
 
 CHANCE = 1 / 32  # MQAR with vocabulary 64: a value is one of 32 tokens
 
@@ -157,8 +165,6 @@ lengths = [8, 16]
 
 
 def plan_for(tmp_path, steps: int, cap: float):
-    from membench.runners.spec import load_spec
-
     path = tmp_path / f"plan-{steps}-{cap}.toml"
     path.write_text(PLAN_SPEC.replace("STEPS", str(steps)).replace("CAP", str(cap)))
     return load_spec(None, str(path), {})
@@ -167,10 +173,6 @@ def plan_for(tmp_path, steps: int, cap: float):
 def earlier_runs(spec, under_at: int, needed: float = math.nan):
     """runs.csv rows of an earlier sweep of `spec`'s length-8 trials: under-trained after `under_at` steps (0:
     not under-trained), reaching the threshold at step `needed`."""
-    import json
-
-    import pandas as pd
-
     return pd.DataFrame([{
         "trial_id": f"t{t.seed}", "task": t.task, "task_params": json.dumps({"content_vocab": 8, **t.task_params}),
         "model": t.model, "model_params": json.dumps(t.model_params), "d_model": t.d_model, "n_layers": t.n_layers,
@@ -179,8 +181,6 @@ def earlier_runs(spec, under_at: int, needed: float = math.nan):
 
 
 def test_plan_names_the_cells_a_budget_will_leave_under_trained(tmp_path):
-    from membench.runners.cost.under_training import cell_count, likely_under_trained
-
     spec = plan_for(tmp_path, steps=100, cap=600.0)
     assert cell_count(spec.trials) == 2 and likely_under_trained(spec.trials, spec.rates) == []
     capped = plan_for(tmp_path, steps=100, cap=0.01)  # 100 steps take ~0.4 s at these rates: the cap ends them
@@ -199,10 +199,26 @@ def test_plan_names_the_cells_a_budget_will_leave_under_trained(tmp_path):
 
 
 def test_plan_prints_the_share_of_cells_likely_under_trained(tmp_path, capsys):
-    from tests.helpers import run_cli
-
     spec = tmp_path / "capped.toml"
     spec.write_text(PLAN_SPEC.replace("STEPS", "100").replace("CAP", "0.01"))
     code, out, _ = run_cli(capsys, "plan", "--spec", str(spec))
     assert code == 0 and "likely under-trained, from the cost model" in out and "2 of 2 cells (100 %)" in out
     assert "copy lstm L8 (2 trial(s)): its time cap (0.01 s) comes before its 100 steps" in out
+
+
+def test_the_frontier_marks_under_trained_points(tmp_path):
+    """Two widths of lstm, the narrow one under-trained: frontier.csv counts it, frontier.md says it, and the
+    charts draw its triangle (their legend names it)."""
+    rows = []
+    for d_model, accuracy in ((16, 0.3), (64, 0.95)):
+        for row in trial("copy", "lstm", 64, accuracy):
+            row.update(d_model=d_model, trial_id=f"w{d_model}", under_trained=d_model == 16)
+            rows.append(row)
+    runs = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    table = frontier_table(runs)
+    plain = table[table["slice"] == "L64"].set_index("d_model")
+    assert plain["under_trained"].to_dict() == {16: 1, 64: 0}
+    (md, csv), charts = write_frontier(runs, tmp_path)
+    assert "| copy | 64 | lstm | 2 | 0.950 | " in md.read_text() and md.read_text().rstrip().endswith("| 1 |")
+    assert "under_trained" in pd.read_csv(csv).columns
+    assert "under-trained: stopped still improving" in (tmp_path / "charts" / "recall_vs_state.svg").read_text()

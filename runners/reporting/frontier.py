@@ -14,6 +14,8 @@ from runs.csv alone. Definitions, per task t, trained length L, eval slice s and
                     or higher, one of the two strictly
     memory efficiency   per (t, L, m): the smallest state of a point reaching 0.9, and 0.99, at the plain
                     slice of the trained length ("-" when none does)
+    under_trained   the point's seeds that stopped at their budget still improving (runners/train.py): its
+                    accuracy may be too few steps, not too little state; marked in the table and the charts
 
 Worked example: windows 8, 16 and 64 of sliding_window at L = 64 carry 2 * w * D floats per layer, say
 states 2048, 4096 and 16384 with accuracies 0.40, 0.95 and 0.93: the first two are on the front, the third
@@ -39,12 +41,13 @@ from membench.runners.reporting.intervals import bootstrap_draws, interval
 from membench.runners.reporting.leaderboard import SCORED, model_order, task_order
 from membench.runners.reporting.results import CONFIG_COLUMNS, is_plain_slice
 from membench.runners.reporting.text import count, fixed, markdown_table
+from membench.runners.schema import as_bool
 from membench.runners.tables import atomic_write_bytes
 
 LEVELS = (0.9, 0.99)
 POINT_KEY = ["task", "train_len", "slice", "eval_len", "model", "config"]
 COLUMNS = ["task", "train_len", "slice", "eval_len", "model", "config", "model_params", "d_model", "params",
-           "state_size", "seeds", "accuracy", "ci_low", "ci_high", "on_pareto_front"]
+           "state_size", "seeds", "accuracy", "ci_low", "ci_high", "on_pareto_front", "under_trained"]
 
 
 def has_sizes(runs: pd.DataFrame) -> bool:
@@ -60,6 +63,7 @@ def frontier_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.assign(
         config=runs[CONFIG_COLUMNS].astype(str).agg("|".join, axis=1),
         scored=np.where(runs["status"].isin(SCORED), runs["accuracy"].fillna(0.0), 0.0),
+        under=runs["under_trained"].map(as_bool) if "under_trained" in runs.columns else False,
     )
     rows = []
     for key, group in runs.groupby(POINT_KEY, sort=False):
@@ -69,8 +73,9 @@ def frontier_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({**dict(zip(POINT_KEY, key)), "model_params": first["model_params"],
                      "d_model": int(first["d_model"]), "params": first["params"],
                      "state_size": group["state_size"].max(), "seeds": len(group),
-                     "accuracy": float(accuracies.mean()), "ci_low": low, "ci_high": high})
-    table = pd.DataFrame(rows, columns=COLUMNS[:-1])
+                     "accuracy": float(accuracies.mean()), "ci_low": low, "ci_high": high,
+                     "under_trained": int(group["under"].sum())})
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "on_pareto_front"])
     table["on_pareto_front"] = False
     for _, group in table.groupby(["task", "train_len", "slice", "model"], sort=False):
         table.loc[pareto_front(group), "on_pareto_front"] = True
@@ -101,7 +106,7 @@ def efficiency_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (task, length, model), group in plain.groupby(["task", "train_len", "model"], sort=False):
         row = {"task": task, "train_len": length, "model": model, "points": len(group),
-               "best_accuracy": group["accuracy"].max()}
+               "best_accuracy": group["accuracy"].max(), "under_trained": int((group["under_trained"] > 0).sum())}
         for level in LEVELS:
             reached = group.loc[group["accuracy"] >= level - 1e-9, "state_size"].dropna()
             row[f"state_for_{level:g}"] = reached.min() if len(reached) else np.nan
@@ -117,15 +122,18 @@ def frontier_markdown(table: pd.DataFrame) -> str:
         "Memory efficiency: per task, trained length and family, the smallest state (floats carried per "
         "sequence) of a swept config whose seed-mean accuracy at the trained length reaches 0.9 and 0.99 "
         "(\"-\" when none does). Every point is in frontier.csv; definitions: runners/reporting/frontier.py. "
-        "A state size that is unknown (a user's mixer that declares none) is left out of the front.",
+        "A state size that is unknown (a user's mixer that declares none) is left out of the front. "
+        "**under-trained**: points with a seed stopped at its step budget still improving (a triangle in the "
+        "charts): their accuracy may be too few steps, not too little state.",
         "",
     ]
-    header = ["task", "length", "model", "points", "best accuracy", "state for 0.9", "state for 0.99"]
+    header = ["task", "length", "model", "points", "best accuracy", "state for 0.9", "state for 0.99",
+              "under-trained"]
     rows = []
     for _, row in efficiency.iterrows():
         rows.append([row["task"], str(int(row["train_len"])), row["model"], str(row["points"]),
                      fixed(row["best_accuracy"], 3), count(row["state_for_0.9"], "-"),
-                     count(row["state_for_0.99"], "-")])
+                     count(row["state_for_0.99"], "-"), str(row["under_trained"] or "")])
     return "\n".join(lines) + "\n" + markdown_table(header, rows, left=["task", "model"]) + "\n"
 
 
@@ -186,6 +194,7 @@ def recall_vs_state(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             front = mine[mine["on_pareto_front"]]
             ax.plot(front["state_size"], front["accuracy"], color=style["color"], marker=style["marker"],
                     markersize=5, linewidth=1.5, label=model)
+            _mark_under_trained(ax, mine, "state_size")
         ax.set_xscale("log", base=2)
         ax.set(title=f"{task} (length {length})", xlabel="state size (floats per sequence)", ylabel="accuracy",
                ylim=(-0.03, 1.03))
@@ -207,6 +216,7 @@ def recall_vs_width(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             style = styles[model]
             ax.errorbar(best["d_model"], best["accuracy"], yerr=_error(best), color=style["color"],
                         marker=style["marker"], markersize=5, linewidth=1.5, capsize=2, label=model)
+            _mark_under_trained(ax, best, "d_model")
         widths = sorted({int(w) for w in panel["d_model"]})
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths)
@@ -218,9 +228,20 @@ def recall_vs_width(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save_figure(fig, out_dir, "recall_vs_width")
 
 
+UNDER_LABEL = "under-trained: stopped still improving"
+
+
+def _mark_under_trained(ax, points: pd.DataFrame, x: str) -> None:
+    """A hollow triangle over each point with an under-trained seed."""
+    under = points[points["under_trained"] > 0]
+    if not under.empty:
+        ax.scatter(under[x], under["accuracy"], marker="^", s=70, facecolors="none", edgecolors="dimgrey",
+                   zorder=5, label=UNDER_LABEL)
+
+
 def _legend(fig: Figure, axes: list, models: list[str]) -> None:
     handles = {}
     for ax in axes:
         handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles})
-    ordered = [m for m in models if m in handles]
+    ordered = [m for m in models if m in handles] + [label for label in (UNDER_LABEL,) if label in handles]
     fig.legend([handles[m] for m in ordered], ordered, loc="outside right upper", title="family", frameon=False)

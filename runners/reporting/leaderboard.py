@@ -12,6 +12,9 @@ Definitions, for task t, family m and trained length L (a "cell"):
     horizon         H(m, t) = the longest L with a(m, t, L) >= 0.9 (RULER's "effective length"); 0 if none
     mean accuracy   A(m, t) = mean of a(m, t, L) over every length L trained on task t in the sweep
     score           S(m)    = mean over tasks of A(m, t)
+    scaled          (A(m, t) - c_t) / (1 - c_t), c_t the task's chance level (runs.csv's chance_level, or
+                    recovered from its accuracy and scaled_accuracy): beside A wherever c_t >= NEAR_ZERO_CHANCE,
+                    since 0.55 means little on a task of two answers (chance 0.5) and much on one of 64
     rank            S descending; ties broken by the sum of horizons (descending), then fewer parameters,
                     then the family name
 
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from membench.runners.metrics import scaled_accuracy
 from membench.runners.reporting.intervals import family_intervals, tie_groups
 from membench.runners.reporting.results import (
     CONFIG_COLUMNS,
@@ -45,6 +49,7 @@ from membench.runners.reporting.text import fixed, markdown_table
 from membench.runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
+NEAR_ZERO_CHANCE = 0.05  # a task whose chance level is below this shows no scaled accuracy: it would be ~acc
 SCORED = ("ok", "timeout")  # trial statuses whose measured accuracy counts; any other counts 0
 CELL_KEY = ["task", "model", "train_len"]
 
@@ -155,19 +160,39 @@ def horizon(lengths: list[int], accuracies: list[float], threshold: float = THRE
     return int(max(passing)) if passing else 0
 
 
+def task_chance(runs: pd.DataFrame) -> dict[str, float]:
+    """Per task label: its chance level, from runs.csv's chance_level where the table has it, else recovered
+    from rows with both accuracies (chance = (acc - scaled) / (1 - scaled)); tasks with neither are left out.
+
+        >>> task_chance(pd.DataFrame({"task": ["parity", "parity", "copy"], "accuracy": [0.75, 1.0, 0.5],
+        ...                           "scaled_accuracy": [0.5, 1.0, 0.5]}))
+        {'copy': 0.0, 'parity': 0.5}
+    """
+    if "chance_level" in runs.columns and runs["chance_level"].notna().any():
+        return runs.dropna(subset=["chance_level"]).groupby("task")["chance_level"].median().to_dict()
+    if "scaled_accuracy" not in runs.columns:
+        return {}
+    rows = runs.dropna(subset=["accuracy", "scaled_accuracy"])
+    rows = rows[(rows["scaled_accuracy"] - 1).abs() > 1e-9]
+    chance = (rows["accuracy"] - rows["scaled_accuracy"]) / (1 - rows["scaled_accuracy"])
+    return chance.groupby(rows["task"]).median().round(6).to_dict()
+
+
 def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The leaderboard table (one row per family, sorted by rank) and the task labels in column order.
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
     length, counted 0: see runners/reporting/slices.py), under_trained_cells, then per task "<task> horizon"
-    and "<task> mean_accuracy", then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and
+    and "<task> mean_accuracy" (and "<task> mean_scaled_accuracy" where its chance is not near 0), then seeds
+    (the most seeds of any of its cells), score_ci_low / score_ci_high and
     per task "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
     runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
     tasks = task_order(cells["task"])
+    chance = task_chance(runs)
     rows = []
     for model in model_order(cells["model"]):
         mine = cells[cells["model"] == model]
@@ -178,6 +203,9 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             part = mine[mine["task"] == task].sort_values("train_len")
             per_task[f"{task} horizon"] = horizon(part["train_len"].tolist(), part["accuracy"].tolist())
             per_task[f"{task} mean_accuracy"] = float(part["accuracy"].mean())
+            if chance.get(task, 0.0) >= NEAR_ZERO_CHANCE:
+                per_task[f"{task} mean_scaled_accuracy"] = scaled_accuracy(per_task[f"{task} mean_accuracy"],
+                                                                          chance[task])
         row["score"] = float(np.mean([per_task[f"{t} mean_accuracy"] for t in tasks]))
         row["params"] = int(mine_trials["params"].max()) if mine_trials["params"].notna().any() else 0
         row["train_seconds"] = float(np.nansum(mine_trials["train_seconds"].to_numpy(dtype=float)))
@@ -245,6 +273,7 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "",
         under_trained_line(board),
         "",
+        *([scaled_line(board, tasks), ""] if any(f"{t} mean_scaled_accuracy" in board for t in tasks) else []),
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",
@@ -265,6 +294,13 @@ def under_trained_line(board: pd.DataFrame) -> str:
     return (f"**{n} cell(s) are under-trained**: their trials stopped at the step budget or the time cap below "
             f"the threshold while their accuracy was still improving, so it may understate what the family can "
             f"remember (flagged per family; more steps or `budget = \"plateau\"` with a larger cap would tell).")
+
+
+def scaled_line(board: pd.DataFrame, tasks: list[str]) -> str:
+    """What the bracketed numbers are, and on which tasks."""
+    scaled = [t for t in tasks if f"{t} mean_scaled_accuracy" in board]
+    return (f"[s] is the scaled accuracy (acc - chance) / (1 - chance) (Grazzi et al. 2025), given where the "
+            f"task's chance level is {NEAR_ZERO_CHANCE} or more ({', '.join(scaled)}): 0 is a guess, 1 perfect.")
 
 
 def seeds_line(board: pd.DataFrame) -> str:
@@ -290,6 +326,7 @@ def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
                  if row[key] and row[key] == row[key]]  # NaN: not recorded
         per_task = [f"{int(row[f'{t} horizon']) or '-'} / " + with_interval(
             row[f"{t} mean_accuracy"], row[f"{t} mean_accuracy_ci_low"], row[f"{t} mean_accuracy_ci_high"])
+            + (f" [{row[f'{t} mean_scaled_accuracy']:.2f}]" if f"{t} mean_scaled_accuracy" in row else "")
             for t in tasks]
         tied = (board["tied_rank"] == row["tied_rank"]).sum() > 1
         rank = f"{row['tied_rank']}=" if tied else str(row["rank"])
