@@ -211,8 +211,8 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
                     slice((c + 1) * rows, (c + 2) * rows)
                 # (Z, C, P) - (Z, C, N) @ (Z, N, P)
                 torch.baddbmm(u_prime[i], w[i], states[now], alpha=-1, out=written[now])
-                # (Z, N, P) + (Z, N, C) @ (Z, C, P)
-                torch.baddbmm(f.g_last[i] * states[now], f.k_out[i].mT, written[now], out=states[after])
+                # (Z, N, 1) * (Z, N, P) + (Z, N, C) @ (Z, C, P), in place (no allocation)
+                torch.mul(f.g_last[i], states[now], out=states[after]).baddbmm_(f.k_out[i].mT, written[now])
             # 4. outputs: the chunk's own writes through P, plus the read of the state entering it
             y = torch.baddbmm(torch.bmm(f.gqk[:, :size], states[blk]), scores, written[blk])  # (nb Z, C, P)
             _scatter(y, out, first, last, size)
