@@ -236,7 +236,7 @@ def test_a_tracker_whose_package_is_missing_stops_the_run_before_anything_is_wri
     monkeypatch.setattr(trackers.WandbTracker, "module", "membench_no_such_package")
     spec = tiny_spec(tmp_path, {"copy": {}}, models=["mlp"])
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--log", "tensorboard,wandb")
+    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--log", "wandb")
     assert code == 2 and not out.exists()
     assert err.strip().splitlines() == [
         "membench: error: --log wandb needs the membench_no_such_package package, which is not installed: "
