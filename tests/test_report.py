@@ -185,3 +185,12 @@ def test_a_reproductions_folder_of_verdicts_alone_gets_its_readme_and_claims(tmp
     page = (folder / "report.html").read_text()
     assert "<code>membench reproduce paper --out here</code>" in page and "<td>holds</td>" in page
     assert 'id="board"' not in page  # no runs: no leaderboard
+
+
+def test_the_scaled_accuracy_is_shown_beside_acc_where_the_tables_give_a_chance_level(tmp_path):
+    runs = known_runs()
+    runs["scaled_accuracy"] = (runs["accuracy"] - 0.5) / 0.5  # chance 0.5 on both tasks
+    page = write_report(write_sweep(tmp_path / "scaled", runs)).read_text()
+    copy = cells_of(page, "lstm")[3]
+    assert '<span class="ci">[0.63]</span>' in copy  # ((1.0 + 0.95 + 0.5) / 3 - 0.5) / 0.5
+    assert "[s] is the scaled accuracy" in page

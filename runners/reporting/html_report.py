@@ -57,7 +57,13 @@ from membench.runners.reporting.html_assets import (
     page,
     shade,
 )
-from membench.runners.reporting.leaderboard import THRESHOLD, build_leaderboard, seeds_line, under_trained_line
+from membench.runners.reporting.leaderboard import (
+    THRESHOLD,
+    build_leaderboard,
+    scaled_line,
+    seeds_line,
+    under_trained_line,
+)
 from membench.runners.reporting.results import REQUIRED, Results, failure_status, read_results
 from membench.runners.reporting.slices import named_slice_rows, slice_curves_chart, slice_table, slices_markdown
 from membench.runners.reporting.text import count, fixed
@@ -227,6 +233,8 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
             if (task, row["model"]) in groups:
                 accuracy = f'<a href="#curves-{groups[(task, row["model"])]}">{accuracy}</a>'
             length = int(row[f"{task} horizon"])
+            if f"{task} mean_scaled_accuracy" in board:  # beside acc where the task's chance is not near 0
+                accuracy += f' <span class="ci">[{row[f"{task} mean_scaled_accuracy"]:.2f}]</span>'
             cell = f'{accuracy}{marks}<span class="hz">horizon {length or "-"}</span>'
             attributes = {"data-sort": f"{row[f'{task} mean_accuracy']:.6f}", "class": kind,
                           "style": shade(row[f"{task} mean_accuracy"]),
@@ -251,6 +259,8 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
         "training curves.",
         f"Marks: {legend}.", inline_html(seeds_line(board)), inline_html(under_trained_line(board)),
     ]
+    if any(f"{t} mean_scaled_accuracy" in board for t in tasks):
+        notes.insert(1, inline_html(scaled_line(board, tasks)))
     html = f'<div class="scroll">{html_table(header, rows, numeric)}</div>'
     return Section("leaderboard", "Leaderboard",
                    html.replace("<table", '<table id="board"', 1)
