@@ -212,6 +212,7 @@ COLUMN_DOCS = {
     "tied_rank": "rank of the first family whose score interval overlaps (shown as `2=`)",
 }
 TABLE_COLUMN_DOCS = {
+    ("leaderboard", "kind"): "pretrained (a `pretrained:` model, evaluated as it is) or trained",
     ("leaderboard", "params"): "the family's largest model", ("leaderboard", "train_seconds"): "sum over "
     "its trials", ("leaderboard", "seeds"): "the most seeds of any of its cells",
     ("frontier", "params"): "parameters of the config", ("frontier", "accuracy"): "seed mean of the slice "

@@ -214,3 +214,13 @@ def test_a_zero_shot_sweep_writes_rows_like_any_familys(gpt2, tmp_path, capsys):
         assert lags.loc[lags["lag_unit"] == unit, "count"].sum() == ok["scored"]
     trial = json.loads(next((out / "trials").glob("*.json")).read_text())
     assert trial["config"]["shots"] == 0
+    from membench.runners.reporting.charts import Sweep, accuracy_vs_context_tokens
+    from membench.runners.reporting.leaderboard import build_leaderboard, leaderboard_markdown
+    from membench.runners.reporting.results import read_results
+
+    results = read_results(out)
+    assert [p.name for p in accuracy_vs_context_tokens(Sweep.from_results(results), tmp_path)] == [
+        "accuracy_vs_context_tokens.png", "accuracy_vs_context_tokens.svg"]
+    board, tasks = build_leaderboard(results.runs)
+    assert list(board["kind"]) == ["pretrained"]
+    assert "evaluated as they are" in leaderboard_markdown(board, tasks, results.runs)

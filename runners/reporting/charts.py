@@ -2,7 +2,7 @@
 
     accuracy_vs_length     accuracy at the trained length against that length, a panel per task
     heatmap                family x trained length grid per task, the accuracy written in each cell
-    accuracy_vs_lag        accuracy by lag bucket [b, 2b) at each task's longest trained length
+    accuracy_vs_lag        accuracy by lag bucket [b, 2b) at each task's longest trained length (lags in symbols)
     length_generalisation  accuracy at 1x, 2x, 4x ... the trained length (the lengths evaluated at every
                            multiple, averaged)
     accuracy_vs_eval_length accuracy against the evaluated length, the trained length or range shaded, when
@@ -10,6 +10,8 @@
     accuracy_vs_cost       accuracy against training FLOPs (flops_per_step * steps; train seconds when FLOPs
                            are unknown), bubble area growing with the state size (or peak memory)
     training_curves        evaluation accuracy against training tokens at each task's longest length
+    accuracy_vs_context_tokens  accuracy against the tokens read (context_tokens), when a `pretrained:` model
+                           is in the sweep: its text's tokens beside the families' lengths
     cost_*                 the cost curves of `runners.reporting.cost_charts`, when the directory holds cost.csv
 
 Accuracies are the leaderboard's (`runners.reporting.leaderboard`): the seed mean of the best config per cell, a
@@ -31,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from membench.models.pretrained import is_pretrained
 from membench.runners.reporting.cost_charts import draw_cost_charts
 from membench.runners.reporting.figures import (
     RC,
@@ -233,6 +236,8 @@ def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
     lags = sweep.results.lags
     if lags is None or lags.empty:
         return []
+    if "lag_unit" in lags.columns:  # lags in symbols, every model's; a pretrained model's in tokens are its own
+        lags = lags[lags["lag_unit"].fillna("symbols") == "symbols"]
     lags = lags[lags["trial_id"].isin(sweep.chosen["trial_id"]) & (lags["eval_len"] == lags["train_len"])]
     fig, panels = _longest_length_panels(sweep, lags, "Accuracy against lag (how far back the answer lies)",
                                          "no lag data")
@@ -249,6 +254,33 @@ def accuracy_vs_lag(sweep: Sweep, out_dir: Path) -> list[Path]:
                ylim=(-0.03, 1.03))
     _family_legend(fig, sweep, [m for m in sweep.models if m in set(lags["model"])])
     return save_figure(fig, out_dir, "accuracy_vs_lag")
+
+
+def accuracy_vs_context_tokens(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """Accuracy at the trained length against the tokens read (runs.csv's context_tokens, log x), a panel per
+    task, when the sweep has a `pretrained:` model: a family reads its length, a pretrained model the tokens
+    of the rendered text (instruction, separators and shots included), so the two are placed by what each read.
+    Seeds of the chosen config are averaged; skipped and failed trials are left out."""
+    runs = sweep.results.runs
+    if "context_tokens" not in runs.columns or not runs["model"].map(is_pretrained).any():
+        return []
+    rows = runs[runs["trial_id"].isin(sweep.chosen["trial_id"]) & is_plain_slice(runs)
+                & (runs["eval_len"] == runs["train_len"]) & runs["status"].isin(("ok", "timeout"))]
+    points = rows.groupby(["task", "model", "train_len"])[["context_tokens", "accuracy"]].mean().reset_index()
+    if points.empty:
+        return []
+    fig, axes = panel_grid(len(sweep.tasks), "Accuracy against the context read (a family: its length; a "
+                                             "pretrained model: the tokens of its text)")
+    for ax, task in zip(axes, sweep.tasks):
+        mine = points[points["task"] == task]
+        for model in sweep.models:
+            curve = mine[mine["model"] == model].sort_values("context_tokens")
+            if not curve.empty:
+                ax.plot(curve["context_tokens"], curve["accuracy"], **_line(sweep, model))
+        ax.set_xscale("log", base=2)
+        ax.set(title=task, xlabel="tokens read", ylabel="accuracy", ylim=(-0.03, 1.03))
+    _family_legend(fig, sweep, [m for m in sweep.models if m in set(points["model"])])
+    return save_figure(fig, out_dir, "accuracy_vs_context_tokens")
 
 
 def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
@@ -362,6 +394,7 @@ def cost_charts(results: Results, out_dir: Path) -> list[Path]:
 
 CHARTS = (accuracy_vs_length, heatmap, accuracy_vs_lag, length_generalisation, accuracy_vs_eval_length,
           accuracy_vs_cost, training_curves)
+PRETRAINED_CHARTS = (accuracy_vs_context_tokens,)  # drawn when a pretrained: model is in the sweep
 
 
 def draw_charts(results: Results, out_dir: str | Path, parallel: bool = False) -> list[Path]:
@@ -375,7 +408,8 @@ def chart_jobs(results: Results, out_dir: str | Path) -> list[Job]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = Sweep.from_results(results)
-    return [(_in_style, (chart, sweep, out_dir)) for chart in CHARTS] + [(_in_style, (cost_charts, results, out_dir))]
+    return [(_in_style, (chart, sweep, out_dir)) for chart in CHARTS + PRETRAINED_CHARTS] + \
+        [(_in_style, (cost_charts, results, out_dir))]
 
 
 def _in_style(chart, *args) -> list[Path]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from membench.models.pretrained import is_pretrained
 from membench.runners.metrics import scaled_accuracy
 from membench.runners.reporting.intervals import family_intervals, tie_groups
 from membench.runners.reporting.results import (
@@ -187,7 +188,8 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     and "<task> mean_accuracy" (and "<task> mean_scaled_accuracy" where its chance is not near 0), then seeds
     (the most seeds of any of its cells), score_ci_low / score_ci_high and
     per task "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
-    runners/reporting/intervals.py) and tied_rank (the rank of the first family it cannot be told apart from).
+    runners/reporting/intervals.py), tied_rank (the rank of the first family it cannot be told apart from) and
+    kind: "pretrained" for a `pretrained:` model (evaluated as it is, steps = 0), "trained" for a family.
     """
     trials = trial_table(runs)
     cells = cell_table(trials)
@@ -226,6 +228,7 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     board["seeds"] = board["model"].map(seeds).fillna(0).astype(int)
     board = board.merge(family_intervals(chosen_trials(trials, cells), cells, tasks), on="model", how="left")
     board["tied_rank"] = tie_groups(board)
+    board["kind"] = board["model"].map(lambda m: "pretrained" if is_pretrained(m) else "trained")
     return board, tasks
 
 
@@ -274,11 +277,19 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         under_trained_line(board),
         "",
         *([scaled_line(board, tasks), ""] if any(f"{t} mean_scaled_accuracy" in board for t in tasks) else []),
+        *([PRETRAINED_LINE, ""] if (board["kind"] == "pretrained").any() else []),
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
         f"torch: {_distinct(runs, 'torch_version')}.",
         "",
     ]
     return "\n".join(lines) + "\n" + leaderboard_table(board, tasks) + "\n"
+
+
+PRETRAINED_LINE = (
+    "Models flagged **pretrained** (`pretrained:` names) were evaluated as they are, reading each task as text "
+    "(steps = 0, no training: their train time is 0); the others were trained on each task. A pretrained model's "
+    "lengths are the task's symbols; the tokens it read are runs.csv's context_tokens, and a trial skipped beyond "
+    "its positions counts as failed.")
 
 
 def with_interval(value: float, low: float, high: float) -> str:
@@ -318,7 +329,8 @@ def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
               "flags"]
     rows = []
     for _, row in board.iterrows():
-        flags = [f"{int(row[key])} {label}" for key, label in
+        flags = ["pretrained: evaluated as it is"] if row.get("kind") == "pretrained" else []
+        flags += [f"{int(row[key])} {label}" for key, label in
                  (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
                   ("under_trained_cells", "under-trained cell(s)"),
                   ("missing_cells", "missing cell(s)"),
