@@ -222,3 +222,37 @@ def test_the_frontier_marks_under_trained_points(tmp_path):
     assert "| copy | 64 | lstm | 2 | 0.950 | " in md.read_text() and md.read_text().rstrip().endswith("| 1 |")
     assert "under_trained" in pd.read_csv(csv).columns
     assert "under-trained: stopped still improving" in (tmp_path / "charts" / "recall_vs_state.svg").read_text()
+
+
+# --- the reference_cpu preset: the budgets above, on every task x every family ------------------------------
+def test_reference_cpu_covers_every_task_and_family_at_three_lengths_to_256_with_three_seeds():
+    from membench.memtasks import list_tasks
+    from membench.models import list_models
+
+    spec = load_spec("reference_cpu")
+    trials = spec.trials
+    assert {t.task for t in trials} == set(list_tasks()) and {t.model for t in trials} == set(list_models())
+    for task in list_tasks():
+        lengths = sorted({t.train_len for t in trials if t.task == task})
+        assert len(lengths) >= 3 and lengths[-1] >= 256, task
+    for t in trials:  # every cell: 3 seeds, evaluated beyond its length, trained to a plateau, near chance ruled
+        assert max(s.seq_len for s in t.eval_slices) > t.train_len
+        assert t.budget == "plateau" and t.near_chance > 0
+    cells = {}
+    for t in trials:
+        cells.setdefault((t.task, t.model, t.train_len), set()).add(t.seed)
+    assert all(len(seeds) >= 3 for seeds in cells.values()) and len(cells) == 9 * 22 * 3 == len(trials) / 3
+
+
+@pytest.mark.slow
+def test_reference_cpu_states_its_plan():
+    """The hours in the preset's comment are what `membench plan` computes from it now."""
+    from membench.runners.cost.estimate import plan
+    from membench.runners.spec import _SHIPPED
+
+    spec = load_spec("reference_cpu")
+    rows = plan(spec.trials, spec.rates)
+    hours, evaluating = sum(r["hours"] for r in rows), sum(r["eval_hours"] for r in rows)
+    comment = _SHIPPED["reference_cpu"]
+    assert f"{hours:.1f} hours summed over the trials" in comment and f"({evaluating:.1f} of them" in comment
+    assert likely_under_trained(spec.trials, spec.rates) == [] and "flags no cell for its time" in comment
