@@ -64,7 +64,6 @@ td a:hover { color: var(--accent); }
 .mark.timeout, .mark.under { color: var(--warn); }
 td.failed, td.missing { box-shadow: inset 0 -3px 0 var(--bad); }
 td.under, td.timeout { box-shadow: inset 0 -3px 0 #d4a72c; }
-.flags { color: var(--bad); font-size: 12px; }
 figure { margin: 10px 0; }
 figure svg, figure img { max-width: 100%; height: auto; }
 details > summary { cursor: pointer; color: var(--accent); margin: 6px 0; }

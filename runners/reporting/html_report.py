@@ -240,13 +240,14 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
                           "style": shade(row[f"{task} mean_accuracy"]),
                           "title": why or "click for the training curves"}
             cells.append((cell, {k: v for k, v in attributes.items() if v}))
-        flags = [(int(row[key]), label) for key, label in (
-            ("failed_trials", "failed"), ("timeout_trials", "timed out"), ("under_trained_cells", "under-trained"),
-            ("missing_cells", "missing"), ("unevaluated_trials", "not evaluated")) if row[key] == row[key]]
+        flags = [(int(row[key]), label, kind) for key, label, kind in (
+            ("failed_trials", "failed", "failed"), ("timeout_trials", "timed out", "timeout"),
+            ("under_trained_cells", "under-trained", "under"), ("missing_cells", "missing", "missing"),
+            ("unevaluated_trials", "not evaluated", "missing")) if row[key] == row[key]]  # NaN: not recorded
         cells += [(count(row["params"]), {"data-sort": str(int(row["params"]))}),
                   fixed(row["train_seconds"], 1), str(int(row["trials"])),
-                  (f'<span class="flags">{", ".join(f"{n} {label}" for n, label in flags if n)}</span>',
-                   {"data-sort": str(sum(n for n, _ in flags))})]
+                  (", ".join(f'<span class="mark {kind}">{n} {label}</span>' for n, label, kind in flags if n),
+                   {"data-sort": str(sum(n for n, _, _ in flags))})]
         rows.append(cells)
     numeric = {0, 2, *range(3, 3 + len(tasks)), 3 + len(tasks), 4 + len(tasks), 5 + len(tasks)}
     legend = "; ".join(f'<span class="mark {kind}">{esc(mark)}</span> {esc(meaning)}'
