@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -86,8 +87,10 @@ class Browser:
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
-    def _read(self) -> dict:
+    def _read(self, timeout: float = 60.0) -> dict:
         while b"\0" not in self._buffer:
+            if not select.select([self._from_browser], [], [], timeout)[0]:
+                raise TimeoutError(f"chromium said nothing for {timeout:.0f} s")
             chunk = os.read(self._from_browser, 1 << 20)
             if not chunk:
                 raise ConnectionError("chromium closed the DevTools pipe")
