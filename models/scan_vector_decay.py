@@ -31,8 +31,7 @@ from membench.models.scan import _scatter, carry_dtype, delta_rule_step
 
 MIN_LOG_DECAY = -5.0  # the least log-decay of a token and channel the chunked form takes (kda's gate keeps to it)
 MAX_CHUNK = 16  # the longest chunk of the chunked form: 16 tokens at the floor decay by e^-80, within float range
-CPU_BLOCK_TOKENS = 256  # tokens per block of chunks on the CPU: few enough to stay in cache, enough to amortise
-                        # the cost of each operation over many small chunks
+CPU_BLOCK_TOKENS = 256  # tokens per block of chunks on the CPU (see `_chunks_per_block`)
 
 
 def vector_decay_delta_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -121,8 +120,9 @@ def _chunk_factors(qk: torch.Tensor, bc: torch.Tensor, g: torch.Tensor) -> _Fact
 
 def _chunks_per_block(device: torch.device, size: int, chunks: int) -> int:
     """How many chunks of `size` tokens `_ChunkedVectorDecayDelta` takes together: about CPU_BLOCK_TOKENS
-    tokens on the CPU (blocks of 64 to 512 tokens ran within 10 % of each other with chunks of 16, single
-    chunks 1.5x slower, all of them at once 1.3x slower), all of them elsewhere (fewer kernel launches)."""
+    tokens on the CPU (with chunks of 16 on one thread, blocks of 64 to 512 tokens ran within 10 % of each other,
+    one chunk a block 1.2-1.5x slower, all of them at once 1.3-1.6x slower), all of them elsewhere (fewer kernel
+    launches)."""
     if device.type != "cpu":
         return chunks
     return max(1, min(chunks, CPU_BLOCK_TOKENS // size))
@@ -147,8 +147,7 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
     its decays vectors. With T = (I + A)^-1 (so [U' | W] = T R, R = [beta v | beta g k]), given dY, in reverse
     chunk order (dS_C = 0 for the last chunk), with dS_C the gradient of the state a chunk hands on:
 
-        dU   = P^T dY + K~ dS_C                                    # (C, P)
-        dR_v = T^T dU                                              # (C, P)
+        dR_v = T^T dU = T^T P^T dY + (T^T K~) dS_C                 # (C, P), dU = P^T dY + K~ dS_C
         dS_0 = Diag(g_C) dS_C + (g q)^T dY - (beta g k)^T dR_v     # (N, P), handed to the chunk before
 
     and then, batched over chunks (U = U' - W S_0 folds the W and U' paths into one):
@@ -167,8 +166,9 @@ class _ChunkedVectorDecayDelta(torch.autograd.Function):
 
     and d log_decay is the reverse cumulative sum of dL along the chunk. The inputs are chunked once into flat
     chunk-major (nC B H, C, d) tensors (`_to_chunks`), so that a block of chunks (`_chunks_per_block`) is a
-    slice of rows; the forward pass saves the chunked inputs, the states entering the chunks (and the last
-    one), their writes U and the inverses T^T; the backward pass recomputes the `_Factors` block by block.
+    slice of rows; the forward pass saves the chunked inputs, g, the decayed products [P ; M(k, k)], the states
+    entering the chunks (and the last one), their writes U and the inverses T^T; the backward pass recomputes
+    the element-wise `_Factors` block by block (cheaper than reading them back from memory).
     """
 
     @staticmethod
