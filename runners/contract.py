@@ -47,6 +47,7 @@ from membench.checks import ConfigError
 from membench.memtasks import IGNORE, NO_LAG, Task, get_task, task_class
 from membench.models import MemoryModel, build_model, family_params
 from membench.models.imported import count_reference_forward
+from membench.models.pretrained import is_pretrained
 from membench.registry import unknown_name_message
 
 VOCAB, WIDTHS, LAYERS = 16, (32, 48), 2
@@ -257,7 +258,8 @@ MODEL_CHECKS: tuple[tuple[str, Callable[[ModelUnderCheck], str | None]], ...] = 
 
 
 def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) -> list[CheckResult]:
-    """Every model check (MODEL_CHECKS) on model `name` (a family, an import path, hf:TYPE) built with `params`.
+    """Every model check (MODEL_CHECKS) on model `name` (a family, an import path, hf:TYPE) built with `params`;
+    a pretrained:PATH_OR_ID model gets its own checks (runners/pretrained_eval.py: PRETRAINED_CHECKS).
 
     A name that does not resolve, or a param the model does not take, raises ConfigError (not a row)."""
     params = dict(params or {})
@@ -265,6 +267,10 @@ def check_model(name: str, params: dict | None = None, vocab_size: int = VOCAB) 
     for key in params:
         if key not in valid:
             raise ConfigError(f"model {name}: {unknown_name_message('param', key, list(valid))}")
+    if is_pretrained(name):  # a checkpoint with its own size and tokenizer: checks of its own
+        from membench.runners.pretrained_eval import check_pretrained
+
+        return check_pretrained(name, params)
     subject = ModelUnderCheck(name, params, vocab_size)
     (first_name, first_check), *rest = MODEL_CHECKS
     first = _run(first_name, partial(first_check, subject))

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from membench.checks import ConfigError
-from membench.memtasks import eval_seed
+from membench.memtasks import eval_seed, get_task
 from membench.memtasks.text import TextExample, render_text, with_shots
 from membench.runners import metrics
 from membench.runners.train import TrainOutcome
@@ -288,3 +288,78 @@ def evaluate_pretrained(model, config, device: torch.device, cost=None) -> Train
             state = model.state_size(max(1, round(result.context_tokens)))
             cost.state_size[s.name] = math.nan if state is None else float(state)
     return outcome
+
+
+# --- `membench check pretrained:...`: the contract of a checkpoint ------------------------------------------
+CHECK_TASK, CHECK_LENGTH = "associative_recall", 16  # the task and length the checks render and score
+
+
+def _loads(model) -> str:
+    positions = model.max_positions or "no limit"
+    return (f"{model.num_params():,} params, d_model={model.d_model}, {model.n_layers} layers, positions "
+            f"{positions}, rendering {model.rendering}")
+
+
+def _causal(model) -> str:
+    """The logits before position k do not change when the tokens from k on do."""
+    from membench.runners.contract import Failed
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(model.tokenizer), (1, 16), generator=generator)  # (1, 16)
+    changed = ids.clone()
+    changed[:, 8:] = torch.randint(0, len(model.tokenizer), (1, 8), generator=generator)
+    with torch.no_grad():
+        before, after = model.logits(ids)[:, :8], model.logits(changed)[:, :8]  # (1, 8, V)
+    if not torch.allclose(before, after, atol=1e-4, rtol=1e-4):
+        raise Failed(f"logits before position 8 change by up to {float((before - after).abs().max()):.2g} when "
+                     f"later tokens change: not a causal model")
+    return "logits at t depend on tokens up to t only"
+
+
+def _answer_tokens(model) -> str:
+    """Each answer of a rendered example maps to tokens that spell it."""
+    from membench.runners.contract import Failed
+
+    task = get_task(CHECK_TASK)
+    example = render_text(task, task.sample(1, CHECK_LENGTH, eval_seed(0, 0)), mode=model.rendering)
+    tokens = Tokeniser(model.tokenizer, model.chat_template)(example)
+    for text_answer, a in zip(example.answers, tokens.answers):
+        spelled = model.tokenizer.decode(list(a.gold)).strip()
+        if spelled != text_answer.gold:
+            raise Failed(f"answer {text_answer.gold!r} maps to tokens {list(a.gold)} that spell {spelled!r}")
+    return f"{len(tokens.answers)} answers in {len(tokens.ids)} tokens, each spelled by its tokens"
+
+
+def _scores(model) -> str:
+    from membench.runners.contract import Failed
+    from membench.runners.trial import EvalSlice
+
+    result = evaluate_text_slice(model, get_task(CHECK_TASK), EvalSlice("check", CHECK_LENGTH, 4), 4, 0, 0,
+                                 torch.device("cpu"))
+    if result.status != "ok":
+        raise Failed(f"{CHECK_TASK} at length {CHECK_LENGTH}: {result.status} ({result.error})")
+    return (f"{CHECK_TASK} L{CHECK_LENGTH}: accuracy {result.accuracy:.3f}, choice {result.accuracy_choice:.3f}, "
+            f"{result.context_tokens:.0f} tokens per sequence")
+
+
+PRETRAINED_CHECKS = (("loads", _loads), ("causal", _causal), ("answers map to tokens", _answer_tokens),
+                     ("scores a task", _scores))
+
+
+def check_pretrained(name: str, params: dict) -> list:
+    """Every check of PRETRAINED_CHECKS on `pretrained:...` built with `params` (runners/contract.py's rows);
+    the others are skipped when it does not load."""
+    from membench.models import build_model
+    from membench.runners.contract import SKIP, CheckResult, _run
+
+    built = {}
+
+    def load() -> str:
+        built["model"] = build_model(name, 2, **params)
+        return _loads(built["model"])
+
+    (first_name, _), *rest = PRETRAINED_CHECKS
+    first = _run(first_name, load)
+    if "model" not in built:
+        return [first, *[CheckResult(n, SKIP, "the model does not load") for n, _ in rest]]
+    return [first, *[_run(n, lambda check=check: check(built["model"])) for n, check in rest]]

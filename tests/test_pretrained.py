@@ -130,12 +130,22 @@ def test_steps_say_which_models_train(gpt2, tmp_path):
 
     with pytest.raises(ConfigError, match="steps = 0 evaluates without training"):
         load_spec(spec_file=tiny_spec(tmp_path, models=["lstm"], steps=0, tasks=["flip_flop"]))
+    own = tmp_path / "own_steps.toml"
+    own.write_text(f'tasks = ["flip_flop"]\nlengths = [8]\n[models.gpt]\nmodel = "{gpt2}"\nsteps = 5\n')
     with pytest.raises(ConfigError, match="steps > 0 with pretrained: models is not supported yet; use steps = 0"):
-        load_spec(spec_file=tiny_spec(tmp_path, models=[gpt2], steps=5, tasks=["flip_flop"]))
+        load_spec(spec_file=str(own))
+    mixed = load_spec(spec_file=tiny_spec(tmp_path, models=["lstm", gpt2], steps=5, tasks=["flip_flop"]))
+    assert {(t.model, t.steps) for t in mixed.trials} == {("lstm", 5), (gpt2, 0)}  # top-level steps: the families'
     with pytest.raises(ConfigError, match="save_model writes Hugging Face folders of hf: models only"):
         load_spec(spec_file=tiny_spec(tmp_path, models=["lstm"], save_model=True, tasks=["flip_flop"]))
     trials = load_spec(spec_file=tiny_spec(tmp_path, models=[gpt2], steps=0, shots=2, tasks=["flip_flop"])).trials
     assert {(t.d_model, t.n_layers, t.steps, t.shots) for t in trials} == {(32, 2, 0, 2)}
+
+
+def test_membench_check_runs_the_checkpoint_contract(gpt2, capsys):
+    code, out, err = run_cli(capsys, "check", gpt2)
+    assert code == 0, err
+    assert "4 of 4 checks pass or skip, 0 failed" in out and "causal" in out and "scores a task" in out
 
 
 # --- scoring ------------------------------------------------------------------------------------------------
