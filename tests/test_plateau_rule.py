@@ -13,13 +13,15 @@ import torch
 
 from membench.checks import ConfigError
 from membench.runners.cost.under_training import cell_count, likely_under_trained
+from membench.runners.reporting.charts import Sweep, accuracy_vs_cost, accuracy_vs_length, length_generalisation
 from membench.runners.reporting.frontier import frontier_table, write_frontier
+from membench.runners.reporting.results import read_results
 from membench.runners.schema import RUNS_COLUMNS
 from membench.runners.spec import load_spec
 from membench.runners.train import Training, TrainOutcome, train
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 from tests.helpers import run_cli
-from tests.sweeps import trial
+from tests.sweeps import known_runs, trial, write_sweep
 
 CHANCE = 1 / 32  # MQAR with vocabulary 64: a value is one of 32 tokens
 
@@ -256,3 +258,18 @@ def test_reference_cpu_states_its_plan():
     comment = _SHIPPED["reference_cpu"]
     assert f"{hours:.1f} hours summed over the trials" in comment and f"({evaluating:.1f} of them" in comment
     assert likely_under_trained(spec.trials, spec.rates) == [] and "flags no cell for its time" in comment
+
+
+def test_every_chart_with_points_marks_an_under_trained_cell(tmp_path):
+    """lstm's copy cells under-trained: the triangle and its legend entry appear in the charts of accuracy
+    against length, length ratio and cost; a sweep without under-training has neither."""
+    label = "under-trained: stopped still improving"
+    runs = known_runs()
+    runs["under_trained"] = (runs["model"] == "lstm") & (runs["task"] == "copy")
+    marked = Sweep.from_results(read_results(write_sweep(tmp_path / "marked", runs)))
+    clean = Sweep.from_results(read_results(write_sweep(tmp_path / "clean", runs.assign(under_trained=False))))
+    for chart in (accuracy_vs_length, length_generalisation, accuracy_vs_cost):
+        svg = next(p for p in chart(marked, tmp_path / "marked") if p.suffix == ".svg").read_text()
+        assert label in svg, chart.__name__
+        svg = next(p for p in chart(clean, tmp_path / "clean") if p.suffix == ".svg").read_text()
+        assert label not in svg, chart.__name__

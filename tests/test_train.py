@@ -218,7 +218,8 @@ def test_evaluation_time_is_not_training_time(monkeypatch):
 def test_trial_ids_without_later_fields_are_unchanged():
     config = copy_trial()
     # added after the first results
-    later = ("early_stop", "model_version", "budget", "patience", "min_delta", "min_steps")
+    later = ("early_stop", "model_version", "budget", "patience", "min_delta", "min_steps", "train_length_range",
+             "near_chance", "second_lr", "shots", "save_model")
     before = {k: v for k, v in config.to_dict().items() if k not in later}  # the id's JSON before them
     text = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert config.trial_id == hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -5,6 +5,7 @@
     accuracy_vs_lag        accuracy by lag bucket [b, 2b) at each task's longest trained length (lags in symbols)
     length_generalisation  accuracy at 1x, 2x, 4x ... the trained length (the lengths evaluated at every
                            multiple, averaged)
+    (a hollow triangle marks a point whose trials include an under-trained one, in every chart that has points)
     accuracy_vs_eval_length accuracy against the evaluated length, the trained length or range shaded, when
                            a sweep evaluates beyond it (runners/reporting/length_generalisation.py)
     accuracy_vs_cost       accuracy against training FLOPs (flops_per_step * steps; train seconds when FLOPs
@@ -55,6 +56,7 @@ from membench.runners.reporting.leaderboard import (
 )
 from membench.runners.reporting.length_generalisation import accuracy_vs_eval_length
 from membench.runners.reporting.results import Results, is_plain_slice
+from membench.runners.schema import as_bool
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: a cell not in the sweep
 
@@ -125,6 +127,17 @@ def _span(lengths) -> str:
     if len(values) > 3:
         return f"{values[0]}-{values[-1]}"
     return ", ".join(str(v) for v in values) or "none"
+
+
+UNDER_TRAINED = (Line2D([], [], marker="^", markerfacecolor="none", color="dimgrey", linestyle=""),
+                 "under-trained: stopped still improving")  # the legend entry of the triangles
+
+
+def _under_trained_marks(ax, x, y) -> bool:
+    """A hollow triangle on each point whose trials include an under-trained one (stopped still improving);
+    True when it drew any."""
+    ax.scatter(x, y, marker="^", s=70, facecolors="none", edgecolors="dimgrey", zorder=5)
+    return len(x) > 0
 
 
 def _note(ax, text: str) -> None:
@@ -292,6 +305,7 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
     runs = runs.assign(ratio=runs["eval_len"] / runs["train_len"])
     runs = runs[(runs["ratio"] >= 1) & (runs["ratio"] == runs["ratio"].round())]
     fig, axes = panel_grid(len(sweep.tasks), "Length generalisation: accuracy beyond the trained length")
+    any_under = False
     for ax, task in zip(axes, sweep.tasks):
         mine = runs[runs["task"] == task]
         ratios = sorted(mine["ratio"].unique())
@@ -300,15 +314,18 @@ def length_generalisation(sweep: Sweep, out_dir: Path) -> list[Path]:
         if len(ratios) < 2 or mine.empty:
             _note(ax, "no evaluation beyond the\ntrained length in this sweep")
         means = mine.groupby(["model", "ratio"])["accuracy"].mean()
+        under = mine["under_trained"].map(as_bool).groupby([mine["model"], mine["ratio"]]).any()
         for model in sweep.models:
             if model in means.index.get_level_values("model"):
                 ax.plot(means.loc[model].index, means.loc[model].to_numpy(), **_line(sweep, model))
+                marked = means.loc[model][under.loc[model]]
+                any_under |= _under_trained_marks(ax, marked.index, marked.to_numpy())
         if ratios:
             _log2_axis(ax, ratios)
             ax.set_xticklabels([f"{int(r)}x" for r in ratios])
         ax.set(title=f"{task}\n(mean over trained lengths {_span(mine['train_len'])})",
                xlabel="evaluation length / trained length", ylabel="accuracy", ylim=(-0.03, 1.03))
-    _family_legend(fig, sweep, sweep.models)
+    _family_legend(fig, sweep, sweep.models, [UNDER_TRAINED] if any_under else [])
     return save_figure(fig, out_dir, "length_generalisation")
 
 
@@ -331,6 +348,7 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
         return 12.0 + 238.0 * math.sqrt(max(0.0, value if not math.isnan(value) else 0.0) / biggest)
 
     fig, axes = panel_grid(len(sweep.tasks), "Accuracy against training cost", extra_width=2.0)
+    any_under = False
     for ax, task in zip(axes, sweep.tasks):
         if task not in points.index.get_level_values("task"):
             _note(ax, "no trials")
@@ -345,6 +363,8 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.scatter(curve[x_column], curve["accuracy"], s=[area(v) for v in curve[size_column]],
                        color=style["color"], marker=style["marker"], alpha=0.7, edgecolors="black",
                        linewidths=0.4, zorder=3)
+            under = cells["under_trained"].reindex([(task, model, n) for n in curve.index]).to_numpy() > 0
+            any_under |= _under_trained_marks(ax, curve[x_column][under], curve["accuracy"][under])
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=_log_subs(mine[x_column])))
         ax.xaxis.set_major_formatter(FuncFormatter(_short_exponent))
@@ -357,7 +377,7 @@ def accuracy_vs_cost(sweep: Sweep, out_dir: Path) -> list[Path]:
                and chosen.loc[chosen["model"] == m, "state_size"].isna().all()]
     if unknown:  # a model that declares no state size is drawn at the smallest size, and said so
         extra.append((Line2D([], [], linestyle=""), f"state size unknown: {', '.join(unknown)}"))
-    _family_legend(fig, sweep, sweep.models, extra)
+    _family_legend(fig, sweep, sweep.models, extra + ([UNDER_TRAINED] if any_under else []))
     return save_figure(fig, out_dir, "accuracy_vs_cost")
 
 
