@@ -71,7 +71,3 @@ def test_reports_flag_under_trained_cells():
     assert "1 under-trained cell(s)" in page and "**1 cell(s) are under-trained**" in page
     table = side_by_side(runs, ["lstm", "gru"])
     assert "0.700*" in table and "0.950*" not in table and "* under-trained" in table
-    old = runs.drop(columns=["under_trained"])  # tables written before the column: unknown, not zero
-    board, tasks = build_leaderboard(old)
-    assert board["under_trained_cells"].isna().all()
-    assert "not recorded" in leaderboard_markdown(board, tasks, old)
