@@ -116,7 +116,7 @@ def model_finding(trials: pd.DataFrame, model: str, paper: str, kind: str, claim
 def contrast_finding(trials: pd.DataFrame, family: str, paper_row: str) -> Finding:
     """"[-1,1] beats [0,1]" for one family: holds when the intervals do not overlap, [-1,1] above."""
     claim = f"negative eigenvalues unlock parity in {paper_row}"
-    paper = "1.000 vs 0.017" if family == "deltanet" else "1.000 vs 0.000"
+    paper = "0.983 (1.000 - 0.017)" if family == "deltanet" else "1.000 (1.000 - 0.000)"
     sides = {}
     for side in ("[-1,1]", "[0,1]"):
         values = trials.loc[(trials["variant"] == f"{family} {side}") & trials["scaled"].notna(), "scaled"]
