@@ -139,7 +139,7 @@ def accuracy_vs_eval_length(sweep: Sweep, out_dir: Path) -> list[Path]:
         return []
     table = length_table(runs, sweep.chosen["trial_id"])
     panels = list(table.groupby(["task", "train_len_min", "train_len_max"], sort=False))
-    fig, axes = panel_grid(len(panels), "Accuracy against the evaluated length (shaded: the trained lengths)")
+    fig, axes = panel_grid(len(panels), "Accuracy against the evaluated length", extra_width=2.8)
     any_under = False
     for ax, ((task, low, high), part) in zip(axes, panels):
         if low != high:
@@ -170,5 +170,5 @@ def accuracy_vs_eval_length(sweep: Sweep, out_dir: Path) -> list[Path]:
     if any_under:
         handles.append(Line2D([], [], marker="^", markerfacecolor="none", color="dimgrey", linestyle=""))
         labels.append("under-trained: stopped still improving")
-    fig.legend(handles, labels, loc="outside right upper", title="family", frameon=False)
+    fig.legend(handles, labels, loc="outside right center", frameon=False)
     return save_figure(fig, out_dir, "accuracy_vs_eval_length")
