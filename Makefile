@@ -1,6 +1,6 @@
 # membench: `make test` and `make leaderboard` each set everything up on a fresh machine.
 #   TORCH_SPEC  which torch to install first (CI asks for the CPU build: TORCH_SPEC=torch==2.13.0)
-#   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet, hf)
+#   EXTRAS      optional dependency groups of the project to install (dev, ray, parquet, hf, tensorboard, wandb, mlflow)
 # Everything but torch installs at the tested versions of constraints.txt; `make test-latest` tries the newest.
 PYTHON     ?= python3
 VENV       ?= .venv
