@@ -132,7 +132,8 @@ def findings_markdown(title: str, findings: list[Finding]) -> str:
     tally = ", ".join(f"{sum(f.verdict == v for f in findings)} {v}" for v in VERDICTS)
     body = markdown_table(header, rows, left=("claim", "model", "source", "metric", "verdict", "why"))
     return (f"# {title}\n\n{len(findings)} claims: {tally}. Verdicts and their rules: runners/reproduce/ "
-            f"(one module per paper); ours is the mean over seeds with its 95 % interval.\n\n{body}\n")
+            f"(one module per paper); ours is the mean over seeds (an error rate: pooled over seeds) with its 95 % "
+            f"interval.\n\n{body}\n")
 
 
 def draw_findings(findings: list[Finding], title: str, out_dir: Path) -> list[Path]:

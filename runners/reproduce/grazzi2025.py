@@ -16,7 +16,8 @@ interval (claims.py). The rules, fixed before any run:
 
     "solves"        (paper >= 0.9)  holds when our seed mean of scaled accuracy is >= SOLVED (0.9)
     "near chance"   (paper <= 0.1)  holds when our seed mean is <= NEAR_CHANCE (0.1)
-    "[-1,1] beats [0,1]"            holds when the [-1,1] interval lies wholly above the [0,1] one
+    "[-1,1] beats [0,1]"            holds when the [-1,1] interval lies wholly above the [0,1] one and
+                                    above near chance (a difference between two chance levels unlocks nothing)
     not comparable: no finished trial of the model, or a task membench does not have (modular arithmetic
     with operators: state_tracking's cyclic group is modular counting, a different language)
 
@@ -114,7 +115,8 @@ def model_finding(trials: pd.DataFrame, model: str, paper: str, kind: str, claim
 
 
 def contrast_finding(trials: pd.DataFrame, family: str, paper_row: str) -> Finding:
-    """"[-1,1] beats [0,1]" for one family: holds when the intervals do not overlap, [-1,1] above."""
+    """"[-1,1] beats [0,1]" for one family: holds when the [-1,1] interval lies above the [0,1] one and above
+    near chance."""
     claim = f"negative eigenvalues unlock parity in {paper_row}"
     paper = "0.983 (1.000 - 0.017)" if family == "deltanet" else "1.000 (1.000 - 0.000)"
     sides = {}
@@ -125,9 +127,11 @@ def contrast_finding(trials: pd.DataFrame, family: str, paper_row: str) -> Findi
     if neg.seeds < 2 or pos.seeds < 2:
         return Finding(claim, f"{family} [-1,1] vs [0,1]", SOURCE, "scaled accuracy difference", paper,
                        NOT_COMPARABLE, f"an interval needs 2 seeds of each; have {neg.seeds} and {pos.seeds}")
-    ok = neg.low > pos.high
+    above = neg.low > pos.high
+    ok = above and neg.low > NEAR_CHANCE
     why = (f"[-1,1] {neg.mean:.3f} [{neg.low:.3f}, {neg.high:.3f}] "
-           f"{'lies above' if ok else 'overlaps or lies below'} [0,1] {pos.mean:.3f} [{pos.low:.3f}, {pos.high:.3f}]")
+           f"{'lies above' if above else 'overlaps or lies below'} [0,1] {pos.mean:.3f} [{pos.low:.3f}, {pos.high:.3f}]"
+           f"{'' if ok or not above else f', but not above near chance ({NEAR_CHANCE})'}")
     return Finding(claim, f"{family} [-1,1] vs [0,1]", SOURCE, "scaled accuracy difference", paper,
                    HOLDS if ok else DOES_NOT_HOLD, why, neg.mean - pos.mean, seeds=min(neg.seeds, pos.seeds))
 
