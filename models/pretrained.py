@@ -227,6 +227,16 @@ class PretrainedModel(MemoryModel):
         keep = 0 if positions is None else positions  # transformers' logits_to_keep: 0 means every position
         return self.lm(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits.float()  # (B, K, V)
 
+    def read_prefix(self, input_ids: torch.Tensor):
+        """(1, P) int64 -> the KV cache after reading them (a transformers Cache), or None where the model's cache
+        cannot be cut back to a shorter prefix (a recurrent state)."""
+        cache = self.lm(input_ids=input_ids, use_cache=True, logits_to_keep=1).get("cache")
+        return cache if cache is not None and getattr(cache, "is_croppable", False) else None
+
+    def read_on(self, cache, input_ids: torch.Tensor) -> torch.Tensor:
+        """(C, m) int64 read after the C rows of `cache` -> (C, m, V) float32 next-token logits; the cache grows."""
+        return self.lm(input_ids=input_ids, cache=cache, use_cache=True).logits.float()  # (C, m, V)
+
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         raise ConfigError("steps > 0 with pretrained: models is not supported yet; use steps = 0")
 

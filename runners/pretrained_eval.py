@@ -14,8 +14,8 @@ and is right when every token of the span is the model's argmax given the true p
 targets[t]). Where the task has a closed answer set (Task.answer_candidates), `accuracy_choice` is the share
 of answers whose gold has the highest log-likelihood, summed over all of a candidate's tokens, among the
 candidates rendered at the same place (with BPE, candidates often share their first token; a set of
-one-token candidates is read from the same forward, a longer one costs a forward per answer with the
-candidates as its batch). Never substring matching.
+one-token candidates is read from the same forward; for longer ones the prefix is read once more into a KV
+cache and each answer's candidates continue from it: `longer_choice_scores`). Never substring matching.
 
 One forward per sequence: sequences of one token length are batched together (up to batch_size), never
 padded, and the output head runs only at the positions read. Example: a slice of 3 sequences of 41, 40 and
@@ -171,21 +171,14 @@ class _Tally:
     lags: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [right, answers], lags in symbols
     token_lags: dict[int, list[int]] = field(default_factory=dict)  # the same, lags in tokens
 
+    def add_choice(self, answer: ScoredAnswer, scores: list[float]) -> None:
+        self.chosen += int(max(range(len(scores)), key=scores.__getitem__) == answer.gold_choice)
+        self.choice_answers += 1
+
     def add_lag(self, table: dict[int, list[int]], lag: int, right: bool) -> None:
         cell = table.setdefault(1 << (max(1, lag).bit_length() - 1), [0, 0])
         cell[0] += int(right)
         cell[1] += 1
-
-
-def _timed_logits(model, ids: torch.Tensor, positions: torch.Tensor, tally: _Tally) -> torch.Tensor:
-    """model.logits, its wall time (device work included) and tokens added to the tally."""
-    metrics.synchronize(ids.device)
-    start = time.perf_counter()
-    logits = model.logits(ids, positions)  # (B, K, V)
-    metrics.synchronize(ids.device)
-    tally.forward_seconds += time.perf_counter() - start
-    tally.forward_tokens += ids.numel()
-    return logits
 
 
 def _score_batch(model, batch: list[TokenisedExample], device: torch.device, tally: _Tally) -> None:
@@ -193,11 +186,11 @@ def _score_batch(model, batch: list[TokenisedExample], device: torch.device, tal
     ids = torch.tensor([s.ids for s in batch], device=device)  # (B, T)
     read = sorted({a.first - 1 + j for s in batch for a in s.answers for j in range(len(a.gold))})
     column = {p: k for k, p in enumerate(read)}
-    logits = _timed_logits(model, ids, torch.tensor(read, device=device), tally)  # (B, K, V)
+    logits = _timed(tally, ids.numel(), model.logits, ids, torch.tensor(read, device=device))  # (B, K, V)
     log_probs = logits.log_softmax(-1)  # (B, K, V)
     predicted = logits.argmax(-1).cpu()  # (B, K)
     for row, sequence in enumerate(batch):
-        every = True
+        every, longer = True, []
         for a in sequence.answers:
             cols = [column[a.first - 1 + j] for j in range(len(a.gold))]
             right = all(int(predicted[row, c]) == g for c, g in zip(cols, a.gold))
@@ -208,24 +201,75 @@ def _score_batch(model, batch: list[TokenisedExample], device: torch.device, tal
             tally.add_lag(tally.token_lags, a.token_lag, right)
             every &= right
             if a.choices and a.gold_choice >= 0:
-                scores = _choice_scores(model, sequence, a, log_probs[row, cols[0]], device, tally)
-                tally.chosen += int(max(range(len(scores)), key=scores.__getitem__) == a.gold_choice)
-                tally.choice_answers += 1
+                first = log_probs[row, cols[0]]  # (V,): the log-probabilities of every candidate's first token
+                if all(len(c) == 1 for c in a.choices):
+                    tally.add_choice(a, [float(first[c[0]]) for c in a.choices])
+                else:
+                    longer.append((a, first))
+        for a, scores in zip([a for a, _ in longer], longer_choice_scores(model, sequence, longer, device, tally)):
+            tally.add_choice(a, scores)
         tally.exact += every
         tally.sequences += 1
 
 
-def _choice_scores(model, sequence: TokenisedExample, a: ScoredAnswer, first_log_probs: torch.Tensor,
-                   device: torch.device, tally: _Tally) -> list[float]:
-    """Log-likelihood of each candidate's tokens after the true prefix: from the sequence's own forward when
-    every candidate is one token, else from one forward with the candidates as its batch."""
-    if all(len(c) == 1 for c in a.choices):
-        return [float(first_log_probs[c[0]]) for c in a.choices]
+def _timed(tally: _Tally, tokens: int, forward, *args):
+    """forward(*args), its wall time (device work included) and `tokens` added to the tally's reading."""
+    device = args[-1].device
+    metrics.synchronize(device)
+    start = time.perf_counter()
+    out = forward(*args)
+    metrics.synchronize(device)
+    tally.forward_seconds += time.perf_counter() - start
+    tally.forward_tokens += tokens
+    return out
+
+
+def longer_choice_scores(model, sequence: TokenisedExample, longer: list, device: torch.device,
+                         tally: _Tally) -> list[list[float]]:
+    """Each candidate's summed log-likelihood, for the answers of one sequence that have a candidate of two or
+    more tokens; `longer` holds (answer, log-probabilities of the first token (V,)). The prefix up to the last
+    of them is read once into a KV cache; then, last answer first, the cache is cut back to the answer's prefix
+    and the candidates' proper prefixes are read after it, the longest of each chain one row of a batch
+    (candidates v0 ... v31 spelled v,0 ... v,3,1 are 3 rows, v1 v2 v3, not 32): each token's log-probability
+    is then read where its prefix ends. A model whose cache cannot be cut back (a recurrent state) takes
+    `choice_scores_reference`, which the tests find equal."""
+    if not longer:
+        return []
+    last = max(a.first for a, _ in longer)
+    prefix = torch.tensor([sequence.ids[:last]], device=device)  # (1, P)
+    cache = _timed(tally, last, model.read_prefix, prefix)
+    if cache is None:
+        return [choice_scores_reference(model, sequence, a, device, tally) for a, _ in longer]
+    scores: dict[int, list[float]] = {}
+    for i in sorted(range(len(longer)), key=lambda i: -longer[i][0].first):
+        a, first = longer[i]
+        if cache.get_seq_length() > a.first:
+            cache.crop(a.first - cache.get_seq_length())  # a negative count: the tokens cut off the end
+        proper = {c[:j] for c in a.choices for j in range(1, len(c))}  # the non-empty proper prefixes
+        rows = sorted(q for q in proper if not any(len(r) > len(q) and r[:len(q)] == q for r in proper))
+        width = max(len(r) for r in rows)
+        batch = torch.tensor([[*r, *[r[0]] * (width - len(r))] for r in rows], device=device)  # (R, width)
+        if len(rows) > 1:
+            cache.batch_repeat_interleave(len(rows))
+        log_probs = _timed(tally, batch.numel(), model.read_on, cache, batch).log_softmax(-1)  # (R, width, V)
+        after = {(): first}  # a prefix of a candidate -> the log-probabilities of the token after it (V,)
+        for k, r in enumerate(rows):
+            after.update({r[:j + 1]: log_probs[k, j] for j in range(len(r))})
+        scores[i] = [sum(float(after[c[:j]][c[j]]) for j in range(len(c))) for c in a.choices]
+        if len(rows) > 1:
+            cache.batch_select_indices(torch.tensor([0], device=device))
+    return [scores[i] for i in range(len(longer))]
+
+
+def choice_scores_reference(model, sequence: TokenisedExample, a: ScoredAnswer, device: torch.device,
+                            tally: _Tally) -> list[float]:
+    """Each candidate's summed log-likelihood after the true prefix, by one forward of (prefix + candidate) per
+    candidate, batched: the plain form of `longer_choice_scores`."""
     longest = max(len(c) for c in a.choices)
     prefix = list(sequence.ids[:a.first])
     rows = torch.tensor([prefix + list(c) + [c[0]] * (longest - len(c)) for c in a.choices], device=device)
     positions = torch.arange(a.first - 1, a.first - 1 + longest, device=device)  # (m,)
-    log_probs = _timed_logits(model, rows, positions, tally).log_softmax(-1)  # (C, m, V)
+    log_probs = _timed(tally, rows.numel(), model.logits, rows, positions).log_softmax(-1)  # (C, m, V)
     return [float(sum(log_probs[i, j, t] for j, t in enumerate(c))) for i, c in enumerate(a.choices)]
 
 

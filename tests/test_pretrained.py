@@ -170,6 +170,9 @@ class Oracle:
         picked = ids[:, (positions + 1 + self.shift).clamp(max=ids.shape[1] - 1)]  # (B, K)
         return torch.nn.functional.one_hot(picked, len(self.tokenizer)).float() * 20  # (B, K, V)
 
+    def read_prefix(self, ids: torch.Tensor) -> None:
+        return None  # no cache: longer candidates take the reference path
+
     def state_size(self, seq_len: int) -> None:
         return None
 
@@ -181,6 +184,28 @@ def test_an_oracle_scores_one_and_reading_the_input_scores_near_zero(gpt2):
     assert perfect.loss < 1e-6
     echo = score(Oracle(real, -1), "associative_recall", 16)
     assert echo.accuracy < 0.1
+
+
+def test_longer_choices_read_from_a_kv_cache_equal_their_reference(gpt2):
+    """Candidates of two or more tokens ("v12", "v3" with a byte tokenizer) continue from the cache of the prefix,
+    cut back answer by answer; the scores equal one plain forward of prefix + candidate each."""
+    from membench.memtasks.text import render_text
+    from membench.runners.pretrained_eval import (
+        Tokeniser,
+        _Tally,
+        choice_scores_reference,
+        longer_choice_scores,
+    )
+
+    model, task = build(gpt2), get_task("associative_recall")
+    sequence = Tokeniser(model.tokenizer)(render_text(task, task.sample(1, 24, seed=5)))
+    assert len(sequence.answers) >= 2 and any(len(c) > 1 for c in sequence.answers[0].choices)
+    ids = torch.tensor([sequence.ids])
+    with torch.no_grad():
+        firsts = [model.logits(ids, torch.tensor([a.first - 1]))[0, 0].log_softmax(-1) for a in sequence.answers]
+        cached = longer_choice_scores(model, sequence, list(zip(sequence.answers, firsts)), CPU, _Tally())
+        plain = [choice_scores_reference(model, sequence, a, CPU, _Tally()) for a in sequence.answers]
+    assert torch.allclose(torch.tensor(cached), torch.tensor(plain), atol=1e-4)
 
 
 def test_shots_come_first_and_only_the_example_is_scored(gpt2):
