@@ -238,7 +238,8 @@ class PretrainedModel(MemoryModel):
         return self.lm(input_ids=input_ids, cache=cache, use_cache=True).logits.float()  # (C, m, V)
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("steps > 0 with pretrained: models is not supported yet; use steps = 0")
+        raise ConfigError("a pretrained: model reads text, not token ids: it is fine-tuned by "
+                          "runners/pretrained_train.py")
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) int64 -> (B, T, V) logits."""

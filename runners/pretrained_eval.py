@@ -1,4 +1,5 @@
-"""Scoring a pretrained model (models/pretrained.py) on a task rendered as text: a trial with steps = 0.
+"""Scoring a pretrained model (models/pretrained.py) on a task rendered as text (its trial; with steps > 0 it is
+fine-tuned first: runners/pretrained_train.py).
 
 Each held-out sequence of a slice (the same seeds as a trained family's: metrics.eval_batches) is rendered
 by memtasks/text.py (`render_text`, in the model's rendering; `shots = k` puts k solved examples of the same
@@ -318,12 +319,15 @@ def _slice_result(model, tally: _Tally, context: float, peak_mb: float) -> metri
 
 
 def evaluate_pretrained(model, config, device: torch.device, cost=None) -> TrainOutcome:
-    """A steps = 0 trial of `config`: every eval slice scored, no training. `cost` (runners.trial.TrialCost):
-    its state sizes are set at each slice's context_tokens (a length in tokens, not in symbols)."""
-    if config.steps != 0:
-        raise ConfigError("steps > 0 with pretrained: models is not supported yet; use steps = 0")
+    """A pretrained model's trial: fine-tuned first when config.steps > 0 (runners/pretrained_train.py), then
+    every eval slice scored. `cost` (runners.trial.TrialCost): its state sizes are set at each slice's
+    context_tokens (a length in tokens, not in symbols)."""
     model.to(device)
     outcome = TrainOutcome(stop_reason="budget")
+    if config.steps:
+        from membench.runners.pretrained_train import fine_tune
+
+        outcome = fine_tune(model, config, device)
     for s in config.eval_slices:
         result = evaluate_text_slice(model, config.slice_task(s), s, config.batch_size, config.seed, config.shots,
                                      device)

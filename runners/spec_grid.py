@@ -69,7 +69,7 @@ def expand(tasks: list[TaskTable], models: list[ModelPoint], top: dict, flags: d
         task_trials, unmatched = [], 0
         for model in models:
             s = merge_settings([top, task.settings, model.cost, model.settings, flags])
-            if is_pretrained(model.name):  # evaluated as it is: only its own table may ask for steps (unsupported)
+            if is_pretrained(model.name):  # evaluated as it is, unless its own table asks for steps (fine-tuning)
                 s["steps"] = model.settings.get("steps", 0)
             try:
                 task_trials += _pair(task, model.name, model.params, s, notes, workers)
@@ -161,7 +161,8 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
 def _checkpoint_size(model: str, s: dict, where: str) -> tuple[int, int] | None:
     """(d_model, n_layers) of a pretrained: model, read from its checkpoint (the spec's sizes do not apply), or
     None for a family. A pretrained: model is evaluated as it is (steps = 0: the steps of the spec's top level,
-    task tables and command line are the families'); a family must train; only an hf: model can be saved."""
+    task tables and command line are the families') or fine-tuned (steps in its own model table); a family must
+    train; only an hf: model can be saved."""
     if s["save_model"] and not model.startswith("hf:"):
         raise ConfigError(f"{where}: save_model writes Hugging Face folders of hf: models only; set save_model = "
                           f"false for {model}")
@@ -170,9 +171,6 @@ def _checkpoint_size(model: str, s: dict, where: str) -> tuple[int, int] | None:
             raise ConfigError(f"{where}: steps = 0 evaluates without training, which only a pretrained: model can "
                               f"do; give {model} steps >= 1")
         return None
-    if s["steps"] != 0:
-        raise ConfigError(f"{where}: steps > 0 with pretrained: models is not supported yet; use steps = 0 "
-                          f"for {model}")
     return model_class(model).checkpoint_size()
 
 

@@ -130,10 +130,6 @@ def test_steps_say_which_models_train(gpt2, tmp_path):
 
     with pytest.raises(ConfigError, match="steps = 0 evaluates without training"):
         load_spec(spec_file=tiny_spec(tmp_path, models=["lstm"], steps=0, tasks=["flip_flop"]))
-    own = tmp_path / "own_steps.toml"
-    own.write_text(f'tasks = ["flip_flop"]\nlengths = [8]\n[models.gpt]\nmodel = "{gpt2}"\nsteps = 5\n')
-    with pytest.raises(ConfigError, match="steps > 0 with pretrained: models is not supported yet; use steps = 0"):
-        load_spec(spec_file=str(own))
     mixed = load_spec(spec_file=tiny_spec(tmp_path, models=["lstm", gpt2], steps=5, tasks=["flip_flop"]))
     assert {(t.model, t.steps) for t in mixed.trials} == {("lstm", 5), (gpt2, 0)}  # top-level steps: the families'
     with pytest.raises(ConfigError, match="save_model writes Hugging Face folders of hf: models only"):
@@ -146,6 +142,22 @@ def test_membench_check_runs_the_checkpoint_contract(gpt2, capsys):
     code, out, err = run_cli(capsys, "check", gpt2)
     assert code == 0, err
     assert "4 of 4 checks pass or skip, 0 failed" in out and "causal" in out and "scores a task" in out
+
+
+def test_steps_in_its_own_table_fine_tune_it(gpt2, tmp_path, capsys):
+    """The answer tokens' loss falls during fine-tuning, and the fine-tuned model's evaluation loss is below the
+    zero-shot one; the rows record the steps taken."""
+    spec = tmp_path / "tune.toml"
+    spec.write_text(f'tasks = ["flip_flop"]\nlengths = [8]\neval_multipliers = []\neval_sequences = 16\n'
+                    f'batch_size = 8\nlearning_rates = [0.003]\nlog_every = 10\nsteps = 1000\n'
+                    f'[models.gpt]\nmodel = "{gpt2}"\nsteps = 40\n')
+    code, _, err = run_cli(capsys, "run", "--spec", str(spec), "--out", str(tmp_path / "out"), "--quiet")
+    assert code == 0, err
+    runs, curves = (pd.read_csv(tmp_path / "out" / f"{t}.csv") for t in ("runs", "curves"))
+    assert list(runs["steps"]) == [40] and runs["train_seconds"].iloc[0] > 0 and list(runs["status"]) == ["ok"]
+    assert list(curves["step"]) == [10, 20, 30, 40]
+    assert curves["train_loss"].iloc[-1] < 0.5 * curves["train_loss"].iloc[0]
+    assert runs["loss"].iloc[0] < score(build(gpt2), "flip_flop", 8).loss
 
 
 # --- scoring ------------------------------------------------------------------------------------------------
