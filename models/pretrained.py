@@ -201,8 +201,11 @@ class PretrainedModel(MemoryModel):
         transformers = transformers_module()
         transformers.utils.logging.disable_progress_bar()  # a sweep shows its own progress
         try:
-            self.lm = transformers.AutoModelForCausalLM.from_pretrained(
-                str(local_folder(self.source) or self.source), **options)
+            if torch.empty(0).device.type == "meta":  # counted, not run (the cost model, `membench plan`)
+                self.lm = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            else:
+                self.lm = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(local_folder(self.source) or self.source), **options)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{where}: its weights cannot be loaded ({_one_line(err)})") from None
         self.lm.eval()

@@ -138,6 +138,13 @@ def test_steps_say_which_models_train(gpt2, tmp_path):
     assert {(t.d_model, t.n_layers, t.steps, t.shots) for t in trials} == {(32, 2, 0, 2)}
 
 
+def test_membench_plan_counts_a_checkpoint_without_loading_its_weights(gpt2, tmp_path, capsys):
+    spec = tiny_spec(tmp_path, models=["lstm", gpt2], tasks=["flip_flop"])
+    code, out, err = run_cli(capsys, "plan", "--spec", spec)
+    assert code == 0, err
+    assert gpt2 in out and "lstm" in out
+
+
 def test_membench_check_runs_the_checkpoint_contract(gpt2, capsys):
     code, out, err = run_cli(capsys, "check", gpt2)
     assert code == 0, err
