@@ -195,6 +195,9 @@ class PretrainedModel(MemoryModel):
             raise ConfigError(f"{where}: rendering must be one of {', '.join(RENDERINGS)}, got {rendering!r}")
         config = checkpoint_config(self.source, revision, trust_remote_code)
         self.tokenizer = load_tokenizer(self.source, revision, trust_remote_code)
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"{where}: chat_template = true, but its tokenizer has no chat template; set "
+                              f"chat_template = false")
         options = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": DTYPES[dtype]}
         if attn_implementation is not None:
             options["attn_implementation"] = attn_implementation

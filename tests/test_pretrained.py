@@ -227,6 +227,21 @@ def test_longer_choices_read_from_a_kv_cache_equal_their_reference(gpt2):
     assert torch.allclose(torch.tensor(cached), torch.tensor(plain), atol=1e-4)
 
 
+def test_a_chat_template_wraps_the_text_and_the_answers_follow_it(gpt2):
+    """With chat_template the text sits inside the template's turn: the answers' offsets move with it, so the
+    oracle still scores 1.0 (a shift not applied would score the template's characters instead)."""
+    oracle = Oracle(build(gpt2), 0)
+    oracle.tokenizer = byte_tokenizer()
+    oracle.tokenizer.chat_template = "{% for m in messages %}[user] {{ m['content'] }} [end]{% endfor %}"
+    oracle.chat_template = True
+    plain = score(Oracle(build(gpt2), 0), "flip_flop", 16)
+    wrapped = score(oracle, "flip_flop", 16)
+    assert (wrapped.accuracy, wrapped.accuracy_choice) == (1.0, 1.0)
+    assert wrapped.context_tokens == plain.context_tokens + len("[user] ") + len(" [end]") - 1  # no BOS added
+    with pytest.raises(ConfigError, match="has no chat template"):
+        build(gpt2, chat_template=True)
+
+
 def test_shots_come_first_and_only_the_example_is_scored(gpt2):
     model = build(gpt2)
     alone, with_one = score(model, "flip_flop", 8, n=8), score(model, "flip_flop", 8, n=8, shots=1)
