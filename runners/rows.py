@@ -7,7 +7,8 @@ as trials/<trial_id>.json, one list of rows per table of runners.schema, each ro
      "slice_curves": [row per eval slice per evaluation]}
 
     runs          one row per eval slice: the config, the cost, the timing, the slice's metrics, the status
-    lags          accuracy per lag bucket at each eval length (slices of one length pooled)
+    lags          accuracy per lag bucket at each eval length (slices of one length pooled), lags counted in
+                  symbols, and for a pretrained: model also in tokens (lag_unit)
     curves        the training curve: one row per evaluation
     slice_curves  every slice's accuracy at every evaluation
 
