@@ -16,9 +16,9 @@ How each kind of example is exercised (a block of any other kind fails, so a new
                              plan, run, leaderboard: the sweep's spec validated by `membench plan` on a
                              reduced selection (one family and one task of a preset; a spec as written),
                              since a real sweep takes minutes to hours;
-                             compare, cost, doctor, charts: parsed only (a real run takes minutes; their
-                             own tests run them), charts' directory must exist or be written by an
-                             earlier example;
+                             compare, cost, doctor, charts, report, reproduce, export: parsed only (a
+                             real run takes minutes; their own tests run them), the directory of charts
+                             and report must exist or be written by an earlier example;
                    make      the target exists in the Makefile;    pytest    the test files exist;
                    pip       the extras named exist in pyproject;   python -m membench.runners.reference_docs
                              run with --check;     ray       a cluster command, not runnable here
@@ -223,7 +223,7 @@ def _spec_file_of(page: Path, argv: list[str], tmp_path: Path) -> list[str]:
 
 RUN_FULLY = {"tasks", "models", "show", "check"}
 VALIDATED_BY_PLAN = {"plan", "run", "leaderboard"}
-PARSED_ONLY = {"compare", "cost", "doctor", "charts"}
+PARSED_ONLY = {"compare", "cost", "doctor", "charts", "report", "reproduce", "export"}
 
 
 @pytest.mark.parametrize("item", bash_lines(), ids=name)
@@ -243,7 +243,7 @@ def test_bash_examples(item, capsys, tmp_path):
             assert code == 0, out + err
         elif command in VALIDATED_BY_PLAN:
             _validate_by_plan(page, argv, args, capsys, tmp_path)
-        elif command == "charts":
+        elif command in ("charts", "report"):
             directory = argv[2]
             assert (ROOT / directory).is_dir() or directory in _out_dirs(page), directory
     elif program == "make":
