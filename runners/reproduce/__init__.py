@@ -1,9 +1,11 @@
 """Published results reproduced: `membench reproduce NAME`. One module per result in this folder, found by
-name as the commands are; each defines `REPRODUCTION`, a `Reproduction`:
+name as the commands are; each defines `TITLE`, `SPEC`, `SUMMARY` and `judge`, which `reproductions()`
+gathers into a `Reproduction`:
 
     name     what `membench reproduce NAME` takes (the module's name)
-    title    the paper, and the result of it that is reproduced
-    spec     the shipped recipe that runs it (runners/presets/*.toml; `membench run --spec NAME` runs it too)
+    title    TITLE: the paper, and the result of it that is reproduced
+    spec     SPEC: the shipped recipe that runs it (runners/presets/*.toml; `membench run --spec NAME` runs it too)
+    summary  SUMMARY: one line for `membench reproduce --list`
     judge    a pure function of a sweep's runs.csv (as read by runners/reporting/results.py) returning one
              `Finding` per claim: the paper's number, ours with its interval, the verdict and why
              (runners/reproduce/claims.py); it never trains, so the verdicts of committed runs can be rebuilt
@@ -50,7 +52,8 @@ def reproductions() -> dict[str, Reproduction]:
         if info.name in _SHARED_MODULES:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        found[info.name] = module.REPRODUCTION
+        found[info.name] = Reproduction(name=info.name, title=module.TITLE, spec=module.SPEC, judge=module.judge,
+                                        summary=module.SUMMARY)
     return found
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from membench.runners.reproduce import Reproduction
 from membench.runners.reproduce.claims import Finding
 from membench.runners.reproduce.grazzi2025 import model_finding, parity_trials
 
+TITLE = "Delétang et al. 2023: recurrent networks generalise parity, the Transformer does not"
+SPEC = "reproduce_grazzi2025"
+SUMMARY = "Delétang et al. (ICLR 2023): RNN and LSTM generalise parity to longer lengths, the Transformer does not"
 SOURCE = "Delétang et al. 2023, Table 2 (Parity Check)"
 CLAIMS = [  # (model, the paper's number, "solves" or "near chance")
     ("rnn", "1.000 (100.0 %)", "solves"),
@@ -47,12 +49,3 @@ def _example_runs() -> pd.DataFrame:
              "train_len": 40, "eval_len": 64, "accuracy": 0.5 if model == "transformer" else 1.0}
             for model in ("rnn", "lstm", "transformer")]
     return pd.DataFrame(rows)
-
-
-REPRODUCTION = Reproduction(
-    name="deletang2023",
-    title="Delétang et al. 2023: recurrent networks generalise parity, the Transformer does not",
-    spec="reproduce_grazzi2025",
-    judge=judge,
-    summary="Delétang et al. (ICLR 2023): RNN and LSTM generalise parity to longer lengths, the Transformer does not",
-)

@@ -32,7 +32,6 @@ import json
 import pandas as pd
 
 from membench.memtasks import get_task
-from membench.runners.reproduce import Reproduction
 from membench.runners.reproduce.claims import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -44,6 +43,9 @@ from membench.runners.reproduce.claims import (
 )
 
 SOLVED = 0.9
+TITLE = "Grazzi et al. 2025: parity with eigenvalues in [0, 1] against [-1, 1]"
+SPEC = "reproduce_grazzi2025"
+SUMMARY = "Grazzi et al. (ICLR 2025): negative eigenvalues let DeltaNet and Mamba solve parity"
 SOURCE = "Grazzi et al. 2025, Section 5.1 table (arXiv v5 Table 3)"
 METRIC = "scaled accuracy beyond training"
 # (model as our variants are labelled, the paper's row, its number, what it claims)
@@ -151,12 +153,3 @@ def judge(runs: pd.DataFrame) -> list[Finding]:
                                 "membench has no modular-arithmetic task (expressions with operators); "
                                 "state_tracking's cyclic group is modular counting, a different language"))
     return findings
-
-
-REPRODUCTION = Reproduction(
-    name="grazzi2025",
-    title="Grazzi et al. 2025: parity with eigenvalues in [0, 1] against [-1, 1]",
-    spec="reproduce_grazzi2025",
-    judge=judge,
-    summary="Grazzi et al. (ICLR 2025): negative eigenvalues let DeltaNet and Mamba solve parity",
-)

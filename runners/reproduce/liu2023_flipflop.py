@@ -25,10 +25,12 @@ from __future__ import annotations
 import pandas as pd
 
 from membench.runners.reporting.error_rates import clopper_pearson, error_rate_table
-from membench.runners.reproduce import Reproduction
 from membench.runners.reproduce.claims import DOES_NOT_HOLD, HOLDS, NOT_COMPARABLE, Finding
 
 RARE, LEARNED = 0.05, 0.01
+TITLE = "Liu et al. 2023: flip-flop, the LSTM reads without errors, attention glitches"
+SPEC = "reproduce_liu2023_flipflop"
+SUMMARY = "Liu et al. (NeurIPS 2023): an LSTM makes no errors on sparse flip-flop, a Transformer rare ones"
 SOURCE = "Liu et al. 2023, Section 3 (FFL(0.98) and FFL(0.1) test streams)"
 METRIC = "error rate (errors / reads)"
 
@@ -99,12 +101,3 @@ def judge(runs: pd.DataFrame) -> list[Finding]:
                      no_errors(mine, "lstm", trained_on, length),
                      rare_errors(mine, "transformer", "sparse", trained_on, length)]
     return findings
-
-
-REPRODUCTION = Reproduction(
-    name="liu2023_flipflop",
-    title="Liu et al. 2023: flip-flop, the LSTM reads without errors, attention glitches",
-    spec="reproduce_liu2023_flipflop",
-    judge=judge,
-    summary="Liu et al. (NeurIPS 2023): an LSTM makes no errors on sparse flip-flop, a Transformer rare ones",
-)

@@ -33,10 +33,12 @@ import pandas as pd
 
 from membench.memtasks import get_task
 from membench.runners.reporting.frontier import efficiency_table, frontier_table
-from membench.runners.reproduce import Reproduction
 from membench.runners.reproduce.claims import DOES_NOT_HOLD, HOLDS, NOT_COMPARABLE, Finding, near_chance
 
 RECALLS = 0.9
+TITLE = "Zoology Figure 2 at CPU scale: attention recalls at every width, fixed states need to grow"
+SPEC = "frontier_cpu"
+SUMMARY = "Zoology (Arora et al. 2023) Figure 2: MQAR, attention at every width, other families need state"
 SOURCE = "Arora et al. 2023 (Zoology), Figure 2"
 ATTENTION, NOT_IN_FIGURE = "transformer", ("sliding_window",)
 
@@ -127,12 +129,3 @@ def judge(runs: pd.DataFrame) -> list[Finding]:
     others = sorted(set(efficiency["model"]) - {ATTENTION, *NOT_IN_FIGURE})
     return attention_findings(plain, chance) + [growth_finding(m, efficiency, trained, chance, int(seeds[m]))
                                                 for m in others]
-
-
-REPRODUCTION = Reproduction(
-    name="zoology_fig2",
-    title="Zoology Figure 2 at CPU scale: attention recalls at every width, fixed states need to grow",
-    spec="frontier_cpu",
-    judge=judge,
-    summary="Zoology (Arora et al. 2023) Figure 2: MQAR, attention at every width, other families need state",
-)
