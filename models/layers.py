@@ -269,3 +269,13 @@ def writing_strength(logits: torch.Tensor, allow_neg_eigval: bool) -> torch.Tens
         (tensor([0.5000]), tensor([1.]))
     """
     return (2.0 if allow_neg_eigval else 1.0) * torch.sigmoid(logits)
+
+
+def delta_rule_inputs(mixer: ConvQKVMixer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, T, D) -> the delta rule's q, k, v (B, T, H, d) and beta (B, T, H), as deltanet, gated_deltanet and kda
+    read them: q, k, v SiLU'd after the short convolution, q and k of unit length; beta the writing strength of
+    `mixer.beta(x)`, in (0, 1), or (0, 2) with `mixer.allow_neg_eigval`."""
+    q, k, v = mixer.heads_qkv(x, F.silu)  # (B, T, H, d) each
+    q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+    beta = writing_strength(mixer.beta(x), mixer.allow_neg_eigval)  # (B, T, H)
+    return q, k, v, beta

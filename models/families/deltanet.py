@@ -37,11 +37,10 @@ S^T k, the write k u^T, the read S^T q): 6 BT H d^2 = 6 BT D d. Cost: O(n).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, register_model
-from membench.models.layers import ConvQKVMixer, check_heads, writing_strength
+from membench.models.layers import ConvQKVMixer, check_heads, delta_rule_inputs
 from membench.models.scan import carry_dtype, delta_rule_chunked, delta_rule_reference
 
 
@@ -59,9 +58,7 @@ class DeltaNet(ConvQKVMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = x.shape
-        q, k, v = self.heads_qkv(x, F.silu)  # (B, T, H, d) each
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-        beta = writing_strength(self.beta(x), self.allow_neg_eigval)  # (B, T, H): in (0, 1), or (0, 2)
+        q, k, v, beta = delta_rule_inputs(self, x)  # (B, T, H, d) each, beta (B, T, H)
         log_decay = self.log_decay(x)  # (B, T, H) or None
         if self.path == "reference":
             o = delta_rule_reference(q, k, v, beta, log_decay)

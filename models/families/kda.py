@@ -42,7 +42,7 @@ from torch import nn
 
 from membench.checks import check_int
 from membench.models import MemoryModel, register_model
-from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params, writing_strength
+from membench.models.layers import ConvQKVMixer, check_heads, delta_rule_inputs, mamba_decay_params
 from membench.models.scan import carry_dtype
 from membench.models.scan_vector_decay import (
     MAX_CHUNK,
@@ -69,9 +69,7 @@ class KimiDeltaAttention(ConvQKVMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, seq_len, _ = x.shape
-        q, k, v = self.heads_qkv(x, F.silu)  # (B, T, H, d) each
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-        beta = writing_strength(self.beta(x), self.allow_neg_eigval)  # (B, T, H)
+        q, k, v, beta = delta_rule_inputs(self, x)  # (B, T, H, d) each, beta (B, T, H)
         log_decay = self.log_decay(x)  # (B, T, H, d)
         if self.path == "reference":
             o = vector_decay_delta_reference(q, k, v, beta, log_decay)
