@@ -73,15 +73,6 @@ def gla_paper_recurrence(q, k, v, log_gate):
     return out
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("chunk_size", [1, 4, 16])
-@pytest.mark.parametrize("batch,seq_len,heads,n,p", SHAPES, ids=SHAPE_IDS)
-def test_chunked_gated_scan_matches_the_recurrence(batch, seq_len, heads, n, p, chunk_size, device):
-    inputs = [t.detach().to(device).requires_grad_(True) for t in gla_inputs(batch, seq_len, heads, n, p)]
-    chunked = lambda *a: gated_scan_chunked(*a, chunk_size=chunk_size)  # noqa: E731
-    assert_same_outputs_and_grads(chunked, gated_scan_reference, inputs)
-
-
 def test_gla_reference_is_the_papers_recurrence():
     """Yang et al. 2024, the recurrent form S_t = Diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t."""
     inputs = gla_inputs(2, 11, 2, 3, 4)
@@ -232,13 +223,20 @@ def test_log_linear_reference_is_the_papers_masked_form():
     assert_same_outputs_and_grads(log_linear_reference, log_linear_paper_form, inputs)
 
 
+CHUNKED_FORMS = {  # name -> (random inputs, chunked form, per-token reference, chunk sizes)
+    "gla": (gla_inputs, gated_scan_chunked, gated_scan_reference, [1, 4, 16]),
+    "log_linear": (log_linear_inputs, log_linear_chunked, log_linear_reference, [1, 4, 16, 64]),
+}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("chunk_size", [1, 4, 16, 64])
+@pytest.mark.parametrize("form,chunk_size", [(form, c) for form, (*_, sizes) in CHUNKED_FORMS.items() for c in sizes])
 @pytest.mark.parametrize("batch,seq_len,heads,n,p", SHAPES, ids=SHAPE_IDS)
-def test_chunked_log_linear_matches_the_recurrence(batch, seq_len, heads, n, p, chunk_size, device):
-    inputs = [t.detach().to(device).requires_grad_(True) for t in log_linear_inputs(batch, seq_len, heads, n, p)]
-    chunked = lambda *a: log_linear_chunked(*a, chunk_size=chunk_size)  # noqa: E731
-    assert_same_outputs_and_grads(chunked, log_linear_reference, inputs)
+def test_chunked_form_matches_the_recurrence(form, batch, seq_len, heads, n, p, chunk_size, device):
+    make_inputs, chunked_form, reference, _ = CHUNKED_FORMS[form]
+    inputs = [t.detach().to(device).requires_grad_(True) for t in make_inputs(batch, seq_len, heads, n, p)]
+    chunked = lambda *a: chunked_form(*a, chunk_size=chunk_size)  # noqa: E731
+    assert_same_outputs_and_grads(chunked, reference, inputs)
 
 
 def test_log_linear_with_equal_lambdas_is_the_decayed_scan():
