@@ -27,6 +27,13 @@ def lengths_for(name: str) -> list[int]:
     return sorted({base, base + 1, base + 7, 2 * base + 3, max(64, base) + 1, 4 * base + 1})
 
 
+def batches_at_every_length(name: str, batch_size: int, seed: int, device: str):
+    """(task, seq_len, batch): the task at its default params, sampled at each of `lengths_for(name)`."""
+    task = get_task(name)
+    for seq_len in lengths_for(name):
+        yield task, seq_len, task.sample(batch_size, seq_len, seed=seed, device=device)
+
+
 def test_the_four_tasks_are_registered():
     assert {"copy", "associative_recall", "delayed_match", "multi_turn_qa"} <= set(TASKS)
 
@@ -34,9 +41,7 @@ def test_the_four_tasks_are_registered():
 @pytest.mark.parametrize("name", TASKS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_shapes_dtypes_ranges(name, device):
-    task = get_task(name)
-    for seq_len in lengths_for(name):
-        batch = task.sample(8, seq_len, seed=1, device=device)
+    for task, seq_len, batch in batches_at_every_length(name, 8, seed=1, device=device):
         for tensor in (batch.inputs, batch.targets, batch.lags):
             assert tensor.shape == (8, seq_len) and tensor.dtype == torch.int64
             assert tensor.device.type == torch.device(device).type
@@ -74,9 +79,7 @@ def test_same_seed_same_bytes_different_seed_differs(name):
 @pytest.mark.parametrize("name", TASKS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_solver_agrees_with_every_label_at_default_params(name, device):
-    task = get_task(name)
-    for seq_len in lengths_for(name):
-        batch = task.sample(32, seq_len, seed=3, device=device)
+    for task, _, batch in batches_at_every_length(name, 32, seed=3, device=device):
         solved = task.solve(batch.inputs)
         assert solved.shape == batch.inputs.shape
         assert torch.equal(solved[batch.scored], batch.targets[batch.scored])
