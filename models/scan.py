@@ -71,6 +71,21 @@ def scan_reference(
     return torch.stack(outputs, dim=1)  # (B, T, H, P)
 
 
+def split_chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, T, h, d) -> (B, h, nC, C, d): the T tokens in nC = ceil(T / C) chunks of C = `size`, the tail zero-padded
+    (zero keys and values add nothing). The chunked forms' layout.
+
+        >>> split_chunks(torch.arange(5.0).view(1, 5, 1, 1), 2)[0, 0, :, :, 0]
+        tensor([[0., 1.],
+                [2., 3.],
+                [4., 0.]])
+    """
+    batch, seq_len, heads, d = x.shape
+    pad = -seq_len % size
+    x = F.pad(x, (0, 0, 0, 0, 0, pad))  # (B, nC C, h, d)
+    return x.view(batch, (seq_len + pad) // size, size, heads, d).permute(0, 3, 1, 2, 4)
+
+
 def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,
                  chunk_size: int = 64, decay_sign: torch.Tensor | None = None) -> torch.Tensor:
     """The same output, with matmuls: a masked quadratic form inside chunks of C tokens and the state
@@ -102,12 +117,7 @@ def scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: t
     size = min(chunk_size, seq_len)
     pad = -seq_len % size
     chunks = (seq_len + pad) // size
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, h, d) -> (B, h, nC, C, d)
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(x.shape[0], chunks, size, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, h, nC, C, N), (B, h, nC, C, N), (B, H, nC, C, P)
+    qc, kc, vc = (split_chunks(x, size) for x in (q, k, v))  # (B, h, nC, C, N), (B, h, nC, C, N), (B, H, nC, C, P)
     if log_decay is not None:  # L: the cumulative log-decay within each chunk
         log_a = F.pad(log_decay.to(carry_dtype(log_decay)), (0, 0, 0, pad))  # (B, T', H)
         cum = log_a.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumsum(-1)  # (B, H, nC, C)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from membench.checks import ConfigError, check_int
-from membench.models.scan import carry_dtype, read_state
+from membench.models.scan import carry_dtype, read_state, split_chunks
 
 
 def levels(seq_len: int) -> int:
@@ -122,12 +122,7 @@ def log_linear_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     count = within + levels(chunks) - 1  # and c + 1 .. c + bit_length(nC - 1) across chunks
     weights = level_weights[..., :count]
     weights = F.pad(weights, (0, count - weights.shape[-1]))  # padded queries may reach a level T itself does not
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (B, H, nC, C, d)
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc, lam = to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(weights)  # lam (B, H, nC, C, count)
+    qc, kc, vc, lam = (split_chunks(x, size) for x in (q, k, v, weights))  # lam (B, H, nC, C, count)
     log_a = F.pad(log_decay.to(carry_dtype(log_decay)), (0, 0, 0, pad))  # (B, T', H)
     cum = log_a.view(batch, chunks, size, heads).permute(0, 3, 1, 2).cumsum(-1)  # (B, H, nC, C): L_i
 

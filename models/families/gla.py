@@ -40,7 +40,7 @@ from torch import nn
 from membench.checks import check_int
 from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads
-from membench.models.scan import carry_dtype, read_state
+from membench.models.scan import carry_dtype, read_state, split_chunks
 
 GATE_RANK = 16  # the rank of the gate's projection W_2 W_1 (the paper's)
 GATE_TEMPERATURE = 16.0  # tau: log alpha = logsigmoid(.) / tau keeps the gates near 1 at the start
@@ -90,15 +90,8 @@ def gated_scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_ga
     check_int("chunk_size", chunk_size, maximum=MAX_CHUNK)
     batch, seq_len, heads, p = v.shape
     size = min(chunk_size, seq_len)
-    pad = -seq_len % size
-    chunks = (seq_len + pad) // size
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, d) -> (B, H, nC, C, d)
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, H, nC, C, N), (.., N), (.., P)
-    cum = to_chunks(log_gate.to(carry_dtype(log_gate))).cumsum(-2)  # (B, H, nC, C, N): B_i, in [-80, 0]
+    qc, kc, vc = (split_chunks(x, size) for x in (q, k, v))  # (B, H, nC, C, N), (.., N), (.., P)
+    cum = split_chunks(log_gate.to(carry_dtype(log_gate)), size).cumsum(-2)  # (B, H, nC, C, N): B_i, in [-80, 0]
     q_in = qc * cum.exp().to(qc.dtype)  # (B, H, nC, C, N): q_i exp(B_i), decayed from the chunk's start
 
     # 1. each chunk from its own tokens: (q_i exp(B_i)) . (k_j exp(-B_j)), j <= i
@@ -120,7 +113,7 @@ def gated_scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_ga
 
     # 4. the entering state read out at each position (float32 at least)
     out = intra + read_state(q_in, entering)  # (B, H, nC, C, P)
-    return out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * size, heads, p)[:, :seq_len].to(v.dtype)
+    return out.permute(0, 2, 3, 1, 4).reshape(batch, -1, heads, p)[:, :seq_len].to(v.dtype)  # (B, T, H, P)
 
 
 class GatedLinearAttention(ConvQKVMixer):

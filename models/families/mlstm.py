@@ -56,7 +56,7 @@ from torch import nn
 from membench.checks import check_choice, check_int
 from membench.models import MemoryModel, Mixer, linear_flops, register_model
 from membench.models.layers import ShortConv, check_heads
-from membench.models.scan import carry_dtype, read_state
+from membench.models.scan import carry_dtype, read_state, split_chunks
 
 EPS = 1e-6
 M_FLOOR = -30.0  # the max state never goes below it: exp(-m) <= exp(30) stays finite
@@ -117,14 +117,10 @@ def mlstm_chunked(
     pad = -seq_len % size
     chunks = (seq_len + pad) // size
 
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, e) -> (B, H, nC, C, e)
-        x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
-        return x.view(batch, chunks, size, heads, x.shape[-1]).permute(0, 3, 1, 2, 4)
-
     def gates_to_chunks(g: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, H, nC, C)
         return F.pad(g.to(dtype), (0, 0, 0, pad)).view(batch, chunks, size, heads).permute(0, 3, 1, 2)
 
-    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v)  # (B, H, nC, C, d), ..., (B, H, nC, C, P)
+    qc, kc, vc = (split_chunks(x.to(dtype), size) for x in (q, k, v))  # (B, H, nC, C, d), ..., (B, H, nC, C, P)
     i_c = gates_to_chunks(i_pre)  # (B, H, nC, C)
     i_m = i_c.clamp(min=M_FLOOR)  # the floored gate, for the max states only
     b = gates_to_chunks(log_forget(f_pre.to(dtype), forget_gate)).cumsum(-1)  # (B, H, nC, C): log f up to i
