@@ -31,12 +31,13 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import best_wall_seconds
 
 BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "baseline.json"
 GUARDED_FILES = ("tests/test_bench_tasks.py", "tests/test_bench_models.py", "tests/test_bench_eval.py")
@@ -66,15 +67,9 @@ def calibration_seconds(rounds: int = CALIBRATION_ROUNDS) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        calibration()
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            calibration()
-            times.append(time.perf_counter() - start)
+        return best_wall_seconds(calibration, rounds)
     finally:
         torch.set_num_threads(threads)
-    return min(times)
 
 
 @pytest.fixture(autouse=True)

@@ -139,6 +139,17 @@ def forward_backward_seconds(fn, inputs: list[torch.Tensor | None]) -> float:
     return clock() - start
 
 
+def best_wall_seconds(fn, rounds: int) -> float:
+    """Best wall time of `rounds` calls of `fn` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def best_seconds(reference, fast, inputs: list[torch.Tensor | None], rounds: int) -> tuple[float, float]:
     """(reference, fast): the best of `rounds` forward + backward passes of each, alternating in one run (so a
     drift of the machine's speed slows both alike), after one untimed pass of `fast` (allocations)."""

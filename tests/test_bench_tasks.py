@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from membench.memtasks import IGNORE, get_task, list_tasks
+from tests.helpers import best_wall_seconds
 
 pytestmark = pytest.mark.benchmark
 
@@ -128,17 +129,6 @@ RECALL_VARIANTS = {  # label -> (task, params): the generators built on associat
 }
 
 
-def best_seconds(fn, rounds: int = 10) -> float:
-    """Best wall time of `rounds` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @pytest.mark.parametrize("label", list(RECALL_VARIANTS))
 def test_recall_variant_vs_multi_turn_qa_cpu(benchmark, capsys, label):
     """A recall variant at 256 x 256 (default params otherwise) and multi_turn_qa at the same shape, both timed
@@ -148,7 +138,7 @@ def test_recall_variant_vs_multi_turn_qa_cpu(benchmark, capsys, label):
     benchmark.group = f"recall variants vs multi_turn_qa, CPU, {CPU_BATCH} x {CPU_LENGTH}"
     benchmark.pedantic(task.sample, args=(CPU_BATCH, CPU_LENGTH), kwargs={"seed": 0}, rounds=10, warmup_rounds=1)
     best = report(benchmark, capsys, label, CPU_BATCH * CPU_LENGTH)
-    baseline = best_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0))
+    baseline = best_wall_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0), 10)
     if best is not None:
         benchmark.extra_info.update(multi_turn_qa_seconds=baseline, ratio=best / baseline)
         with capsys.disabled():
@@ -170,8 +160,8 @@ def test_new_generator_within_the_time_of_multi_turn_qa(benchmark, capsys, name)
     mine = report(benchmark, capsys, f"{name} {CPU_BATCH} x {CPU_LENGTH}", CPU_BATCH * CPU_LENGTH)
     if mine is None:
         return
-    ours = best_seconds(lambda: task.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
-    theirs = best_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
+    ours = best_wall_seconds(lambda: task.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
+    theirs = best_wall_seconds(lambda: reference.sample(CPU_BATCH, CPU_LENGTH, seed=0), 20)
     benchmark.extra_info.update(reference_seconds=theirs, ratio=ours / theirs)
     with capsys.disabled():
         print(f"{name}: {ours * 1e3:.2f} ms, {REFERENCE_TASK}: {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}")
