@@ -190,6 +190,43 @@ def test_bad_input_is_rejected_with_clear_messages(name):
                 get_task(name, **{field.name: -1})
 
 
+BAD_PARAMS = [  # (task, params, what its one-line error says): each task names the parameter it refuses
+    ("delayed_match", {"pattern_len": 0}, "pattern_len must be an integer >= 1"),
+    ("delayed_match", {"pattern_len": 2.5}, "pattern_len"),
+    ("delayed_match", {"num_symbols": 1}, "num_symbols must be an integer >= 2"),
+    ("delayed_match", {"num_symbols": True}, "num_symbols"),
+    ("delayed_match", {"num_trials": 0}, "num_trials must be an integer >= 1 or None"),
+    ("delayed_match", {"delay": -1}, "delay must be an integer >= 0 or None"),
+    ("delayed_match", {"delay": "long"}, "delay"),
+    ("multi_turn_qa", {"num_entities": 0}, "num_entities must be an integer >= 1"),
+    ("multi_turn_qa", {"num_attributes": 1.0}, "num_attributes"),
+    ("multi_turn_qa", {"num_values": 1}, "num_values must be an integer >= 2"),
+    ("multi_turn_qa", {"num_words": 0}, "num_words"),
+    ("multi_turn_qa", {"chat_prob": 1.5}, r"chat_prob must be a probability in \[0, 1\]"),
+    ("multi_turn_qa", {"ask_prob": -0.1}, "ask_prob"),
+    ("multi_turn_qa", {"update_prob": "often"}, "update_prob"),
+    ("multi_turn_qa", {"chat_prob": 0.5, "ask_prob": 0.5}, r"chat_prob \+ ask_prob must be < 1"),
+    ("flip_flop", {"p_write": 0.0}, "p_write"),
+    ("flip_flop", {"p_read": 1.0}, "p_read"),
+    ("flip_flop", {"p_write": 0.6, "p_read": 0.5}, r"p_write \+ p_read"),
+    ("state_tracking", {"group": "S4"}, "group"),
+    ("state_tracking", {"group": "cyclic"}, "modulus"),
+    ("state_tracking", {"group": "cyclic", "modulus": 1}, "modulus"),
+    ("state_tracking", {"group": "S5", "modulus": 5}, "only for group='cyclic'"),
+    ("state_tracking", {"group": "cyclic", "modulus": 2000}, "modulus"),
+    ("state_tracking", {"score": "first"}, "score"),
+    ("n_back", {"n": 0}, "n must"),
+    ("n_back", {"match_prob": 1.0}, "match_prob"),
+    ("n_back", {"num_symbols": 1}, "num_symbols"),
+]
+
+
+@pytest.mark.parametrize("name,params,fragment", BAD_PARAMS)
+def test_bad_params_are_refused_naming_them(name, params, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        get_task(name, **params)
+
+
 def test_unknown_task_suggests_the_closest_names():
     with pytest.raises(UnknownNameError, match="did you mean 'associative_recall'"):
         get_task("associative_recal")

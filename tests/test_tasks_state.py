@@ -69,14 +69,6 @@ def test_smoke_evaluates_flip_flop_on_the_named_slices():
     assert any(not s.params for s in slices.values())  # and the in-distribution stream beside them
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"p_write": 0.0}, "p_write"), ({"p_read": 1.0}, "p_read"), ({"p_write": 0.6, "p_read": 0.5}, "p_write \\+ p_read"),
-])
-def test_flip_flop_rejects_bad_probabilities(params, match):
-    with pytest.raises(ValueError, match=match):
-        get_task("flip_flop", **params)
-
-
 def test_flip_flop_render():
     task = get_task("flip_flop")
     assert task.render(task.sample(1, 15, seed=43)) == "w1 [r -> 1] i1 i0 [r -> 1] w0 i1 [r -> 0]"
@@ -145,16 +137,6 @@ def test_state_tracking_answers_are_uniform_whatever_the_current_token():
     assert (joint / joint.sum()).sub(1 / 36).abs().max().item() < 0.005
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"group": "S4"}, "group"), ({"group": "cyclic"}, "modulus"), ({"group": "cyclic", "modulus": 1}, "modulus"),
-    ({"group": "S5", "modulus": 5}, "only for group='cyclic'"), ({"group": "cyclic", "modulus": 2000}, "modulus"),
-    ({"score": "first"}, "score"),
-])
-def test_state_tracking_rejects_bad_params(params, match):
-    with pytest.raises(ValueError, match=match):
-        get_task("state_tracking", **params)
-
-
 # --- n_back -------------------------------------------------------------------------------------
 def test_n_back_law_match_rate_and_uniform_symbols():
     task = get_task("n_back", n=3, num_symbols=5, match_prob=0.3)
@@ -177,10 +159,6 @@ def test_n_back_default_n_grows_with_length(seq_len, n):
     assert (batch.lags[batch.scored] == n).all() and int(batch.scored[0].sum()) == seq_len - n
 
 
-@pytest.mark.parametrize("params, match", [({"n": 0}, "n must"), ({"match_prob": 1.0}, "match_prob"),
-                                           ({"num_symbols": 1}, "num_symbols")])
-def test_n_back_rejects_bad_params(params, match):
-    with pytest.raises(ValueError, match=match):
-        get_task("n_back", **params)
+def test_n_back_rejects_a_length_of_n_or_less():
     with pytest.raises(ValueError, match="seq_len"):
         get_task("n_back", n=5).sample(2, 5, seed=0)
