@@ -42,6 +42,7 @@ from membench.runners.reporting.figures import (
     count_label,
     draw_in_parallel,
     family_styles,
+    line_style,
     panel_grid,
     save_figure,
 )
@@ -94,8 +95,7 @@ def _family_legend(fig: Figure, sweep: Sweep, models, extra: list[tuple] = ()) -
 
 
 def _line(sweep: Sweep, model: str) -> dict:
-    style = sweep.styles[model]
-    return {"color": style["color"], "marker": style["marker"], "markersize": 5, "linewidth": 1.5}
+    return line_style(sweep.styles[model], markersize=5, linewidth=1.5)
 
 
 def _log2_axis(ax, values) -> None:

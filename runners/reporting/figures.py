@@ -42,6 +42,15 @@ def family_styles(names) -> dict[str, dict]:
     }
 
 
+def line_style(style: dict, markersize: float, linewidth: float) -> dict:
+    """Keyword arguments of `ax.plot` for a family's line: its colour and marker (one of `family_styles`).
+
+        >>> line_style({"color": "C0", "marker": "o"}, 5, 1.5)
+        {'color': 'C0', 'marker': 'o', 'markersize': 5, 'linewidth': 1.5}
+    """
+    return {"color": style["color"], "marker": style["marker"], "markersize": markersize, "linewidth": linewidth}
+
+
 def count_label(value: float, _position=None) -> str:
     """Tick label for a count: 50000 -> '50k', 1250000 -> '1.25M', 3e9 -> '3B', 512 -> '512'."""
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):

@@ -45,7 +45,7 @@ from matplotlib.lines import Line2D
 from membench.runners.reporting.charts import Sweep
 from membench.runners.reporting.cost_charts import LOG_LOG_CHARTS, SAVE, attention_share_chart, log_log_chart
 from membench.runners.reporting.error_rates import error_rate_table, error_rates_markdown
-from membench.runners.reporting.figures import RC
+from membench.runners.reporting.figures import RC, line_style
 from membench.runners.reporting.frontier import frontier_markdown, frontier_table, has_sizes, recall_vs_state
 from membench.runners.reporting.html_assets import (
     csv_html,
@@ -355,8 +355,7 @@ def task_figure(sweep: Sweep, task: str) -> Figure:
 
 
 def _line(sweep: Sweep, model: str) -> dict:
-    style = sweep.styles[model]
-    return {"color": style["color"], "marker": style["marker"], "markersize": 4, "linewidth": 1.4}
+    return line_style(sweep.styles[model], markersize=4, linewidth=1.4)  # smaller than the charts': an inline figure
 
 
 def _log2_axis(ax, values) -> None:
