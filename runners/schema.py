@@ -47,6 +47,8 @@ TABLES = {"runs": RUNS_COLUMNS, "lags": LAGS_COLUMNS, "curves": CURVES_COLUMNS, 
 # the columns that name one row of each table (a user's own columns follow a row through a rewrite by them)
 ROW_KEYS = {"runs": ["trial_id", "slice"], "lags": ["trial_id", "eval_len", "lag_unit", "lag_bucket"],
             "curves": ["trial_id", "step"], "slice_curves": ["trial_id", "slice", "step"]}
+# row-key columns added after their table was first written, and the value every earlier row had
+KEYS_ADDED_LATER = {"lag_unit": "symbols"}
 
 STRING_COLUMNS = {"chance_plateau": str,
                   "trial_id": str, "task": str, "task_params": str, "model_params": str, "model": str, "slice": str,

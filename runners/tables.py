@@ -52,7 +52,15 @@ from pathlib import Path
 import pandas as pd
 
 from membench.runners.errors import UsageError
-from membench.runners.schema import ROW_KEYS, STATUSES, STRING_COLUMNS, TABLES, as_bool, cell_problems
+from membench.runners.schema import (
+    KEYS_ADDED_LATER,
+    ROW_KEYS,
+    STATUSES,
+    STRING_COLUMNS,
+    TABLES,
+    as_bool,
+    cell_problems,
+)
 
 TRIALS_DIR = "trials"
 _TMP = ".tmp-"  # + "<pid>-": whose file it is
@@ -361,7 +369,8 @@ def write_tables(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
 def with_user_columns(df: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
     """`df` (table `name`, about to replace the CSV at `path`) followed by the columns of that CSV which are
     not in the schema (a user's own), each row taking their cells, as written, from the old row of the same
-    ROW_KEYS; a row that had none gets empty cells.
+    ROW_KEYS; a row that had none gets empty cells. A key column the old CSV predates (KEYS_ADDED_LATER) takes
+    the value its rows had then.
 
         runs.csv before:  trial_id,slice,...,status,note      after:  trial_id,slice,...,status,note
                           ab12,L8,...,ok,check lr                     ab12,L8,...,ok,check lr
@@ -369,12 +378,16 @@ def with_user_columns(df: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
     """
     keys = ROW_KEYS.get(name)
     header = _read_csv(path, nrows=0) if keys and path.is_file() else None
-    if header is None or not set(keys) <= set(header.columns):
+    if header is None:
+        return df
+    absent = [k for k in keys if k not in header.columns]
+    if any(k not in KEYS_ADDED_LATER for k in absent):
         return df
     own = [c for c in header.columns if c not in TABLES[name] and c not in df.columns]
     if not own:
         return df
-    old = _read_csv(path, usecols=[*keys, *own], dtype=str, keep_default_na=False)
+    old = _read_csv(path, usecols=[*(k for k in keys if k not in absent), *own], dtype=str, keep_default_na=False)
+    old = old.assign(**{k: KEYS_ADDED_LATER[k] for k in absent})
     old.index = _row_key(old, keys)
     carried = old.loc[~old.index.duplicated(), own].reindex(_row_key(df, keys))
     return pd.concat([df.reset_index(drop=True), carried.reset_index(drop=True)], axis=1)

@@ -277,8 +277,11 @@ def test_users_own_columns_follow_kept_rows_and_rerun_trials(out, capsys):
 def test_user_columns_are_matched_by_row_key_numbers_as_text(tmp_path):
     path = tmp_path / "lags.csv"
     path.write_text("trial_id,eval_len,lag_bucket,mine\nab12,16,4,x\nab12,16.0,8,y\n")
-    new = pd.DataFrame({"trial_id": ["ab12", "ab12", "cd34"], "eval_len": [16, 16, 16], "lag_bucket": [8, 4, 4]})
-    assert tables.with_user_columns(new, "lags", path)["mine"].fillna("(empty)").tolist() == ["y", "x", "(empty)"]
+    new = pd.DataFrame({"trial_id": ["ab12", "ab12", "cd34", "ab12"], "eval_len": [16, 16, 16, 16],
+                        "lag_unit": ["symbols", "symbols", "symbols", "tokens"], "lag_bucket": [8, 4, 4, 4]})
+    # the old file predates lag_unit: its rows were in symbols, so the row in tokens gets no cell of theirs
+    assert (tables.with_user_columns(new, "lags", path)["mine"].fillna("(empty)").tolist()
+            == ["y", "x", "(empty)", "(empty)"])
     assert list(tables.with_user_columns(new, "cost", path).columns) == list(new.columns)  # no row key: as given
 
 
