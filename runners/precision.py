@@ -36,7 +36,7 @@ GRAPHS_MIN_CAPABILITY = (8, 0)  # the oldest compute capability on which membenc
 
 def _has_bf16(index: int) -> bool:
     """True when CUDA device `index` computes bf16 in hardware (asked of the driver: call it outside what
-    torch.compile captures, as runners.train.loss_fn does)."""
+    torch.compile captures, as runners.step_loss.loss_fn does)."""
     with torch.cuda.device(index):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 

@@ -252,7 +252,7 @@ def toml_value(value) -> str:
 
 def _describe_key(key: str) -> str:
     from membench.runners.executors import EXECUTORS
-    from membench.runners.train import COMPILE_MODES
+    from membench.runners.step_loss import COMPILE_MODES
     from membench.runners.trial import BUDGETS, EARLY_STOPS
 
     choices = {"early_stop": EARLY_STOPS, "budget": BUDGETS, "compile": COMPILE_MODES, "executor": EXECUTORS}

@@ -32,7 +32,7 @@ from membench.checks import LIMITS, ConfigError
 from membench.memtasks import get_task, task_class
 from membench.registry import unknown_name_message
 from membench.runners.executors import EXECUTORS
-from membench.runners.train import COMPILE_MODES
+from membench.runners.step_loss import COMPILE_MODES
 from membench.runners.trial import BUDGETS, EARLY_STOPS, TrialConfig, check_length_range
 
 

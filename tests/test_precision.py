@@ -11,7 +11,7 @@ from membench.checks import ConfigError
 from membench.runners import metrics, precision
 from membench.runners.executors import make_executor
 from membench.runners.precision import check_compile, choose_precision, graphs_supported, precision_name
-from membench.runners.train import loss_fn
+from membench.runners.step_loss import loss_fn
 
 GPUS = {  # name -> (compute capability, bf16 in hardware)
     "Tesla T4": ((7, 5), False),

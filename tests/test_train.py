@@ -17,15 +17,15 @@ from membench.models import build_model
 from membench.runners import metrics
 from membench.runners import train as train_module
 from membench.runners.spec import load_spec
-from membench.runners.train import (
+from membench.runners.step_loss import (
     CapacityExceeded,
-    clip_grad_norm,
     gather_capacity,
     loss_fn,
     scored_loss,
     scored_loss_reference,
     scored_positions,
 )
+from membench.runners.train import clip_grad_norm
 from membench.runners.trial import EvalSlice, TrialConfig, run_trial
 
 ZOOLOGY_MODEL = {"mixer_pattern": "conv,attention", "mlp_ratio": 0, "position": "none", "n_heads": 1,

@@ -26,7 +26,7 @@ from membench.runners import train as train_module
 from membench.runners import trial as trial_module
 from membench.runners.precision import precision_name
 from membench.runners.schema import RUNS_COLUMNS
-from membench.runners.train import resolve_compile
+from membench.runners.step_loss import resolve_compile
 from membench.runners.trial import EvalSlice, Segment, TrialConfig, run_trial
 from tests.helpers import run_cli, tiny_spec
 

@@ -23,7 +23,7 @@ What is checked (D = the device; the CPU shapes are smaller, and each row says w
                               gradients of 2 x 64 tokens): fp32 within 1e-4, bf16 autocast within 5e-2, relative
                               to the fp32 reference (||a - b|| / ||b||); families without a reference path
                               compare bf16 against their own fp32
-    compile <mode>            the captured training step (runners.train.loss_fn) of each compile mode D supports,
+    compile <mode>            the captured training step (runners.step_loss.loss_fn) of each compile mode D supports,
                               3 steps against eager: losses within 1e-4 (fp32) or 2e-2 (bf16)
     fused AdamW               3 steps of fused AdamW against the plain loop: parameters within 1e-5
     oom                       a trial whose batch cannot be allocated (2^40 sequences), then a normal one, through

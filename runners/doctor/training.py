@@ -3,7 +3,7 @@ AdamW against the plain loop ("fused AdamW"), and, on CUDA, whether each compile
 captured whole by cuda_graphs at T = 1024 and 4096 ("capture <family> T=<n>").
 
 All of them train a fresh model (seed 0) on associative recall for 3 steps through the runner's own
-`train.loss_fn`, `train.make_optimizer` and `train.scored_positions` (`_train_losses`).
+`step_loss.loss_fn`, `train.make_optimizer` and `step_loss.scored_positions` (`_train_losses`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from membench.memtasks import get_task
 from membench.models import build_model, list_models, model_class
 from membench.runners import precision, train
 from membench.runners.doctor.rows import Check, verdict
+from membench.runners.step_loss import gather_capacity, loss_fn, scored_positions
 
 
 def _train_losses(name: str, device: torch.device, compile: str, steps: int = 3, seq_len: int = 32,
@@ -26,13 +27,13 @@ def _train_losses(name: str, device: torch.device, compile: str, steps: int = 3,
     model = build_model(name, vocab, d_model=d_model, n_layers=2).to(device)
     task = get_task("associative_recall", vocab_size=vocab)
     optimizer = train.make_optimizer(model, 3e-3, 0.1, device)
-    step_loss = train.loss_fn(model, compile, device)
-    capacity = train.gather_capacity(task.sample(batch_size, seq_len, 0, device).targets)
+    step_loss = loss_fn(model, compile, device)
+    capacity = gather_capacity(task.sample(batch_size, seq_len, 0, device).targets)
     losses, first = [], math.nan
     for step in range(steps):
         batch = task.sample(batch_size, seq_len, step, device)
         start = time.perf_counter()
-        index, picked, _ = train.scored_positions(batch.targets, capacity)
+        index, picked, _ = scored_positions(batch.targets, capacity)
         loss = step_loss(batch.inputs, index, picked)
         loss.backward()
         optimizer.step()
