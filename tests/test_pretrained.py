@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from membench.checks import ConfigError
-from membench.memtasks import get_task
+from membench.memtasks import TASKS, get_task
 from membench.runners.trial import EvalSlice
 from tests.helpers import run_cli, tiny_spec, undo_plugin_side_effects  # noqa: F401 (autouse)
 
@@ -293,3 +293,26 @@ def test_a_zero_shot_sweep_writes_rows_like_any_familys(gpt2, tmp_path, capsys):
     board, tasks = build_leaderboard(results.runs)
     assert list(board["kind"]) == ["pretrained"]
     assert "evaluated as they are" in leaderboard_markdown(board, tasks, results.runs)
+
+
+BUILT_IN_TASKS = sorted(TASKS.names())  # at import: before any test registers a task of its own
+
+
+def test_every_task_is_read_zero_shot_at_two_lengths(tmp_path, capsys):
+    """The bar of the issue: one checkpoint, every built-in task at two lengths, rows like any family's."""
+    model = "pretrained:" + str(save_checkpoint(tmp_path / "gpt2", positions=4096))
+    lengths = {name: max(8, get_task(name).min_length()) for name in BUILT_IN_TASKS}
+    spec = tiny_spec(tmp_path, {name: {"lengths": [n, 2 * n]} for name, n in lengths.items()}, models=[model],
+                     steps=0, tasks=None, eval_multipliers=[], eval_sequences=4)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--quiet")
+    assert code == 0, err
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(set(runs["task"])) == BUILT_IN_TASKS and (runs["status"] == "ok").all()
+    for name, group in runs.groupby("task"):
+        assert sorted(group["eval_len"]) == [lengths[name], 2 * lengths[name]]
+        assert (group["context_tokens"] > group["eval_len"]).all()  # a word per symbol, a byte per token
+        assert (group["chance_level"] == get_task(name).chance_level).all() and (group["steps"] == 0).all()
+        assert group["accuracy"].between(0, 1).all() and (group["scored"] > 0).all()
+    lags = pd.read_csv(out / "lags.csv")
+    assert set(lags["lag_unit"]) == {"symbols", "tokens"} and set(lags["task"]) == set(BUILT_IN_TASKS)
