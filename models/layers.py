@@ -27,6 +27,7 @@ memory-efficient kernels on GPU).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,12 @@ class ConvQKVMixer(Mixer):
     Subclasses add their memory and output layers after these (so the parameters are drawn in that order).
 
     Cost, shared: the state is H d x d memories plus the convolution's (`state_size`); the FLOPs are the
-    dense layers a subclass lists in `projections()`, the convolution and its `memory_flops` (`flops`)."""
+    dense layers a subclass lists in `projections()`, the convolution and the memory, `memory_products` d x d
+    multiply-adds per head and token (`memory_flops`; gla's write k v^T and read S^T q are 2). A subclass whose
+    memory is not H d x d matrices (linear_attention's normaliser, log_linear's levels) overrides `state_size`
+    and `memory_flops`."""
+
+    memory_products: ClassVar[int]  # d x d matrix-vector products per head and token (writes, reads, recalls)
 
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
         super().__init__()
@@ -136,6 +142,9 @@ class ConvQKVMixer(Mixer):
         tokens = batch_size * seq_len
         dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in self.projections())
         return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
+
+    def memory_flops(self, batch_size: int, seq_len: int) -> int:
+        return 2 * self.memory_products * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
 def mamba_decay_params(n_heads: int) -> tuple[nn.Parameter, nn.Parameter]:

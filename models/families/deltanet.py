@@ -48,6 +48,9 @@ class DeltaNet(ConvQKVMixer):
     """One DeltaNet layer; see the module docstring. Subclasses add a decay (`log_decay`) and an output
     gate (`gate`) and list their extra projections in `projections`."""
 
+    # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token
+    memory_products = 3
+
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int,
                  allow_neg_eigval: bool = False) -> None:
         super().__init__(d_model, n_heads, short_conv, chunk_size)
@@ -78,10 +81,6 @@ class DeltaNet(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.beta, self.out]
-
-    def memory_flops(self, batch_size: int, seq_len: int) -> int:
-        # the memory: recall S^T k, write k u^T, read S^T q, each d x d multiply-adds per head and token
-        return 3 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
 @register_model("deltanet", order=46)

@@ -119,6 +119,8 @@ def gated_scan_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_ga
 class GatedLinearAttention(ConvQKVMixer):
     """One GLA layer; see the module docstring."""
 
+    memory_products = 2  # the memory: write k v^T and read S^T q, d x d multiply-adds each per head and token
+
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int) -> None:
         super().__init__(d_model, n_heads, short_conv, chunk_size)
         self.gate_down = nn.Linear(d_model, GATE_RANK, bias=False)  # W_1
@@ -143,10 +145,6 @@ class GatedLinearAttention(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.gate_down, self.gate_up, self.out_gate, self.out]
-
-    def memory_flops(self, batch_size: int, seq_len: int) -> int:
-        # the memory: write k v^T and read S^T q, d x d multiply-adds each per head and token
-        return 2 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
 @register_model("gla", order=41)

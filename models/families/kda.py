@@ -55,6 +55,9 @@ from membench.models.scan_vector_decay import (
 class KimiDeltaAttention(ConvQKVMixer):
     """One KDA layer; see the module docstring."""
 
+    # recall S^T k, write k u^T, read S^T q: d x d multiply-adds each, per head and token (the decay is element-wise)
+    memory_products = 3
+
     def __init__(self, d_model: int, n_heads: int, short_conv: int, chunk_size: int, allow_neg_eigval: bool) -> None:
         super().__init__(d_model, n_heads, short_conv, chunk_size)
         self.allow_neg_eigval = allow_neg_eigval
@@ -88,11 +91,6 @@ class KimiDeltaAttention(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.beta, self.decay_down, self.decay_up, self.gate_down, self.gate_up, self.out]
-
-    def memory_flops(self, batch_size: int, seq_len: int) -> int:
-        # recall S^T k, write k u^T, read S^T q: d x d multiply-adds each, per head and token (the decay is
-        # element-wise)
-        return 3 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
 @register_model("kda", order=48)

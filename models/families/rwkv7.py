@@ -75,6 +75,9 @@ def rwkv7_reference(r: torch.Tensor, w: torch.Tensor, erase: torch.Tensor, rate:
 class RWKV7TimeMix(ConvQKVMixer):
     """One RWKV-7 time-mixing layer; see the module docstring."""
 
+    # erase read kappa_hat^T S, erase write, write k~ v^T, read S^T r: d x d multiply-adds each, per head and token
+    memory_products = 4
+
     def __init__(self, d_model: int, n_heads: int, short_conv: int, allow_neg_eigval: bool) -> None:
         super().__init__(d_model, n_heads, short_conv, chunk_size=1)  # one path: no chunks
         self.allow_neg_eigval = allow_neg_eigval
@@ -104,10 +107,6 @@ class RWKV7TimeMix(ConvQKVMixer):
     def projections(self) -> list[nn.Linear]:
         """Every dense layer applied to each token (for `flops`)."""
         return [self.qkv, self.decay, self.rate, self.gate, self.out]
-
-    def memory_flops(self, batch_size: int, seq_len: int) -> int:
-        # erase read kappa_hat^T S, erase write, write k~ v^T, read S^T r: d x d multiply-adds each, per head
-        return 4 * 2 * batch_size * seq_len * self.n_heads * self.d_head * self.d_head
 
 
 @register_model("rwkv7", order=49)
