@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.models import MemoryModel, register_model
-from membench.models.layers import ConvQKVMixer, check_heads, qkv_out_flops
+from membench.models.layers import ConvQKVMixer, check_heads
 from membench.models.scan import scan_chunked, scan_reference
 
 EPS = 1e-6
@@ -65,9 +65,9 @@ class LinearAttention(ConvQKVMixer):
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * self.d_head * (self.d_head + 1) + self.conv_state_size()
 
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        projections = qkv_out_flops(batch_size * seq_len, self.d_model)
-        return projections + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
+    def projections(self) -> list[nn.Linear]:
+        """Every dense layer applied to each token (for `flops`)."""
+        return [self.qkv, self.out]
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the recurrence: the update phi(k) [v, 1]^T and the read-out phi(q)^T [S | z], per head and token

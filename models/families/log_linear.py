@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.checks import LIMITS
-from membench.models import MemoryModel, linear_flops, register_model
+from membench.models import MemoryModel, register_model
 from membench.models.layers import ConvQKVMixer, check_heads, mamba_decay_params
 from membench.models.scan import carry_dtype
 from membench.models.scan_log_linear import check_chunk_size, levels, log_linear_chunked, log_linear_reference
@@ -82,11 +82,9 @@ class LogLinearMamba2(ConvQKVMixer):
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * levels(seq_len) * self.d_head * self.d_head + self.conv_state_size()
 
-    def flops(self, batch_size: int, seq_len: int) -> int:
-        tokens = batch_size * seq_len
-        layers = (self.qkv, self.dt, self.level_increments, self.gate_proj, self.out)
-        dense = sum(linear_flops(tokens, layer.in_features, layer.out_features) for layer in layers)
-        return dense + self.conv_flops(batch_size, seq_len) + self.memory_flops(batch_size, seq_len)
+    def projections(self) -> list[nn.Linear]:
+        """Every dense layer applied to each token (for `flops`)."""
+        return [self.qkv, self.dt, self.level_increments, self.gate_proj, self.out]
 
     def memory_flops(self, batch_size: int, seq_len: int) -> int:
         # the memory: write k v^T, then read every level's d x d state, per head and token
