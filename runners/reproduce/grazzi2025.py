@@ -48,16 +48,31 @@ SPEC = "reproduce_grazzi2025"
 SUMMARY = "Grazzi et al. (ICLR 2025): negative eigenvalues let DeltaNet and Mamba solve parity"
 SOURCE = "Grazzi et al. 2025, Section 5.1 table (arXiv v5 Table 3)"
 METRIC = "scaled accuracy beyond training"
-# (model as our variants are labelled, the paper's row, its number, what it claims)
+# (model as our variants are labelled, the paper's row, its number); what the number claims follows from the
+# rules above (paper_claim)
 PARITY = [
-    ("deltanet [-1,1]", "DeltaNet [-1,1]", "1.000", "solves"),
-    ("deltanet [0,1]", "DeltaNet [0,1]", "0.017", "near chance"),
-    ("ssm [-1,1]", "Mamba [-1,1]", "1.000", "solves"),
-    ("ssm [0,1]", "Mamba [0,1]", "0.000", "near chance"),
-    ("lstm", "sLSTM", "1.000", "solves"),
-    ("mlstm", "mLSTM", "0.087", "near chance"),
-    ("transformer", "Transformer", "0.022", "near chance"),
+    ("deltanet [-1,1]", "DeltaNet [-1,1]", "1.000"),
+    ("deltanet [0,1]", "DeltaNet [0,1]", "0.017"),
+    ("ssm [-1,1]", "Mamba [-1,1]", "1.000"),
+    ("ssm [0,1]", "Mamba [0,1]", "0.000"),
+    ("lstm", "sLSTM", "1.000"),
+    ("mlstm", "mLSTM", "0.087"),
+    ("transformer", "Transformer", "0.022"),
 ]
+
+
+def paper_claim(number: str) -> str:
+    """What a paper's scaled accuracy claims under the module's rules: "solves" (>= SOLVED) or "near chance"
+    (<= NEAR_CHANCE); a number between the two claims neither.
+
+    >>> paper_claim("1.000"), paper_claim("0.087")
+    ('solves', 'near chance')
+    """
+    if float(number) >= SOLVED:
+        return "solves"
+    if float(number) <= NEAR_CHANCE:
+        return "near chance"
+    raise ValueError(f"a paper's {number} is neither solved (>= {SOLVED}) nor near chance (<= {NEAR_CHANCE})")
 
 
 def variant(model: str, model_params: str) -> str:
@@ -142,7 +157,8 @@ def judge(runs: pd.DataFrame) -> list[Finding]:
     """Every claim of the module docstring, in its order."""
     trials = parity_trials(runs)
     findings = []
-    for model, paper_row, paper, kind in PARITY:
+    for model, paper_row, paper in PARITY:
+        kind = paper_claim(paper)
         claim = f"{paper_row} {'solves' if kind == 'solves' else 'does not solve'} parity beyond its training lengths"
         findings.append(model_finding(trials, model, paper, kind, claim, SOURCE, paper_row))
     findings.append(contrast_finding(trials, "deltanet", "DeltaNet"))
