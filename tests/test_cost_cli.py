@@ -42,30 +42,33 @@ def test_tiny_run_writes_tables_and_charts(tmp_path, capsys):
     assert len(pd.read_parquet(out_dir / "cost_fit.parquet")) == 2
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--models", "lstn"], "did you mean 'lstm'"),
-        (["--models", ","], "--models needs at least one family"),
-        (["--lengths", "0,16"], "--lengths must be a positive integer"),
-        (["--lengths", "-64"], "--lengths must be a positive integer"),
-        (["--lengths", "64,abc"], "--lengths must be a positive integer"),
-        (["--lengths", "256", "--max-length", "128"], "above --max-length 128"),
-        (["--batch-tokens", "0"], "--batch-tokens must be a positive integer"),
-        (["--repeats", "none"], "--repeats must be a positive integer"),
-        (["--time-cap", "-1"], "--time-cap must be a positive number"),
-        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-        (["--threads", "0"], "--threads must be a positive integer"),
-        (["--d-model", "10", "--models", "transformer"], "model transformer cannot be built with --d-model 10"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+def assert_refused(tmp_path, capsys, args: list[str], message: str) -> None:
+    """`membench cost` with `args` (after a valid base) exits 2 with one error line holding `message`, and
+    writes nothing."""
     out_dir = tmp_path / "never"
     base = ["--models", "mlp", "--lengths", "16"]
     code, out, err = run_cli(capsys, "cost", *base, *args, "--out", str(out_dir))
     assert code == 2
     assert err.startswith("membench: error: ") and err.count("\n") == 1 and message in err
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lengths", "0,16"), ("--lengths", "-64"), ("--lengths", "64,abc"),
+                                         ("--batch-tokens", "0"), ("--repeats", "none"), ("--threads", "0")])
+def test_a_count_that_is_not_a_positive_integer_is_refused(tmp_path, capsys, flag, value):
+    assert_refused(tmp_path, capsys, [flag, value], f"{flag} must be a positive integer")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "lstn"], "did you mean 'lstm'"),
+    (["--models", ","], "--models needs at least one family"),
+    (["--lengths", "256", "--max-length", "128"], "above --max-length 128"),
+    (["--time-cap", "-1"], "--time-cap must be a positive number"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--d-model", "10", "--models", "transformer"], "model transformer cannot be built with --d-model 10"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    assert_refused(tmp_path, capsys, args, message)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")

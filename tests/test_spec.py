@@ -129,20 +129,10 @@ def test_mixture_and_named_slices(tmp_path):
         [tasks.ar]
         task = "associative_recall"
         params = { vocab_size = 32 }
-        [[tasks.ar.train_mixture]]
-        seq_len = 16
-        params = { num_kv_pairs = 2 }
-        weight = 3
-        [[tasks.ar.train_mixture]]
-        seq_len = 32
-        params = { num_kv_pairs = 4 }
-        [[tasks.ar.eval_slices]]
-        seq_len = 64
-        params = { num_kv_pairs = 8 }
-        n_sequences = 10
-        [[tasks.ar.eval_slices]]
-        name = "short"
-        seq_len = 32
+        train_mixture = [{ seq_len = 16, params = { num_kv_pairs = 2 }, weight = 3 },
+                         { seq_len = 32, params = { num_kv_pairs = 4 } }]
+        eval_slices = [{ seq_len = 64, params = { num_kv_pairs = 8 }, n_sequences = 10 },
+                       { name = "short", seq_len = 32 }]
     """), {})
     (trial,) = spec.trials
     assert trial.task == "associative_recall" and trial.train_len == 32
