@@ -137,17 +137,19 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
 
 
-def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
-    """The checkpoint's tokenizer: a fast one (its character offsets map answers to tokens)."""
+def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False, *,
+                   where: str | None = None, fast: bool = True):
+    """The checkpoint's tokenizer: a fast one (its character offsets map answers to tokens), or any with `fast`
+    False (counting tokens needs no offsets). Its errors name `where` (default pretrained:SOURCE)."""
     transformers = transformers_module()
-    where = f"pretrained:{source}"
+    where = where or f"pretrained:{source}"
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(local_folder(source) or source),
                                                                revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"{where}: its tokenizer cannot be loaded ({_one_line(err)}); save it beside the model "
                           f"with tokenizer.save_pretrained(folder)") from None
-    if not getattr(tokenizer, "is_fast", False):
+    if fast and not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"{where}: its tokenizer is not a fast tokenizer, so it gives no character offsets; save "
                           f"a tokenizer.json (tokenizers library) beside the model")
     return tokenizer

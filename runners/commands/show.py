@@ -9,6 +9,7 @@ from pathlib import Path
 from membench.checks import ConfigError, check_limit
 from membench.memtasks import get_task, task_class
 from membench.memtasks.text import TextExample, render_text
+from membench.models.pretrained import load_tokenizer
 from membench.plugins import blamed_on
 from membench.runners.errors import UsageError
 from membench.runners.parsing import key_values, positive_int
@@ -67,7 +68,7 @@ def run(args) -> int:
 
 def _show_text(task, batch, args, what: str) -> int:
     mode = "plain" if args.plain else "readable"
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    tokenizer = tokenizer_in(args.tokenizer) if args.tokenizer else None
     with blamed_on("task", args.task, "in symbol_table()"):
         example = render_text(task, batch, 0, mode=mode)
     if tokenizer is not None:
@@ -100,19 +101,11 @@ def marked(example: TextExample) -> str:
     return "".join(pieces)
 
 
-def load_tokenizer(path: str):
-    """The tokenizer saved in the local folder `path` (transformers' AutoTokenizer, offline); ConfigError when
-    the folder is missing or holds none."""
-    from membench.models.hf import transformers_module
-
+def tokenizer_in(path: str):
+    """The tokenizer saved in the local folder `path` (models/pretrained.py's loader; never a hub id, so nothing
+    is downloaded); ConfigError naming --tokenizer when the folder is missing or holds none."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"--tokenizer {path}: no such folder; give a folder a tokenizer was saved to "
                           f"(tokenizer.save_pretrained(folder))")
-    transformers = transformers_module()
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:  # no tokenizer files, or files transformers cannot read
-        reason = " ".join(str(err).split())[:160]
-        raise ConfigError(f"--tokenizer {path}: no tokenizer could be loaded from it ({reason}); give a folder "
-                          f"a tokenizer was saved to (tokenizer.save_pretrained(folder))") from None
+    return load_tokenizer(str(folder), where=f"--tokenizer {path}", fast=False)
