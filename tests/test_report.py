@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from membench.runners.reporting.html_assets import FOLD_ROWS, csv_html, markdown_html
+from membench.runners.reporting.html_assets import CSS, FOLD_ROWS, SCRIPT, csv_html, markdown_html
 from membench.runners.reporting.html_report import write_report
 from tests.helpers import run_cli
 from tests.sweeps import known_runs, trial, write_sweep
@@ -51,6 +51,31 @@ def test_the_page_is_self_contained(written):
     assert not re.search(r"url\((?!#)", page) and "@import" not in page
     assert page.count("<svg") == 2  # a figure per task, inline
     assert "<?xml" not in page
+
+
+def test_the_page_is_a_line_per_section_and_no_line_stands_twice(written):
+    lines = written.read_text().splitlines()
+    sections = [line for line in lines if line.startswith("<section ")]
+    assert [line[:line.index(">") + 1] for line in sections] == [
+        '<section id="run">', '<section id="files">', '<section id="leaderboard">', '<section id="tasks">',
+        '<section id="slices">']
+    assert len(lines) == 3 + len(sections) + 2  # doctype, head, header; the sections; the curve data; the end
+    assert lines[1].startswith('<html lang="en"><head>') and lines[1].endswith("</style></head>")
+    assert lines[-2].startswith('<script type="application/json" id="curve-data">')
+    assert lines[-1].startswith("</main>") and lines[-1].endswith("</script></body></html>")
+    assert len(set(lines)) == len(lines)
+
+
+def test_the_script_means_the_same_on_one_line():
+    """The page holds the style and the script on one line each (html_assets.one_line). For the script that is
+    safe only while no line leans on its line break: each ends a statement with ";" or ends in "{", "}", ",",
+    "(" or "=>", no template string spans two lines, and there is no comment."""
+    for line in SCRIPT.splitlines():
+        code = line.strip()
+        assert not code or code.endswith((";", "{", "}", ",", "(", "=>")), f"ends without ';': {code}"
+        assert code.count("`") % 2 == 0, f"a template string across lines: {code}"
+        assert not re.search(r"(?<!:)//|/\*", code), f"a comment: {code}"
+    assert "/*" not in CSS
 
 
 def test_failed_missing_and_under_trained_cells_are_marked_and_explained(written):

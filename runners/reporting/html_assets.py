@@ -2,10 +2,15 @@
 Markdown and CSV rendered as HTML, and SVG made safe to inline. Everything is written into the page itself:
 no remote script, style, font or image, so the file opens from disk without a server.
 
-    >>> print(markdown_html("# Claims\\n\\n| claim | verdict |\\n|---|---:|\\n| `copy` at 64 | **holds** |"))
-    <h3>Claims</h3>
-    <div class="scroll"><table class="sortable"><thead><tr><th>claim</th><th class="num">verdict</th></tr></thead>
-    <tbody><tr><td><code>copy</code> at 64</td><td class="num"><strong>holds</strong></td></tr></tbody></table></div>
+Each piece is written on one line (a table, a figure, a block of Markdown but for a code block's own lines; the
+style and the script too), so that a page is a line per section and two pages never repeat each other line by
+line:
+
+    >>> html = markdown_html("# Claims\\n\\n| claim | verdict |\\n|---|---:|\\n| `copy` at 64 | **holds** |")
+    >>> html[:html.index("<tbody>")]
+    '<h3>Claims</h3><div class="scroll"><table class="sortable"><thead><tr><th>claim</th><th class="num">verdict...'
+    >>> html[html.index("<tbody>"):]
+    '<tbody><tr><td><code>copy</code> at 64</td><td class="num"><strong>holds</strong></td></tr></tbody></table></div>'
 
 The script does two things: a click on the header of a `table.sortable` sorts its rows by that column
 (numbers as numbers, a cell's `data-sort` value where it has one, empty cells last; a second click reverses),
@@ -24,6 +29,9 @@ import pandas as pd
 FOLD_ROWS = 30  # a Markdown table with more rows is folded (a click shows it)
 MAX_CSV_ROWS = 300  # a CSV shown generically: its first rows, and a note saying how many there are
 
+# The style and the script are kept readable here and written into the page on one line each (one_line). The
+# script is written so that joining its lines changes nothing: every line ends a statement with ";" or ends in
+# "{", "}", ",", "(" or "=>", no string spans two lines, and there is no comment (test_report.py holds it to that).
 CSS = """
 :root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #1f6feb;
         --bad: #cf222e; --warn: #9a6700; }
@@ -113,8 +121,9 @@ function element(name, attributes, text) {
   return node;
 }
 function shortCount(value) {
-  for (const [size, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "k"]])
+  for (const [size, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "k"]]) {
     if (Math.abs(value) >= size) return +(value / size).toPrecision(3) + suffix;
+  }
   return String(+value.toPrecision(3));
 }
 function drawCurves(index) {
@@ -171,12 +180,38 @@ CURVE_PANEL = ('<div id="curve-panel" hidden><a class="close" href="#" title="cl
 
 
 def page(title: str, subtitle: str, nav: list[tuple[str, str]], body: str) -> str:
-    """The whole document: `body` (HTML) under a header and a bar of links to its sections (anchor, label)."""
+    """The whole document: `body` (HTML, a line per section) under a header and a bar of links to its sections
+    (anchor, label). The head with its style is one line, the header and links another, the panel and the
+    script the last.
+
+    >>> html = page("T", "S", [("run", "The run")], '<section id="run">...</section>')
+    >>> print(html.replace(CSS_LINE, "CSS").replace(SCRIPT_LINE, "SCRIPT"), end="")
+    <!DOCTYPE html>
+    <html lang="en"><head><meta charset="utf-8"><meta name="viewport" ...><title>T</title><style>CSS</style></head>
+    <body><header><h1>T</h1><p>S</p></header><nav><a href="#run">The run</a></nav><main>
+    <section id="run">...</section>
+    </main><div id="curve-panel" hidden>...</div><script>SCRIPT</script></body></html>
+    """
     links = "".join(f'<a href="#{anchor}">{esc(label)}</a>' for anchor, label in nav)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{esc(title)}</title>\n'
-            f'<style>{CSS}</style>\n</head>\n<body>\n<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>\n'
-            f'<nav>{links}</nav>\n<main>\n{body}\n</main>\n{CURVE_PANEL}\n<script>{SCRIPT}</script>\n</body>\n</html>\n')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+            f'<style>{CSS_LINE}</style></head>\n'
+            f'<body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{links}</nav><main>\n'
+            f'{body}\n</main>{CURVE_PANEL}<script>{SCRIPT_LINE}</script></body></html>\n')
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: each line stripped of its indentation and trailing space, blank lines dropped, the
+    rest joined by one space (what a line break is to CSS, to SVG outside its text, and to a script written as
+    the one above).
+
+    >>> one_line("a {\\n  color: red;\\n}\\n\\nb { }\\n")
+    'a { color: red; } b { }'
+    """
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+CSS_LINE, SCRIPT_LINE = one_line(CSS), one_line(SCRIPT)
 
 
 def esc(text: object) -> str:
@@ -197,9 +232,9 @@ def html_table(header: list[str], rows: list[list[str]], numeric: set[int] = fro
         return f"<{tag}{extra}>{content}</{tag}>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = "\n".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
     kind = ' class="sortable"' if sortable else ""
-    return f"<table{kind}><thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody></table>"
+    return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # --- Markdown and CSV, rendered generically -------------------------------------------------------------
@@ -279,7 +314,7 @@ def markdown_html(text: str, shift: int = 2) -> str:
                 end += 1
             out.append(f"<p>{inline_html(' '.join(x.strip() for x in lines[i:end]))}</p>")
             i = end
-    return "\n".join(out)
+    return "".join(out)
 
 
 def _list_items(lines: list[str], i: int) -> tuple[list[str], int]:
@@ -313,14 +348,15 @@ _ID = re.compile(r'(\bid="|url\(#|href="#)')
 
 
 def inline_svg(svg: str, prefix: str) -> str:
-    """An SVG document made into an element of the page: the XML prologue dropped, its ids prefixed with
-    `prefix` so that two figures' ids cannot meet.
+    """An SVG document made into an element of the page, on one line: the XML prologue dropped, its ids
+    prefixed with `prefix` so that two figures' ids cannot meet.
 
-    >>> inline_svg('<?xml version="1.0"?>\\n<svg><path id="p1"/><use href="#p1"/></svg>', "f2-")
-    '<svg><path id="f2-p1"/><use href="#f2-p1"/></svg>'
+    >>> inline_svg('<?xml version="1.0"?>\\n<svg>\\n <path id="p1" d="M 0 0 \\nL 1 1 \\nz\\n"/>\\n'
+    ...            ' <use href="#p1"/>\\n</svg>', "f2-")
+    '<svg> <path id="f2-p1" d="M 0 0 L 1 1 z "/> <use href="#f2-p1"/> </svg>'
     """
     svg = svg[svg.index("<svg"):]
-    return _ID.sub(lambda m: m.group(1) + prefix, svg).strip()
+    return one_line(_ID.sub(lambda m: m.group(1) + prefix, svg))
 
 
 def shade(accuracy: float) -> str:

@@ -20,10 +20,12 @@ A reproduction's folder of verdicts on another folder's runs (claims.csv, no run
 (its README) and its files alone.
 
 Charts are inline SVG and the script and style are in the page, so it opens from disk without a server and
-loads nothing from anywhere. Nothing in it depends on the time it was written: the same tables give the same
-bytes. Example, with the committed results:
+loads nothing from anywhere. Each section is one line of the page, but for the lines of a code block in a
+README (runners/reporting/html_assets.py writes every piece on one line), so two reports never repeat each
+other line by line. Nothing in it depends on the time it was written: the same tables give the same bytes.
+Example, with the committed results:
 
-    write_report("results/smoke-cpu")   # -> results/smoke-cpu/report.html, about 1.3 MB for 418 trials
+    write_report("results/smoke-cpu")   # -> results/smoke-cpu/report.html, about 1.0 MB for 418 trials
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def report_html(results: Results) -> str:
         at = 1 if (results.directory / "claims.csv").is_file() else len(sections)
         sections.insert(at, Section("files", "Other files", others))
     data = json.dumps(curves, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
-    body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n{s.html}</section>' for s in sections)
+    body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>{s.html}</section>' for s in sections)
     body += f'\n<script type="application/json" id="curve-data">{data}</script>'
     trials = runs["trial_id"].nunique()
     subtitle = (f"{trials} trials, {runs['task'].nunique()} tasks, {runs['model'].nunique()} families; "
@@ -280,7 +282,7 @@ def tasks_section(sweep: Sweep, groups: dict[tuple[str, str], int], figures: "_F
             parts.append(figures.add(task_figure(sweep, task)))
         parts.append(f"<details><summary>Accuracy per family and trained length (click a cell for its "
                      f"training curves)</summary>{length_grid(sweep, task, groups)}</details>")
-    return Section("tasks", "Per task", "\n".join(parts))
+    return Section("tasks", "Per task", "".join(parts))
 
 
 def length_grid(sweep: Sweep, task: str, groups: dict[tuple[str, str], int]) -> str:
@@ -407,7 +409,7 @@ def other_files(directory: Path, figures: "_Figures") -> str:
         body = {".md": lambda: markdown_html(text, shift=3), ".csv": lambda: csv_html(text, path.name),
                 ".svg": lambda: svg_image(path)}[path.suffix]()
         parts.append(f'<h3 id="file-{_slug(path.name)}"><code>{esc(path.name)}</code></h3>{body}')
-    return "\n".join(parts)
+    return "".join(parts)
 
 
 def svg_image(path: Path) -> str:
