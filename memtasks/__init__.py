@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from membench.checks import ConfigError
-from membench.memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, train_seed
+from membench.memtasks.base import IGNORE, NO_LAG, Batch, Task, eval_seed, make_generator, param, train_seed
 from membench.registry import Registry, UnknownNameError
 
 TASKS: Registry[type[Task]] = Registry("task", package="membench.memtasks.tasks", plugins=True)
@@ -49,5 +49,5 @@ def get_task(name: str, **params) -> Task:
 
 __all__ = [
     "IGNORE", "NO_LAG", "Batch", "Task", "TASKS", "UnknownNameError", "eval_seed", "get_task",
-    "list_tasks", "make_generator", "register_task", "task_class", "train_seed",
+    "list_tasks", "make_generator", "param", "register_task", "task_class", "train_seed",
 ]

@@ -1,8 +1,8 @@
 """The task interface: a seeded, vectorised generator of scored token sequences.
 
-A task is a dataclass whose fields are its parameters. `sample` draws a `Batch` directly on the
-requested device with torch ops; `solve` is an algorithmic reference that reads only the inputs and
-must reproduce every scored target, which is the proof that the labels are right.
+A task is a dataclass whose fields are its parameters, each declared with its rule by `param`. `sample`
+draws a `Batch` directly on the requested device with torch ops; `solve` is an algorithmic reference that
+reads only the inputs and must reproduce every scored target, which is the proof that the labels are right.
 
 Seeds: the same (params, seq_len, seed, device type) always gives the same bytes. Training and
 evaluation draw from disjoint seed spaces, see `train_seed` and `eval_seed`.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,6 +32,28 @@ def train_seed(run_seed: int, step: int) -> int:
 def eval_seed(run_seed: int, index: int) -> int:
     """Seed of evaluation batch `index`: the upper half of the run's block, never drawn in training."""
     return (run_seed << (_STREAM_BITS + 1)) + (1 << _STREAM_BITS) + (index % (1 << _STREAM_BITS))
+
+
+def param(default: object, check: Callable[..., object], *bounds: object, **options: object) -> Any:
+    """A task param: its default and its rule, declared once, beside the field.
+
+    `check` is a rule of `membench.checks` (or one of the same form, `check(name, value, ...)`); when the task
+    is built, `Task` calls `check(field name, value, *bounds, **options)` for each param in field order, before
+    the task's own `check_params` (which keeps only the rules between params):
+
+        vocab_size: int = param(64, check_int, 4)                                 # an integer >= 4
+        delay: int | None = param(None, check_int, 0, none_means="derived from seq_len")
+        frac_noise: float = param(0.2, check_number, 0.0, 1.0, high_open=True)   # in [0, 1)
+
+    >>> from membench.checks import check_int
+    >>> @dataclass
+    ... class Stream(Task):
+    ...     num_symbols: int = param(8, check_int, 2)
+    >>> Stream(num_symbols=1)
+    Traceback (most recent call last):
+    membench.checks.ConfigError: num_symbols must be an integer >= 2, got 1
+    """
+    return field(default=default, metadata={"check": lambda name, value: check(name, value, *bounds, **options)})
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -106,13 +128,14 @@ class SymbolTable:
 
 @dataclass
 class Task:
-    """Base class of every task. Subclasses are dataclasses; each field is a user-settable param.
+    """Base class of every task. Subclasses are dataclasses; each field is a user-settable param, declared with
+    its rule by `param` (a plain field is accepted as it is).
 
     Subclasses set `description` (one line) and `version` (bump it whenever the generated
-    distribution changes: it is stored with every result), and implement `check_params`,
-    `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`; a task with a closed answer set
-    also implements `answer_candidates` (its `chance_level` follows), and `symbol_table` says how it reads
-    as text (memtasks/text.py).
+    distribution changes: it is stored with every result), and implement `check_params` (the rules between
+    params, if any), `min_length`, `vocab_size`, `_generate`, `solve` and `token_name`; a task with a closed
+    answer set also implements `answer_candidates` (its `chance_level` follows), and `symbol_table` says how
+    it reads as text (memtasks/text.py).
     """
 
     name: ClassVar[str] = "task"  # set by @register_task
@@ -127,11 +150,16 @@ class Task:
     reports_error_rate: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        for param_field in dataclasses.fields(self):  # each param's own rule (`param`), then the rules between
+            check = param_field.metadata.get("check")
+            if check is not None:
+                check(param_field.name, getattr(self, param_field.name))
         self.check_params()
 
     # --- what a subclass provides -------------------------------------------------------
     def check_params(self) -> None:
-        """Raise ConfigError naming the param and what is allowed, for length-independent errors."""
+        """Raise ConfigError naming the params and what is allowed, for the length-independent rules that
+        involve more than one param (each param's own rule is declared with it, by `param`)."""
 
     def min_length(self) -> int:
         """Shortest seq_len these params allow."""

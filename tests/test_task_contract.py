@@ -11,7 +11,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from membench.memtasks import IGNORE, NO_LAG, UnknownNameError, get_task, list_tasks, task_class
+from membench.checks import ConfigError, check_int
+from membench.memtasks import IGNORE, NO_LAG, Task, UnknownNameError, get_task, list_tasks, param, task_class
 from tests.helpers import DEVICES
 
 TASKS = list_tasks()
@@ -218,6 +219,12 @@ BAD_PARAMS = [  # (task, params, what its one-line error says): each task names 
     ("n_back", {"n": 0}, "n must"),
     ("n_back", {"match_prob": 1.0}, "match_prob"),
     ("n_back", {"num_symbols": 1}, "num_symbols"),
+    ("associative_recall", {"num_kv_pairs": 0}, r"num_kv_pairs must be an integer >= 1 or None \(grows with seq_len\)"),
+    ("associative_recall", {"power_a": 0}, r"power_a must be a number > 0 \(0.01 as Zoology"),
+    ("fuzzy_recall", {"vocab_size": 3}, "vocab_size must be an integer >= 4"),  # a redeclared field keeps its rule
+    ("noisy_recall", {"vocab_size": 4}, "vocab_size must be an integer >= 5"),
+    ("noisy_recall", {"frac_noise": 1.0}, r"frac_noise must be a number in \[0, 1\)"),
+    ("copy", {"noise": 1}, "noise must be true or false"),
 ]
 
 
@@ -225,6 +232,26 @@ BAD_PARAMS = [  # (task, params, what its one-line error says): each task names 
 def test_bad_params_are_refused_naming_them(name, params, fragment):
     with pytest.raises(ValueError, match=fragment):
         get_task(name, **params)
+
+
+def test_each_param_is_checked_by_its_own_rule_before_the_rules_between_params():
+    @dataclasses.dataclass
+    class Ordered(Task):
+        low: int = param(1, check_int, 0)
+        high: int = param(2, check_int, 0)
+        free: object = "anything"  # a plain field: no rule
+
+        def check_params(self) -> None:
+            if self.low > self.high:
+                raise ConfigError(f"low={self.low} must be <= high={self.high}")
+
+    with pytest.raises(ConfigError, match="^low must be an integer >= 0, got -1$"):
+        Ordered(low=-1, high=-2)  # field order: low's own rule first
+    with pytest.raises(ConfigError, match="^high must be an integer >= 0, got -1$"):
+        Ordered(low=3, high=-1)  # high's own rule before the rule between them
+    with pytest.raises(ConfigError, match="^low=3 must be <= high=2$"):
+        Ordered(low=3)
+    assert Ordered(free=None).params() == {"low": 1, "high": 2, "free": None}
 
 
 def test_unknown_task_suggests_the_closest_names():

@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 
 from membench.checks import ConfigError, check_int
-from membench.memtasks import IGNORE, Batch, Task, register_task
+from membench.memtasks import IGNORE, Batch, Task, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
 from membench.memtasks.recall_blocks import (
     distinct_randint,
@@ -62,6 +62,7 @@ from membench.memtasks.recall_blocks import (
 )
 
 _TOKENS_PER_PAIR = 8  # num_kv_pairs=None: seq_len // 8 pairs (4 tokens per token of a pair)
+MIN_KV_VOCAB = 4  # keys and values (with the fillers) take at least 2 tokens each
 MAX_KEY_MOTIFS = 2**18  # distinct key motifs drawn off the CPU take a (B, K^a) float tensor: bounded here
 
 
@@ -84,6 +85,12 @@ def rebind(
     step = torch.randint(1, n, (B, num_updates), generator=gen, device=values.device)  # (B, u) in [1, n)
     fresh = motif_tokens((motif_codes(old - low, high - low) + step) % n, high - low, b) + low  # (B, u, b)
     return which, fresh
+
+
+def check_power_a(name: str, a: object) -> None:
+    """The power law's exponent must be a finite number > 0 (bools are not numbers)."""
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+        raise ConfigError(f"{name} must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
 
 
 def solve_recall(inputs: torch.Tensor, num_keys: int, key_size: int, value_size: int, context_len: int) -> torch.Tensor:
@@ -166,10 +173,10 @@ class AssociativeRecall(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    vocab_size: int = 64
-    num_kv_pairs: int | None = None
-    power_a: float = 0.01
-    num_updates: int = 0
+    vocab_size: int = param(64, check_int, MIN_KV_VOCAB)
+    num_kv_pairs: int | None = param(None, check_int, 1, none_means="grows with seq_len")
+    power_a: float = param(0.01, check_power_a)
+    num_updates: int = param(0, check_int, 0)
 
     description: ClassVar[str] = (
         "Zoology's multi-query associative recall: k key-value pairs, then each key queried once (power-law gaps)"
@@ -179,22 +186,18 @@ class AssociativeRecall(Task):
     version: ClassVar[int] = 2
 
     def check_params(self) -> None:
-        check_int("vocab_size", self.vocab_size, 4)
-        check_int("num_updates", self.num_updates, 0)
         if self.num_key_motifs > MAX_KEY_MOTIFS and self.key_size > 1:
             raise ConfigError(
                 f"{self.num_keys} key tokens in motifs of {self.key_size} make {self.num_key_motifs} distinct keys; "
                 f"at most {MAX_KEY_MOTIFS} are supported (lower vocab_size or k_motif_size)"
             )
-        if self.num_kv_pairs is not None:
-            check_int("num_kv_pairs", self.num_kv_pairs, 1)
-            if self.num_kv_pairs > self.num_key_motifs:
-                more = (f"raise vocab_size to >= {self.vocab_size - self.kv_vocab + 2 * self.num_kv_pairs}"
-                        if self.key_size == 1 else "raise vocab_size or k_motif_size")
-                raise ConfigError(
-                    f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="
-                    f"{self.vocab_size} has {self.num_key_motifs}; the maximum is {self.num_key_motifs} (or {more})"
-                )
+        if self.num_kv_pairs is not None and self.num_kv_pairs > self.num_key_motifs:
+            more = (f"raise vocab_size to >= {self.vocab_size - self.kv_vocab + 2 * self.num_kv_pairs}"
+                    if self.key_size == 1 else "raise vocab_size or k_motif_size")
+            raise ConfigError(
+                f"num_kv_pairs={self.num_kv_pairs} needs that many distinct keys, but vocab_size="
+                f"{self.vocab_size} has {self.num_key_motifs}; the maximum is {self.num_key_motifs} (or {more})"
+            )
         if self.num_updates > (self.num_kv_pairs or self.num_key_motifs):
             raise ConfigError(
                 f"num_updates={self.num_updates} re-binds that many of the {self.num_kv_pairs or self.num_key_motifs} "
@@ -203,9 +206,6 @@ class AssociativeRecall(Task):
         if self.num_updates and self.num_values ** self.value_size >= 2**62:
             raise ConfigError(f"num_updates needs fewer than 2^62 value motifs, got "
                               f"{self.num_values}^{self.value_size}")
-        a = self.power_a
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-            raise ConfigError(f"power_a must be a number > 0 (0.01 as Zoology, 1 for uniform gaps), got {a!r}")
 
     # --- hooks of the variants (noisy_recall, fuzzy_recall) ---------------------------------------------
     @property

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from membench.checks import check_bool, check_int
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
 
 BLANK, GO = range(2)
@@ -71,21 +71,14 @@ class Copy(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    num_tokens: int | None = None
-    content_vocab: int = 8
-    delay: int | None = None
-    noise: bool = False
-    selective: bool = False
+    num_tokens: int | None = param(None, check_int, 1, none_means="grows with seq_len")
+    content_vocab: int = param(8, check_int, 2)
+    delay: int | None = param(None, check_int, 0, none_means="the rest of the sequence")
+    noise: bool = param(False, check_bool)
+    selective: bool = param(False, check_bool)
 
     description: ClassVar[str] = "hold n tokens through a delay (blanks or noise), output them in order after a GO cue"
     version: ClassVar[int] = 1
-
-    def check_params(self) -> None:
-        check_int("num_tokens", self.num_tokens, 1, none_means="grows with seq_len")
-        check_int("content_vocab", self.content_vocab, 2)
-        check_int("delay", self.delay, 0, none_means="the rest of the sequence")
-        check_bool("noise", self.noise)
-        check_bool("selective", self.selective)
 
     # --- layout ----------------------------------------------------------------------------
     def layout(self, seq_len: int) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 
 from membench.checks import ConfigError, check_number
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
 
 ZERO, ONE, WRITE, READ, IGNORE_OP = range(5)  # tokens: the two bits, then the three instructions
@@ -79,8 +79,8 @@ class FlipFlop(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    p_write: float = 0.1
-    p_read: float = 0.1
+    p_write: float = param(0.1, check_number, 0, 1, low_open=True, high_open=True)
+    p_read: float = param(0.1, check_number, 0, 1, low_open=True, high_open=True)
 
     description: ClassVar[str] = (
         "flip-flop language (Liu et al. 2023): at every read, the bit of the latest write, through ignores"
@@ -91,8 +91,6 @@ class FlipFlop(Task):
     NAMED_SLICES: ClassVar[dict[str, dict[str, float]]] = {"sparse": ffl_params(0.98), "dense": ffl_params(0.1)}
 
     def check_params(self) -> None:
-        check_number("p_write", self.p_write, 0, 1, low_open=True, high_open=True)
-        check_number("p_read", self.p_read, 0, 1, low_open=True, high_open=True)
         if self.p_write + self.p_read > 1 + 1e-9:
             raise ConfigError(
                 f"p_write + p_read must be <= 1 (the rest is p_ignore), got {self.p_write} + {self.p_read}"

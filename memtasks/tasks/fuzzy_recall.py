@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from membench.checks import check_int
-from membench.memtasks import register_task
-from membench.memtasks.tasks.associative_recall import AssociativeRecall
+from membench.memtasks import param, register_task
+from membench.memtasks.tasks.associative_recall import MIN_KV_VOCAB, AssociativeRecall
 
 
 @register_task("fuzzy_recall", order=12)
@@ -68,19 +68,15 @@ class FuzzyRecall(AssociativeRecall):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    vocab_size: int = 16  # num_kv_pairs, power_a and num_updates as in associative_recall
-    k_motif_size: int = 3
-    v_motif_size: int = 3
+    # num_kv_pairs, power_a and num_updates as in associative_recall
+    vocab_size: int = param(16, check_int, MIN_KV_VOCAB)
+    k_motif_size: int = param(3, check_int, 1)
+    v_motif_size: int = param(3, check_int, 1)
 
     description: ClassVar[str] = (
         "MAD-lab's fuzzy recall: associative recall of multi-token values under multi-token keys (motifs)"
     )
     version: ClassVar[int] = 1
-
-    def check_params(self) -> None:
-        check_int("k_motif_size", self.k_motif_size, 1)
-        check_int("v_motif_size", self.v_motif_size, 1)
-        super().check_params()
 
     # --- the hooks of associative_recall ------------------------------------------------------
     @property

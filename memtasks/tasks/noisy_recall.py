@@ -26,9 +26,9 @@ from typing import ClassVar
 import torch
 
 from membench.checks import ConfigError, check_int, check_number
-from membench.memtasks import register_task
+from membench.memtasks import param, register_task
 from membench.memtasks.recall_blocks import distinct_randint_reference
-from membench.memtasks.tasks.associative_recall import AssociativeRecall
+from membench.memtasks.tasks.associative_recall import MIN_KV_VOCAB, AssociativeRecall
 
 
 @register_task("noisy_recall", order=11)
@@ -66,9 +66,10 @@ class NoisyRecall(AssociativeRecall):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    vocab_size: int = 80  # num_kv_pairs, power_a and num_updates as in associative_recall
-    frac_noise: float = 0.2
-    noise_vocab_size: int = 16
+    # num_kv_pairs, power_a and num_updates as in associative_recall
+    vocab_size: int = param(80, check_int, MIN_KV_VOCAB + 1)  # keys and values, and a noise token at least
+    frac_noise: float = param(0.2, check_number, 0.0, 1.0, high_open=True)
+    noise_vocab_size: int = param(16, check_int, 1)
 
     description: ClassVar[str] = (
         "MAD-lab's noisy recall: associative recall with noise tokens (frac_noise of the pair region) among the pairs"
@@ -76,14 +77,11 @@ class NoisyRecall(AssociativeRecall):
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:
-        check_int("vocab_size", self.vocab_size, 5)
-        check_int("noise_vocab_size", self.noise_vocab_size, 1)
-        check_number("frac_noise", self.frac_noise, 0.0, 1.0, high_open=True)
-        if self.kv_vocab < 4:
+        if self.kv_vocab < MIN_KV_VOCAB:
             raise ConfigError(
                 f"vocab_size={self.vocab_size} leaves {self.kv_vocab} tokens for keys and values after "
-                f"noise_vocab_size={self.noise_vocab_size}; at least 4 are needed (vocab_size >= "
-                f"{self.noise_vocab_size + 4})"
+                f"noise_vocab_size={self.noise_vocab_size}; at least {MIN_KV_VOCAB} are needed (vocab_size >= "
+                f"{self.noise_vocab_size + MIN_KV_VOCAB})"
             )
         super().check_params()
 

@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 
 from membench.checks import ConfigError, check_choice, check_int
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
 
 GROUPS = ("parity", "cyclic", "S3", "S5")
@@ -135,9 +135,9 @@ class StateTracking(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    group: str = "S5"
-    modulus: int | None = None
-    score: str = "all"
+    group: str = param("S5", check_choice, GROUPS)
+    modulus: int | None = None  # its rule depends on group: check_params
+    score: str = param("all", check_choice, SCORES)
 
     description: ClassVar[str] = (
         "the running product of group elements (parity, Zm, S3, S5): state tracking (Merrill et al. 2024)"
@@ -146,8 +146,6 @@ class StateTracking(Task):
     recalls_token: ClassVar[bool] = False
 
     def check_params(self) -> None:
-        check_choice("group", self.group, GROUPS)
-        check_choice("score", self.score, SCORES)
         if self.group == "cyclic":
             if self.modulus is None:
                 raise ConfigError("group='cyclic' needs modulus, an integer in [2, 1024] (Zm)")
