@@ -72,7 +72,7 @@ def test_delayed_match_delay_or_trials_grow_with_length():
 def test_delayed_match_distractors_share_the_sample_alphabet():
     task = get_task("delayed_match", pattern_len=3, num_symbols=4, delay=20)
     inputs, _ = trials_of(task, task.sample(64, 29, seed=3), 29)
-    distractors = inputs[..., 4:24] - dm._FIRST_SYMBOL
+    distractors = inputs[..., 4:24] - task.first_symbol
     assert set(distractors.unique().tolist()) == {0, 1, 2, 3}
 
 

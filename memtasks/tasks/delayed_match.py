@@ -18,19 +18,19 @@ from typing import ClassVar
 import torch
 
 from membench.checks import check_int
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
+from membench.memtasks.match_tasks import MatchTask
 
 PAD, SAMPLE, PROBE, QUERY, MATCH, NONMATCH = range(6)
 _SPECIAL_NAMES = ("_", "SAMPLE", "PROBE", "?", "MATCH", "NONMATCH")
 _READABLE_NAMES = ("_", "sample", "probe", "?", "yes", "no")  # the words of the text rendering
-_FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
 _MAX_TRIALS = 8  # trials per sequence when both num_trials and delay are derived (fewer if they do not fit)
 
 
 @register_task("delayed_match", order=20)
 @dataclass
-class DelayedMatch(Task):
+class DelayedMatch(MatchTask):
     """Delayed match-to-sample: after a delay, is the probe pattern the same as the sample pattern?
 
     Params:
@@ -63,22 +63,17 @@ class DelayedMatch(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    pattern_len: int = 2
-    num_symbols: int = 8
-    num_trials: int | None = None
-    delay: int | None = None
+    pattern_len: int = param(2, check_int, 1)
+    num_symbols: int = param(8, check_int, 2)
+    num_trials: int | None = param(None, check_int, 1, none_means="as many as fit")
+    delay: int | None = param(None, check_int, 0, none_means="derived from seq_len")
 
     description: ClassVar[str] = (
         "hold a k-token sample through a delay of distractors; say MATCH or NONMATCH to a probe"
     )
     version: ClassVar[int] = 1
-    recalls_token: ClassVar[bool] = False
-
-    def check_params(self) -> None:
-        check_int("pattern_len", self.pattern_len, 1)
-        check_int("num_symbols", self.num_symbols, 2)
-        check_int("num_trials", self.num_trials, 1, none_means="as many as fit")
-        check_int("delay", self.delay, 0, none_means="derived from seq_len")
+    special_names: ClassVar[tuple[str, ...]] = _SPECIAL_NAMES  # tokens 0, 1, ..; the symbols follow
+    readable_names: ClassVar[tuple[str, ...]] = _READABLE_NAMES
 
     # --- layout ----------------------------------------------------------------------------
     @property
@@ -98,18 +93,11 @@ class DelayedMatch(Task):
         trials = self.num_trials or 1
         return trials * (self._overhead + (self.delay or 0))
 
-    @property
-    def vocab_size(self) -> int:
-        return _FIRST_SYMBOL + self.num_symbols
-
-    def answer_candidates(self) -> list[int]:
-        return [MATCH, NONMATCH]
-
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, k, S = batch_size, self.pattern_len, self.num_symbols
         n, D = self.layout(seq_len)
-        L = self._overhead + D  # tokens per trial
+        L, first = self._overhead + D, self.first_symbol  # tokens per trial, token of symbol 0
 
         def draw(high: int, *shape: int) -> torch.Tensor:
             return torch.randint(high, shape, generator=gen, device=device)
@@ -126,8 +114,8 @@ class DelayedMatch(Task):
             return torch.full(shape, value, dtype=torch.long, device=device)
 
         trials = torch.cat(
-            [full((B, n, 1), SAMPLE), sample + _FIRST_SYMBOL, distractors + _FIRST_SYMBOL,
-             full((B, n, 1), PROBE), probe + _FIRST_SYMBOL, full((B, n, 1), QUERY)],
+            [full((B, n, 1), SAMPLE), sample + first, distractors + first,
+             full((B, n, 1), PROBE), probe + first, full((B, n, 1), QUERY)],
             dim=2,
         )  # (B, n, L)
         targets = full((B, n, L), IGNORE)
@@ -165,16 +153,11 @@ class DelayedMatch(Task):
         return torch.where(inputs == QUERY, answer, torch.full_like(inputs, IGNORE))
 
     # --- display ---------------------------------------------------------------------------
-    def token_name(self, token: int) -> str:
-        if 0 <= token < _FIRST_SYMBOL:
-            return _SPECIAL_NAMES[token]
-        return f"s{token - _FIRST_SYMBOL}"
-
     def symbol_table(self, seq_len: int) -> SymbolTable:
         """Readable text: a trial per line, its answer yes (MATCH) or no (NONMATCH) after the `?`:
         `sample s0 s3 | s2 s3 | probe s0 s3? yes`; padding on a last line of its own."""
         return SymbolTable(
-            word=lambda token: _READABLE_NAMES[token] if token < _FIRST_SYMBOL else self.token_name(token),
+            word=self.readable_word,
             instruction="After each '?', answer yes if the probe's symbols are the sample's, else no.",
             joints=self._joints,
         )

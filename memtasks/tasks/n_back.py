@@ -26,19 +26,19 @@ from typing import ClassVar
 import torch
 
 from membench.checks import check_int, check_number
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
+from membench.memtasks.match_tasks import MatchTask
 
 MATCH, NONMATCH = range(2)
 _SPECIAL_NAMES = ("MATCH", "NONMATCH")
 _READABLE_NAMES = ("yes", "no")  # the words of the text rendering
-_FIRST_SYMBOL = len(_SPECIAL_NAMES)  # symbol i is token _FIRST_SYMBOL + i
 _TOKENS_PER_BACK = 8  # n=None: n = seq_len // 8
 
 
 @register_task("n_back", order=44)
 @dataclass
-class NBack(Task):
+class NBack(MatchTask):
     """n-back: at every t >= n, MATCH if s_t equals s_{t-n}, else NONMATCH.
 
     Params:
@@ -67,18 +67,14 @@ class NBack(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    n: int | None = None
-    num_symbols: int = 8
-    match_prob: float = 0.5
+    n: int | None = param(None, check_int, 1, none_means="grows with seq_len as seq_len // 8")
+    num_symbols: int = param(8, check_int, 2)
+    match_prob: float = param(0.5, check_number, 0, 1, low_open=True, high_open=True)
 
     description: ClassVar[str] = "n-back: at every step, MATCH or NONMATCH: is this symbol the one n steps back?"
     version: ClassVar[int] = 1
-    recalls_token: ClassVar[bool] = False
-
-    def check_params(self) -> None:
-        check_int("n", self.n, 1, none_means="grows with seq_len as seq_len // 8")
-        check_int("num_symbols", self.num_symbols, 2)
-        check_number("match_prob", self.match_prob, 0, 1, low_open=True, high_open=True)
+    special_names: ClassVar[tuple[str, ...]] = _SPECIAL_NAMES  # tokens 0, 1, ..; the symbols follow
+    readable_names: ClassVar[tuple[str, ...]] = _READABLE_NAMES
 
     def back(self, seq_len: int) -> int:
         """n used at `seq_len`, with n=None derived."""
@@ -86,13 +82,6 @@ class NBack(Task):
 
     def min_length(self) -> int:
         return (self.n or 1) + 1  # one scored position
-
-    @property
-    def vocab_size(self) -> int:
-        return _FIRST_SYMBOL + self.num_symbols
-
-    def answer_candidates(self) -> list[int]:
-        return [MATCH, NONMATCH]
 
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
@@ -104,7 +93,7 @@ class NBack(Task):
         step = torch.where(match, 0, shift)  # (B, m, n)
         step[:, 0] = 0  # the chain heads are `first` itself
         symbols = (first + step.cumsum(dim=1)) % S  # (B, m, n)
-        inputs = (symbols.reshape(B, m * n)[:, :T] + _FIRST_SYMBOL).contiguous()  # (B, T)
+        inputs = (symbols.reshape(B, m * n)[:, :T] + self.first_symbol).contiguous()  # (B, T)
 
         scored = torch.arange(T, device=device) >= n  # (T,)
         answer = torch.where(match, MATCH, NONMATCH).reshape(B, m * n)[:, :T]  # (B, T)
@@ -121,17 +110,12 @@ class NBack(Task):
         return answer
 
     # --- display ---------------------------------------------------------------------------
-    def token_name(self, token: int) -> str:
-        if 0 <= token < _FIRST_SYMBOL:
-            return _SPECIAL_NAMES[token]
-        return f"s{token - _FIRST_SYMBOL}"
-
     def symbol_table(self, seq_len: int) -> SymbolTable:
         """Readable text: the first n symbols on one line, then each later symbol on a line of its own with its
         answer, yes (MATCH) or no (NONMATCH): `s1 s3` / `s1: yes` / `s2: no`."""
         n = self.back(seq_len)
         return SymbolTable(
-            word=lambda token: _READABLE_NAMES[token] if token < _FIRST_SYMBOL else self.token_name(token),
+            word=self.readable_word,
             instruction=f"After each symbol, answer yes if it is the symbol {n} before it, else no.",
             joints=lambda inputs, targets: Joints(
                 ["" if t == 0 else "\n" if t >= n else " " for t in range(len(inputs))], [": "] * len(inputs)),
