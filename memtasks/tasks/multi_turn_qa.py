@@ -19,13 +19,14 @@ computed for all pairs at once by sorting the turns by (pair, time) and taking a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from membench.checks import ConfigError, check_int
-from membench.memtasks import IGNORE, NO_LAG, Batch, Task, register_task
+from membench.memtasks import IGNORE, NO_LAG, Batch, Task, param, register_task
 from membench.memtasks.base import Joints, SymbolTable
 
 TURN_LEN = 5
@@ -84,13 +85,13 @@ class MultiTurnQA(Task):
     Shapes: inputs, targets, lags (B, T) int64.
     """
 
-    num_entities: int = 8
-    num_attributes: int = 4
-    num_values: int = 16
-    num_words: int = 16
-    chat_prob: float = 0.25
-    ask_prob: float = 0.35
-    update_prob: float = 0.3
+    num_entities: int = param(8, check_int, 1)
+    num_attributes: int = param(4, check_int, 1)
+    num_values: int = param(16, check_int, 2)
+    num_words: int = param(16, check_int, 1)
+    chat_prob: float = param(0.25, _check_prob)
+    ask_prob: float = param(0.35, _check_prob)
+    update_prob: float = param(0.3, _check_prob)
 
     description: ClassVar[str] = (
         "a dialogue states and updates entity facts among chit-chat; answer questions with the latest value"
@@ -98,12 +99,6 @@ class MultiTurnQA(Task):
     version: ClassVar[int] = 1
 
     def check_params(self) -> None:
-        check_int("num_entities", self.num_entities, 1)
-        check_int("num_attributes", self.num_attributes, 1)
-        check_int("num_values", self.num_values, 2)
-        check_int("num_words", self.num_words, 1)
-        for name in ("chat_prob", "ask_prob", "update_prob"):
-            _check_prob(name, getattr(self, name))
         if self.chat_prob + self.ask_prob >= 1.0:
             raise ConfigError(
                 f"chat_prob + ask_prob must be < 1 so that some turns state facts, "
@@ -114,34 +109,26 @@ class MultiTurnQA(Task):
         return 2 * TURN_LEN  # a statement and a question
 
     # --- token ids: specials, then entities, attributes, values, words --------------------
-    @property
-    def _first_entity(self) -> int:
-        return len(_SPECIAL_NAMES)
-
-    @property
-    def _first_attribute(self) -> int:
-        return self._first_entity + self.num_entities
-
-    @property
-    def _first_value(self) -> int:
-        return self._first_attribute + self.num_attributes
-
-    @property
-    def _first_word(self) -> int:
-        return self._first_value + self.num_values
+    def _first_tokens(self) -> tuple[int, ...]:
+        """The first token ids of the entities, attributes, values and words, then vocab_size: the ranges follow
+        the specials back to back. Example (the defaults, 8, 4, 16 and 16): (5, 13, 17, 33, 49)."""
+        sizes = (self.num_entities, self.num_attributes, self.num_values, self.num_words)
+        return tuple(itertools.accumulate(sizes, initial=len(_SPECIAL_NAMES)))
 
     @property
     def vocab_size(self) -> int:
-        return self._first_word + self.num_words
+        return self._first_tokens()[-1]
 
     def answer_candidates(self) -> list[int]:
         """The value tokens: a question is answered with a fact's value."""
-        return list(range(self._first_value, self._first_word))
+        _, _, first_value, first_word, _ = self._first_tokens()
+        return list(range(first_value, first_word))
 
     # --- generation ------------------------------------------------------------------------
     def _generate(self, batch_size: int, seq_len: int, gen: torch.Generator, device: torch.device) -> Batch:
         B, N = batch_size, seq_len // TURN_LEN
         P, V = self.num_entities * self.num_attributes, self.num_values
+        first_entity, first_attribute, first_value, first_word, _ = self._first_tokens()
         turn = torch.arange(N, device=device)  # (N,)
 
         def uniform(*shape: int) -> torch.Tensor:
@@ -184,14 +171,14 @@ class MultiTurnQA(Task):
         latest_turn = torch.empty_like(latest_turn_s).scatter(1, by_pair, latest_turn_s)  # (B, N)
 
         # 4. tokens of every turn template
-        entity = self._first_entity + pair.clamp(max=P - 1) // self.num_attributes  # (B, N)
-        attribute = self._first_attribute + pair.clamp(max=P - 1) % self.num_attributes  # (B, N)
-        answer = self._first_value + value  # (B, N)
+        entity = first_entity + pair.clamp(max=P - 1) // self.num_attributes  # (B, N)
+        attribute = first_attribute + pair.clamp(max=P - 1) % self.num_attributes  # (B, N)
+        answer = first_value + value  # (B, N)
         user, is_, what = (torch.full_like(entity, tok) for tok in (USER, IS, WHAT))  # (B, N) each
         statement = torch.stack([user, entity, attribute, is_, answer], dim=2)  # (B, N, 5)
         question = torch.stack([user, what, is_, entity, attribute], dim=2)  # (B, N, 5)
         speaker = torch.where(draw(2, B, N, 1).bool(), BOT, USER)  # (B, N, 1)
-        chat = torch.cat([speaker, self._first_word + draw(self.num_words, B, N, TURN_LEN - 1)], dim=2)
+        chat = torch.cat([speaker, first_word + draw(self.num_words, B, N, TURN_LEN - 1)], dim=2)
         turns = torch.where(is_ask[..., None], question, torch.where((kind == CHAT)[..., None], chat, statement))
 
         targets = torch.full_like(turns, IGNORE)  # (B, N, 5)
@@ -235,9 +222,8 @@ class MultiTurnQA(Task):
 
     # --- display ---------------------------------------------------------------------------
     def token_name(self, token: int) -> str:
-        for first, prefix in (
-            (self._first_word, "w"), (self._first_value, "V"), (self._first_attribute, "A"), (self._first_entity, "E"),
-        ):
+        first_entity, first_attribute, first_value, first_word, _ = self._first_tokens()
+        for first, prefix in ((first_word, "w"), (first_value, "V"), (first_attribute, "A"), (first_entity, "E")):
             if token >= first:
                 return f"{prefix}{token - first}"
         return _SPECIAL_NAMES[token]
