@@ -147,8 +147,8 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(local_folder(source) or source),
                                                                revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: its tokenizer cannot be loaded ({_one_line(err)}); save it beside the model "
-                          f"with tokenizer.save_pretrained(folder)") from None
+        raise ConfigError(f"{where}: its tokenizer cannot be loaded ({_one_line(err)}); save one into its "
+                          f"folder with tokenizer.save_pretrained(folder)") from None
     if fast and not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"{where}: its tokenizer is not a fast tokenizer, so it gives no character offsets; save "
                           f"a tokenizer.json (tokenizers library) beside the model")
