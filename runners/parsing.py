@@ -22,6 +22,18 @@ def positive_int(text: str, label: str = "value", limit: str | None = None) -> i
     return value
 
 
+def growth_factor(text: str) -> float:
+    """argparse type of --retrain-under-trained: a number above 1 and at most 100 ('2' -> 2.0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a number above 1 (how many times the steps), at most 100, "
+                                         f"got {text!r}; e.g. 2")
+    return value
+
+
 def out_dir(text: str) -> str:
     """argparse type of every --out (and DIR) flag: a non-empty path (an empty one would mean the current
     directory, whose files a sweep would overwrite)."""

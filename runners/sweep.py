@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from membench.runners import tables
+from membench.runners import retrain, tables
 from membench.runners.errors import UsageError
 from membench.runners.executors import make_executor
 from membench.runners.lock import DirectoryLock
@@ -38,20 +38,23 @@ from membench.runners.reporting.text import count, text_table
 from membench.runners.schema import STATUSES
 from membench.runners.spec import SweepSpec
 from membench.runners.trackers import TrackerSettings, check_installed
-from membench.runners.trial import SAVED_MODELS_DIR, SAVED_MODELS_ENV
+from membench.runners.trial import SAVED_MODELS_DIR, SAVED_MODELS_ENV, TrialConfig
 
 TABLES_EVERY = 15.0  # seconds between two rebuilds of the tables during a sweep, at least
 TABLES_COST_SHARE = 0.05  # ... and at most this share of the sweep's time spent rebuilding them
 
 
 def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | None = None,
-              progress: bool = True, retry_failed: bool = False, log: tuple[str, ...] = ()) -> pd.DataFrame:
+              progress: bool = True, retry_failed: bool = False, log: tuple[str, ...] = (),
+              retrain_under_trained: float | None = None) -> pd.DataFrame:
     """Run the unfinished trials of `spec` into `out_dir`; returns the runs rows of the spec's trials.
 
     `retry_failed`: also re-run the finished trials whose status is "error" (e.g. after an upgrade that fixes
     what raised); their new result replaces the old one. `progress`: a bar on a terminal, a line per trial
     elsewhere (runners.progress); False: none. `log`: the trackers each trial's curves also go to
-    (runners.trackers; each one's package is checked installed first).
+    (runners.trackers; each one's package is checked installed first). `retrain_under_trained` F: every cell
+    with an under-trained trial in `out_dir` is run again at F times its steps, its first trials set aside
+    (runners.retrain); a directory's earlier replacements apply to every run into it.
 
     Everything is validated (executor, device, Ray, trackers) before `out_dir` is created; then the directory is
     locked for this process (runners.lock: one writer per directory) and checked writable, before any
@@ -69,19 +72,21 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     try:
         _make_dirs(out)
         with DirectoryLock(out):
-            finished = _run(spec, out, runner, progress, retry_failed, trackers)
+            finished, configs = _run(spec, out, runner, progress, retry_failed, trackers, retrain_under_trained)
     finally:
         runner.close()
-    configs = {t.trial_id for t in spec.trials}
     runs = tables.frames(finished)["runs"]
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
 
 
 def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False,
-         trackers: TrackerSettings | None = None) -> dict[str, dict]:
+         trackers: TrackerSettings | None = None, retrain_factor: float | None = None
+         ) -> tuple[dict[str, dict], dict[str, TrialConfig]]:
     tables.remove_temporaries(out)
     notes: list[str] = []
+    replacements = retrain.read_replacements(out)  # cells given a larger budget by an earlier run
     configs = {t.trial_id: t for t in spec.trials}  # a spec may list the same trial twice
+    configs = retrain.apply_replacements(configs, replacements)
     slices = {i: [s.name for s in c.eval_slices] for i, c in configs.items()}
     finished = tables.read_trials(out, notes, slices)  # valid, complete trial files; the others set aside, noted
     try:
@@ -89,6 +94,14 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
     finally:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
+    if retrain_factor:
+        new = retrain.replacements_for(configs, tables.frames(finished, kept)["runs"], retrain_factor)
+        if new:
+            _write(out, lambda: retrain.record(out, replacements, new))
+            configs = retrain.apply_replacements(configs, new)
+            print(f"note: {len(new)} trials of under-trained cells re-run at {retrain_factor:g}x their steps; the "
+                  f"first ones' rows go to {out / retrain.SUPERSEDED_DIR}", file=sys.stderr)
+    _write(out, lambda: retrain.set_aside(out, replacements, finished, kept))
     pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
     if kept:
         n = len(kept.get("runs", ()))
@@ -119,7 +132,7 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
     finally:
         shown.close()
     rebuild.if_behind()  # the end of the sweep; also when nothing ran: the tables exist and match the trial files
-    return finished
+    return finished, configs
 
 
 class _TableRebuilds:

@@ -46,7 +46,8 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed, log=tracker_names(args.log))
+                     retry_failed=args.retry_failed, log=tracker_names(args.log),
+                     retrain_under_trained=args.retrain_under_trained)
     print(publish(args.out).summary())
     print(f"wrote {write_report(args.out)}")
     return report_failures(runs, args.out)

@@ -1,12 +1,14 @@
 """`membench plan (--preset NAME | --spec FILE|NAME)`: what a sweep will cost before it runs: its trials per
 family, the training time the cost model expects (runners/cost/estimate.py), the sum of the time caps, and the
 cells its budget is likely to leave under-trained (runners/cost/under_training.py; with --against, also from
-a finished sweep's trials)."""
+a finished sweep's trials, whose larger budgets for retrained cells it plans with)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from membench.runners import retrain
 from membench.runners.commands.run import add_selection_flags, add_source_flags, overrides
 from membench.runners.cost.estimate import against, plan
 from membench.runners.cost.under_training import cell_count, likely_under_trained
@@ -31,8 +33,11 @@ def run(args) -> int:
     spec = load_spec(args.preset, args.spec, overrides(args))
     for note in spec.notes:  # what the spec skipped, as `membench run` says it
         print(f"note: {note}", file=sys.stderr)
+    # with --against, the larger budgets that --retrain-under-trained gave cells there (runners/retrain.py)
+    replacements = retrain.read_replacements(Path(args.against)) if args.against else {}
     distinct: dict = {}  # trial_id -> (trial, rates): a trial the spec lists twice runs once (runners/sweep.py)
     for trial, rates in zip(spec.trials, spec.rates):
+        trial = retrain.replacement(trial, replacements)
         distinct.setdefault(trial.trial_id, (trial, rates))
     trials, rates = [t for t, _ in distinct.values()], [r for _, r in distinct.values()]
     rows = plan(trials, rates, spec.gpu_workers)

@@ -61,7 +61,7 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed)
+                     retry_failed=args.retry_failed, retrain_under_trained=args.retrain_under_trained)
     print(format_summary(runs))
     publish(args.out)
     findings = reproduction.judge(read_results(args.out).runs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from membench.runners.parsing import add_include_flag, int_list, name_list, out_dir, seed_list
+from membench.runners.parsing import add_include_flag, growth_factor, int_list, name_list, out_dir, seed_list
 from membench.runners.spec import PRESETS, RECIPES, load_spec
 from membench.runners.sweep import format_summary, report_failures, run_sweep
 from membench.runners.trackers import TRACKERS, tracker_names
@@ -49,6 +49,9 @@ def add_sweep_flags(parser, tasks: bool = True) -> None:
                              f"comma list; each an extra: pip install 'membench[NAME]'); off by default")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also re-run finished trials whose status is error (a resumed sweep skips them)")
+    parser.add_argument("--retrain-under-trained", metavar="FACTOR", type=growth_factor,
+                        help="re-run every cell that has an under-trained trial in --out at FACTOR times its "
+                             "steps, its first trials set aside in --out/superseded/ (runners/retrain.py)")
     add_include_flag(parser)
 
 
@@ -69,7 +72,8 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed, log=tracker_names(args.log))
+                     retry_failed=args.retry_failed, log=tracker_names(args.log),
+                     retrain_under_trained=args.retrain_under_trained)
     print(format_summary(runs))
     print(f"tables: {args.out}/runs.csv, lags.csv, curves.csv, slice_curves.csv")
     return report_failures(runs, args.out)
