@@ -10,7 +10,7 @@ Definitions, before anything is computed:
     scaled         (accuracy - chance) / (1 - chance), Grazzi et al.'s "scaled accuracy": 0 at chance, 1 perfect
     near chance    scaled accuracy <= NEAR_CHANCE (0.1); a number near chance never counts as a model's limit
                    where the claim is about what it can learn with more state: a plateau near chance is not
-                   convergence (the Transformer's MQAR plateau at 0.11 before its induction head forms)
+                   convergence (attention can sit near chance on MQAR for long before its induction head forms)
     ours           the mean over seeds of a per-trial number, with a 95 % percentile-bootstrap interval over
                    those seeds (runners/reporting/intervals.py: the leaderboard's intervals, the same draws);
                    an error rate is pooled over seeds instead, with its exact Clopper-Pearson interval

@@ -68,8 +68,9 @@ def attention_findings(points: pd.DataFrame, chance: dict[str, float]) -> list[F
         if lowest >= RECALLS:
             verdict, rule = HOLDS, f"lowest {lowest:.3f} >= {RECALLS}"
         elif near_chance(lowest, chance[task]):
-            verdict, rule = NOT_COMPARABLE, (f"lowest {lowest:.3f} is near chance ({chance[task]:.3f}): a plateau "
-                                             f"before the induction head forms, not a limit of attention")
+            verdict, rule = NOT_COMPARABLE, (f"lowest {lowest:.3f} is near chance ({chance[task]:.3f}): the width "
+                                             f"did not learn the task in the recipe's steps, which says nothing "
+                                             f"of what attention can hold")
         else:
             verdict, rule = DOES_NOT_HOLD, f"lowest {lowest:.3f} < {RECALLS}"
         pairs = _pairs(task)
@@ -104,8 +105,8 @@ def growth_finding(model: str, efficiency: pd.DataFrame, under_trained: pd.DataF
                            f"stopped at the budget still improving", s_few, seeds=seeds)
         if near_chance(many["best_accuracy"], chance[many["task"]]):
             return Finding(claim, model, SOURCE, "state for 0.9 (floats)", paper, NOT_COMPARABLE,
-                           f"{label}: {shown}, but the {best} is near chance ({chance[many['task']]:.3f}): a "
-                           f"plateau, not a measured need for state", s_few, seeds=seeds)
+                           f"{label}: {shown}, but the {best} is near chance ({chance[many['task']]:.3f}): not "
+                           f"learnt in the recipe's steps, not a measured need for state", s_few, seeds=seeds)
         return Finding(claim, model, SOURCE, "state for 0.9 (floats)", paper, HOLDS, f"{label}: {shown} ({best})",
                        s_few, seeds=seeds)
     ok = not math.isnan(s_few) and s_many > s_few
