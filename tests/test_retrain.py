@@ -141,3 +141,14 @@ def test_plan_against_the_directory_plans_the_larger_budgets(swept, tmp_path, ca
     assert trials_measured() == 4  # two first at 12, two replacements at 8
     (out / retrain.RETRAINED_FILE).unlink()
     assert trials_measured() == 2  # the first trials at 8 left for superseded/
+
+
+def test_plan_against_a_run_with_under_trained_cells_says_how_to_run_them_again(swept, tmp_path, capsys):
+    _, out, _, _ = swept
+    spec_file = str(tmp_path / "spec.toml")
+    main(["run", "--spec", spec_file, "--out", str(out), "--quiet"])  # the tables catch up with the edited file
+    capsys.readouterr()
+    assert main(["plan", "--spec", spec_file, "--against", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"copy mlp L8 (2 trial(s)): under-trained after 10 steps in {out}" in shown
+    assert f"membench run --spec {spec_file} --out {out} --retrain-under-trained 2" in shown
