@@ -55,8 +55,8 @@ def run(args) -> int:
           "rates the spec assumes (flops_rate, step_latency, token_latency; runners/cost/estimate.py); a plateau "
           "or threshold stop takes less.")
     earlier = read_results(args.against).runs if args.against else None
-    cells = print_under_trained(trials, rates, spec.gpu_workers, earlier, args.against or "")
-    if args.against and any(args.against in cell["why"] for cell in cells):
+    print_under_trained(trials, rates, spec.gpu_workers, earlier, args.against or "")
+    if args.against and retrain.replacements_for({t.trial_id: t for t in trials}, earlier, 2):  # what it would do
         source = f"--preset {args.preset}" if args.preset else f"--spec {args.spec}"
         print(f"  to run the cells under-trained in {args.against} again at twice their steps: membench run "
               f"{source} --out {args.against} --retrain-under-trained 2 (with --models to leave a family out)")
@@ -74,9 +74,8 @@ def run(args) -> int:
 SHOWN = 25  # cells listed by name; the rest are counted
 
 
-def print_under_trained(trials, rates, workers: int, earlier, directory: str) -> list[dict]:
-    """The cells likely to end under-trained (see runners/cost/under_training.py), counted and listed; returns
-    them."""
+def print_under_trained(trials, rates, workers: int, earlier, directory: str) -> None:
+    """The cells likely to end under-trained (see runners/cost/under_training.py), counted and listed."""
     cells = likely_under_trained(trials, rates, workers, earlier, directory)
     total = cell_count(trials)
     source = f"the cost model and {directory}" if directory else "the cost model (give --against DIR for more)"
@@ -85,4 +84,3 @@ def print_under_trained(trials, rates, workers: int, earlier, directory: str) ->
         print(f"  {cell['task']} {cell['model']} L{cell['train_len']} ({cell['trials']} trial(s)): {cell['why']}")
     if len(cells) > SHOWN:
         print(f"  ... and {len(cells) - SHOWN} more")
-    return cells
