@@ -65,7 +65,8 @@ def test_list_names_every_reproduction_and_its_recipe(capsys):
     (["reproduce", "grazzi2024", "--out", "{out}"], "unknown reproduction 'grazzi2024'"),
     (["reproduce", "grazzi2025"], "give --out DIR"),
     (["reproduce", "grazzi2025", "--verdicts-only", "{missing}"], "does not exist"),
-    (["reproduce", "grazzi2025", "--verdicts-only", "{missing}", "--seeds", "0"], "--seeds select what a run"),
+    (["reproduce", "grazzi2025", "--verdicts-only", "{missing}", "--seeds", "0"], "--seeds only act on a run"),
+    (["reproduce", "grazzi2025", "--verdicts-only", "{missing}", "--log", "mlflow"], "--log only act on a run"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
     out, missing = tmp_path / "out", tmp_path / "missing"
@@ -73,6 +74,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not missing.exists()
+
+
+def test_log_reaches_the_sweep_a_reproduction_runs(capsys, tmp_path, monkeypatch):
+    from membench.runners.commands import reproduce
+
+    class Stop(Exception):
+        pass
+
+    def sweep_stub(spec, out, **options):
+        raise Stop(options["log"])
+
+    monkeypatch.setattr(reproduce, "run_sweep", sweep_stub)
+    with pytest.raises(Stop) as stopped:
+        run_cli(capsys, "reproduce", "grazzi2025", "--out", str(tmp_path / "out"), "--log", "mlflow,tensorboard")
+    assert stopped.value.args == (("mlflow", "tensorboard"),)
 
 
 # --- the committed verdicts ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from membench.runners.reproduce import get_reproduction, reproductions
 from membench.runners.reproduce.claims import findings_markdown, write_findings
 from membench.runners.spec import load_spec
 from membench.runners.sweep import format_summary, report_failures, run_sweep
+from membench.runners.trackers import tracker_names
 
 HELP = "reproduce a published result: run its recipe, then compare the paper's numbers with ours, claim by claim"
 
@@ -46,9 +47,10 @@ def run(args) -> int:
                          "(membench reproduce --list lists them)")
     reproduction = get_reproduction(args.name)
     if args.verdicts_only is not None:
-        given = [f"--{k}" for k, v in overrides(args).items() if v is not None]
+        given = [f"--{k}" for k, v in overrides(args).items() if v is not None] + ["--log"] * bool(args.log)
         if given:
-            raise UsageError(f"{', '.join(given)} select what a run trains; --verdicts-only trains nothing: drop them")
+            raise UsageError(f"{', '.join(given)} only act on a run that trains; "
+                             f"--verdicts-only trains nothing: drop them")
         findings = reproduction.judge(read_results(args.verdicts_only).runs)
         print(findings_markdown(reproduction.title, findings), end="")
         if args.out is not None:
@@ -61,7 +63,8 @@ def run(args) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
     runs = run_sweep(spec, args.out, executor=spec.executor, address=args.address, progress=not args.quiet,
-                     retry_failed=args.retry_failed, retrain_under_trained=args.retrain_under_trained)
+                     retry_failed=args.retry_failed, log=tracker_names(args.log),
+                     retrain_under_trained=args.retrain_under_trained)
     print(format_summary(runs))
     publish(args.out)
     findings = reproduction.judge(read_results(args.out).runs)
