@@ -45,7 +45,7 @@ from membench.runners.metrics import short_error
 from membench.runners.precision import check_compile
 from membench.runners.rows import failed_trial
 from membench.runners.trackers import TrackerSettings
-from membench.runners.trial import TrialConfig, run_trial
+from membench.runners.trial import SAVED_MODELS_ENV, TrialConfig, run_trial
 
 EXECUTORS = ("local", "ray")
 
@@ -318,6 +318,8 @@ class RayExecutor:
     def run(self, trials: Iterable[TrialConfig]) -> Iterator[dict]:
         ray = self.ray
         resources = {"num_gpus": 1} if self.use_gpu else {"num_cpus": self.threads or 1}
+        if SAVED_MODELS_ENV in os.environ:  # save_model's folder: Ray's workers do not inherit the driver's env
+            resources["runtime_env"] = {"env_vars": {SAVED_MODELS_ENV: os.environ[SAVED_MODELS_ENV]}}
         task = ray.remote(**resources)(run_trial)
         device = "cuda" if self.use_gpu else "cpu"  # Ray makes the task's own GPU the only visible one
         pending = {task.remote(config, device, self.compile, False, self.threads, self.trackers): config

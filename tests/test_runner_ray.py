@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pandas as pd
@@ -38,6 +39,24 @@ def test_ray_executor_matches_local(tmp_path):
     for name in ("lags", "curves"):
         a, b = (pd.read_csv(tmp_path / d / f"{name}.csv") for d in ("local", "ray"))
         assert a.shape == b.shape and a["trial_id"].tolist() == b["trial_id"].tolist()
+
+
+@pytest.mark.slow
+def test_save_model_under_ray_writes_each_trials_folder(tmp_path):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("transformers")
+    spec = load_spec(None, tiny_spec(tmp_path, {"copy": {"params": {"content_vocab": 4}}}, models=["hf:gpt2"],
+                                     d_model=16, n_layers=1, steps=4, eval_every=4, seeds=[0, 1],
+                                     save_model=True), {"device": "cpu"})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        runs = run_sweep(spec, tmp_path / "out", executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert set(runs["status"]) == {"ok"}
+    for trial_id in runs["trial_id"].unique():
+        assert (tmp_path / "out" / "models" / trial_id / "config.json").is_file()
+        assert "warnings" not in json.loads((tmp_path / "out" / "trials" / f"{trial_id}.json").read_text())
 
 
 def test_missing_ray_is_a_one_line_error(tmp_path, capsys, monkeypatch):
