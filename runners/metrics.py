@@ -245,31 +245,46 @@ class PeakMemory:
 
     On CUDA the peak is relative to what was allocated at entry (the weights, and whatever is still held),
     as in runners.cost.measure, and the allocator's peak counter is reset at entry, so trials compare.
+    Meters nest: one opened inside another's block (a trial's, around a slice's) first folds the peak
+    so far into every open meter, so its reset never hides an earlier peak from them.
     """
+
+    _open: list["PeakMemory"] = []  # the meters whose blocks are running in this process, outermost first
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_mb = math.nan
 
     def __enter__(self) -> "PeakMemory":
+        for outer in self._open:  # the counter is about to be reset: keep what they have seen so far
+            outer._held = max(outer._held, outer._counter())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
+            self._start, self._source = torch.cuda.memory_allocated(self.device), "cuda"
         elif _reset_peak_rss() and _proc_status_kb("VmRSS") is not None:
             self._start, self._source = _proc_status_kb("VmRSS"), "hwm"
         else:
             self._start, self._source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rusage"
+        self._held = self._start
+        self._open.append(self)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = max(0, torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
-            return
+    def _counter(self) -> float:
+        """The peak counter now: bytes on CUDA, KiB on the CPU; NaN when it cannot be read."""
+        if self._source == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
         if self._source == "hwm":
             peak = _proc_status_kb("VmHWM")
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        self.peak_mb = max(0, peak - self._start) / 1024 if peak is not None else math.nan
+            return math.nan if peak is None else peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+    def __exit__(self, *exc) -> None:
+        self._open.remove(self)
+        peak = self._counter()
+        if math.isnan(peak):
+            return
+        unit = 2**20 if self._source == "cuda" else 1024
+        self.peak_mb = max(0, max(peak, self._held) - self._start) / unit
 
 
 def device_name(device: torch.device) -> str:

@@ -274,6 +274,26 @@ def test_cuda_peak_memory_is_relative_to_entry_and_reset_per_trial(monkeypatch):
     assert second.peak_mb == 250 and resets == [device, device]
 
 
+def test_a_nested_meters_reset_does_not_hide_the_earlier_peak_from_the_enclosing_one(monkeypatch):
+    mib = 2**20
+    allocated, peak = [100 * mib], [100 * mib]
+
+    def reset(device=None):
+        peak[0] = allocated[0]
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated[0])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak[0])
+    device = torch.device("cuda", 0)
+    with metrics.PeakMemory(device) as trial:  # a trial: training peaks at 500 MiB, then two slices read
+        peak[0] = 500 * mib
+        for slice_peak in (300, 200):
+            with metrics.PeakMemory(device) as one_slice:
+                peak[0] = slice_peak * mib
+            assert one_slice.peak_mb == slice_peak - 100
+    assert trial.peak_mb == 400 and metrics.PeakMemory._open == []
+
+
 # --- recorded with every row: precision and compile time -----------------------------------------
 def test_rows_record_precision_and_compile_seconds():
     runs = pd.DataFrame(run_trial(copy_trial(steps=2, eval_every=2))["runs"])
