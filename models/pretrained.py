@@ -20,7 +20,8 @@ Params (a spec's `[models.NAME] params = {...}`, `--param` of `membench check`):
                          "readable" or "plain" (memtasks/text.py)
 
 What is checked when the name is resolved (a spec is read, `membench check` runs), each failure one line
-(ConfigError): the path exists; the folder (or hub entry) has a config whose architecture is a causal LM (a
+(ConfigError), or, for a checkpoint with its own code (`auto_map`), once its params' trust_remote_code is known
+(the spec expanded, the model built): the path exists; the folder (or hub entry) has a config whose architecture is a causal LM (a
 saved BertForMaskedLM is refused: it does not predict the next token); it has a tokenizer, and a fast one
 (scoring maps answers to tokens through its character offsets); a hub id is reachable or cached.
 
@@ -224,9 +225,9 @@ class PretrainedModel(MemoryModel):
         self.state_kind, self._state = state_formula(config.model_type, config)
 
     @classmethod
-    def checkpoint_size(cls) -> tuple[int, int]:
+    def checkpoint_size(cls, revision: str | None = None, trust_remote_code: bool = False) -> tuple[int, int]:
         """(d_model, n_layers) of this checkpoint, from its config alone (nothing is loaded)."""
-        return checkpoint_size(checkpoint_config(cls.source))
+        return checkpoint_size(checkpoint_config(cls.source, revision, trust_remote_code))
 
     def logits(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) int64 token ids of the checkpoint's tokenizer -> (B, K, V) float32 next-token logits at the K
@@ -284,11 +285,38 @@ class PretrainedModel(MemoryModel):
         return 0
 
 
+def own_code_model_type(source: str) -> str | None:
+    """The model type of a checkpoint that brings its own Python code (its config's `auto_map` names a config
+    class for a model type transformers does not have): it loads only with trust_remote_code. None for any
+    other checkpoint, or one whose config cannot be read. Nothing is imported or run."""
+    transformers = transformers_module()
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        raw, _ = transformers.PretrainedConfig.get_config_dict(str(local_folder(source) or source))
+    except (OSError, ValueError):
+        return None
+    model_type = raw.get("model_type")
+    own = "AutoConfig" in (raw.get("auto_map") or {}) and model_type not in CONFIG_MAPPING
+    return str(model_type) if own else None
+
+
 @functools.lru_cache(maxsize=None)
 def pretrained_model_class(source: str) -> type[PretrainedModel]:
     """The class of `pretrained:source`, its checkpoint checked (checkpoint_config, load_tokenizer with the
-    default params) before anything is built or run."""
-    config = checkpoint_config(source)
+    default params) before anything is built or run. A checkpoint with its own code is checked when its params
+    are known, with their trust_remote_code (when the spec is expanded, or the model built): its cost class is
+    unknown until then."""
+    try:
+        config = checkpoint_config(source)
+    except ConfigError:
+        model_type = own_code_model_type(source)
+        if model_type is None:
+            raise
+        return type(f"Pretrained_{model_type}", (PretrainedModel,), {
+            "__module__": __name__, "source": source, "name": f"{PREFIX}{source}", "cost_class": "unknown",
+            "memory_mechanism": f"pretrained {model_type} (its own code: loads with trust_remote_code = true)",
+        })
     load_tokenizer(source)
     d_model, n_layers = checkpoint_size(config)
     kind, _ = state_formula(config.model_type, config)

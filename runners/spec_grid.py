@@ -115,7 +115,7 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
         for length in [n for n in lengths if n > s["max_length"]]:
             _note(notes, f"{task.name}: {model} at length {length} skipped (above max_length {s['max_length']})")
         lengths = [n for n in lengths if n <= s["max_length"]]
-    checkpoint = _checkpoint_size(model, s, task.where)  # a pretrained: model's (d_model, n_layers), else None
+    checkpoint = _checkpoint_size(model, model_params, s, task.where)  # a pretrained: model's (d_model, n_layers)
     trials = []
     for length in lengths:
         slices = _slices(task, length, s, notes)
@@ -158,9 +158,9 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
     return trials
 
 
-def _checkpoint_size(model: str, s: dict, where: str) -> tuple[int, int] | None:
-    """(d_model, n_layers) of a pretrained: model, read from its checkpoint (the spec's sizes do not apply), or
-    None for a family. A pretrained: model is evaluated as it is (steps = 0: the steps of the spec's top level,
+def _checkpoint_size(model: str, model_params: dict, s: dict, where: str) -> tuple[int, int] | None:
+    """(d_model, n_layers) of a pretrained: model, read from its checkpoint at its params' revision and
+    trust_remote_code (the spec's sizes do not apply), or None for a family. A pretrained: model is evaluated as it is (steps = 0: the steps of the spec's top level,
     task tables and command line are the families') or fine-tuned (steps in its own model table); a family must
     train; only an hf: model can be saved."""
     if s["save_model"] and not model.startswith("hf:"):
@@ -171,7 +171,8 @@ def _checkpoint_size(model: str, s: dict, where: str) -> tuple[int, int] | None:
             raise ConfigError(f"{where}: steps = 0 evaluates without training, which only a pretrained: model can "
                               f"do; give {model} steps >= 1")
         return None
-    return model_class(model).checkpoint_size()
+    return model_class(model).checkpoint_size(model_params.get("revision"), model_params.get("trust_remote_code",
+                                                                                             False))
 
 
 def _widths(model: str, model_params: dict, s: dict, vocab: int, where: str) -> list[int]:

@@ -263,6 +263,48 @@ def test_a_llama_checkpoint_reads_with_its_kv_cache_per_token(tmp_path):
     assert result.read_tokens_per_second > 0 and set(result.token_lags) and set(result.lags)
 
 
+def own_code_checkpoint(folder: Path) -> Path:
+    """A GPT-2 saved as a model type transformers does not have, "tinyc", whose config and model classes are
+    Python files in the folder that its config's auto_map names: it loads only with trust_remote_code."""
+    save_checkpoint(folder)
+    (folder / "configuration_tinyc.py").write_text(
+        "from transformers import GPT2Config\n\n\nclass TinyCConfig(GPT2Config):\n    model_type = 'tinyc'\n")
+    (folder / "modeling_tinyc.py").write_text(
+        "from transformers import GPT2LMHeadModel\n\nfrom .configuration_tinyc import TinyCConfig\n\n\n"
+        "class TinyCForCausalLM(GPT2LMHeadModel):\n    config_class = TinyCConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tinyc", architectures=["TinyCForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_tinyc.TinyCConfig",
+                            "AutoModelForCausalLM": "modeling_tinyc.TinyCForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("trust", [True, False])
+def test_a_checkpoint_with_its_own_code_runs_only_when_its_table_trusts_it(trust, tmp_path, capsys, monkeypatch):
+    from transformers import dynamic_module_utils
+
+    modules = tmp_path / "hf_modules"  # where transformers copies the checkpoint's code: not the user's cache
+    monkeypatch.setenv("HF_MODULES_CACHE", str(modules))
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(modules))
+    folder = own_code_checkpoint(tmp_path / "tinyc")
+    capsys.readouterr()  # what saving the checkpoint printed
+    spec = tiny_spec(tmp_path, models=None, steps=0, tasks=["flip_flop"], lengths=[16], eval_multipliers=[],
+                     eval_sequences=8)
+    Path(spec).write_text(Path(spec).read_text() + f'[models.tinyc]\nmodel = "pretrained:{folder}"\n'
+                          f"params = {{ trust_remote_code = {str(trust).lower()} }}\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--spec", spec, "--out", str(out), "--quiet")
+    if not trust:
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "set trust_remote_code = true" in lines[0], err
+        assert not out.exists()
+        return
+    assert code == 0, err
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs["status"]) == ["ok"] and runs["d_model"].tolist() == [32] and runs["scored"].gt(0).all()
+
+
 # --- a sweep: rows like any family's ------------------------------------------------------------------------
 def test_a_zero_shot_sweep_writes_rows_like_any_familys(gpt2, tmp_path, capsys):
     spec = tiny_spec(tmp_path, models=[gpt2], steps=0, tasks=["flip_flop"], lengths=[16, 128], eval_multipliers=[],
