@@ -21,9 +21,9 @@ Params (a spec's `[models.NAME] params = {...}`, `--param` of `membench check`):
 
 What is checked when the name is resolved (a spec is read, `membench check` runs), each failure one line
 (ConfigError), or, for a checkpoint with its own code (`auto_map`), once its params' trust_remote_code is known
-(the spec expanded, the model built): the path exists; the folder (or hub entry) has a config whose architecture is a causal LM (a
-saved BertForMaskedLM is refused: it does not predict the next token); it has a tokenizer, and a fast one
-(scoring maps answers to tokens through its character offsets); a hub id is reachable or cached.
+(the spec expanded, the model built): the path exists; the folder (or hub entry) has a config whose architecture
+is a causal LM (a saved BertForMaskedLM is refused: it does not predict the next token); it has a tokenizer, and
+a fast one (scoring maps answers to tokens through its character offsets); a hub id is reachable or cached.
 
 The model's size is its checkpoint's: `d_model` and `n_layers` are read from its config (spec sizes do not
 apply). Its cost: `num_params` counted; `state_size` the KV cache (or the recurrent state) by models/hf.py's

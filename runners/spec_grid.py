@@ -160,9 +160,9 @@ def _pair(task: TaskTable, model: str, model_params: dict, s: dict, notes: list[
 
 def _checkpoint_size(model: str, model_params: dict, s: dict, where: str) -> tuple[int, int] | None:
     """(d_model, n_layers) of a pretrained: model, read from its checkpoint at its params' revision and
-    trust_remote_code (the spec's sizes do not apply), or None for a family. A pretrained: model is evaluated as it is (steps = 0: the steps of the spec's top level,
-    task tables and command line are the families') or fine-tuned (steps in its own model table); a family must
-    train; only an hf: model can be saved."""
+    trust_remote_code (the spec's sizes do not apply), or None for a family. A pretrained: model is evaluated as
+    it is (steps = 0: the steps of the spec's top level, task tables and command line are the families') or
+    fine-tuned (steps in its own model table); a family must train; only an hf: model can be saved."""
     if s["save_model"] and not model.startswith("hf:"):
         raise ConfigError(f"{where}: save_model writes Hugging Face folders of hf: models only; set save_model = "
                           f"false for {model}")
