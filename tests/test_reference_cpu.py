@@ -48,3 +48,27 @@ def test_a_complete_reference_run_meets_the_bar_and_heads_the_readme(reference):
     headline = (ROOT / "README.md").read_text().split("\n## ")[1]  # the first section after the introduction
     assert "results/reference-cpu" in headline
     assert "IN PROGRESS" not in (FOLDER / "README.md").read_text()
+
+
+# --- the plateau rule's audit: results/reference-cpu/plateau-rule --------------------------------------------
+def _audit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plateau_audit", FOLDER / "plateau-rule" / "audit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not (FOLDER / "plateau-rule" / "plateau_audit.csv").is_file(), reason="no audit committed")
+def test_the_committed_audit_is_what_its_script_finds_and_shows_the_stop_the_docs_cite():
+    import pandas as pd
+
+    audit = _audit_module().audit()
+    committed = pd.read_csv(FOLDER / "plateau-rule" / "plateau_audit.csv").set_index(["task", "model", "train_len",
+                                                                                     "seed"])
+    assert committed.index.tolist() == audit.index.tolist(), "run python results/reference-cpu/plateau-rule/audit.py"
+    assert committed["gain"].round(4).tolist() == audit["gain"].round(4).tolist()
+    cited = audit.loc[("associative_recall", "transformer", 256, 0)]  # docs/sweeps.md, docs/presets.md
+    assert cited["accuracy"] < 0.2 and cited["steps"] == 450 and cited["stop_reason"] == "plateau"
+    assert cited["accuracy_full"] >= 0.99 and cited["steps_full"] <= 700
