@@ -5,25 +5,25 @@ Bad input never produces a traceback: `UsageError` (a flag, a path) and `ConfigE
 spec setting, an import path) raised while handling a command are printed as one line `membench: error: ...`
 and the exit code is 2. Ctrl-C prints "membench: interrupted" (exit 130) and SIGTERM "membench: terminated"
 (exit 143), at start-up too: one that comes while the commands and plugin folders import (torch among them) is
-held until they have imported (see _held_signals). Any other exception is a bug: it keeps its traceback
-(exit 1), so that it can be reported.
+held until they have imported (runners/interrupts.py; raised in the middle of torch's import, a Ctrl-C was seen
+to end the process with SIGINT after the one line, exit -2 instead of 130). Any other exception is a bug: it
+keeps its traceback (exit 1), so that it can be reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import pkgutil
 import signal
 import sys
-import threading
 
 from membench import plugins
 from membench.checks import ConfigError
 from membench.runners import commands
 from membench.runners.errors import UsageError
+from membench.runners.interrupts import Terminated, held_signals, install, raise_terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,36 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (locks released, one line)."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _held_signals():
-    """Ctrl-C and SIGTERM recorded while the block runs, then raised (KeyboardInterrupt, Terminated) once it
-    has ended. Raised in the middle of torch's import, a Ctrl-C was seen to end the process with SIGINT after
-    the one line (exit -2 instead of 130); raised here, it unwinds from plain Python code."""
-    held: list[int] = []
-    previous = {signum: _install(signum, lambda signum, frame: held.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():  # (None: a handler not set from Python, unknown: the default)
-            _install(signum, signal.SIG_DFL if handler is None else handler)
-    if held:
-        raise KeyboardInterrupt if held[0] == signal.SIGINT else Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn bad input, Ctrl-C and SIGTERM into one line: exit 2, 130 and 143."""
-    previous = _install(signal.SIGTERM, _terminate)
+    previous = install(signal.SIGTERM, raise_terminated)
     try:
-        with _held_signals():  # start-up: every command imports (torch), then the plugin folders
+        with held_signals():  # start-up: every command imports (torch), then the plugin folders
             args = build_parser().parse_args(argv)
             for folder in getattr(args, "include", None) or []:  # before the command looks anything up
                 plugins.include(folder)
@@ -93,15 +68,4 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
-        _install(signal.SIGTERM, previous)
-
-
-def _install(signum: int, handler):
-    """signal.signal where it is allowed (the main thread); the previous handler, or None."""
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signum, handler)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        install(signal.SIGTERM, previous)

@@ -41,6 +41,7 @@ import torch
 from membench.checks import check_device
 from membench.registry import unknown_name_message
 from membench.runners.errors import UsageError
+from membench.runners.interrupts import held_signals, sigint_blocked
 from membench.runners.metrics import short_error
 from membench.runners.precision import check_compile
 from membench.runners.rows import failed_trial
@@ -149,7 +150,9 @@ class LocalExecutor:
                 if (alone and in_flight) or any(a for _, a in in_flight.values()):
                     return  # a suspect runs with nothing beside it
                 queue.pop(0)
-                with sigint_blocked():  # submit may start a worker: it inherits the block (see _start_worker)
+                # submit may start a worker: it inherits the blocked SIGINT (see _start_worker), and a Ctrl-C
+                # waits until the worker has its start-up data (runners/interrupts.py)
+                with held_signals(), sigint_blocked():
                     future = pool.submit(self.worker, config, self.compile, self.threads)
                 in_flight[future] = (config, alone)
 
@@ -195,22 +198,6 @@ class LocalExecutor:
 STOP_GRACE = 2.0  # seconds a terminated worker has to end before it is killed
 PARENT_POLL = 1.0  # seconds between two looks at the parent's pid (where PR_SET_PDEATHSIG is not available)
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal this process gets when its parent dies
-
-
-@contextlib.contextmanager
-def sigint_blocked():
-    """SIGINT held back in this thread: a process started meanwhile inherits the block (the signal mask
-    survives fork and exec), so a worker never sees a Ctrl-C, not even while it imports torch; one that
-    arrives meanwhile stays pending here and is raised when the block ends. Without pthread_sigmask
-    (Windows) nothing is blocked."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:
