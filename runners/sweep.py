@@ -4,10 +4,11 @@
     runs = run_sweep(spec, "out/smoke")          # trials/<id>.json + runs, lags, curves, slice_curves .csv
     runs = run_sweep(spec, "out/smoke")          # again: every trial is finished, nothing runs
 
-Trials already in the directory (by trial_id, with every row their config implies) are skipped; each
-finished trial's file is written at once, and the tables are rebuilt from every trial file in the directory,
-keeping the rows of trials that have no file (see runners.tables), so a directory can collect several
-sweeps, a killed sweep resumes where it stopped, and no row is ever dropped. One process writes a
+Trials already in the directory (by trial_id, with every row their config implies: a trial file, or else a
+runs row per eval slice in runs.csv, so that a directory committed without its unversioned trials/ resumes
+too) are skipped; each finished trial's file is written at once, and the tables are rebuilt from every trial
+file in the directory, keeping the rows of trials that have no file (see runners.tables), so a directory can
+collect several sweeps, a killed sweep resumes where it stopped, and no row is ever dropped. One process writes a
 directory at a time (runners.lock).
 
 The tables are rebuilt after the first trial, then after a trial once TABLES_EVERY seconds have passed since
@@ -72,16 +73,17 @@ def run_sweep(spec: SweepSpec, out_dir, executor: str = "local", address: str | 
     try:
         _make_dirs(out)
         with DirectoryLock(out):
-            finished, configs = _run(spec, out, runner, progress, retry_failed, trackers, retrain_under_trained)
+            finished, kept, configs = _run(spec, out, runner, progress, retry_failed, trackers,
+                                           retrain_under_trained)
     finally:
         runner.close()
-    runs = tables.frames(finished)["runs"]
+    runs = tables.frames(finished, kept)["runs"]
     return runs[runs["trial_id"].isin(configs)].reset_index(drop=True)
 
 
 def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool = False,
          trackers: TrackerSettings | None = None, retrain_factor: float | None = None
-         ) -> tuple[dict[str, dict], dict[str, TrialConfig]]:
+         ) -> tuple[dict[str, dict], dict[str, pd.DataFrame], dict[str, TrialConfig]]:
     tables.remove_temporaries(out)
     notes: list[str] = []
     replacements = retrain.read_replacements(out)  # cells given a larger budget by an earlier run
@@ -102,11 +104,15 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
             print(f"note: {len(new)} trials of under-trained cells re-run at {retrain_factor:g}x their steps; the "
                   f"first ones' rows go to {out / retrain.SUPERSEDED_DIR}", file=sys.stderr)
     _write(out, lambda: retrain.set_aside(out, replacements, finished, kept))
-    pending = [t for i, t in configs.items() if i not in finished or (retry_failed and _errored(finished[i]))]
+    in_tables = tables.finished_in_tables(kept, {i: [s.name for s in c.eval_slices] for i, c in configs.items()},
+                                          tables.set_aside_trials(out))  # resumed from rows: trials/ not kept
+    statuses = {**in_tables, **{i: {row["status"] for row in p["runs"]} for i, p in finished.items()}}
+    pending = [t for i, t in configs.items() if i not in statuses or (retry_failed and "error" in statuses[i])]
     if kept:
         n = len(kept.get("runs", ()))
+        resumed = f"; {len(in_tables)} trial(s) of this sweep have a row per eval slice: finished" if in_tables else ""
         print(f"note: {out} holds {n} runs rows of trials without a complete file in {tables.TRIALS_DIR}/: "
-              f"they are kept", file=sys.stderr)
+              f"they are kept{resumed}", file=sys.stderr)
     shown = SweepProgress(spec.name, len(configs), len(configs) - len(pending), progress)
     tracker_warned: set[str] = set()
     if trackers is not None and pending:
@@ -132,7 +138,7 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
     finally:
         shown.close()
     rebuild.if_behind()  # the end of the sweep; also when nothing ran: the tables exist and match the trial files
-    return finished, configs
+    return finished, kept, configs
 
 
 class _TableRebuilds:
@@ -202,11 +208,6 @@ def _warn_trackers(problems: dict[str, str], where: str, warned: set[str]) -> No
             warned.add(name)
             print(f"membench: warning: --log {name} failed ({where}): {problem}; trials still run and write "
                   f"their rows, without {name} where it fails (said once)", file=sys.stderr)
-
-
-def _errored(payload: dict) -> bool:
-    """True when a finished trial failed with an exception (status "error" in its runs rows)."""
-    return any(row["status"] == "error" for row in payload["runs"])
 
 
 def _status(payload: dict) -> str:

@@ -23,7 +23,9 @@ value passing the tables' own checks (`runners.schema.cell_problems`). Any other
 
 No row is ever dropped: rows of the tables whose trial has no valid file in trials/ (a directory of tables
 copied without its trials/, a trial file deleted by hand or set aside) are kept in the rebuilt tables
-(`kept_rows`), until a trial of that id finishes again and its file replaces them. Those rows are checked
+(`kept_rows`), until a trial of that id finishes again and its file replaces them. A trial of the sweep whose
+kept rows include a runs row per eval slice counts as finished (`finished_in_tables`), unless its file was set
+aside: trials/ is not versioned, so a committed results directory resumes from its tables. Those rows are checked
 like any table read (their values, and that the table has every column); rows of trials that do have a
 file are not, since they are rebuilt from it. An invalid row is left out only when its trial's file was set
 aside (that file holds the trial's rows), with a note; any other bad row stops the sweep with a one-line
@@ -228,6 +230,29 @@ def missing_rows(payload: dict, slices: list[str] | None = None) -> str:
     have = {r["slice"] for r in payload["runs"] if isinstance(r.get("slice"), str) and r.get("status") in STATUSES}
     lacking = [str(name) for name in slices if not (isinstance(name, str) and name in have)]
     return f"no runs row for slice(s) {', '.join(lacking)}" if lacking else ""
+
+
+def finished_in_tables(kept: dict[str, pd.DataFrame], slices: dict[str, list[str]],
+                       set_aside: set[str] = frozenset()) -> dict[str, set[str]]:
+    """The trials of `slices` (trial_id -> its config's eval slice names) that have no trial file but whose
+    `kept` runs rows (kept_rows) hold a row per eval slice: trial_id -> the statuses of those rows. A sweep
+    counts them as finished, so a results directory committed without trials/ (they are not versioned)
+    resumes from its tables. Trials in `set_aside` (their file was set aside: set_aside_trials) are left
+    out: they run again.
+
+        >>> rows = pd.DataFrame({"trial_id": ["ab", "ab", "cd"], "slice": ["L8", "L16", "L8"],
+        ...                      "status": ["ok", "ok", "ok"]})
+        >>> finished_in_tables({"runs": rows}, {"ab": ["L8", "L16"], "cd": ["L8", "L16"]})
+        {'ab': {'ok'}}
+    """
+    runs = kept.get("runs")
+    if runs is None or not len(runs):
+        return {}
+    result = {}
+    for trial_id, rows in runs[runs["trial_id"].isin(set(slices) - set(set_aside))].groupby("trial_id"):
+        if set(slices[trial_id]) <= set(rows["slice"]):
+            result[trial_id] = set(rows["status"])
+    return result
 
 
 def remove_temporaries(out_dir: Path) -> None:

@@ -48,42 +48,69 @@ def one_line_error(code: int, err: str) -> str:
     return lines[0]
 
 
-# --- 1. a directory of tables without trials/ is never wiped --------------------------------------------
+# --- 1. a directory of tables without trials/ is never wiped, and resumes from its rows -------------------
 def test_tables_without_trial_files_keep_every_row(tmp_path, capsys):
     out = tmp_path / "smoke"
     shutil.copytree(SMOKE, out)
     before = {name: pd.read_csv(out / f"{name}.csv") for name in ("runs", "curves", "lags")}
     assert not (out / "trials").exists() and len(before["runs"]) > 100
-    code, _, err = run_cli(capsys, "run", "--preset", "smoke", "--tasks", "copy", "--models", "lstm,mlp",
-                           "--lengths", "8", "--seeds", "0", "--out", str(out), "--quiet")
+    sweep = ("run", "--preset", "smoke", "--tasks", "copy", "--models", "lstm,mlp", "--lengths", "8",
+             "--out", str(out), "--quiet")
+    code, _, err = run_cli(capsys, *sweep, "--seeds", "0")  # trials the committed tables hold
+    assert code == 0, err
+    assert "they are kept; 2 trial(s) of this sweep have a row per eval slice: finished" in err
+    assert not list((out / "trials").glob("*.json"))  # resumed from the rows: nothing re-ran
+    code, _, err = run_cli(capsys, *sweep, "--seeds", "7")  # trials the tables lack
     assert code == 0, err
     assert "they are kept" in err  # the user is told the rows are kept
     new_ids = {p.stem for p in (out / "trials").glob("*.json")}
-    assert len(new_ids) == 2
+    assert len(new_ids) == 2 and not new_ids & set(before["runs"]["trial_id"])
     for name, old in before.items():
         after = pd.read_csv(out / f"{name}.csv")
-        kept = old[~old["trial_id"].isin(new_ids)]
-        assert len(after) == len(kept) + (after["trial_id"].isin(new_ids)).sum()
-        assert set(kept["trial_id"]) <= set(after["trial_id"])  # no trial of the copy was dropped
+        assert len(after) == len(old) + (after["trial_id"].isin(new_ids)).sum()
+        assert set(old["trial_id"]) <= set(after["trial_id"])  # no trial of the copy was dropped
     runs = pd.read_csv(out / "runs.csv")
     assert not runs.duplicated(["trial_id", "slice"]).any()
     merged = runs.merge(before["runs"], on=["trial_id", "slice"], suffixes=("", "_old"))
-    merged = merged[~merged["trial_id"].isin(new_ids)]
+    assert len(merged) == len(before["runs"])
     assert (merged["accuracy"].fillna(-1) == merged["accuracy_old"].fillna(-1)).all()  # values kept as they were
     # and the charts still read the merged tables
     code, _, err = run_cli(capsys, "charts", str(out))
     assert code == 0, err
 
 
-def test_kept_rows_are_replaced_when_their_trial_runs_again(tmp_path, spec_file):
+def test_a_trial_with_rows_but_no_file_is_finished_unless_a_slice_is_missing(tmp_path, spec_file):
+    out = tmp_path / "out"
+    spec = load_spec(None, str(spec_file))
+    first = run_sweep(spec, out, progress=False)
+    trial_id = spec.trials[0].trial_id
+    (out / "trials" / f"{trial_id}.json").unlink()  # as in a clone: the tables hold its rows, trials/ does not
+    again = run_sweep(spec, out, progress=False)
+    assert not (out / "trials" / f"{trial_id}.json").exists()  # not re-run
+    columns = ["trial_id", "slice", "status", "accuracy", "steps"]  # and the sweep still returns its rows
+    assert again[columns].values.tolist() == first[columns].values.tolist()
+    runs = pd.read_csv(out / "runs.csv")
+    runs.iloc[1:].to_csv(out / "runs.csv", index=False)  # one eval slice's row gone: not finished any more
+    run_sweep(spec, out, progress=False)
+    assert (out / "trials" / f"{trial_id}.json").is_file()  # re-run, and its new rows replace the old ones
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 2 and set(runs["trial_id"]) == {trial_id}
+
+
+def test_rows_of_an_errored_trial_without_a_file_run_again_with_retry_failed(tmp_path, spec_file):
     out = tmp_path / "out"
     spec = load_spec(None, str(spec_file))
     run_sweep(spec, out, progress=False)
     trial_id = spec.trials[0].trial_id
-    (out / "trials" / f"{trial_id}.json").unlink()  # the table still has its rows: kept, then re-run
-    run_sweep(spec, out, progress=False)
+    (out / "trials" / f"{trial_id}.json").unlink()
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 2 and set(runs["trial_id"]) == {trial_id}
+    runs["status"], runs["error"] = "error", "RuntimeError: boom"
+    runs.to_csv(out / "runs.csv", index=False)
+    run_sweep(spec, out, progress=False)
+    assert not (out / "trials" / f"{trial_id}.json").exists()  # an error row is a result: kept, not re-run
+    run_sweep(spec, out, progress=False, retry_failed=True)
+    assert (out / "trials" / f"{trial_id}.json").is_file()
+    assert set(pd.read_csv(out / "runs.csv")["status"]) != {"error"}
 
 
 def test_rows_of_a_damaged_trial_file_of_another_sweep_are_kept(tmp_path, spec_file, capsys):

@@ -266,9 +266,9 @@ def test_users_own_columns_are_kept_through_a_rebuild(out, capsys):
 
 def test_users_own_columns_follow_kept_rows_and_rerun_trials(out, capsys):
     path = trial_path(out)
-    edit_csv(out / "runs.csv", lambda df: df.assign(note=["a", "b"]))
-    path.unlink()  # kept rows first, then replaced by the trial's new run
-    code, err = run(capsys, out)
+    edit_csv(out / "runs.csv", lambda df: df.assign(note=["a", "b"], status="error", error="RuntimeError: x"))
+    path.unlink()  # kept rows first, then replaced by the trial's new run (rows of an error: --retry-failed)
+    code, err = run(capsys, out, "--retry-failed")
     assert code == 0, err
     runs = pd.read_csv(out / "runs.csv", dtype=str, keep_default_na=False).set_index("slice")
     assert path.exists() and runs.loc["L8", "note"] == "a" and runs.loc["L16", "note"] == "b"
