@@ -5,8 +5,10 @@
 A trial is under-trained when it stopped at its step budget (or time cap) below the threshold while still
 improving (runners/train.py). Its cell is the trial's config but for the seed. `--retrain-under-trained F`
 replaces every trial of every cell of the sweep that has an under-trained trial in DIR (every seed, so the
-seeds of a cell share one budget) by the same trial with F times its steps and time cap; the other cells are
-left as they are. What the flag changes is recorded, so it is said once:
+seeds of a cell share one budget) by the same trial with F times its steps and time cap; so does a cell that
+the same task and family beat at a longer trained length with a larger budget (`outdone_cells`: a flat curve
+escapes the flag, but not that comparison). The other cells are left as they are. What the flag changes is
+recorded, so it is said once:
 
     DIR/retrained.json    {replaced trial id: the config of the trial that replaces it}: every later run of the
                           same sweep into DIR runs the replacement instead (a replacement may be replaced again)
@@ -38,6 +40,7 @@ from membench.runners.errors import UsageError
 from membench.runners.schema import as_bool
 from membench.runners.trial import TrialConfig
 
+OUTDONE_BY = 0.1  # a cell that a longer trained length of its family beats by this much runs again too
 RETRAINED_FILE = "retrained.json"
 SUPERSEDED_DIR = "superseded"
 
@@ -94,13 +97,47 @@ def _cell(config: TrialConfig) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
+def _family(config: TrialConfig) -> str:
+    """A cell's key but for its train length and what grows with it (budget, time cap, eval slices)."""
+    fields = config.to_dict()
+    for name in ("seed", "train_len", "steps", "time_cap", "eval_slices", "segments", "train_length_range"):
+        fields.pop(name, None)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def outdone_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame) -> set[str]:
+    """The cells of `configs` that the same task and family beat at a longer trained length, with a larger
+    step budget, by OUTDONE_BY or more (seed means of the accuracy at the trained length, from `runs`). A
+    longer sequence is no easier to remember, so the shorter cell's budget held it back, even when its curve
+    was too flat at the end for the under-trained flag: on n_back, deltanet sat at 0.67 after 500 steps at
+    length 64 and reached 0.97 after 1,000 at 256.
+
+        >>> from membench.runners.trial import EvalSlice
+        >>> short = TrialConfig("copy", {}, "lstm", {}, 8, 1, 64, 0, 1e-3, 4, 500, (EvalSlice("L64", 64, 8),))
+        >>> long = dataclasses.replace(short, train_len=256, steps=1000, eval_slices=(EvalSlice("L256", 256, 8),))
+        >>> runs = pd.DataFrame({"trial_id": [short.trial_id, long.trial_id], "accuracy": [0.67, 0.97],
+        ...                      "is_train_len": [True, True]})
+        >>> outdone_cells({c.trial_id: c for c in (short, long)}, runs) == {_cell(short)}
+        True
+    """
+    trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
+    seeds: dict[str, list[float]] = {}
+    for trial_id, accuracy in trained.groupby("trial_id")["accuracy"].mean().items():
+        seeds.setdefault(_cell(configs[trial_id]), []).append(float(accuracy))
+    first = {_cell(c): c for c in configs.values()}
+    means = [(first[cell], sum(values) / len(values)) for cell, values in seeds.items()]
+    return {_cell(short) for short, low in means for long, high in means
+            if _family(long) == _family(short) and long.train_len > short.train_len and long.steps > short.steps
+            and high >= low + OUTDONE_BY}  # NaN (a failed trial's accuracy) is never outdone nor outdoes
+
+
 def replacements_for(configs: dict[str, TrialConfig], runs: pd.DataFrame, factor: float) -> dict[str, TrialConfig]:
     """{trial id: its replacement} for every trial of `configs` whose cell has a trial that `runs` (a runs
-    table) shows under-trained at its trained length."""
+    table) shows under-trained at its trained length, or that a longer length outdid (outdone_cells)."""
     if not len(runs):
         return {}
     trained = runs[runs["is_train_len"].map(as_bool) & runs["under_trained"].map(as_bool)]
-    under = {_cell(configs[i]) for i in set(trained["trial_id"]) if i in configs}
+    under = {_cell(configs[i]) for i in set(trained["trial_id"]) if i in configs} | outdone_cells(configs, runs)
     return {i: retrained(c, factor) for i, c in configs.items() if _cell(c) in under}
 
 

@@ -88,6 +88,52 @@ def test_a_replacement_still_under_trained_grows_again(swept):
     assert pd.read_csv(out / retrain.SUPERSEDED_DIR / "runs.csv")["trial_id"].nunique() == 4  # 2 first + 2 second
 
 
+def _set_accuracy(out: Path, accuracy: dict[int, float]) -> None:
+    """Edit the trial files so that each trial's runs rows read `accuracy[its train_len]`."""
+    for path in (out / "trials").glob("*.json"):
+        payload = json.loads(path.read_text())
+        for row in payload["runs"]:
+            row["accuracy"] = accuracy[payload["config"]["train_len"]]
+        path.write_text(json.dumps(payload))
+
+
+def test_a_cell_a_longer_length_outdid_with_more_steps_runs_again(swept):
+    spec, out, _, _ = swept
+    _mark_under_trained(out, 12, 0)  # L12 first: 20 steps, L8 10
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    assert sorted(runs.loc[runs["is_train_len"], "steps"]) == [10, 10, 20, 20]
+    _mark_under_trained(out, 12, 5)  # no trial says under-trained any more ...
+    _set_accuracy(out, {8: 0.55, 12: 0.64})  # ... and L12 beats L8 by less than OUTDONE_BY: nothing changes
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    assert sorted(runs.loc[runs["is_train_len"] & (runs["train_len"] == 8), "steps"]) == [10, 10]
+    _set_accuracy(out, {8: 0.55, 12: 0.95})  # the longer length, with twice the steps, does far better
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    trained = runs[runs["is_train_len"]].set_index(["train_len", "seed"])["steps"].sort_index()
+    assert trained.to_dict() == {(8, 0): 20, (8, 1): 20, (12, 0): 20, (12, 1): 20}  # L8's budget held it back
+
+
+def test_only_a_longer_length_with_a_larger_budget_outdoes_a_cell():
+    from membench.runners.trial import EvalSlice, TrialConfig
+
+    def config(train_len: int, steps: int, seed: int = 0, lr: float = 1e-3) -> TrialConfig:
+        return TrialConfig("copy", {}, "lstm", {}, 8, 1, train_len, seed, lr, 4, steps,
+                           (EvalSlice(f"L{train_len}", train_len, 8),))
+
+    def outdone(*trials: tuple[TrialConfig, float]) -> list[tuple[int, int]]:
+        runs = pd.DataFrame({"trial_id": [c.trial_id for c, _ in trials], "accuracy": [a for _, a in trials],
+                             "is_train_len": True})
+        cells = retrain.outdone_cells({c.trial_id: c for c, _ in trials}, runs)
+        return sorted({(c.train_len, c.steps) for c, _ in trials if retrain._cell(c) in cells})
+
+    assert outdone((config(64, 500), 0.6), (config(256, 1000), 0.9)) == [(64, 500)]
+    assert outdone((config(64, 500), 0.6), (config(256, 500), 0.9)) == []  # the same budget: length is the cause
+    assert outdone((config(256, 500), 0.6), (config(64, 1000), 0.9)) == []  # only a longer length outdoes
+    assert outdone((config(64, 500), 0.6), (config(256, 1000, lr=3e-3), 0.9)) == []  # another family config
+    assert outdone((config(64, 500), 0.6), (config(256, 1000), float("nan"))) == []  # a failed trial: nothing
+    # seed means: one seed of the short cell at 0.9 brings its mean to 0.75, within 0.1 of the long cell's 0.84
+    assert outdone((config(64, 500), 0.6), (config(64, 500, seed=1), 0.9), (config(256, 1000), 0.84)) == []
+
+
 def test_no_under_trained_cell_changes_nothing(tmp_path):
     spec, out = _spec(tmp_path), tmp_path / "out"
     run_sweep(spec, out, progress=False)

@@ -56,9 +56,12 @@ def run(args) -> int:
           "or threshold stop takes less.")
     earlier = read_results(args.against).runs if args.against else None
     print_under_trained(trials, rates, spec.gpu_workers, earlier, args.against or "")
-    if args.against and retrain.replacements_for({t.trial_id: t for t in trials}, earlier, 2):  # what it would do
+    configs = {t.trial_id: t for t in trials}
+    if args.against and retrain.replacements_for(configs, earlier, 2):  # what it would do
         source = f"--preset {args.preset}" if args.preset else f"--spec {args.spec}"
-        print(f"  to run the cells under-trained in {args.against} again at twice their steps: membench run "
+        outdone = len(retrain.outdone_cells(configs, earlier))
+        also = f" (and {outdone} cell(s) that a longer length did 0.1 better with more steps)" if outdone else ""
+        print(f"  to run the cells under-trained in {args.against}{also} again at twice their steps: membench run "
               f"{source} --out {args.against} --retrain-under-trained 2 (with --models to leave a family out)")
     if args.against:
         compared = against(trials, rates, earlier, spec.gpu_workers)
