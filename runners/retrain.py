@@ -121,13 +121,14 @@ def outdone_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame) -> set[st
         True
     """
     trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
-    seeds: dict[str, list[float]] = {}
+    seeds: dict[str, tuple[TrialConfig, list[float]]] = {}  # cell -> (a config of it, its seeds' accuracies)
     for trial_id, accuracy in trained.groupby("trial_id")["accuracy"].mean().items():
-        seeds.setdefault(_cell(configs[trial_id]), []).append(float(accuracy))
-    first = {_cell(c): c for c in configs.values()}
-    means = [(first[cell], sum(values) / len(values)) for cell, values in seeds.items()]
-    return {_cell(short) for short, low in means for long, high in means
-            if _family(long) == _family(short) and long.train_len > short.train_len and long.steps > short.steps
+        seeds.setdefault(_cell(configs[trial_id]), (configs[trial_id], []))[1].append(float(accuracy))
+    families: dict[str, list[tuple[str, TrialConfig, float]]] = {}  # family -> its cells with their seed means
+    for cell, (config, values) in seeds.items():
+        families.setdefault(_family(config), []).append((cell, config, sum(values) / len(values)))
+    return {cell for cells in families.values() for cell, short, low in cells for _, long, high in cells
+            if long.train_len > short.train_len and long.steps > short.steps
             and high >= low + OUTDONE_BY}  # NaN (a failed trial's accuracy) is never outdone nor outdoes
 
 

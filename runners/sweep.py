@@ -104,8 +104,8 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
             print(f"note: {len(new)} trials of under-trained cells re-run at {retrain_factor:g}x their steps; the "
                   f"first ones' rows go to {out / retrain.SUPERSEDED_DIR}", file=sys.stderr)
     _write(out, lambda: retrain.set_aside(out, replacements, finished, kept))
-    in_tables = tables.finished_in_tables(kept, {i: [s.name for s in c.eval_slices] for i, c in configs.items()},
-                                          tables.set_aside_trials(out))  # resumed from rows: trials/ not kept
+    # resumed from rows (trials/ is not versioned); a replacement made above has no rows, so `slices` serves
+    in_tables = tables.finished_in_tables(kept, slices, tables.set_aside_trials(out))
     statuses = {**in_tables, **{i: {row["status"] for row in p["runs"]} for i, p in finished.items()}}
     pending = [t for i, t in configs.items() if i not in statuses or (retry_failed and "error" in statuses[i])]
     if kept:
