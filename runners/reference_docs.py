@@ -202,6 +202,7 @@ COLUMN_DOCS = {
     "timeout_trials": "trials stopped by their time cap (counted at their accuracy)",
     "missing_cells": "cells the sweep has no trial of (counted 0)",
     "under_trained_cells": "cells whose chosen trials were under-trained (empty when not recorded)",
+    "outdone_cells": "cells that a longer trained length of the task, trained for more steps, beat by 0.1 or more",
     "unevaluated_trials": "trials with no plain evaluation at the trained length (counted 0: see slices.md)",
     "<task> horizon": "longest trained length with accuracy >= 0.9 (0: none)",
     "<task> mean_accuracy": "mean over trained lengths of the cell accuracy",

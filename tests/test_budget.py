@@ -71,3 +71,24 @@ def test_reports_flag_under_trained_cells():
     assert "1 under-trained cell(s)" in page and "**1 cell(s) are under-trained**" in page
     table = side_by_side(runs, ["lstm", "gru"])
     assert "0.700*" in table and "0.950*" not in table and "* under-trained" in table
+
+
+def test_reports_flag_a_cell_that_a_longer_length_trained_for_more_steps_beats():
+    """A flat curve escapes the under-trained flag; a longer length of the family doing better with more steps
+    does not: n_back's deltanet sat at 0.67 after 500 steps at 64 and reached 0.97 after 1,000 at 256."""
+    def rows(model, accuracies, steps):
+        out = [r for length, acc in zip((64, 128, 256), accuracies) for r in trial("n_back", model, length, acc)]
+        for row in out:
+            row.update(stop_reason="budget", steps=steps[row["train_len"]])
+        return out
+
+    longer_trained = {64: 500, 128: 500, 256: 1000}
+    runs = pd.DataFrame(rows("lstm", (0.67, 0.68, 0.97), longer_trained)
+                        + rows("gru", (0.67, 0.68, 0.97), dict.fromkeys(longer_trained, 1000))  # same budgets
+                        + rows("mlp", (0.67, 0.75, 0.76), longer_trained), columns=RUNS_COLUMNS)  # gains < 0.1
+    board, tasks = build_leaderboard(runs)
+    assert board.set_index("model")["outdone_cells"].to_dict() == {"lstm": 2, "gru": 0, "mlp": 0}
+    page = leaderboard_markdown(board, tasks, runs)
+    assert "2 cell(s) beaten at a longer length" in page and "**2 cell(s) are beaten at a longer length**" in page
+    assert "beaten at a longer length" not in leaderboard_markdown(*build_leaderboard(runs[runs["model"] != "lstm"]),
+                                                                    runs)

@@ -62,6 +62,7 @@ from membench.runners.reporting.html_assets import (
 from membench.runners.reporting.leaderboard import (
     THRESHOLD,
     build_leaderboard,
+    outdone_line,
     scaled_line,
     seeds_line,
     under_trained_line,
@@ -82,7 +83,9 @@ MARKS = (("failed", "*", "failed", "failed trial(s) (oom, diverged or error), co
          ("missing", "n/a", "missing", "cell(s) the sweep did not run, counted 0"),
          ("timeouts", "+", "timeout", "trial(s) stopped by the time cap, counted at the accuracy reached"),
          ("under_trained", "~", "under", "under-trained: stopped at the budget while still improving, so the "
-                                         "accuracy may understate the family"))
+                                         "accuracy may understate the family"),
+         ("outdone", "<", "under", "beaten at a longer length trained for more steps, so the budget likely held "
+                                   "the cell back"))
 
 
 class Section(NamedTuple):
@@ -205,7 +208,8 @@ def curve_groups(sweep: Sweep, curves: pd.DataFrame | None, data: dict) -> dict[
 def cell_marks(cells: pd.DataFrame) -> tuple[str, str, str]:
     """The marks of a group of cells (HTML), the class of the worst, and the title explaining them."""
     counts = {"failed": int(cells["failed"].sum()), "missing": int((cells["status"] == "missing").sum()),
-              "timeouts": int(cells["timeouts"].sum()), "under_trained": int((cells["under_trained"] > 0).sum())}
+              "timeouts": int(cells["timeouts"].sum()), "under_trained": int((cells["under_trained"] > 0).sum()),
+              "outdone": int(cells["outdone"].sum())}
     found = [(counts[key], mark, kind, meaning) for key, mark, kind, meaning in MARKS if counts[key]]
     html = "".join(f'<span class="mark {kind}">{esc(mark)}</span>' for _, mark, kind, _ in found)
     return html, found[0][2] if found else "", "; ".join(f"{n} {meaning}" for n, _, _, meaning in found)
@@ -244,7 +248,8 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
             cells.append((cell, {k: v for k, v in attributes.items() if v}))
         flags = [(int(row[key]), label, kind) for key, label, kind in (
             ("failed_trials", "failed", "failed"), ("timeout_trials", "timed out", "timeout"),
-            ("under_trained_cells", "under-trained", "under"), ("missing_cells", "missing", "missing"),
+            ("under_trained_cells", "under-trained", "under"),
+            ("outdone_cells", "beaten at a longer length", "under"), ("missing_cells", "missing", "missing"),
             ("unevaluated_trials", "not evaluated", "missing")) if row[key] == row[key]]  # NaN: not recorded
         cells += [(count(row["params"]), {"data-sort": str(int(row["params"]))}),
                   fixed(row["train_seconds"], 1), str(int(row["trials"])),
@@ -261,6 +266,7 @@ def leaderboard_section(sweep: Sweep, groups: dict[tuple[str, str], int]) -> Sec
         "<code>runners/reporting/leaderboard.py</code>. Click a header to sort; click an accuracy for its "
         "training curves.",
         f"Marks: {legend}.", inline_html(seeds_line(board)), inline_html(under_trained_line(board)),
+        *([inline_html(outdone_line(board))] if outdone_line(board) else []),
     ]
     if any(f"{t} mean_scaled_accuracy" in board for t in tasks):
         notes.insert(1, inline_html(scaled_line(board, tasks)))

@@ -47,6 +47,7 @@ from membench.runners.reporting.results import (
     is_plain_slice,
 )
 from membench.runners.reporting.text import fixed, markdown_table
+from membench.runners.retrain import OUTDONE_BY
 from membench.runners.tables import atomic_write_bytes
 
 THRESHOLD = 0.9  # cell accuracy that counts as "remembered" for the horizon
@@ -115,14 +116,16 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     Columns: task, model, train_len, accuracy (the best config's seed mean; 0 when missing), config (the
     chosen config), seeds (its trials), failed (its trials counted 0: status not in SCORED), timeouts (its
     timed-out trials, counted at their accuracy), under_trained (its trials stopped by the step budget or the
-    time cap below the threshold while still improving: see runners/train.py), status (the failure status of
-    the chosen config's trials, or "missing").
+    time cap below the threshold while still improving: see runners/train.py), steps (the most steps a chosen
+    trial trained), outdone (see `outdone`), status (the failure status of the chosen config's trials, or
+    "missing").
     """
     by_config = trials.groupby([*CELL_KEY, "config"]).agg(
         accuracy=("accuracy", "mean"), seeds=("trial_id", "size"),
         failed=("status", lambda s: int((~s.isin(SCORED)).sum())),
         timeouts=("status", lambda s: int((s == "timeout").sum())),
         under_trained=("under_trained", lambda s: int(s.sum())),
+        steps=("steps", "max"),
         status=("status", failure_status),
     ).reset_index()
     # the best config per cell; equal accuracies resolve to the first config, so the choice is stable
@@ -140,7 +143,30 @@ def cell_table(trials: pd.DataFrame) -> pd.DataFrame:
     cells.loc[absent, ["status", "config"]] = ["missing", ""]
     cells = cells.reset_index().astype({"seeds": int, "failed": int, "timeouts": int, "under_trained": int,
                                         "train_len": int})
-    return cells.sort_values(CELL_KEY).reset_index(drop=True)
+    cells = cells.sort_values(CELL_KEY).reset_index(drop=True)
+    cells["outdone"] = outdone(cells)
+    return cells
+
+
+def outdone(cells: pd.DataFrame) -> pd.Series:
+    """Per cell of a cell table, whether a longer trained length of its task and family, trained for more steps,
+    is more accurate by OUTDONE_BY or more. A longer sequence is no easier to remember, so the shorter cell's
+    budget held it back, even where its curve had flattened too much for the under-trained flag (n_back's
+    deltanet sat at 0.67 after 500 steps at length 64 and reached 0.97 after 1,000 at 256);
+    `--retrain-under-trained` runs such cells again (runners/retrain.py, which compares step budgets).
+
+        >>> cells = pd.DataFrame({"task": "n_back", "model": "deltanet", "train_len": [64, 128, 256],
+        ...                       "accuracy": [0.67, 0.68, 0.97], "steps": [500, 500, 1000], "status": "ok"})
+        >>> outdone(cells).tolist()
+        [True, True, False]
+    """
+    run = cells[cells["status"] != "missing"]
+    flags = pd.Series(False, index=cells.index)
+    for _, family in run.groupby(["task", "model"]):
+        for i, short in family.iterrows():
+            longer = family[(family["train_len"] > short["train_len"]) & (family["steps"] > short["steps"])]
+            flags[i] = bool((longer["accuracy"] >= short["accuracy"] + OUTDONE_BY).any())
+    return flags
 
 
 def chosen_trials(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
@@ -184,9 +210,9 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: rank, model, score, params, train_seconds, trials, failed_trials (counted 0), timeout_trials
     (counted at their accuracy), missing_cells, unevaluated_trials (no plain evaluation at the trained
-    length, counted 0: see runners/reporting/slices.py), under_trained_cells, then per task "<task> horizon"
-    and "<task> mean_accuracy" (and "<task> mean_scaled_accuracy" where its chance is not near 0), then seeds
-    (the most seeds of any of its cells), score_ci_low / score_ci_high and
+    length, counted 0: see runners/reporting/slices.py), under_trained_cells, outdone_cells (see `outdone`),
+    then per task "<task> horizon" and "<task> mean_accuracy" (and "<task> mean_scaled_accuracy" where its
+    chance is not near 0), then seeds (the most seeds of any of its cells), score_ci_low / score_ci_high and
     per task "<task> mean_accuracy_ci_low" / "_ci_high" (95 % bootstrap intervals over seeds, empty with one seed: see
     runners/reporting/intervals.py), tied_rank (the rank of the first family it cannot be told apart from) and
     kind: "pretrained" for a `pretrained:` model (evaluated as it is, steps = 0), "trained" for a family.
@@ -216,6 +242,7 @@ def build_leaderboard(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         row["timeout_trials"] = int((mine_trials["status"] == "timeout").sum())
         row["missing_cells"] = int((mine["status"] == "missing").sum())
         row["under_trained_cells"] = int((mine["under_trained"] > 0).sum())
+        row["outdone_cells"] = int(mine["outdone"].sum())
         # scored, but without a plain row at the trained length (e.g. only named slices): counted 0
         row["unevaluated_trials"] = int((mine_trials["status"].isin(SCORED) & ~mine_trials["evaluated"]).sum())
         row["_horizons"] = sum(per_task[f"{t} horizon"] for t in tasks)
@@ -276,6 +303,7 @@ def leaderboard_markdown(board: pd.DataFrame, tasks: list[str], runs: pd.DataFra
         "",
         under_trained_line(board),
         "",
+        *([outdone_line(board), ""] if outdone_line(board) else []),
         *([scaled_line(board, tasks), ""] if any(f"{t} mean_scaled_accuracy" in board for t in tasks) else []),
         *([PRETRAINED_LINE, ""] if (board["kind"] == "pretrained").any() else []),
         f"Device: {_distinct(runs, 'device')}; commit: {_distinct(runs, 'git_commit')}; "
@@ -307,6 +335,16 @@ def under_trained_line(board: pd.DataFrame) -> str:
             f"remember (flagged per family; more steps or `budget = \"plateau\"` with a larger cap would tell).")
 
 
+def outdone_line(board: pd.DataFrame) -> str:
+    """The footnote on cells a longer length beat (see `outdone`), or "" when there is none."""
+    n = int(board["outdone_cells"].sum())
+    if not n:
+        return ""
+    return (f"**{n} cell(s) are beaten at a longer length**: the same task and family, trained longer on longer "
+            f"sequences, is more accurate by {OUTDONE_BY} or more, so their budgets likely held them back, although "
+            f"their curves had flattened (`--retrain-under-trained` runs them again with more steps).")
+
+
 def scaled_line(board: pd.DataFrame, tasks: list[str]) -> str:
     """What the bracketed numbers are, and on which tasks."""
     scaled = [t for t in tasks if f"{t} mean_scaled_accuracy" in board]
@@ -333,6 +371,7 @@ def leaderboard_table(board: pd.DataFrame, tasks: list[str]) -> str:
         flags += [f"{int(row[key])} {label}" for key, label in
                  (("failed_trials", "failed trial(s)"), ("timeout_trials", "timed-out trial(s)"),
                   ("under_trained_cells", "under-trained cell(s)"),
+                  ("outdone_cells", "cell(s) beaten at a longer length"),
                   ("missing_cells", "missing cell(s)"),
                   ("unevaluated_trials", "trial(s) with no plain evaluation at the trained length: see slices.md"))
                  if row[key] and row[key] == row[key]]  # NaN: not recorded
