@@ -7,7 +7,9 @@ improving (runners/train.py). Its cell is the trial's config but for the seed. `
 replaces every trial of every cell of the sweep that has an under-trained trial in DIR (every seed, so the
 seeds of a cell share one budget) by the same trial with F times its steps and time cap; so does a cell that
 the same task and family beat at a longer trained length with a larger budget (`outdone_cells`: a flat curve
-escapes the flag, but not that comparison). The other cells are left as they are. What the flag changes is
+escapes the flag, but not that comparison), and, once, a cell that ended near chance where the family learned
+the task at a shorter length (`faded_cells`: a slow start and forgetting look alike at a short budget). The other
+cells are left as they are. What the flag changes is
 recorded, so it is said once:
 
     DIR/retrained.json    {replaced trial id: the config of the trial that replaces it}: every later run of the
@@ -41,6 +43,8 @@ from membench.runners.schema import as_bool
 from membench.runners.trial import TrialConfig
 
 OUTDONE_BY = 0.1  # a cell that a longer trained length of its family beats by this much runs again too
+NEAR_CHANCE = 0.1  # a seed-mean scaled accuracy below this is near chance ...
+LEARNED = 0.5  # ... and one of this or more is a task learned at that length (faded_cells)
 RETRAINED_FILE = "retrained.json"
 SUPERSEDED_DIR = "superseded"
 
@@ -132,13 +136,52 @@ def outdone_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame) -> set[st
             and high >= low + OUTDONE_BY}  # NaN (a failed trial's accuracy) is never outdone nor outdoes
 
 
-def replacements_for(configs: dict[str, TrialConfig], runs: pd.DataFrame, factor: float) -> dict[str, TrialConfig]:
+def faded_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame, grown: set[str] = frozenset()) -> set[str]:
+    """The cells of `configs` that ended near chance (seed-mean scaled accuracy at the trained length below
+    NEAR_CHANCE) though the same task and family learned the task at a shorter trained length (LEARNED or
+    more), and that have not been grown yet (no trial of theirs in `grown`, the ids of replacing trials).
+    Such a cell reads as the family forgetting with the length, but at a short budget a slow start looks the
+    same: the transformer on noisy_recall sat near chance at every length after 800 steps, and at 1,600 two of
+    its three seeds at 64 reached 0.99. A near-chance end is no convergence (as a near-chance plateau is not:
+    runners/train.py), so the cell runs once more with a larger budget; what it reaches then is its result.
+
+        >>> from membench.runners.trial import EvalSlice
+        >>> short = TrialConfig("copy", {}, "lstm", {}, 8, 1, 64, 0, 1e-3, 4, 700, (EvalSlice("L64", 64, 8),))
+        >>> long = dataclasses.replace(short, train_len=256, eval_slices=(EvalSlice("L256", 256, 8),))
+        >>> runs = pd.DataFrame({"trial_id": [short.trial_id, long.trial_id], "scaled_accuracy": [0.96, 0.05],
+        ...                      "is_train_len": [True, True]})
+        >>> faded_cells({c.trial_id: c for c in (short, long)}, runs) == {_cell(long)}
+        True
+        >>> faded_cells({c.trial_id: c for c in (short, long)}, runs, grown={long.trial_id})
+        set()
+    """
+    if "scaled_accuracy" not in runs:  # a table from before the column (a NaN one never counts either)
+        return set()
+    trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
+    seeds: dict[str, tuple[TrialConfig, list[float], bool]] = {}  # cell -> (a config, seeds' scaled acc, grown)
+    for trial_id, scaled in trained.groupby("trial_id")["scaled_accuracy"].mean().items():
+        cell = _cell(configs[trial_id])
+        config, values, was_grown = seeds.get(cell, (configs[trial_id], [], False))
+        seeds[cell] = (config, [*values, float(scaled)], was_grown or trial_id in grown)
+    families: dict[str, list[tuple[str, TrialConfig, float, bool]]] = {}
+    for cell, (config, values, was_grown) in seeds.items():
+        families.setdefault(_family(config), []).append((cell, config, sum(values) / len(values), was_grown))
+    return {cell for cells in families.values() for cell, long, low, was_grown in cells
+            if low < NEAR_CHANCE and not was_grown
+            and any(short.train_len < long.train_len and high >= LEARNED for _, short, high, _ in cells)}
+
+
+def replacements_for(configs: dict[str, TrialConfig], runs: pd.DataFrame, factor: float,
+                     grown: set[str] = frozenset()) -> dict[str, TrialConfig]:
     """{trial id: its replacement} for every trial of `configs` whose cell has a trial that `runs` (a runs
-    table) shows under-trained at its trained length, or that a longer length outdid (outdone_cells)."""
+    table) shows under-trained at its trained length, that a longer length outdid (outdone_cells), or that
+    ended near chance where a shorter length was learned and has not been grown yet (faded_cells; `grown`:
+    the ids of replacing trials)."""
     if not len(runs):
         return {}
     trained = runs[runs["is_train_len"].map(as_bool) & runs["under_trained"].map(as_bool)]
-    under = {_cell(configs[i]) for i in set(trained["trial_id"]) if i in configs} | outdone_cells(configs, runs)
+    under = ({_cell(configs[i]) for i in set(trained["trial_id"]) if i in configs} | outdone_cells(configs, runs)
+             | faded_cells(configs, runs, grown))
     return {i: retrained(c, factor) for i, c in configs.items() if _cell(c) in under}
 
 

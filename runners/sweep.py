@@ -97,7 +97,8 @@ def _run(spec: SweepSpec, out: Path, runner, progress: bool, retry_failed: bool 
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     if retrain_factor:
-        new = retrain.replacements_for(configs, tables.frames(finished, kept)["runs"], retrain_factor)
+        grown = {c.trial_id for c in replacements.values()}
+        new = retrain.replacements_for(configs, tables.frames(finished, kept)["runs"], retrain_factor, grown)
         if new:
             _write(out, lambda: retrain.record(out, replacements, new))
             configs = retrain.apply_replacements(configs, new)

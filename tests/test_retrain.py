@@ -88,13 +88,52 @@ def test_a_replacement_still_under_trained_grows_again(swept):
     assert pd.read_csv(out / retrain.SUPERSEDED_DIR / "runs.csv")["trial_id"].nunique() == 4  # 2 first + 2 second
 
 
-def _set_accuracy(out: Path, accuracy: dict[int, float]) -> None:
-    """Edit the trial files so that each trial's runs rows read `accuracy[its train_len]`."""
+def _set_accuracy(out: Path, accuracy: dict[int, float], column: str = "accuracy") -> None:
+    """Edit the trial files so that each trial's runs rows read `accuracy[its train_len]` in `column`."""
     for path in (out / "trials").glob("*.json"):
         payload = json.loads(path.read_text())
         for row in payload["runs"]:
-            row["accuracy"] = accuracy[payload["config"]["train_len"]]
+            row[column] = accuracy[payload["config"]["train_len"]]
         path.write_text(json.dumps(payload))
+
+
+def test_a_cell_near_chance_where_a_shorter_length_was_learned_runs_again_once(swept):
+    spec, out, _, _ = swept
+    _mark_under_trained(out, 8, 5)  # no trial says under-trained
+    _set_accuracy(out, {8: 0.9, 12: 0.2}, "scaled_accuracy")  # above chance at 12: nothing changes
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    assert sorted(runs.loc[runs["is_train_len"], "steps"]) == [10, 10, 10, 10]
+    _set_accuracy(out, {8: 0.9, 12: 0.02}, "scaled_accuracy")  # learned at 8, near chance at 12
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    trained = runs[runs["is_train_len"]].set_index(["train_len", "seed"])["steps"].sort_index()
+    assert trained.to_dict() == {(8, 0): 10, (8, 1): 10, (12, 0): 20, (12, 1): 20}
+    _mark_under_trained(out, 8, 5)
+    _set_accuracy(out, {8: 0.9, 12: 0.02}, "scaled_accuracy")  # still near chance at twice the steps ...
+    runs = run_sweep(spec, out, progress=False, retrain_under_trained=2)
+    assert sorted(runs.loc[runs["is_train_len"] & (runs["train_len"] == 12), "steps"]) == [20, 20]  # ... it counts
+
+
+def test_only_a_family_that_learned_a_shorter_length_makes_a_near_chance_cell_fade():
+    from membench.runners.trial import EvalSlice, TrialConfig
+
+    def config(train_len: int, seed: int = 0, lr: float = 1e-3) -> TrialConfig:
+        return TrialConfig("copy", {}, "lstm", {}, 8, 1, train_len, seed, lr, 4, 500,
+                           (EvalSlice(f"L{train_len}", train_len, 8),))
+
+    def faded(*trials: tuple[TrialConfig, float]) -> list[int]:
+        runs = pd.DataFrame({"trial_id": [c.trial_id for c, _ in trials], "scaled_accuracy": [a for _, a in trials],
+                             "is_train_len": True})
+        cells = retrain.faded_cells({c.trial_id: c for c, _ in trials}, runs)
+        return sorted({c.train_len for c, _ in trials if retrain._cell(c) in cells})
+
+    assert faded((config(64), 0.9), (config(128), 0.5), (config(256), 0.05)) == [256]
+    assert faded((config(64), 0.9), (config(256), 0.1)) == []  # 0.1 is not near chance
+    assert faded((config(64), 0.45), (config(256), 0.0)) == []  # nor is 0.45 learned: near chance everywhere
+    assert faded((config(256), 0.9), (config(64), 0.0)) == []  # only a shorter length's success counts
+    assert faded((config(64), 0.9), (config(256, lr=3e-3), 0.0)) == []  # another family config
+    assert faded((config(64), 0.9), (config(256), float("nan"))) == []  # a failed trial: nothing
+    # seed means: one seed at 0.3 lifts the cell's mean (0.15) off chance
+    assert faded((config(64), 0.9), (config(256), 0.0), (config(256, seed=1), 0.3)) == []
 
 
 def test_a_cell_a_longer_length_outdid_with_more_steps_runs_again(swept):
@@ -198,3 +237,16 @@ def test_plan_against_a_run_with_under_trained_cells_says_how_to_run_them_again(
     shown = capsys.readouterr().out
     assert f"copy mlp L8 (2 trial(s)): under-trained after 10 steps in {out}" in shown
     assert f"membench run --spec {spec_file} --out {out} --retrain-under-trained 2" in shown
+
+
+def test_plan_against_a_run_names_the_near_chance_cells_the_flag_would_grow(swept, tmp_path, capsys):
+    _, out, _, _ = swept
+    _mark_under_trained(out, 8, 5)
+    _set_accuracy(out, {8: 0.9, 12: 0.02}, "scaled_accuracy")
+    spec_file = str(tmp_path / "spec.toml")
+    main(["run", "--spec", spec_file, "--out", str(out), "--quiet"])  # the tables catch up with the edited files
+    capsys.readouterr()
+    assert main(["plan", "--spec", spec_file, "--against", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "(and 1 cell(s) near chance where a shorter length was learned)" in shown
+    assert f"--out {out} --retrain-under-trained 2" in shown

@@ -57,10 +57,16 @@ def run(args) -> int:
     earlier = read_results(args.against).runs if args.against else None
     print_under_trained(trials, rates, spec.gpu_workers, earlier, args.against or "")
     configs = {t.trial_id: t for t in trials}
-    if args.against and retrain.replacements_for(configs, earlier, 2):  # what it would do
+    replacements = retrain.read_replacements(Path(args.against)) if args.against else {}
+    configs = retrain.apply_replacements(configs, replacements)  # the budgets a run into --against resumes with
+    grown = {c.trial_id for c in replacements.values()}
+    if args.against and retrain.replacements_for(configs, earlier, 2, grown):  # what it would do
         source = f"--preset {args.preset}" if args.preset else f"--spec {args.spec}"
         outdone = len(retrain.outdone_cells(configs, earlier))
-        also = f" (and {outdone} cell(s) that a longer length did 0.1 better with more steps)" if outdone else ""
+        faded = len(retrain.faded_cells(configs, earlier, grown))
+        also = [f"{outdone} cell(s) that a longer length did 0.1 better with more steps"] if outdone else []
+        also += [f"{faded} cell(s) near chance where a shorter length was learned"] if faded else []
+        also = f" (and {'; '.join(also)})" if also else ""
         print(f"  to run the cells under-trained in {args.against}{also} again at twice their steps: membench run "
               f"{source} --out {args.against} --retrain-under-trained 2 (with --models to leave a family out)")
     if args.against:
