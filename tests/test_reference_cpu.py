@@ -47,6 +47,8 @@ def test_a_complete_reference_run_meets_the_bar_and_heads_the_readme(reference):
     assert under_trained <= 0.10 * len(cells), f"{under_trained} of {len(cells)} cells under-trained"
     headline = (ROOT / "README.md").read_text().split("\n## ")[1]  # the first section after the introduction
     assert "results/reference-cpu" in headline
+    table = [line for line in (FOLDER / "leaderboard.md").read_text().splitlines() if line.startswith("|")]
+    assert "\n".join(table) in headline, "copy results/reference-cpu/leaderboard.md's table into the README"
     assert "IN PROGRESS" not in (FOLDER / "README.md").read_text()
 
 
