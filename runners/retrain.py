@@ -124,16 +124,24 @@ def outdone_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame) -> set[st
         >>> outdone_cells({c.trial_id: c for c in (short, long)}, runs) == {_cell(short)}
         True
     """
-    trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
-    seeds: dict[str, tuple[TrialConfig, list[float]]] = {}  # cell -> (a config of it, its seeds' accuracies)
-    for trial_id, accuracy in trained.groupby("trial_id")["accuracy"].mean().items():
-        seeds.setdefault(_cell(configs[trial_id]), (configs[trial_id], []))[1].append(float(accuracy))
-    families: dict[str, list[tuple[str, TrialConfig, float]]] = {}  # family -> its cells with their seed means
-    for cell, (config, values) in seeds.items():
-        families.setdefault(_family(config), []).append((cell, config, sum(values) / len(values)))
+    families = _seed_means_by_family(configs, runs, "accuracy")
     return {cell for cells in families.values() for cell, short, low in cells for _, long, high in cells
             if long.train_len > short.train_len and long.steps > short.steps
             and high >= low + OUTDONE_BY}  # NaN (a failed trial's accuracy) is never outdone nor outdoes
+
+
+def _seed_means_by_family(configs: dict[str, TrialConfig], runs: pd.DataFrame, column: str
+                          ) -> dict[str, list[tuple[str, TrialConfig, float]]]:
+    """{family: [(cell, a config of it, the seed mean of `column` at the trained length)]} over the cells of
+    `configs` that `runs` has rows of."""
+    trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
+    seeds: dict[str, tuple[TrialConfig, list[float]]] = {}  # cell -> (a config of it, its seeds' values)
+    for trial_id, value in trained.groupby("trial_id")[column].mean().items():
+        seeds.setdefault(_cell(configs[trial_id]), (configs[trial_id], []))[1].append(float(value))
+    families: dict[str, list[tuple[str, TrialConfig, float]]] = {}
+    for cell, (config, values) in seeds.items():
+        families.setdefault(_family(config), []).append((cell, config, sum(values) / len(values)))
+    return families
 
 
 def faded_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame, grown: set[str] = frozenset()) -> set[str]:
@@ -157,18 +165,11 @@ def faded_cells(configs: dict[str, TrialConfig], runs: pd.DataFrame, grown: set[
     """
     if "scaled_accuracy" not in runs:  # a table from before the column (a NaN one never counts either)
         return set()
-    trained = runs[runs["is_train_len"].map(as_bool) & runs["trial_id"].isin(set(configs))]
-    seeds: dict[str, tuple[TrialConfig, list[float], bool]] = {}  # cell -> (a config, seeds' scaled acc, grown)
-    for trial_id, scaled in trained.groupby("trial_id")["scaled_accuracy"].mean().items():
-        cell = _cell(configs[trial_id])
-        config, values, was_grown = seeds.get(cell, (configs[trial_id], [], False))
-        seeds[cell] = (config, [*values, float(scaled)], was_grown or trial_id in grown)
-    families: dict[str, list[tuple[str, TrialConfig, float, bool]]] = {}
-    for cell, (config, values, was_grown) in seeds.items():
-        families.setdefault(_family(config), []).append((cell, config, sum(values) / len(values), was_grown))
-    return {cell for cells in families.values() for cell, long, low, was_grown in cells
-            if low < NEAR_CHANCE and not was_grown
-            and any(short.train_len < long.train_len and high >= LEARNED for _, short, high, _ in cells)}
+    grown_cells = {_cell(configs[i]) for i in grown if i in configs}
+    families = _seed_means_by_family(configs, runs, "scaled_accuracy")
+    return {cell for cells in families.values() for cell, long, low in cells
+            if low < NEAR_CHANCE and cell not in grown_cells
+            and any(short.train_len < long.train_len and high >= LEARNED for _, short, high in cells)}
 
 
 def replacements_for(configs: dict[str, TrialConfig], runs: pd.DataFrame, factor: float,
